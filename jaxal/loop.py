@@ -1,0 +1,293 @@
+"""The active-learning loop as explicit state passing.
+
+    state, info = init_state(key, learner, data)                 # round 0: initial labels
+    state, info = al_round(key, state, learner, data)            # query -> label -> refit
+
+``ALState`` is what a round carries; ``RoundInfo`` is what it reports. Every array the
+jitted functions see has a shape fixed for the whole run (the pool plus a labelled mask),
+so nothing recompiles after the first round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxal.acquisition import ACQUISITIONS, entropy, map_chunks, score_pool, select_top_k
+from jaxal.model import Classifier, init_params
+from jaxal.posterior import POSTERIORS
+from jaxal.predictive import PREDICTIVES, PREDICTIVES_FOR_POSTERIOR
+from jaxal.train import OPTIMIZERS, TrainConfig, make_trainer, train_map
+
+
+class ALConfig(NamedTuple):
+    """Everything that decides what an AL run computes (apart from data and seed)."""
+
+    acquisition: str = "entropy"
+    posterior: str = "plugin"
+    predictive: str = "plugin"
+    rounds: int = 20
+    query_size: int = 10
+    init_per_class: int = 2
+    warm_start: bool = False
+    chunk_size: int = 2048
+    train: TrainConfig = TrainConfig()
+
+
+class ALData(NamedTuple):
+    """Device arrays of one AL problem: a fixed pool, a validation and a test set."""
+
+    pool_x: jax.Array
+    pool_y: jax.Array      # the oracle's labels; only labelled entries are ever trained on
+    val_x: jax.Array
+    val_y: jax.Array
+    test_x: jax.Array
+    test_y: jax.Array
+    num_classes: int
+
+
+class ALState(NamedTuple):
+    """What one round hands to the next."""
+
+    params: Any            # θ_MAP fitted on ``labelled``
+    posterior: Any         # the posterior fitted at ``params`` (the MAP point for plugin)
+    labelled: jax.Array    # bool [n_pool]
+    round: int
+    init_key: jax.Array    # rebuilds the initial weights for from-scratch retraining
+
+
+class Metrics(NamedTuple):
+    """The seed's Figure-5 quantities for the model of one round."""
+
+    train_loss: float      # mean NLL on the labelled set (dropout off)
+    test_loss: float       # mean NLL of the predictive on the test set
+    test_accuracy: float
+    test_entropy: float    # mean predictive entropy on the test set
+    val_loss: float
+    val_accuracy: float
+
+
+class Timings(NamedTuple):
+    """Seconds per stage, compilation included (the first round compiles)."""
+
+    score: float
+    train: float
+    posterior: float
+    evaluate: float
+
+
+class RoundInfo(NamedTuple):
+    round: int
+    num_labels: int
+    queried: np.ndarray          # int [query_size] pool indices (empty in round 0)
+    scores: np.ndarray           # their acquisition scores
+    queried_labels: np.ndarray   # their oracle labels
+    metrics: Metrics
+    timings: Timings
+
+
+class ActiveLearner(NamedTuple):
+    """The jitted pure functions one run uses, built once so each compiles once."""
+
+    config: ALConfig
+    init: Callable          # (init_key) -> params
+    train: Callable         # (key, params, x_pool, y_pool, labelled) -> (params, TrainInfo)
+    fit: Callable           # (key, params, x, y, labelled) -> posterior
+    score: Callable         # (key, posterior, x_pool) -> scores [n]
+    select: Callable        # (scores, labelled) -> (indices, scores)
+    evaluate: Callable      # (key, posterior, x, y) -> (nll, accuracy, entropy)
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; raised before any training."""
+
+
+def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | None,
+                    num_classes: int) -> None:
+    """Fail fast, with the fix in the message, on a configuration that cannot run."""
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(msg)
+
+    need(config.acquisition in ACQUISITIONS,
+         f"unknown acquisition {config.acquisition!r}; choose one of {sorted(ACQUISITIONS)}")
+    need(config.posterior in POSTERIORS,
+         f"unknown posterior {config.posterior!r}; choose one of {sorted(POSTERIORS)}")
+    allowed = PREDICTIVES_FOR_POSTERIOR.get(config.posterior, ())
+    need(config.predictive in allowed,
+         f"predictive {config.predictive!r} does not work with posterior "
+         f"{config.posterior!r}; use one of {list(allowed)}")
+    need(config.query_size > 0, f"query size must be > 0 (got {config.query_size})")
+    need(config.rounds >= 0, f"rounds must be >= 0 (got {config.rounds})")
+    need(config.init_per_class > 0,
+         f"init-per-class must be > 0 (got {config.init_per_class})")
+    need(config.chunk_size > 0, f"chunk size must be > 0 (got {config.chunk_size})")
+    t = config.train
+    need(t.steps > 0, f"training steps must be > 0 (got {t.steps})")
+    need(t.batch_size > 0, f"batch size must be > 0 (got {t.batch_size})")
+    need(t.learning_rate > 0, f"learning rate must be > 0 (got {t.learning_rate})")
+    need(t.prior_precision >= 0, f"prior precision must be >= 0 (got {t.prior_precision})")
+    need(t.optimizer in OPTIMIZERS,
+         f"unknown optimizer {t.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    num_init = config.init_per_class * num_classes
+    need(num_init <= num_pool,
+         f"{config.init_per_class} initial labels per class x {num_classes} classes = "
+         f"{num_init} exceeds the pool of {num_pool}; lower --init-per-class or enlarge "
+         f"the pool")
+    if pool_labels is not None:
+        counts = np.bincount(np.asarray(pool_labels), minlength=num_classes)
+        short = [c for c in range(num_classes) if counts[c] < config.init_per_class]
+        need(not short, f"classes {short} have fewer than {config.init_per_class} pool "
+                        f"points (counts {counts[short].tolist()}); lower --init-per-class")
+    budget = label_budget(config, num_classes)
+    need(budget <= num_pool,
+         f"{num_init} initial + {config.rounds} rounds x {config.query_size} queries = "
+         f"{budget} labels exceeds the pool of {num_pool}; lower --rounds or --query-size")
+
+
+def initial_labelled(key: jax.Array, pool_y: np.ndarray, num_classes: int,
+                     per_class: int) -> jax.Array:
+    """A balanced initial labelled set: ``per_class`` random pool points of every class."""
+    pool_y = np.asarray(pool_y)
+    mask = np.zeros(pool_y.shape[0], bool)
+    for c in range(num_classes):
+        members = np.flatnonzero(pool_y == c)
+        pick = jax.random.choice(jax.random.fold_in(key, c), members.shape[0], (per_class,),
+                                 replace=False)
+        mask[members[np.asarray(pick)]] = True
+    return jnp.asarray(mask)
+
+
+def evaluate(key: jax.Array, model: Classifier, predict: Callable, posterior, x: jax.Array,
+             y: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Mean NLL, accuracy and mean predictive entropy of the predictive on (x, y)."""
+    def one_chunk(i, x_chunk):
+        del i  # same posterior samples for every chunk
+        return predict(key, model, posterior, x_chunk).probs
+
+    probs = map_chunks(one_chunk, x, chunk_size)
+    p_true = jnp.take_along_axis(probs, y[:, None], axis=1)[:, 0]
+    nll = -jnp.log(jnp.clip(p_true, 1e-12, 1.0)).mean()
+    accuracy = (probs.argmax(-1) == y).mean()
+    return nll, accuracy, entropy(probs).mean()
+
+
+def label_budget(config: ALConfig, num_classes: int) -> int:
+    """Labels at the end of the run: the initial set plus every query."""
+    return config.init_per_class * num_classes + config.rounds * config.query_size
+
+
+def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ...],
+                 num_classes: int) -> ActiveLearner:
+    """Bundle and jit the functions of one run. Shapes are static, so each compiles once."""
+    predict = PREDICTIVES[config.predictive]
+    fit_posterior = POSTERIORS[config.posterior]
+    score = ACQUISITIONS[config.acquisition]
+    # The largest labelled set of the run: a static bound for gathering labelled points.
+    capacity = label_budget(config, num_classes)
+
+    trainer = make_trainer(model, config.train, capacity)
+    trainer = trainer._replace(init=jax.jit(trainer.init),
+                               step=jax.jit(trainer.step),
+                               labelled_nll=jax.jit(trainer.labelled_nll))
+
+    def fit(key, params, x, y, labelled):
+        return fit_posterior(key, model, params, x, y, labelled, config)
+
+    def score_fn(key, posterior, x_pool):
+        def predict_chunk(key_predict, x_chunk):
+            return predict(key_predict, model, posterior, x_chunk)
+
+        return score_pool(key, predict_chunk, score, x_pool, config.chunk_size)
+
+    def evaluate_fn(key, posterior, x, y):
+        return evaluate(key, model, predict, posterior, x, y, config.chunk_size)
+
+    return ActiveLearner(
+        config=config,
+        init=jax.jit(lambda key: init_params(model, key, input_shape)),
+        train=partial(train_map, trainer=trainer),
+        fit=jax.jit(fit),
+        score=jax.jit(score_fn),
+        select=jax.jit(partial(select_top_k, k=config.query_size)),
+        evaluate=jax.jit(evaluate_fn),
+    )
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def _fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, params0,
+                      labelled: jax.Array):
+    """Train θ_MAP on ``labelled`` from ``params0``, fit the posterior, compute metrics."""
+    key_train, key_fit, key_eval = jax.random.split(key, 3)
+    (params, train_info), t_train = _timed(
+        lambda: learner.train(key_train, params=params0, x_pool=data.pool_x,
+                              y_pool=data.pool_y, labelled=labelled))
+    posterior, t_fit = _timed(learner.fit, key_fit, params, data.pool_x, data.pool_y,
+                              labelled)
+    start = time.perf_counter()
+    test = learner.evaluate(key_eval, posterior, data.test_x, data.test_y)
+    val = learner.evaluate(key_eval, posterior, data.val_x, data.val_y)
+    test, val = jax.device_get((test, val))
+    t_eval = time.perf_counter() - start
+    metrics = Metrics(
+        train_loss=train_info.train_nll, test_loss=float(test[0]),
+        test_accuracy=float(test[1]), test_entropy=float(test[2]),
+        val_loss=float(val[0]), val_accuracy=float(val[1]))
+    return params, posterior, metrics, (t_train, t_fit, t_eval)
+
+
+def init_state(key: jax.Array, learner: ActiveLearner, data: ALData
+               ) -> tuple[ALState, RoundInfo]:
+    """Round 0: draw the balanced initial labels, train, fit the posterior, evaluate."""
+    key_init, key_labels, key_fit = jax.random.split(key, 3)
+    labelled = initial_labelled(key_labels, np.asarray(data.pool_y), data.num_classes,
+                                learner.config.init_per_class)
+    params, posterior, metrics, (t_train, t_fit, t_eval) = _fit_and_evaluate(
+        key_fit, learner, data, learner.init(key_init), labelled)
+    state = ALState(params, posterior, labelled, 0, key_init)
+    empty = np.zeros(0, np.int64)
+    info = RoundInfo(0, int(labelled.sum()), empty, np.zeros(0, np.float32), empty,
+                     metrics, Timings(0.0, t_train, t_fit, t_eval))
+    return state, info
+
+
+def al_round(key: jax.Array, state: ALState, learner: ActiveLearner, data: ALData
+             ) -> tuple[ALState, RoundInfo]:
+    """One round: score the pool, query a batch, label it, refit and evaluate."""
+    key_score, key_fit = jax.random.split(key)
+    start = time.perf_counter()
+    scores = learner.score(key_score, state.posterior, data.pool_x)
+    queried, queried_scores = jax.device_get(learner.select(scores, state.labelled))
+    t_score = time.perf_counter() - start
+
+    labelled = state.labelled.at[queried].set(True)
+    params0 = state.params if learner.config.warm_start else learner.init(state.init_key)
+    params, posterior, metrics, (t_train, t_fit, t_eval) = _fit_and_evaluate(
+        key_fit, learner, data, params0, labelled)
+    new_state = ALState(params, posterior, labelled, state.round + 1, state.init_key)
+    info = RoundInfo(new_state.round, int(labelled.sum()), queried, queried_scores,
+                     np.asarray(data.pool_y)[queried], metrics,
+                     Timings(t_score, t_train, t_fit, t_eval))
+    return new_state, info
+
+
+def run_rounds(key: jax.Array, learner: ActiveLearner, data: ALData
+               ) -> Iterator[tuple[ALState, RoundInfo]]:
+    """Yield (state, info) for round 0 and then every AL round; keys fold in the round."""
+    key_init, key_rounds = jax.random.split(key)
+    state, info = init_state(key_init, learner, data)
+    yield state, info
+    for r in range(1, learner.config.rounds + 1):
+        state, info = al_round(jax.random.fold_in(key_rounds, r), state, learner, data)
+        yield state, info

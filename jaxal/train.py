@@ -1,0 +1,129 @@
+"""MAP training with optax on a labelled subset of a fixed pool, with static shapes.
+
+The labelled set grows every AL round, but nothing here has a shape that depends on its
+size: the pool is fixed, the labelled set is a boolean mask over it, and every step draws a
+fixed-size minibatch uniformly (with replacement) from the labelled points. One compiled
+training function therefore serves every round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxal.model import Classifier
+from jaxal.objective import log_likelihood, minibatch_objective
+
+OPTIMIZERS = {
+    "adam": optax.adam,
+    "sgd": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
+}
+
+
+class TrainConfig(NamedTuple):
+    """How one MAP fit runs. ``steps`` minibatches of ``batch_size`` from the labelled set."""
+
+    steps: int = 500
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    prior_precision: float = 1.0
+
+
+class TrainInfo(NamedTuple):
+    loss: np.ndarray       # [steps] minibatch objective L(θ)/N per step
+    train_nll: float       # mean NLL of the final θ on the whole labelled set (no dropout)
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+
+
+class Trainer(NamedTuple):
+    """A bundle of pure functions for MAP fitting (jit each once; see ``make_trainer``).
+
+    init(params) -> TrainState
+    step(key, state, x_pool, y_pool, labelled_idx, num_labelled) -> (state, loss)
+    labelled_nll(params, x_pool, y_pool, labelled_idx, num_labelled) -> mean NLL
+    """
+
+    config: TrainConfig
+    init: Callable
+    step: Callable
+    labelled_nll: Callable
+
+
+def labelled_indices(labelled: jax.Array) -> jax.Array:
+    """Indices of the labelled points first, in a buffer of the pool's (static) length."""
+    return jnp.nonzero(labelled, size=labelled.shape[0], fill_value=0)[0]
+
+
+def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Trainer:
+    """MAP training functions for ``model``; ``capacity`` bounds the labelled-set size.
+
+    Every step draws ``batch_size`` labelled pool points uniformly with replacement and
+    takes one optimiser step on the minibatch objective of ``jaxal.objective``.
+    """
+    optimizer = OPTIMIZERS[config.optimizer](config.learning_rate)
+
+    def init(params) -> TrainState:
+        return TrainState(params, optimizer.init(params))
+
+    def step(key, state: TrainState, x_pool, y_pool, labelled_idx, num_labelled):
+        key_batch, key_dropout = jax.random.split(key)
+        pick = jax.random.randint(key_batch, (config.batch_size,), 0, num_labelled)
+        idx = labelled_idx[pick]
+
+        def loss_fn(params):
+            logits = model.apply(params, x_pool[idx], train=True,
+                                 rngs={"dropout": key_dropout})
+            return minibatch_objective(params, logits, y_pool[idx], config.prior_precision,
+                                       num_labelled.astype(logits.dtype))
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
+
+    def labelled_nll(params, x_pool, y_pool, labelled_idx, num_labelled):
+        idx = labelled_idx[:capacity]
+        weights = (jnp.arange(capacity) < num_labelled).astype(jnp.float32)
+        logits = model.apply(params, x_pool[idx])
+        return -log_likelihood(logits, y_pool[idx], weights) / num_labelled
+
+    return Trainer(config, init, step, labelled_nll)
+
+
+def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
+              y_pool: jax.Array, labelled: jax.Array) -> tuple[Any, TrainInfo]:
+    """Fit θ_MAP on the labelled points of the pool, starting from ``params``.
+
+    The loop over steps stays in Python around a jitted step: XLA:CPU runs the CNN's
+    convolutions ~12x slower inside a ``lax.scan``/while loop than as a top-level
+    computation (measured: 190 vs 2,400 images/s), and dispatch costs ~0.1 ms a step.
+
+    Args:
+      key: PRNG key; step t uses ``fold_in(key, t)`` for its minibatch and dropout.
+      trainer: from ``make_trainer``, with ``init``/``step``/``labelled_nll`` jitted.
+      params: initial parameters (a fresh init, or the previous round's for a warm start).
+      x_pool: [n, ...] pool inputs; y_pool: int [n] labels (only labelled ones are read).
+      labelled: bool [n] mask of the labelled set.
+
+    Returns:
+      (θ_MAP, TrainInfo).
+    """
+    labelled_idx = labelled_indices(labelled)
+    num_labelled = labelled.sum()
+    state = trainer.init(params)
+    losses = []
+    for t in range(trainer.config.steps):
+        state, loss = trainer.step(jax.random.fold_in(key, t), state, x_pool, y_pool,
+                                   labelled_idx, num_labelled)
+        losses.append(loss)
+    nll = trainer.labelled_nll(state.params, x_pool, y_pool, labelled_idx, num_labelled)
+    return state.params, TrainInfo(np.asarray(jnp.stack(losses)), float(nll))
