@@ -1,0 +1,105 @@
+"""Run outputs, written atomically (temp file + rename) so a killed run never leaves half a file.
+
+An out dir holds:
+
+    config.json      everything that decides the run (dataset, seed, ALConfig, versions)
+    metrics.csv      one row per round: labels, Figure-5 metrics, seconds per stage
+    metrics.jsonl    the same rows as JSON lines (``pandas.read_json(..., lines=True)``)
+    queries.jsonl    per round: queried pool indices, TFDS train indices, labels, scores
+    figure5.png      the Figure-5 panels vs number of labels (see ``jaxal.plots``)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxal.loop import RoundInfo
+
+METRIC_COLUMNS = ("round", "num_labels", "train_loss", "test_loss", "test_accuracy",
+                  "test_entropy", "val_loss", "val_accuracy", "score_s", "train_s",
+                  "posterior_s", "eval_s")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same dir and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def metrics_row(info: RoundInfo) -> dict[str, float | int]:
+    """A flat record of one round: Figure-5 metrics and timings."""
+    t = info.timings
+    return {"round": info.round, "num_labels": info.num_labels, **info.metrics._asdict(),
+            "score_s": t.score, "train_s": t.train, "posterior_s": t.posterior,
+            "eval_s": t.evaluate}
+
+
+def query_row(info: RoundInfo, pool_index: np.ndarray | None) -> dict[str, Any]:
+    """Queried pool indices with their TFDS train-split indices, labels and scores."""
+    queried = np.asarray(info.queried)
+    return {
+        "round": info.round,
+        "pool_index": queried.tolist(),
+        "dataset_index": (np.asarray(pool_index)[queried].tolist()
+                          if pool_index is not None else queried.tolist()),
+        "label": np.asarray(info.queried_labels).tolist(),
+        "score": np.asarray(info.scores, np.float64).tolist(),
+    }
+
+
+def write_rounds(out_dir: str | os.PathLike, infos: Sequence[RoundInfo],
+                 pool_index: np.ndarray | None = None) -> None:
+    """(Re)write metrics.csv, metrics.jsonl and queries.jsonl for all rounds so far."""
+    out_dir = Path(out_dir)
+    rows = [metrics_row(i) for i in infos]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out_dir / "metrics.csv", buf.getvalue())
+    write_text_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(out_dir / "queries.jsonl", "".join(
+        json.dumps(query_row(i, pool_index)) + "\n" for i in infos if i.round > 0))
+
+
+def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """The rows of metrics.jsonl."""
+    with open(Path(out_dir) / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_queries(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    with open(Path(out_dir) / "queries.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two (nested) config dicts."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_difference(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} (in out dir) != {b!r} (this run)")
+    return diffs

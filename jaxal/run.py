@@ -1,0 +1,85 @@
+"""Command line: ``python -m jaxal.run --dataset mnist --acq entropy``. Parses; no logic."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from jaxal.acquisition import ACQUISITIONS
+from jaxal.data import DATASETS, DatasetNotPreparedError, UnknownDatasetError
+from jaxal.experiment import TOY_DATASETS, ExperimentConfig, run_experiment
+from jaxal.loop import ALConfig, ConfigError
+from jaxal.posterior import POSTERIORS
+from jaxal.predictive import PREDICTIVES
+from jaxal.train import OPTIMIZERS, TrainConfig
+
+_AL, _TRAIN = ALConfig(), TrainConfig()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jaxal.run", description="Simulated active learning with jaxal.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="mnist", choices=[*DATASETS, *TOY_DATASETS])
+    p.add_argument("--acq", default=_AL.acquisition, choices=list(ACQUISITIONS),
+                   help="acquisition function (higher score = queried first)")
+    p.add_argument("--posterior", default=_AL.posterior, choices=list(POSTERIORS))
+    p.add_argument("--predictive", default=_AL.predictive, choices=list(PREDICTIVES))
+    p.add_argument("--rounds", type=int, default=_AL.rounds, help="acquisition rounds")
+    p.add_argument("--query-size", type=int, default=_AL.query_size,
+                   help="points labelled per round")
+    p.add_argument("--init-per-class", type=int, default=_AL.init_per_class,
+                   help="balanced initial labelled set: this many per class")
+    p.add_argument("--steps", type=int, default=_TRAIN.steps,
+                   help="optimiser steps per MAP fit (one fit per round)")
+    p.add_argument("--batch-size", type=int, default=_TRAIN.batch_size,
+                   help="minibatch size, drawn with replacement from the labelled set")
+    p.add_argument("--lr", type=float, default=_TRAIN.learning_rate, help="learning rate")
+    p.add_argument("--optimizer", default=_TRAIN.optimizer, choices=list(OPTIMIZERS))
+    p.add_argument("--prior-precision", type=float, default=_TRAIN.prior_precision,
+                   help="precision of the Gaussian prior on all weights (sum-scaled "
+                        "objective; see jaxal.objective)")
+    p.add_argument("--warm-start", action="store_true",
+                   help="start each round's MAP fit from the previous round's weights "
+                        "instead of the initial weights")
+    p.add_argument("--chunk-size", type=int, default=_AL.chunk_size,
+                   help="pool points scored per chunk (bounds memory)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-size", type=int, default=1000,
+                   help="validation points held out of the train split")
+    p.add_argument("--pool-size", type=int, default=None,
+                   help="use a seeded random subset of the pool of this size")
+    p.add_argument("--data-dir", default=None,
+                   help="TFDS data dir with prepared datasets (default: $TFDS_DATA_DIR, "
+                        "else TFDS's default); see `python -m jaxal.data prepare --help`")
+    p.add_argument("--out", default=None,
+                   help="output dir (default: runs/<dataset>-<acq>-<posterior>-seed<seed>)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    train = TrainConfig(steps=args.steps, batch_size=args.batch_size,
+                        learning_rate=args.lr, optimizer=args.optimizer,
+                        prior_precision=args.prior_precision)
+    al = ALConfig(acquisition=args.acq, posterior=args.posterior, predictive=args.predictive,
+                  rounds=args.rounds, query_size=args.query_size,
+                  init_per_class=args.init_per_class, warm_start=args.warm_start,
+                  chunk_size=args.chunk_size, train=train)
+    return ExperimentConfig(dataset=args.dataset, seed=args.seed, val_size=args.val_size,
+                            pool_size=args.pool_size, data_dir=args.data_dir, al=al)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    config = config_from_args(args)
+    out = args.out or f"runs/{args.dataset}-{args.acq}-{args.posterior}-seed{args.seed}"
+    try:
+        run_experiment(config, out, progress=lambda line: print(line, flush=True))
+    except (ConfigError, UnknownDatasetError, DatasetNotPreparedError) as e:
+        sys.exit(f"error: {e}")
+    print(f"outputs in {out}/ (metrics.csv, metrics.jsonl, queries.jsonl, figure5.png)")
+
+
+if __name__ == "__main__":
+    main()
