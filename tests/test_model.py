@@ -1,0 +1,252 @@
+"""Tests for jaxal.model: parameter counts, the body/head split, dropout, and max_pool_2x2.
+
+``max_pool_2x2`` has a hand-written JVP; every derivative is checked against the plain
+reshape-and-max reference (whose derivatives JAX derives itself), against an explicit
+numpy loop, and against finite differences.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from jaxal import model as model_lib
+from jaxal.model import apply_head, cnn, init_params, max_pool_2x2, mlp, num_params
+
+
+def reference_pool(x):
+    """2x2 VALID max-pool as reshape-and-max: odd sides are floored."""
+    n, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    return x[:, : 2 * h2, : 2 * w2].reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+
+
+def numpy_pool_and_grad(x, w):
+    """Loop reference: the pool and d/dx Σ w * pool(x), ties sharing the cotangent equally."""
+    n, h, wd, c = x.shape
+    y = np.zeros((n, h // 2, wd // 2, c), x.dtype)
+    g = np.zeros_like(x)
+    for b, i, j, k in itertools.product(range(n), range(h // 2), range(wd // 2), range(c)):
+        window = x[b, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2, k]
+        y[b, i, j, k] = window.max()
+        is_max = window == window.max()
+        g[b, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2, k] += w[b, i, j, k] * is_max / is_max.sum()
+    return y, g
+
+
+def input_with_ties(key, shape):
+    """ReLU of rounded normals: all-zero windows and tied positive maxima."""
+    return jax.nn.relu(jnp.round(1.5 * jax.random.normal(key, shape)))
+
+
+def num_tied_windows(x):
+    windows = np.asarray(x)[:, : x.shape[1] // 2 * 2, : x.shape[2] // 2 * 2]
+    n, h, w, c = windows.shape
+    windows = windows.reshape(n, h // 2, 2, w // 2, 2, c)
+    return int(((windows == windows.max(axis=(2, 4), keepdims=True)).sum(axis=(2, 4)) > 1).sum())
+
+
+# --- parameter counts ------------------------------------------------------------------------
+
+# conv 3x3: 9*c_in*c_out + c_out.  Three SAME convs (32, 64, 64 channels) each followed by a
+# 2x2 VALID pool; then Dense(128) and the Dense(10) head.
+#   28x28x1: 320 + 18,496 + 36,928; pools 28 -> 14 -> 7 -> 3, Dense in 3*3*64 = 576:
+#            576*128 + 128 = 73,856; head 128*10 + 10 = 1,290.  Total 130,890.
+#   32x32x3: 896 + 18,496 + 36,928; pools 32 -> 16 -> 8 -> 4, Dense in 4*4*64 = 1,024:
+#            1,024*128 + 128 = 131,200; head 1,290.  Total 188,810.
+@pytest.mark.parametrize(
+    ("input_shape", "expected"), [((28, 28, 1), 130_890), ((32, 32, 3), 188_810)]
+)
+def test_cnn_parameter_count_and_logits_shape(input_shape, expected):
+    model = cnn(10)
+    params = init_params(model, jax.random.key(0), input_shape)
+    assert num_params(params) == expected
+
+    x = jax.random.normal(jax.random.key(1), (3, *input_shape))
+    logits = model.apply(params, x)
+    assert logits.shape == (3, 10)
+    assert bool(jnp.isfinite(logits).all())
+
+
+def test_mlp_parameter_count():
+    # 2*32 + 32, 32*32 + 32, 32*2 + 2.
+    params = init_params(mlp(2), jax.random.key(0), (2,))
+    assert num_params(params) == 96 + 1_056 + 66
+
+
+# --- body / head split -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("make_model", "input_shape", "num_features"),
+    [(lambda: cnn(10), (28, 28, 1), 128), (lambda: mlp(2), (2,), 32)],
+    ids=["cnn", "mlp"],
+)
+def test_features_then_head_equals_full_model(make_model, input_shape, num_features):
+    model = make_model()
+    params = init_params(model, jax.random.key(0), input_shape)
+    assert set(params["params"]) == {"body", "head"}
+    x = jax.random.normal(jax.random.key(1), (5, *input_shape))
+
+    features = model.apply(params, x, method=model.features)
+    assert features.shape == (5, num_features)
+    logits = model.apply(params, x)
+    np.testing.assert_allclose(apply_head(params, features), logits, rtol=1e-5, atol=1e-5)
+    # Independent of apply_head: the head's affine map written out in numpy.
+    head = jax.tree.map(np.asarray, params["params"]["head"])
+    np.testing.assert_allclose(np.asarray(features) @ head["kernel"] + head["bias"],
+                               logits, rtol=1e-5, atol=1e-5)
+
+
+# --- dropout ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cnn_and_params():
+    model = cnn(10)
+    return model, init_params(model, jax.random.key(0), (28, 28, 1))
+
+
+def test_dropout_is_random_in_training_and_off_in_evaluation(cnn_and_params):
+    model, params = cnn_and_params
+    x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+
+    def train_logits(seed):
+        return model.apply(params, x, train=True, rngs={"dropout": jax.random.key(seed)})
+
+    assert not np.allclose(train_logits(0), train_logits(1), atol=1e-3)
+    np.testing.assert_array_equal(train_logits(0), train_logits(0))
+
+    eval_logits = model.apply(params, x)
+    np.testing.assert_array_equal(eval_logits, model.apply(params, x, train=False))
+    # A dropout key is ignored when train=False.
+    np.testing.assert_array_equal(
+        eval_logits, model.apply(params, x, train=False, rngs={"dropout": jax.random.key(5)}))
+
+
+def test_dropout_zeroes_or_rescales_features(cnn_and_params):
+    """Inverted dropout at rate 0.5: each feature is 0 or twice its evaluation value."""
+    model, params = cnn_and_params
+    x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+    eval_features = np.asarray(model.apply(params, x, method=model.features))
+    train_features = np.asarray(model.apply(params, x, True, method=model.features,
+                                            rngs={"dropout": jax.random.key(2)}))
+    dropped = train_features == 0.0
+    np.testing.assert_allclose(train_features[~dropped], 2.0 * eval_features[~dropped],
+                               rtol=1e-5, atol=1e-6)
+    active = eval_features > 0
+    # About half of the active features are dropped (binomial, 4*128 draws at most).
+    assert 0.3 < dropped[active].mean() < 0.7
+
+
+# --- max_pool_2x2 ----------------------------------------------------------------------------
+
+# Odd and even sides (7 -> 3, 6 -> 3) in one shape keeps the number of compilations down.
+POOL_SHAPES = [(2, 7, 6, 3), (1, 4, 5, 2)]
+
+
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+def test_max_pool_forward_matches_reference(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    y = max_pool_2x2(x)
+    n, h, w, c = shape
+    assert y.shape == (n, h // 2, w // 2, c)  # 7 -> 3: odd sides are floored
+    np.testing.assert_array_equal(y, reference_pool(x))
+    y_loop, _ = numpy_pool_and_grad(np.asarray(x), np.zeros(y.shape, np.float32))
+    np.testing.assert_array_equal(y, y_loop)
+
+
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+def test_max_pool_gradient_with_ties_matches_reference(shape):
+    key_x, key_w = jax.random.split(jax.random.key(1))
+    x = input_with_ties(key_x, shape)
+    assert num_tied_windows(x) > 0  # the input really has ties (incl. all-zero windows)
+    w = jax.random.normal(key_w, reference_pool(x).shape)
+
+    grad = jax.grad(lambda x: (w * max_pool_2x2(x)).sum())(x)
+    grad_reference = jax.grad(lambda x: (w * reference_pool(x)).sum())(x)
+    _, grad_loop = numpy_pool_and_grad(np.asarray(x), np.asarray(w))
+    np.testing.assert_allclose(grad, grad_reference, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grad, grad_loop, rtol=1e-6, atol=1e-6)
+    # Cropped rows/columns of odd sides get no gradient.
+    np.testing.assert_array_equal(grad[:, 2 * (shape[1] // 2):], 0.0)
+    np.testing.assert_array_equal(grad[:, :, 2 * (shape[2] // 2):], 0.0)
+
+
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+def test_max_pool_jvp_with_ties_matches_reference(shape):
+    key_x, key_t = jax.random.split(jax.random.key(2))
+    x = input_with_ties(key_x, shape)
+    t = jax.random.normal(key_t, shape)
+    y, y_dot = jax.jvp(max_pool_2x2, (x,), (t,))
+    y_ref, y_dot_ref = jax.jvp(reference_pool, (x,), (t,))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_allclose(y_dot, y_dot_ref, rtol=1e-6, atol=1e-6)
+    # Forward and reverse mode agree: <J t, w> = <t, J^T w>.
+    w = jax.random.normal(jax.random.key(3), y.shape)
+    vjp = jax.grad(lambda x: (w * max_pool_2x2(x)).sum())(x)
+    np.testing.assert_allclose((y_dot * w).sum(), (t * vjp).sum(), rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_derivatives_match_finite_differences_float64():
+    shape = POOL_SHAPES[0]
+
+    @jax.jit
+    def derivatives(x, t, w):
+        eps = 1e-6  # the pool is piecewise linear, so central differences are exact
+        fd_jvp = (max_pool_2x2(x + eps * t) - max_pool_2x2(x - eps * t)) / (2 * eps)
+        _, jvp = jax.jvp(max_pool_2x2, (x,), (t,))
+        grad = jax.grad(lambda x: (w * max_pool_2x2(x)).sum())(x)
+        return fd_jvp, jvp, grad
+
+    with jax.enable_x64(True):
+        key_x, key_t, key_w = jax.random.split(jax.random.key(4), 3)
+        x = jax.random.normal(key_x, shape, jnp.float64)  # continuous: no ties
+        t = jax.random.normal(key_t, shape, jnp.float64)
+        w = jax.random.normal(key_w, reference_pool(x).shape, jnp.float64)
+        fd_jvp, jvp, grad = derivatives(x, t, w)
+
+    assert jvp.dtype == grad.dtype == jnp.float64
+    np.testing.assert_allclose(jvp, fd_jvp, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose((grad * t).sum(), (w * fd_jvp).sum(), rtol=1e-6, atol=1e-8)
+
+
+def test_cnn_gradient_matches_cnn_with_reference_pool(cnn_and_params, monkeypatch):
+    """The whole CNN's parameter gradient, ReLU ties included, equals the one through the
+    reference pool (the custom JVP is a faster implementation, not a different function)."""
+    model, params = cnn_and_params
+    x = jax.random.normal(jax.random.key(1), (3, 28, 28, 1))
+    labels = jnp.array([0, 3, 7])
+
+    def loss(params):
+        logits = model.apply(params, x)
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).sum()
+
+    grad = jax.jit(jax.grad(loss))(params)
+    monkeypatch.setattr(model_lib, "max_pool_2x2", reference_pool)
+    grad_reference = jax.jit(jax.grad(loss))(params)
+    flat, _ = ravel_pytree(grad)
+    flat_reference, _ = ravel_pytree(grad_reference)
+    np.testing.assert_allclose(flat, flat_reference, rtol=1e-4, atol=1e-5)
+
+
+# --- MLP -------------------------------------------------------------------------------------
+
+def test_mlp_on_2d_inputs():
+    model = mlp(2)
+    params = init_params(model, jax.random.key(0), (2,))
+    x = jax.random.normal(jax.random.key(1), (7, 2))
+    logits = model.apply(params, x)
+    assert logits.shape == (7, 2)
+    # No dropout in the MLP: train=True is deterministic and equals evaluation.
+    np.testing.assert_array_equal(model.apply(params, x, train=True), logits)
+    # Independent forward pass: tanh(tanh(x W1 + b1) W2 + b2) W3 + b3 in numpy.
+    p = jax.tree.map(np.asarray, params["params"])
+    body = p["body"]
+    h = np.tanh(np.asarray(x) @ body["Dense_0"]["kernel"] + body["Dense_0"]["bias"])
+    h = np.tanh(h @ body["Dense_1"]["kernel"] + body["Dense_1"]["bias"])
+    np.testing.assert_allclose(model.apply(params, x, method=model.features), h,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, h @ p["head"]["kernel"] + p["head"]["bias"],
+                               rtol=1e-5, atol=1e-6)
