@@ -1,0 +1,119 @@
+"""``python -m jaxal.run`` end to end on real MNIST, and its refusals before any work."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxal import data as datasets
+from jaxal.run import main
+
+TINY = ["--dataset", "mnist", "--acq", "margin", "--rounds", "2", "--query-size", "5",
+        "--init-per-class", "1", "--pool-size", "600", "--val-size", "100", "--steps", "20",
+        "--batch-size", "16", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(mnist_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxal.run", *TINY, "--data-dir", str(mnist_data_dir),
+         "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+def test_cli_writes_every_output(tiny_run, mnist_data_dir):
+    out, stdout = tiny_run
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "figure5.png", "metrics.csv", "metrics.jsonl", "queries.jsonl"]
+    # One progress line per round.
+    assert [line.split()[1] for line in stdout.splitlines() if line.startswith("round")] == [
+        "0/2", "1/2", "2/2"]
+
+    config = json.loads((out / "config.json").read_text())
+    exp = config["experiment"]
+    assert exp["dataset"] == "mnist" and exp["seed"] == 3 and exp["pool_size"] == 600
+    assert exp["al"]["acquisition"] == "margin" and exp["al"]["query_size"] == 5
+    assert exp["al"]["train"]["steps"] == 20
+    assert config["num_pool"] == 600 and config["num_val"] == 100
+    assert config["num_test"] == 10000
+
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    jsonl = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+    assert [int(r["num_labels"]) for r in rows] == [10, 15, 20]
+    for r, j in zip(rows, jsonl, strict=True):
+        for key in ("train_loss", "test_loss", "test_accuracy", "test_entropy", "val_loss",
+                    "val_accuracy", "score_s", "train_s", "posterior_s", "eval_s"):
+            assert float(r[key]) == pytest.approx(j[key], rel=1e-12)
+            assert np.isfinite(j[key])
+        assert 0.0 <= j["test_accuracy"] <= 1.0 and 0.0 <= j["val_accuracy"] <= 1.0
+        assert 0.0 <= j["test_entropy"] <= np.log(10) + 1e-6
+        assert j["train_s"] > 0 and j["eval_s"] > 0
+    assert jsonl[0]["score_s"] == 0.0 and jsonl[1]["score_s"] > 0
+
+    # Queried points: distinct, in the pool, labels and dataset indices that match TFDS.
+    queries = [json.loads(line) for line in (out / "queries.jsonl").read_text().splitlines()]
+    assert [q["round"] for q in queries] == [1, 2]
+    ds = datasets.load_dataset("mnist", mnist_data_dir)
+    split = datasets.make_al_split(ds, seed=3, val_size=100, pool_size=600)
+    all_pool = [i for q in queries for i in q["pool_index"]]
+    assert len(all_pool) == len(set(all_pool)) == 10
+    for q in queries:
+        assert len(q["pool_index"]) == len(q["score"]) == len(q["label"]) == 5
+        np.testing.assert_array_equal(split.pool_index[q["pool_index"]], q["dataset_index"])
+        np.testing.assert_array_equal(ds.train_labels[q["dataset_index"]], q["label"])
+        assert q["score"] == sorted(q["score"], reverse=True)
+        assert all(0.0 <= s <= 1.0 for s in q["score"])  # margin scores live in [0, 1]
+
+    png = (out / "figure5.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_rerun_with_other_config_refuses(tiny_run, mnist_data_dir, capsys):
+    out, _ = tiny_run
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = [*TINY, "--data-dir", str(mnist_data_dir), "--out", str(out)]
+    argv[argv.index("margin")] = "entropy"
+    with pytest.raises(SystemExit, match=r"acquisition: 'margin' .* != 'entropy'"):
+        main(argv)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "outputs were touched"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--query-size", "0"], "query size must be > 0"),
+    (["--init-per-class", "100"], "exceeds the pool of 600"),
+    (["--rounds", "200"], "lower --rounds or --query-size"),
+    (["--steps", "0"], "training steps must be > 0"),
+])
+def test_invalid_values_fail_before_training(args, message, mnist_data_dir, tmp_path,
+                                             monkeypatch):
+    import jaxal.loop
+
+    def no_training(*a, **k):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(jaxal.loop, "init_state", no_training)
+    argv = [*TINY, "--data-dir", str(mnist_data_dir), "--out", str(tmp_path / "o"), *args]
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert message in str(err.value)
+    assert not (tmp_path / "o").exists(), "an out dir was created for an invalid run"
+
+
+def test_unknown_acquisition_is_rejected_by_argparse(capsys):
+    with pytest.raises(SystemExit):
+        main(["--acq", "bald"])
+    assert "invalid choice: 'bald'" in capsys.readouterr().err
+
+
+def test_missing_dataset_names_the_fix(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        main(["--dataset", "fashion_mnist", "--data-dir", str(tmp_path), "--out",
+              str(tmp_path / "o")])
+    assert str(tmp_path) in str(err.value) and "jaxal.data prepare" in str(err.value)
