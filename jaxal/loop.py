@@ -36,7 +36,7 @@ class ALConfig(NamedTuple):
     query_size: int = 10
     init_per_class: int = 2
     warm_start: bool = False
-    chunk_size: int = 2048
+    chunk_size: int = 4096
     train: TrainConfig = TrainConfig()
 
 

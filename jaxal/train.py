@@ -91,10 +91,12 @@ def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Train
         return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
 
     def labelled_nll(params, x_pool, y_pool, labelled_idx, num_labelled):
-        idx = labelled_idx[:capacity]
-        weights = (jnp.arange(capacity) < num_labelled).astype(jnp.float32)
+        valid = jnp.arange(capacity) < num_labelled
+        # Pad with a labelled point (weight 0), never an unlabelled one: unlabelled labels
+        # may be unknown (out of range) and 0 * NaN is NaN.
+        idx = jnp.where(valid, labelled_idx[:capacity], labelled_idx[0])
         logits = model.apply(params, x_pool[idx])
-        return -log_likelihood(logits, y_pool[idx], weights) / num_labelled
+        return -log_likelihood(logits, y_pool[idx], valid.astype(logits.dtype)) / num_labelled
 
     return Trainer(config, init, step, labelled_nll)
 

@@ -1,0 +1,200 @@
+"""Tests for jaxal.train: MAP fitting on a labelled subset of a fixed pool, static shapes."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from jaxal.model import init_params, mlp
+from jaxal.objective import map_objective
+from jaxal.train import TrainConfig, labelled_indices, make_trainer, train_map
+
+POOL_SIZE = 200
+CAPACITY = 64
+MODEL = mlp(2)
+# jax._src.dispatch.BACKEND_COMPILE_EVENT: recorded once per XLA compilation.
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+def blobs(num_points=POOL_SIZE, seed=0):
+    """Two well separated Gaussian blobs at ±(2, 2): a linearly separable 2-D pool."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, num_points)
+    x = np.where(y[:, None] == 1, 2.0, -2.0) + 0.5 * rng.standard_normal((num_points, 2))
+    return x.astype(np.float32), y.astype(np.int32)
+
+
+X_POOL, Y_POOL = blobs()
+
+
+def labelled_mask(per_class):
+    """``per_class`` labelled points of each class, never pool point 0.
+
+    Pool point 0 stays unlabelled on purpose: ``labelled_indices`` pads with index 0.
+    """
+    mask = np.zeros(POOL_SIZE, bool)
+    for c in (0, 1):
+        mask[1 + np.flatnonzero(Y_POOL[1:] == c)[:per_class]] = True
+    return mask
+
+
+def jit_trainer(trainer):
+    """Jit the trainer's functions as ``jaxal.loop.make_learner`` does."""
+    return trainer._replace(init=jax.jit(trainer.init), step=jax.jit(trainer.step),
+                            labelled_nll=jax.jit(trainer.labelled_nll))
+
+
+def make_jitted_trainer(**config):
+    config = {"steps": 200, "batch_size": 16, "learning_rate": 1e-2, **config}
+    return jit_trainer(make_trainer(MODEL, TrainConfig(**config), CAPACITY))
+
+
+def flat(params):
+    return np.asarray(ravel_pytree(params)[0])
+
+
+@pytest.fixture(scope="module")
+def params0():
+    return jax.jit(lambda key: init_params(MODEL, key, (2,)))(jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    return make_jitted_trainer(prior_precision=1.0)
+
+
+@pytest.fixture(scope="module")
+def fitted(trainer, params0):
+    """θ_MAP on 20 labels (10 per class), and its TrainInfo."""
+    labelled = labelled_mask(10)
+    params, info = train_map(jax.random.key(1), trainer, params0, jnp.asarray(X_POOL),
+                             jnp.asarray(Y_POOL), jnp.asarray(labelled))
+    return params, info, labelled
+
+
+def test_labelled_indices_puts_labelled_points_first():
+    labelled = jnp.array([False, True, False, True, True, False])
+    np.testing.assert_array_equal(labelled_indices(labelled), [1, 3, 4, 0, 0, 0])
+
+
+def test_training_fits_the_labelled_points(fitted, params0):
+    params, info, labelled = fitted
+    assert info.loss.shape == (200,)
+    assert np.mean(info.loss[-10:]) < 0.2 * info.loss[0]
+
+    # train_nll is the mean NLL over the labelled points, checked against numpy.
+    logits = np.asarray(MODEL.apply(params, X_POOL[labelled]), np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    nll = -log_probs[np.arange(labelled.sum()), Y_POOL[labelled]].mean()
+    np.testing.assert_allclose(info.train_nll, nll, rtol=1e-4, atol=1e-6)
+    assert info.train_nll < 0.05
+    assert (logits.argmax(axis=1) == Y_POOL[labelled]).all()
+
+    # The (sum-scaled) MAP objective on the labelled set went down a lot; measured above its
+    # θ-independent part, the prior's normaliser -P/2 log(λ/2π) (λ = 1).
+    constant = -0.5 * flat(params0).size * math.log(1.0 / (2 * math.pi))
+
+    def objective(params):
+        return float(map_objective(params, MODEL.apply(params, X_POOL[labelled]),
+                                   jnp.asarray(Y_POOL[labelled]), 1.0)) - constant
+
+    assert 0 < objective(params) < 0.2 * objective(params0)
+    # Separable blobs: the fit generalises to the unlabelled pool.
+    accuracy = (MODEL.apply(params, X_POOL).argmax(axis=1) == Y_POOL).mean()
+    assert accuracy > 0.95
+
+
+def test_training_never_reads_unlabelled_points(trainer, fitted, params0):
+    """Garbage labels and inputs at unlabelled points leave θ_MAP bit-for-bit unchanged.
+
+    (``labelled_nll`` does read pool point 0 as padding, with weight 0: see the next test.)
+    """
+    params, info, labelled = fitted
+    y_garbage = np.where(labelled, Y_POOL, 1 - Y_POOL)  # flipped labels
+    x_garbage = np.where(labelled[:, None], X_POOL, 100.0 - X_POOL)
+    params_garbage, info_garbage = train_map(
+        jax.random.key(1), trainer, params0, jnp.asarray(x_garbage), jnp.asarray(y_garbage),
+        jnp.asarray(labelled))
+    np.testing.assert_array_equal(flat(params_garbage), flat(params))
+    np.testing.assert_array_equal(info_garbage.loss, info.loss)
+    np.testing.assert_allclose(info_garbage.train_nll, info.train_nll, rtol=1e-6)
+
+
+def test_labelled_nll_ignores_out_of_range_labels_of_unlabelled_points(params0):
+    """Unjitted, as the library defines it: XLA happens to hide the NaN under jit."""
+    labelled = labelled_mask(10)
+    assert not labelled[0]
+    hidden = np.where(labelled, Y_POOL, 2)  # "unknown" sentinel: num_classes
+    trainer = make_trainer(MODEL, TrainConfig(), CAPACITY)
+    idx = labelled_indices(jnp.asarray(labelled))
+    num_labelled = jnp.asarray(labelled.sum())
+    nll = trainer.labelled_nll(params0, jnp.asarray(X_POOL), jnp.asarray(Y_POOL), idx,
+                               num_labelled)
+    nll_hidden = trainer.labelled_nll(params0, jnp.asarray(X_POOL), jnp.asarray(hidden), idx,
+                                      num_labelled)
+    np.testing.assert_allclose(nll_hidden, nll, rtol=1e-6)
+
+
+def test_strong_prior_shrinks_parameters_to_zero(params0):
+    labelled = jnp.asarray(labelled_mask(10))
+
+    def fit(prior_precision):
+        trainer = make_jitted_trainer(prior_precision=prior_precision)
+        return train_map(jax.random.key(1), trainer, params0, jnp.asarray(X_POOL),
+                         jnp.asarray(Y_POOL), labelled)
+
+    params_free, _ = fit(0.0)
+    params_shrunk, info_shrunk = fit(1e4)
+    norm_free, norm_shrunk = np.linalg.norm(flat(params_free)), np.linalg.norm(flat(params_shrunk))
+    assert norm_shrunk < 0.1 * norm_free
+    assert norm_shrunk < 0.1 * np.linalg.norm(flat(params0))
+    # θ ≈ 0 means logits ≈ 0: the predictive is uniform over the 2 classes.
+    assert abs(info_shrunk.train_nll - math.log(2)) < 0.05
+
+
+def test_same_key_same_params_different_key_different_params(trainer, fitted, params0):
+    params, info, labelled = fitted
+    args = (params0, jnp.asarray(X_POOL), jnp.asarray(Y_POOL), jnp.asarray(labelled))
+    params_again, info_again = train_map(jax.random.key(1), trainer, *args)
+    np.testing.assert_array_equal(flat(params_again), flat(params))
+    np.testing.assert_array_equal(info_again.loss, info.loss)
+    params_other, _ = train_map(jax.random.key(2), trainer, *args)
+    assert np.abs(flat(params_other) - flat(params)).max() > 1e-3
+
+
+def test_more_labels_do_not_recompile(trainer, fitted, params0):
+    """The labelled set is a mask over a fixed pool: one compilation serves every size.
+
+    ``fitted`` has trained with 20 labels, compiling everything ``train_map`` runs; training
+    again with 30 and 40 labels must not compile anything.
+    """
+    x_pool, y_pool = jnp.asarray(X_POOL), jnp.asarray(Y_POOL)
+    compiles = []
+    listening = [True]
+
+    def listener(event, duration, **kwargs):
+        del duration, kwargs
+        if listening[0] and event == BACKEND_COMPILE_EVENT:
+            compiles[-1] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        compiles.append(0)
+        jax.jit(lambda a: a * 3 + 1)(x_pool)  # a fresh function: the listener must see it
+        for per_class in (15, 20):  # 30, 40 labels
+            labelled = jnp.asarray(labelled_mask(per_class))  # device_put: no compilation
+            compiles.append(0)
+            params, info = train_map(jax.random.key(per_class), trainer, params0, x_pool,
+                                     y_pool, labelled)
+            jax.block_until_ready(params)
+            assert np.isfinite(info.train_nll)
+    finally:
+        listening[0] = False
+        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+        if unregister is not None:
+            unregister(listener)
+
+    assert compiles == [1, 0, 0]
