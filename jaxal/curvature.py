@@ -1,0 +1,153 @@
+"""Curvature of the summed negative log-likelihood at θ_MAP, in several stored forms.
+
+For logits f(x_n; θ) ∈ R^C and softmax probabilities p_n, the generalised Gauss-Newton is
+
+    GGN = Σ_n J_nᵀ Λ_n J_n,   J_n = ∂f(x_n; θ)/∂θ  [C, P],   Λ_n = diag(p_n) - p_n p_nᵀ.
+
+Λ_n factorises exactly as Λ_n = A_n A_nᵀ with A_n = diag(√p_n) - p_n √p_nᵀ (use Σ_c p_c = 1),
+so with B_n = A_nᵀ J_n [C, P] (C vector-Jacobian products per example, never P
+matrix-vector products) the GGN is Σ_n B_nᵀ B_n and its exact diagonal is Σ_n Σ_k B_n[k]².
+
+Every function here has one signature,
+
+    curvature(logits_fn, params, x, y, chunk_size) -> dense [P, P] | diagonal [P] | scalar
+
+where ``logits_fn(params, x) -> [n, C]`` is the model restricted to the chosen parameter
+subset (all weights, or the last layer applied to cached features). The registry
+``CURVATURES`` maps ``(source, structure)`` to it; the prior is added in
+``jaxal.posterior``, with exactly the ``prior_precision`` of the MAP objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from jaxal.acquisition import chunk_array
+from jaxal.objective import log_likelihood
+
+LogitsFn = Callable[[object, jax.Array], jax.Array]
+
+# Dense P x P forms refuse above this many bytes (full GGN / Hessian of all CNN weights:
+# 130,890² x 4 B = 68.5 GB).
+MAX_DENSE_BYTES = 4 * 2**30
+
+
+class CurvatureTooLargeError(ValueError):
+    """A dense P x P curvature would not fit; raised before any work."""
+
+
+def check_dense_fits(num_params: int, dtype=jnp.float32, max_bytes: int = MAX_DENSE_BYTES
+                     ) -> None:
+    need = num_params**2 * jnp.dtype(dtype).itemsize
+    if need > max_bytes:
+        raise CurvatureTooLargeError(
+            f"a dense {num_params:,} x {num_params:,} curvature needs {need / 2**30:,.1f} GiB "
+            f"(limit {max_bytes / 2**30:.1f} GiB); use structure 'diag', 'iso' or 'kfac', "
+            f"or subset 'last-layer'")
+
+
+def output_hessian_sqrt(probs: jax.Array) -> jax.Array:
+    """A_n with A_n A_nᵀ = diag(p) - p pᵀ, for probs [..., C] -> [..., C, C]."""
+    sqrt_p = jnp.sqrt(probs)
+    return (jnp.einsum("...c,cd->...cd", sqrt_p, jnp.eye(probs.shape[-1], dtype=probs.dtype))
+            - probs[..., :, None] * sqrt_p[..., None, :])
+
+
+def _ggn_factors(logits_fn: LogitsFn, params, x: jax.Array) -> jax.Array:
+    """B_n = A_nᵀ J_n for every example of a chunk: [n, C, P] over raveled parameters."""
+    flat, unravel = ravel_pytree(params)
+
+    def per_example(x_n):
+        f = lambda theta: logits_fn(unravel(theta), x_n[None])[0]
+        logits, vjp = jax.vjp(f, flat)
+        a = output_hessian_sqrt(jax.nn.softmax(logits))
+        return jax.vmap(lambda col: vjp(col)[0])(a.T)   # row k: J_nᵀ A_n[:, k]
+
+    return jax.vmap(per_example)(x)
+
+
+def _sum_over_chunks(fn: Callable, x: jax.Array, chunk_size: int):
+    """Σ_chunks fn(x_chunk, valid): ``valid`` [chunk] masks the zero padding of the last."""
+    n = x.shape[0]
+    xs = chunk_array(x, min(chunk_size, n))
+
+    def one_chunk(total, args):
+        i, x_chunk = args
+        valid = i * xs.shape[1] + jnp.arange(xs.shape[1]) < n
+        return total + fn(x_chunk, valid), None
+
+    first = jax.eval_shape(fn, xs[0], jnp.ones(xs.shape[1], bool))
+    total = jnp.zeros(first.shape, first.dtype)
+    return jax.lax.scan(one_chunk, total, (jnp.arange(xs.shape[0]), xs))[0]
+
+
+def ggn_full(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = None,
+             chunk_size: int = 256) -> jax.Array:
+    """Dense GGN Σ_n J_nᵀ Λ_n J_n [P, P]; labels are not needed (Λ depends on p only)."""
+    del y
+    check_dense_fits(ravel_pytree(params)[0].size)
+
+    def chunk(x_chunk, valid):
+        b = _ggn_factors(logits_fn, params, x_chunk) * valid[:, None, None]
+        return jnp.einsum("nkp,nkq->pq", b, b)
+
+    return _sum_over_chunks(chunk, x, chunk_size)
+
+
+def ggn_diagonal(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = None,
+                 chunk_size: int = 256) -> jax.Array:
+    """Exact diagonal of the GGN, Σ_n Σ_k (A_nᵀ J_n)_{kp}² [P], from C VJPs per example."""
+    del y
+
+    def chunk(x_chunk, valid):
+        b = _ggn_factors(logits_fn, params, x_chunk) * valid[:, None, None]
+        return (b**2).sum(axis=(0, 1))
+
+    return _sum_over_chunks(chunk, x, chunk_size)
+
+
+def ggn_isotropic(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = None,
+                  chunk_size: int = 256) -> jax.Array:
+    """One scalar: the mean of the exact GGN diagonal, trace(GGN) / P."""
+    return ggn_diagonal(logits_fn, params, x, y, chunk_size).mean()
+
+
+def hessian_full(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array,
+                 chunk_size: int = 256) -> jax.Array:
+    """Dense Hessian of -Σ_n log p(y_n | x_n, θ) over raveled θ, with ``jax.hessian``.
+
+    The Hessian of a network is indefinite away from a strict minimum; the posterior
+    clips its negative eigenvalues to zero before adding the prior (see
+    ``jaxal.posterior``), so the precision stays positive definite by construction.
+    """
+    del chunk_size
+    flat, unravel = ravel_pytree(params)
+    check_dense_fits(flat.size)
+    nll = lambda theta: -log_likelihood(logits_fn(unravel(theta), x), y)
+    return jax.hessian(nll)(flat)
+
+
+def hessian_diagonal(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array,
+                     chunk_size: int = 256) -> jax.Array:
+    """Diagonal of the dense Hessian [P] (needs the dense one: small subsets only)."""
+    return jnp.diag(hessian_full(logits_fn, params, x, y, chunk_size))
+
+
+def hessian_isotropic(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array,
+                      chunk_size: int = 256) -> jax.Array:
+    """trace(H) / P."""
+    return hessian_diagonal(logits_fn, params, x, y, chunk_size).mean()
+
+
+CURVATURES: dict[tuple[str, str], Callable] = {
+    ("ggn", "full"): ggn_full,
+    ("ggn", "diag"): ggn_diagonal,
+    ("ggn", "iso"): ggn_isotropic,
+    ("hessian", "full"): hessian_full,
+    ("hessian", "diag"): hessian_diagonal,
+    ("hessian", "iso"): hessian_isotropic,
+}

@@ -1,0 +1,137 @@
+"""Curvature forms against dense references built from per-example Jacobians."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from jaxal.curvature import (
+    CURVATURES,
+    CurvatureTooLargeError,
+    check_dense_fits,
+    ggn_diagonal,
+    ggn_full,
+    ggn_isotropic,
+    hessian_full,
+    output_hessian_sqrt,
+)
+from jaxal.model import apply_head, cnn, init_params, mlp
+
+
+def dense_ggn(logits_fn, params, x):
+    """Σ_n J_nᵀ (diag p_n - p_n p_nᵀ) J_n from dense per-example Jacobians."""
+    flat, unravel = ravel_pytree(params)
+    f = lambda theta, x_n: logits_fn(unravel(theta), x_n[None])[0]
+    jacobian = jax.jit(jax.jacrev(f))
+    probs = jax.jit(lambda theta, x_n: jax.nn.softmax(f(theta, x_n)))
+    total = np.zeros((flat.size, flat.size))
+    for x_n in x:
+        jac = np.asarray(jacobian(flat, x_n), np.float64)
+        p = np.asarray(probs(flat, x_n), np.float64)
+        total += jac.T @ (np.diag(p) - np.outer(p, p)) @ jac
+    return total
+
+
+def tiny_models():
+    """(name, logits_fn, params, x, y) for a small MLP, a tiny CNN and a last layer."""
+    rng = np.random.default_rng(0)
+    out = []
+    model = mlp(3, hidden=(4,))
+    params = init_params(model, jax.random.key(0), (2,))
+    x = jnp.asarray(rng.normal(size=(7, 2)))
+    out.append(("mlp", model.apply, params, x, jnp.asarray(rng.integers(0, 3, 7))))
+    net = cnn(3, channels=(2, 3, 2), hidden=4)
+    params = init_params(net, jax.random.key(1), (8, 8, 1))
+    x = jnp.asarray(rng.normal(size=(5, 8, 8, 1)))
+    out.append(("cnn", net.apply, params, x, jnp.asarray(rng.integers(0, 3, 5))))
+    features = jnp.asarray(rng.normal(size=(9, 5)))
+    head = {"params": {"head": {"kernel": jnp.asarray(rng.normal(size=(5, 4))),
+                                "bias": jnp.asarray(rng.normal(size=4))}}}
+    out.append(("last-layer", apply_head, head, features,
+                jnp.asarray(rng.integers(0, 4, 9))))
+    return out
+
+
+@pytest.fixture(scope="module", params=[m[0] for m in tiny_models()])
+def problem(request):
+    with jax.enable_x64(True):
+        _, fn, params, x, y = next(m for m in tiny_models() if m[0] == request.param)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x = jnp.asarray(x, jnp.float64)
+        yield fn, params, x, y, dense_ggn(fn, params, x)
+
+
+def test_output_hessian_sqrt_factorises_softmax_hessian():
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    a = np.asarray(output_hessian_sqrt(jnp.asarray(p)))
+    np.testing.assert_allclose(a @ a.T, np.diag(p) - np.outer(p, p), atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_size", [2, 3, 64])
+def test_ggn_full_diag_iso_equal_dense_reference(problem, chunk_size):
+    fn, params, x, y, reference = problem
+    with jax.enable_x64(True):
+        full = np.asarray(ggn_full(fn, params, x, y, chunk_size))
+        diag = np.asarray(ggn_diagonal(fn, params, x, y, chunk_size))
+        iso = float(ggn_isotropic(fn, params, x, y, chunk_size))
+    assert full.dtype == np.float64
+    np.testing.assert_allclose(full, reference, atol=1e-9, rtol=1e-7)
+    np.testing.assert_allclose(diag, np.diag(reference), atol=1e-9, rtol=1e-7)
+    np.testing.assert_allclose(iso, np.trace(reference) / reference.shape[0], rtol=1e-7)
+    assert np.linalg.eigvalsh(full).min() > -1e-9, "a GGN is positive semi-definite"
+
+
+def test_ggn_equals_hessian_for_linear_softmax():
+    """For logits linear in θ the GGN is the exact Hessian of the NLL."""
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        params = {"params": {"head": {"kernel": jnp.asarray(rng.normal(size=(3, 4))),
+                                      "bias": jnp.asarray(rng.normal(size=4))}}}
+        x = jnp.asarray(rng.normal(size=(11, 3)))
+        y = jnp.asarray(rng.integers(0, 4, 11))
+        ggn = np.asarray(ggn_full(apply_head, params, x, y))
+        hess = np.asarray(hessian_full(apply_head, params, x, y))
+
+        flat, unravel = ravel_pytree(params)
+
+        def nll(theta):
+            logp = jax.nn.log_softmax(apply_head(unravel(theta), x))
+            return -logp[jnp.arange(11), y].sum()
+
+        reference = np.asarray(jax.hessian(nll)(flat))
+    np.testing.assert_allclose(hess, reference, atol=1e-10)
+    np.testing.assert_allclose(ggn, reference, atol=1e-9)
+
+
+def test_hessian_of_network_differs_from_ggn(problem):
+    """Away from a linear model the Hessian carries the residual term the GGN drops."""
+    fn, params, x, y, _ = problem
+    with jax.enable_x64(True):
+        hess = np.asarray(hessian_full(fn, params, x, y))
+        flat, unravel = ravel_pytree(params)
+        grad = jax.jit(jax.grad(lambda t: -(jax.nn.log_softmax(fn(unravel(t), x))
+                                            [jnp.arange(x.shape[0]), y]).sum()))
+        # Central finite differences of the gradient along a random direction.
+        v = jnp.asarray(np.random.default_rng(1).normal(size=flat.size))
+        eps = 1e-5
+        fd = (grad(flat + eps * v) - grad(flat - eps * v)) / (2 * eps)
+    np.testing.assert_allclose(hess @ np.asarray(v), np.asarray(fd), atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(hess, hess.T, atol=1e-10)
+
+
+def test_dense_forms_refuse_what_does_not_fit():
+    with pytest.raises(CurvatureTooLargeError, match=r"130,890 x 130,890 .* 63\.8 GiB"):
+        check_dense_fits(130_890)
+    net = cnn(10)
+    params = jax.eval_shape(lambda: init_params(net, jax.random.key(0), (28, 28, 1)))
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    for source in ("ggn", "hessian"):
+        with pytest.raises(CurvatureTooLargeError, match="use structure 'diag'"):
+            CURVATURES[(source, "full")](net.apply, params, jnp.zeros((2, 28, 28, 1)),
+                                         jnp.zeros(2, jnp.int32))
+
+
+def test_registry_is_complete():
+    assert set(CURVATURES) == {(s, t) for s in ("ggn", "hessian")
+                               for t in ("full", "diag", "iso")}
