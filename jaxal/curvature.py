@@ -10,9 +10,11 @@ matrix-vector products) the GGN is Σ_n B_nᵀ B_n and its exact diagonal is Σ_
 
 Every function here has one signature,
 
-    curvature(logits_fn, params, x, y, chunk_size) -> dense [P, P] | diagonal [P] | scalar
+    curvature(logits_fn, params, x, y, weights, chunk_size) -> dense [P, P] | [P] | scalar
 
-where ``logits_fn(params, x) -> [n, C]`` is the model restricted to the chosen parameter
+where ``weights`` [n] (0/1, or None for all ones) lets a padded, static-size buffer of
+labelled points stand for the labelled set, and ``logits_fn(params, x) -> [n, C]`` is the
+model restricted to the chosen parameter
 subset (all weights, or the last layer applied to cached features). The registry
 ``CURVATURES`` maps ``(source, structure)`` to it; the prior is added in
 ``jaxal.posterior``, with exactly the ``prior_precision`` of the MAP objective.
@@ -70,55 +72,53 @@ def _ggn_factors(logits_fn: LogitsFn, params, x: jax.Array) -> jax.Array:
     return jax.vmap(per_example)(x)
 
 
-def _sum_over_chunks(fn: Callable, x: jax.Array, chunk_size: int):
-    """Σ_chunks fn(x_chunk, valid): ``valid`` [chunk] masks the zero padding of the last."""
-    n = x.shape[0]
-    xs = chunk_array(x, min(chunk_size, n))
-
-    def one_chunk(total, args):
-        i, x_chunk = args
-        valid = i * xs.shape[1] + jnp.arange(xs.shape[1]) < n
-        return total + fn(x_chunk, valid), None
-
-    first = jax.eval_shape(fn, xs[0], jnp.ones(xs.shape[1], bool))
+def _sum_over_chunks(fn: Callable, x: jax.Array, weights: jax.Array, chunk_size: int):
+    """Σ_chunks fn(x_chunk, w_chunk); padding of the last chunk gets weight 0."""
+    xs = chunk_array(x, min(chunk_size, x.shape[0]))
+    ws = chunk_array(weights, xs.shape[1])
+    first = jax.eval_shape(fn, xs[0], ws[0])
     total = jnp.zeros(first.shape, first.dtype)
-    return jax.lax.scan(one_chunk, total, (jnp.arange(xs.shape[0]), xs))[0]
+    return jax.lax.scan(lambda t, xw: (t + fn(*xw), None), total, (xs, ws))[0]
+
+
+def _weights(x: jax.Array, weights: jax.Array | None) -> jax.Array:
+    return jnp.ones(x.shape[0], x.dtype) if weights is None else weights.astype(x.dtype)
 
 
 def ggn_full(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = None,
-             chunk_size: int = 256) -> jax.Array:
-    """Dense GGN Σ_n J_nᵀ Λ_n J_n [P, P]; labels are not needed (Λ depends on p only)."""
+             weights: jax.Array | None = None, chunk_size: int = 256) -> jax.Array:
+    """Dense GGN Σ_n w_n J_nᵀ Λ_n J_n [P, P]; labels are not needed (Λ depends on p only)."""
     del y
     check_dense_fits(ravel_pytree(params)[0].size)
 
-    def chunk(x_chunk, valid):
-        b = _ggn_factors(logits_fn, params, x_chunk) * valid[:, None, None]
+    def chunk(x_chunk, w_chunk):
+        b = _ggn_factors(logits_fn, params, x_chunk) * jnp.sqrt(w_chunk)[:, None, None]
         return jnp.einsum("nkp,nkq->pq", b, b)
 
-    return _sum_over_chunks(chunk, x, chunk_size)
+    return _sum_over_chunks(chunk, x, _weights(x, weights), chunk_size)
 
 
 def ggn_diagonal(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = None,
-                 chunk_size: int = 256) -> jax.Array:
-    """Exact diagonal of the GGN, Σ_n Σ_k (A_nᵀ J_n)_{kp}² [P], from C VJPs per example."""
+                 weights: jax.Array | None = None, chunk_size: int = 256) -> jax.Array:
+    """Exact diagonal of the GGN, Σ_n w_n Σ_k (A_nᵀ J_n)_{kp}² [P], from C VJPs per example."""
     del y
 
-    def chunk(x_chunk, valid):
-        b = _ggn_factors(logits_fn, params, x_chunk) * valid[:, None, None]
-        return (b**2).sum(axis=(0, 1))
+    def chunk(x_chunk, w_chunk):
+        b = _ggn_factors(logits_fn, params, x_chunk)
+        return jnp.einsum("n,nkp->p", w_chunk, b**2)
 
-    return _sum_over_chunks(chunk, x, chunk_size)
+    return _sum_over_chunks(chunk, x, _weights(x, weights), chunk_size)
 
 
 def ggn_isotropic(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = None,
-                  chunk_size: int = 256) -> jax.Array:
+                  weights: jax.Array | None = None, chunk_size: int = 256) -> jax.Array:
     """One scalar: the mean of the exact GGN diagonal, trace(GGN) / P."""
-    return ggn_diagonal(logits_fn, params, x, y, chunk_size).mean()
+    return ggn_diagonal(logits_fn, params, x, y, weights, chunk_size).mean()
 
 
 def hessian_full(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array,
-                 chunk_size: int = 256) -> jax.Array:
-    """Dense Hessian of -Σ_n log p(y_n | x_n, θ) over raveled θ, with ``jax.hessian``.
+                 weights: jax.Array | None = None, chunk_size: int = 256) -> jax.Array:
+    """Dense Hessian of -Σ_n w_n log p(y_n | x_n, θ) over raveled θ, with ``jax.hessian``.
 
     The Hessian of a network is indefinite away from a strict minimum; the posterior
     clips its negative eigenvalues to zero before adding the prior (see
@@ -127,20 +127,21 @@ def hessian_full(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array,
     del chunk_size
     flat, unravel = ravel_pytree(params)
     check_dense_fits(flat.size)
-    nll = lambda theta: -log_likelihood(logits_fn(unravel(theta), x), y)
+    nll = lambda theta: -log_likelihood(logits_fn(unravel(theta), x), y,
+                                        _weights(x, weights))
     return jax.hessian(nll)(flat)
 
 
 def hessian_diagonal(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array,
-                     chunk_size: int = 256) -> jax.Array:
+                     weights: jax.Array | None = None, chunk_size: int = 256) -> jax.Array:
     """Diagonal of the dense Hessian [P] (needs the dense one: small subsets only)."""
-    return jnp.diag(hessian_full(logits_fn, params, x, y, chunk_size))
+    return jnp.diag(hessian_full(logits_fn, params, x, y, weights, chunk_size))
 
 
 def hessian_isotropic(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array,
-                      chunk_size: int = 256) -> jax.Array:
+                      weights: jax.Array | None = None, chunk_size: int = 256) -> jax.Array:
     """trace(H) / P."""
-    return hessian_diagonal(logits_fn, params, x, y, chunk_size).mean()
+    return hessian_diagonal(logits_fn, params, x, y, weights, chunk_size).mean()
 
 
 CURVATURES: dict[tuple[str, str], Callable] = {

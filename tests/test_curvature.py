@@ -72,9 +72,9 @@ def test_output_hessian_sqrt_factorises_softmax_hessian():
 def test_ggn_full_diag_iso_equal_dense_reference(problem, chunk_size):
     fn, params, x, y, reference = problem
     with jax.enable_x64(True):
-        full = np.asarray(ggn_full(fn, params, x, y, chunk_size))
-        diag = np.asarray(ggn_diagonal(fn, params, x, y, chunk_size))
-        iso = float(ggn_isotropic(fn, params, x, y, chunk_size))
+        full = np.asarray(ggn_full(fn, params, x, y, chunk_size=chunk_size))
+        diag = np.asarray(ggn_diagonal(fn, params, x, y, chunk_size=chunk_size))
+        iso = float(ggn_isotropic(fn, params, x, y, chunk_size=chunk_size))
     assert full.dtype == np.float64
     np.testing.assert_allclose(full, reference, atol=1e-9, rtol=1e-7)
     np.testing.assert_allclose(diag, np.diag(reference), atol=1e-9, rtol=1e-7)
@@ -135,3 +135,18 @@ def test_dense_forms_refuse_what_does_not_fit():
 def test_registry_is_complete():
     assert set(CURVATURES) == {(s, t) for s in ("ggn", "hessian")
                                for t in ("full", "diag", "iso")}
+
+
+def test_weights_drop_padded_examples(problem):
+    """A 0/1-weighted padded buffer gives the curvature of the weighted-in examples only."""
+    fn, params, x, y, _ = problem
+    keep = np.arange(x.shape[0]) % 2 == 0
+    with jax.enable_x64(True):
+        padded = jnp.concatenate([x, jnp.zeros_like(x[:2])])
+        y_pad = jnp.concatenate([y, jnp.zeros(2, y.dtype)])
+        w = jnp.asarray(np.concatenate([keep, [False, False]]))
+        for form in CURVATURES.values():
+            form = jax.jit(form, static_argnums=0, static_argnames="chunk_size")
+            got = np.asarray(form(fn, params, padded, y_pad, w, chunk_size=3))
+            want = np.asarray(form(fn, params, x[keep], y[keep]))
+            np.testing.assert_allclose(got, want, atol=1e-9, rtol=1e-7)
