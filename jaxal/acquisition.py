@@ -12,6 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxal.chunks import chunk_array, map_chunks  # noqa: F401 (re-exported)
 from jaxal.predictive import PredictiveOutput
 
 # Probabilities are clipped away from 0 before logs so saturated softmaxes give 0, not NaN.
@@ -55,28 +56,6 @@ ACQUISITIONS: dict[str, ScoreFn] = {
     "margin": margin,
     "least_confidence": least_confidence,
 }
-
-
-def chunk_array(x: jax.Array, chunk_size: int) -> jax.Array:
-    """[n, ...] -> [ceil(n / chunk), chunk, ...], the last chunk zero-padded."""
-    n = x.shape[0]
-    num_chunks = -(-n // chunk_size)
-    pad = num_chunks * chunk_size - n
-    xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    return xs.reshape(num_chunks, chunk_size, *x.shape[1:])
-
-
-def map_chunks(fn: Callable, x: jax.Array, chunk_size: int):
-    """``fn(chunk_index, x_chunk)`` over ``x`` in chunks of a static size, concatenated.
-
-    Memory is bounded by one chunk's intermediates (e.g. s x chunk x c per-sample
-    probabilities instead of s x n x c). The last chunk is zero-padded and the padding
-    dropped from the outputs, which must have the chunk as leading axis.
-    """
-    n = x.shape[0]
-    xs = chunk_array(x, min(chunk_size, n))
-    out = jax.lax.map(lambda args: fn(*args), (jnp.arange(xs.shape[0]), xs))
-    return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:n], out)
 
 
 def score_pool(key: jax.Array, predict: Callable, score: ScoreFn, x_pool: jax.Array,

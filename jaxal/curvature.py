@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxal.acquisition import chunk_array
+from jaxal.chunks import chunk_array
 from jaxal.objective import log_likelihood
 
 LogitsFn = Callable[[object, jax.Array], jax.Array]

@@ -34,7 +34,8 @@ class ExperimentConfig(NamedTuple):
 
     def to_dict(self) -> dict:
         d = self._asdict()
-        d["al"] = {**self.al._asdict(), "train": self.al.train._asdict()}
+        d["al"] = {**self.al._asdict(), "train": self.al.train._asdict(),
+                   "laplace": self.al.laplace._asdict()}
         del d["data_dir"]  # where the data lives does not change the results
         return d
 
@@ -106,12 +107,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike | None =
                    "jax_version": jax.__version__, "backend": jax.default_backend(),
                    "num_pool": int(split.pool_x.shape[0]), "num_val": int(split.val_y.size),
                    "num_test": int(split.test_y.size), "started": time.strftime("%F %T")}
-    if out_dir is not None:
-        _prepare_out_dir(out_dir, config_dict)
-
     model = (mlp(split.num_classes) if config.dataset in TOY_DATASETS
              else cnn(split.num_classes))
     learner = make_learner(model, config.al, split.pool_x.shape[1:], split.num_classes)
+    if out_dir is not None:
+        _prepare_out_dir(out_dir, config_dict)
     data = to_device(split)
     infos = []
     for step in run_rounds(jax.random.key(config.seed), learner, data):

@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal.acquisition import ACQUISITIONS, entropy, map_chunks, score_pool, select_top_k
+from jaxal.curvature import CURVATURES, CurvatureTooLargeError, check_dense_fits
 from jaxal.model import Classifier, init_params
-from jaxal.posterior import POSTERIORS
+from jaxal.posterior import POSTERIORS, SUBSETS, LaplaceConfig, head_params, prior_precision_of
 from jaxal.predictive import PREDICTIVES, PREDICTIVES_FOR_POSTERIOR
-from jaxal.train import OPTIMIZERS, TrainConfig, make_trainer, train_map
+from jaxal.train import OPTIMIZERS, TrainConfig, labelled_indices, make_trainer, train_map
 
 
 class ALConfig(NamedTuple):
@@ -38,6 +39,7 @@ class ALConfig(NamedTuple):
     warm_start: bool = False
     chunk_size: int = 4096
     train: TrainConfig = TrainConfig()
+    laplace: LaplaceConfig = LaplaceConfig()   # used when posterior == "laplace"
 
 
 class ALData(NamedTuple):
@@ -71,6 +73,7 @@ class Metrics(NamedTuple):
     test_entropy: float    # mean predictive entropy on the test set
     val_loss: float
     val_accuracy: float
+    prior_precision: float  # of the posterior (fitted, with --prior-precision auto)
 
 
 class Timings(NamedTuple):
@@ -128,6 +131,21 @@ def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | N
     need(config.init_per_class > 0,
          f"init-per-class must be > 0 (got {config.init_per_class})")
     need(config.chunk_size > 0, f"chunk size must be > 0 (got {config.chunk_size})")
+    if config.posterior == "laplace":
+        lc = config.laplace
+        need((lc.curvature, lc.structure) in CURVATURES,
+             f"unknown curvature {lc.curvature!r} / structure {lc.structure!r}; choose from "
+             f"{sorted(CURVATURES)}")
+        need(lc.subset in SUBSETS, f"unknown subset {lc.subset!r}; choose one of {SUBSETS}")
+        need(lc.samples > 0, f"samples must be > 0 (got {lc.samples})")
+        need(lc.prior_precision is None or lc.prior_precision > 0,
+             f"Laplace prior precision must be > 0 (got {lc.prior_precision})")
+        need(config.predictive != "probit" or lc.subset == "last-layer",
+             "the probit predictive is implemented for the last-layer posterior; use "
+             "--subset last-layer, or --predictive mc for all weights")
+        need(lc.subset == "last-layer" or lc.curvature == "ggn" or lc.structure == "full",
+             "the Hessian diag/iso forms need the dense Hessian, which does not fit for all "
+             "weights; use --curvature ggn or --subset last-layer")
     t = config.train
     need(t.steps > 0, f"training steps must be > 0 (got {t.steps})")
     need(t.batch_size > 0, f"batch size must be > 0 (got {t.batch_size})")
@@ -183,10 +201,24 @@ def label_budget(config: ALConfig, num_classes: int) -> int:
     return config.init_per_class * num_classes + config.rounds * config.query_size
 
 
+def check_fits(model: Classifier, config: ALConfig, input_shape: tuple[int, ...]) -> None:
+    """Refuse, before training, a dense curvature the parameter subset makes too large."""
+    if config.posterior != "laplace" or config.laplace.structure != "full":
+        return
+    params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), input_shape))
+    if config.laplace.subset == "last-layer":
+        params = head_params(params)
+    try:
+        check_dense_fits(sum(p.size for p in jax.tree.leaves(params)))
+    except CurvatureTooLargeError as e:
+        raise ConfigError(f"--structure full on subset {config.laplace.subset!r}: {e}") from e
+
+
 def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ...],
                  num_classes: int) -> ActiveLearner:
     """Bundle and jit the functions of one run. Shapes are static, so each compiles once."""
-    predict = PREDICTIVES[config.predictive]
+    check_fits(model, config, input_shape)
+    predict = partial(PREDICTIVES[config.predictive], config=config)
     fit_posterior = POSTERIORS[config.posterior]
     score = ACQUISITIONS[config.acquisition]
     # The largest labelled set of the run: a static bound for gathering labelled points.
@@ -197,17 +229,28 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
                                step=jax.jit(trainer.step),
                                labelled_nll=jax.jit(trainer.labelled_nll))
 
-    def fit(key, params, x, y, labelled):
-        return fit_posterior(key, model, params, x, y, labelled, config)
+    def fit(key, params, x_pool, y_pool, labelled):
+        # The labelled set in a buffer of static size; padding rows repeat a labelled
+        # point with weight 0 (unlabelled labels may be unknown).
+        idx = labelled_indices(labelled)[:capacity]
+        valid = jnp.arange(capacity) < labelled.sum()
+        idx = jnp.where(valid, idx, idx[0])
+        return fit_posterior(key, model, params, x_pool[idx], y_pool[idx],
+                             valid.astype(x_pool.dtype), config)
+
+    chunk_size = config.chunk_size
+    if (config.posterior, config.predictive, config.laplace.subset) == ("laplace", "mc", "all"):
+        # S network evaluations per point: keep S x chunk activations within one chunk's.
+        chunk_size = max(1, chunk_size // config.laplace.samples)
 
     def score_fn(key, posterior, x_pool):
         def predict_chunk(key_predict, x_chunk):
             return predict(key_predict, model, posterior, x_chunk)
 
-        return score_pool(key, predict_chunk, score, x_pool, config.chunk_size)
+        return score_pool(key, predict_chunk, score, x_pool, chunk_size)
 
     def evaluate_fn(key, posterior, x, y):
-        return evaluate(key, model, predict, posterior, x, y, config.chunk_size)
+        return evaluate(key, model, predict, posterior, x, y, chunk_size)
 
     return ActiveLearner(
         config=config,
@@ -243,7 +286,9 @@ def _fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, para
     metrics = Metrics(
         train_loss=train_info.train_nll, test_loss=float(test[0]),
         test_accuracy=float(test[1]), test_entropy=float(test[2]),
-        val_loss=float(val[0]), val_accuracy=float(val[1]))
+        val_loss=float(val[0]), val_accuracy=float(val[1]),
+        prior_precision=float(lam if (lam := prior_precision_of(posterior)) is not None
+                              else learner.config.train.prior_precision))
     return params, posterior, metrics, (t_train, t_fit, t_eval)
 
 

@@ -2,12 +2,13 @@
 
 Every entry has the signature
 
-    fit(key, model, params, x_pool, y_pool, labelled, config) -> posterior
+    fit(key, model, params, x, y, weights, config) -> posterior
 
-where ``params`` is θ_MAP and ``labelled`` the boolean mask of the data it was fitted on.
-The returned posterior is a pytree that the matching predictives in ``jaxal.predictive``
-consume. Today the registry holds the plugin (point-mass) posterior; Laplace
-approximations are added as further entries.
+where ``params`` is θ_MAP, ``x, y`` a static-size buffer of the labelled data it was fitted
+on and ``weights`` [n] marks the real (1) and padding (0) rows; ``config`` is the run's
+``ALConfig``. The returned posterior is a pytree that the matching predictives in
+``jaxal.predictive`` consume: the plugin point mass, or a Laplace approximation
+N(θ_MAP, (curvature + prior_precision I)⁻¹) over all weights or the last layer.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
-from jaxal.model import Classifier
+from jaxal.curvature import CURVATURES
+from jaxal.model import Classifier, apply_head
+from jaxal.objective import log_likelihood
 
 
 class PointMass(NamedTuple):
@@ -27,13 +31,10 @@ class PointMass(NamedTuple):
     params: Any
 
 
-def fit_point_mass(key: jax.Array, model: Classifier, params, x_pool, y_pool, labelled,
+def fit_point_mass(key: jax.Array, model: Classifier, params, x, y, weights,
                    config) -> PointMass:
-    del key, model, x_pool, y_pool, labelled, config
+    del key, model, x, y, weights, config
     return PointMass(params)
-
-
-POSTERIORS = {"plugin": fit_point_mass}
 
 
 # --- Laplace: N(θ_MAP, (curvature + prior_precision I)⁻¹) over a raveled parameter subset ---
@@ -147,3 +148,76 @@ def fit_prior_precision(post, log_likelihood_at_map: jax.Array, init: float = 1.
 
 
 LAPLACE_STRUCTURES = {"full": full_laplace, "diag": diag_laplace, "iso": iso_laplace}
+SUBSETS = ("last-layer", "all")
+
+
+class LaplaceConfig(NamedTuple):
+    """Which Laplace approximation: ``(curvature, structure, subset)`` plus its prior."""
+
+    curvature: str = "ggn"           # "ggn" | "hessian"
+    structure: str = "full"          # "full" | "diag" | "iso"
+    subset: str = "last-layer"       # "last-layer" | "all"
+    samples: int = 100               # S for the Monte Carlo predictive
+    prior_precision: float | None = None  # None: the MAP objective's prior_precision
+    fit_prior_precision: bool = False     # maximise the evidence over it after fitting
+    chunk_size: int | None = None    # examples per curvature chunk (None: by subset)
+
+
+class LastLayerLaplace(NamedTuple):
+    """Laplace over the head only; the features come from θ_MAP, computed once."""
+
+    params: Any              # θ_MAP, all weights
+    head: Any                # Full/Diag/IsoLaplace over the raveled head parameters
+
+
+class WeightsLaplace(NamedTuple):
+    """Laplace over all weights."""
+
+    params: Any
+    weights: Any             # Full/Diag/IsoLaplace over all raveled parameters
+
+
+def head_params(params):
+    """The last layer's parameters as a pytree ``apply_head`` takes."""
+    return {"params": {"head": params["params"]["head"]}}
+
+
+def subset_problem(model: Classifier, params, x: jax.Array, subset: str):
+    """(θ_subset, logits_fn, inputs) so that logits = logits_fn(θ_subset, inputs)."""
+    if subset == "last-layer":
+        features = model.apply(params, x, method=model.features)
+        return head_params(params), apply_head, features
+    return params, model.apply, x
+
+
+def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config):
+    """Laplace posterior at θ_MAP with the run's ``config.laplace`` choices.
+
+    The prior precision is the MAP objective's (``config.train.prior_precision``) unless
+    ``config.laplace`` overrides it; with ``fit_prior_precision`` it is then set to the
+    evidence maximiser for the fitted curvature (post hoc, as the MAP is not refitted).
+    """
+    del key
+    lc = config.laplace
+    theta, logits_fn, inputs = subset_problem(model, params, x, lc.subset)
+    chunk = lc.chunk_size or (256 if lc.subset == "last-layer" else 16)
+    curvature = CURVATURES[(lc.curvature, lc.structure)](logits_fn, theta, inputs, y,
+                                                        weights, chunk)
+    mean = ravel_pytree(theta)[0]
+    lam = config.train.prior_precision if lc.prior_precision is None else lc.prior_precision
+    post = LAPLACE_STRUCTURES[lc.structure](mean, curvature, jnp.asarray(lam, mean.dtype))
+    if lc.fit_prior_precision:
+        ll = log_likelihood(logits_fn(theta, inputs), y, weights)
+        post = post._replace(prior_precision=fit_prior_precision(post, ll, init=lam))
+    if lc.subset == "last-layer":
+        return LastLayerLaplace(params, post)
+    return WeightsLaplace(params, post)
+
+
+def prior_precision_of(posterior) -> jax.Array | None:
+    """The posterior's prior precision (None for the plugin)."""
+    inner = getattr(posterior, "head", None) or getattr(posterior, "weights", None)
+    return None if inner is None else inner.prior_precision
+
+
+POSTERIORS = {"plugin": fit_point_mass, "laplace": fit_laplace}

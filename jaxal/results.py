@@ -25,8 +25,8 @@ import numpy as np
 from jaxal.loop import RoundInfo
 
 METRIC_COLUMNS = ("round", "num_labels", "train_loss", "test_loss", "test_accuracy",
-                  "test_entropy", "val_loss", "val_accuracy", "score_s", "train_s",
-                  "posterior_s", "eval_s")
+                  "test_entropy", "val_loss", "val_accuracy", "prior_precision", "score_s",
+                  "train_s", "posterior_s", "eval_s")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

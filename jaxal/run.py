@@ -10,11 +10,11 @@ from jaxal.acquisition import ACQUISITIONS
 from jaxal.data import DATASETS, DatasetNotPreparedError, UnknownDatasetError
 from jaxal.experiment import TOY_DATASETS, ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig, ConfigError
-from jaxal.posterior import POSTERIORS
+from jaxal.posterior import POSTERIORS, SUBSETS, LaplaceConfig
 from jaxal.predictive import PREDICTIVES
 from jaxal.train import OPTIMIZERS, TrainConfig
 
-_AL, _TRAIN = ALConfig(), TrainConfig()
+_AL, _TRAIN, _LAPLACE = ALConfig(), TrainConfig(), LaplaceConfig()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,7 +25,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--acq", default=_AL.acquisition, choices=list(ACQUISITIONS),
                    help="acquisition function (higher score = queried first)")
     p.add_argument("--posterior", default=_AL.posterior, choices=list(POSTERIORS))
-    p.add_argument("--predictive", default=_AL.predictive, choices=list(PREDICTIVES))
+    p.add_argument("--predictive", default=None, choices=list(PREDICTIVES),
+                   help="default: plugin for --posterior plugin; for laplace, probit on the "
+                        "last layer, mc on all weights")
+    p.add_argument("--curvature", default=_LAPLACE.curvature, choices=["ggn", "hessian"],
+                   help="Laplace: generalised Gauss-Newton or exact Hessian")
+    p.add_argument("--structure", default=_LAPLACE.structure, choices=["full", "diag", "iso"],
+                   help="Laplace: how the curvature is stored (full needs P x P memory)")
+    p.add_argument("--subset", default=_LAPLACE.subset, choices=list(SUBSETS),
+                   help="Laplace: parameters with a posterior (the rest stay at the MAP)")
+    p.add_argument("--samples", type=int, default=_LAPLACE.samples,
+                   help="Laplace: posterior samples S of the mc predictive")
     p.add_argument("--rounds", type=int, default=_AL.rounds, help="acquisition rounds")
     p.add_argument("--query-size", type=int, default=_AL.query_size,
                    help="points labelled per round")
@@ -37,9 +47,11 @@ def parser() -> argparse.ArgumentParser:
                    help="minibatch size, drawn with replacement from the labelled set")
     p.add_argument("--lr", type=float, default=_TRAIN.learning_rate, help="learning rate")
     p.add_argument("--optimizer", default=_TRAIN.optimizer, choices=list(OPTIMIZERS))
-    p.add_argument("--prior-precision", type=float, default=_TRAIN.prior_precision,
+    p.add_argument("--prior-precision", type=_float_or_auto, default=_TRAIN.prior_precision,
                    help="precision of the Gaussian prior on all weights (sum-scaled "
-                        "objective; see jaxal.objective)")
+                        "objective; see jaxal.objective); 'auto' (Laplace only) trains with "
+                        f"{_TRAIN.prior_precision} and fits the posterior's by maximising "
+                        "the evidence every round")
     p.add_argument("--warm-start", action="store_true",
                    help="start each round's MAP fit from the previous round's weights "
                         "instead of the initial weights")
@@ -58,23 +70,42 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _float_or_auto(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    auto = args.prior_precision == "auto"
+    if auto and args.posterior != "laplace":
+        raise ConfigError("--prior-precision auto fits the Laplace evidence; add "
+                          "--posterior laplace or give a number")
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size,
                         learning_rate=args.lr, optimizer=args.optimizer,
-                        prior_precision=args.prior_precision)
-    al = ALConfig(acquisition=args.acq, posterior=args.posterior, predictive=args.predictive,
+                        prior_precision=_TRAIN.prior_precision if auto else args.prior_precision)
+    laplace = LaplaceConfig(curvature=args.curvature, structure=args.structure,
+                            subset=args.subset, samples=args.samples,
+                            fit_prior_precision=auto)
+    predictive = args.predictive or (
+        "plugin" if args.posterior == "plugin"
+        else "probit" if args.subset == "last-layer" else "mc")
+    al = ALConfig(acquisition=args.acq, posterior=args.posterior, predictive=predictive,
                   rounds=args.rounds, query_size=args.query_size,
                   init_per_class=args.init_per_class, warm_start=args.warm_start,
-                  chunk_size=args.chunk_size, train=train)
+                  chunk_size=args.chunk_size, train=train, laplace=laplace)
     return ExperimentConfig(dataset=args.dataset, seed=args.seed, val_size=args.val_size,
                             pool_size=args.pool_size, data_dir=args.data_dir, al=al)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    config = config_from_args(args)
     out = args.out or f"runs/{args.dataset}-{args.acq}-{args.posterior}-seed{args.seed}"
     try:
+        config = config_from_args(args)
         run_experiment(config, out, progress=lambda line: print(line, flush=True))
     except (ConfigError, UnknownDatasetError, DatasetNotPreparedError) as e:
         sys.exit(f"error: {e}")
