@@ -1,0 +1,147 @@
+"""Laplace posteriors inside the loop: fit on the labelled set, predictives, every combination."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from jaxal import data as datasets
+from jaxal.curvature import ggn_full
+from jaxal.experiment import to_device
+from jaxal.loop import ALConfig, ConfigError, make_learner, run_rounds, validate_config
+from jaxal.model import apply_head, cnn, init_params, mlp
+from jaxal.posterior import LaplaceConfig, fit_laplace, posterior_covariance, sample_laplace
+from jaxal.predictive import last_layer_logit_variance, mc_predictive, probit_predictive
+from jaxal.run import main
+from jaxal.train import TrainConfig
+
+
+def linear_problem(seed=0, n=60, c=3):
+    """A linear softmax model (MLP without hidden layers: features = inputs)."""
+    rng = np.random.default_rng(seed)
+    model = mlp(c, hidden=())
+    x = jnp.asarray(rng.normal(size=(n, 2)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, c, n))
+    params = init_params(model, jax.random.key(seed), (2,))
+    params = jax.tree.map(lambda p: p + 0.5 * jnp.asarray(rng.normal(size=p.shape),
+                                                            jnp.float32), params)
+    return model, params, x, y
+
+
+def laplace_config(**kw):
+    return ALConfig(posterior="laplace", laplace=LaplaceConfig(**kw),
+                    train=TrainConfig(prior_precision=2.0))
+
+
+def test_fit_uses_only_weighted_labelled_rows():
+    model, params, x, y = linear_problem()
+    weights = jnp.asarray(np.arange(60) < 40, jnp.float32)
+    post = fit_laplace(jax.random.key(0), model, params, x, y, weights,
+                       laplace_config(structure="full"))
+    head = {"params": {"head": params["params"]["head"]}}
+    np.testing.assert_allclose(np.asarray(post.head.mean), np.asarray(ravel_pytree(head)[0]))
+    precision = np.linalg.inv(np.asarray(posterior_covariance(post.head), np.float64))
+    reference = np.asarray(ggn_full(apply_head, head, x[:40]), np.float64) + 2.0 * np.eye(9)
+    np.testing.assert_allclose(precision, reference, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("structure", ["full", "diag", "iso"])
+def test_probit_logit_variance_matches_samples_and_probit_matches_mc(structure):
+    model, params, x, y = linear_problem(1)
+    post = fit_laplace(jax.random.key(0), model, params, x, y, jnp.ones(60),
+                       laplace_config(structure=structure, samples=20_000))
+    x_test = x[:8]
+    config = laplace_config(structure=structure, samples=20_000)
+    # The logit variance J Σ Jᵀ against the variance of sampled logits (MC error ~3/√S).
+    mc = mc_predictive(jax.random.key(1), model, post, x_test, config)
+    keys = jax.random.split(jax.random.key(1), 20_000)
+    samples = jax.vmap(sample_laplace, in_axes=(0, None))(keys, post.head)
+    unravel = ravel_pytree({"params": {"head": params["params"]["head"]}})[1]
+    logits = jax.vmap(lambda t: apply_head(unravel(t), x_test))(samples)
+    var = np.asarray(last_layer_logit_variance(post, x_test))
+    # Relative standard error of a sample variance is √(2/S) ≈ 0.01; allow 6 of them.
+    np.testing.assert_allclose(np.asarray(logits.var(0)), var, rtol=6 * np.sqrt(2 / 20_000))
+    # The probit approximation is close to the MC predictive it approximates.
+    probit = probit_predictive(jax.random.key(2), model, post, x_test, config)
+    np.testing.assert_allclose(np.asarray(probit.probs), np.asarray(mc.probs), atol=0.04)
+    assert mc.sample_probs.shape == (20_000, 8, 3)
+    np.testing.assert_allclose(np.asarray(mc.probs.sum(-1)), 1.0, rtol=1e-5)
+
+
+def valid_combinations():
+    for curvature, structure, subset, predictive in itertools.product(
+            ("ggn", "hessian"), ("full", "diag", "iso"), ("last-layer", "all"),
+            ("mc", "probit")):
+        config = ALConfig(posterior="laplace", predictive=predictive,
+                          laplace=LaplaceConfig(curvature, structure, subset, samples=8))
+        try:
+            validate_config(config, 10_000, None, 2)
+        except ConfigError:
+            continue
+        yield curvature, structure, subset, predictive
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return to_device(datasets.toy_al_split(0, n_pool=60, n_val=20, n_test=40))
+
+
+@pytest.mark.parametrize("combo", list(valid_combinations()), ids="-".join)
+def test_loop_runs_every_combination(toy, combo):
+    curvature, structure, subset, predictive = combo
+    config = ALConfig(acquisition="entropy", posterior="laplace", predictive=predictive,
+                      rounds=2, query_size=3, init_per_class=2,
+                      train=TrainConfig(steps=10, batch_size=8),
+                      laplace=LaplaceConfig(curvature, structure, subset, samples=8,
+                                            fit_prior_precision=structure == "diag"))
+    learner = make_learner(mlp(2, hidden=(4,)), config, (2,), 2)
+    infos = [info for _, info in run_rounds(jax.random.key(0), learner, toy)]
+    assert [i.num_labels for i in infos] == [4, 7, 10]
+    queried = np.concatenate([i.queried for i in infos])
+    assert len(set(queried.tolist())) == 6
+    for info in infos:
+        assert all(np.isfinite(v) for v in info.metrics)
+        assert 0 <= info.metrics.test_entropy <= np.log(2) + 1e-5
+        assert info.metrics.prior_precision > 0
+
+
+def test_expected_combinations_are_valid():
+    combos = set(valid_combinations())
+    assert ("ggn", "diag", "all", "mc") in combos
+    assert ("hessian", "full", "last-layer", "probit") in combos
+    assert ("ggn", "full", "all", "probit") not in combos      # probit: last layer only
+    assert ("hessian", "diag", "all", "mc") not in combos      # needs the dense Hessian
+    assert len(combos) == 6 * 2 + 4                           # last-layer: all 12
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(predictive="probit", laplace=LaplaceConfig(subset="all")),
+     "use --subset last-layer, or --predictive mc"),
+    (dict(laplace=LaplaceConfig(curvature="hessian", structure="iso", subset="all")),
+     "use --curvature ggn or --subset last-layer"),
+    (dict(laplace=LaplaceConfig(samples=0)), "samples must be > 0"),
+    (dict(laplace=LaplaceConfig(structure="kron")), "unknown curvature 'ggn' / structure"),
+])
+def test_wrong_combinations_fail_with_the_fix(change, message):
+    config = ALConfig(posterior="laplace", predictive="mc")._replace(**change)
+    with pytest.raises(ConfigError, match=None) as err:
+        validate_config(config, 10_000, None, 2)
+    assert message in str(err.value)
+
+
+def test_full_on_all_cnn_weights_is_refused_before_training():
+    config = ALConfig(posterior="laplace", predictive="mc",
+                      laplace=LaplaceConfig(structure="full", subset="all"))
+    with pytest.raises(ConfigError, match=r"130,890 x 130,890 .* use structure 'diag'"):
+        make_learner(cnn(10), config, (28, 28, 1), 10)
+    # The last layer (1,290 parameters) fits.
+    make_learner(cnn(10), config._replace(laplace=config.laplace._replace(subset="last-layer")),
+                 (28, 28, 1), 10)
+
+
+def test_cli_auto_prior_needs_laplace(capsys):
+    with pytest.raises(SystemExit, match="add --posterior laplace"):
+        main(["--dataset", "moons", "--prior-precision", "auto"])
