@@ -49,6 +49,20 @@ def _max_pool_2x2_jvp(primals, tangents):
     return y, (share * _windows(t)).sum(axis=(2, 4))
 
 
+def _layer(module: nn.Module, name: str, layer: nn.Module, x: jax.Array) -> jax.Array:
+    """Apply a Dense/Conv layer, exposing its input and its output's gradient on request.
+
+    Both are no-ops unless asked for: the input is sown into the ``layer_inputs``
+    collection (as ``<name>_in``, ``name`` the layer's parameter name) when that is
+    mutable, and a zero ``perturbations`` entry (``<name>_out``) is added to the
+    output when one is passed, so that the gradient with respect to it is the gradient
+    with respect to the layer's output (``jaxal.layerwise`` needs both for per-layer
+    curvature: diagonal GGN and KFAC).
+    """
+    module.sow("layer_inputs", f"{name}_in", x, reduce_fn=lambda _, new: new)
+    return module.perturb(f"{name}_out", layer(x))
+
+
 class CNNBody(nn.Module):
     """Three blocks Conv 3x3 (SAME) -> ReLU -> MaxPool 2x2, then Dense -> ReLU -> Dropout."""
 
@@ -58,10 +72,11 @@ class CNNBody(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        for c in self.channels:
-            x = max_pool_2x2(nn.relu(nn.Conv(c, (3, 3), padding="SAME")(x)))
+        for i, c in enumerate(self.channels):
+            x = max_pool_2x2(nn.relu(_layer(self, f"Conv_{i}", nn.Conv(c, (3, 3),
+                                                                        padding="SAME"), x)))
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(self.hidden)(x))
+        x = nn.relu(_layer(self, "Dense_0", nn.Dense(self.hidden), x))
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
@@ -73,8 +88,8 @@ class MLPBody(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train  # no dropout: the toy model is for exact posterior figures
-        for h in self.hidden:
-            x = nn.tanh(nn.Dense(h)(x))
+        for i, h in enumerate(self.hidden):
+            x = nn.tanh(_layer(self, f"Dense_{i}", nn.Dense(h), x))
         return x
 
 
@@ -88,7 +103,7 @@ class Classifier(nn.Module):
         self.head = nn.Dense(self.num_classes)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return self.head(self.body(x, train))
+        return _layer(self, "head", self.head, self.body(x, train))
 
     def features(self, x: jax.Array, train: bool = False) -> jax.Array:
         return self.body(x, train)
@@ -107,7 +122,8 @@ def mlp(num_classes: int = 2, hidden: Sequence[int] = (32, 32)) -> Classifier:
 
 def init_params(model: Classifier, key: jax.Array, input_shape: Sequence[int]) -> Params:
     """Initialise parameters for inputs of shape ``input_shape`` (without the batch axis)."""
-    return model.init(key, jnp.zeros((1, *input_shape), jnp.float32))
+    variables = model.init(key, jnp.zeros((1, *input_shape), jnp.float32))
+    return {"params": variables["params"]}
 
 
 def apply_head(params: Params, features: jax.Array) -> jax.Array:

@@ -21,6 +21,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxal.curvature import CURVATURES
+from jaxal.layerwise import ggn_diagonal_layerwise
 from jaxal.model import Classifier, apply_head
 from jaxal.objective import log_likelihood
 
@@ -200,9 +201,14 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config
     del key
     lc = config.laplace
     theta, logits_fn, inputs = subset_problem(model, params, x, lc.subset)
-    chunk = lc.chunk_size or (256 if lc.subset == "last-layer" else 16)
-    curvature = CURVATURES[(lc.curvature, lc.structure)](logits_fn, theta, inputs, y,
-                                                        weights, chunk)
+    if (lc.subset, lc.curvature) == ("all", "ggn") and lc.structure in ("diag", "iso"):
+        # Same quantity, per layer: one C-cotangent backward pass instead of C per example.
+        diagonal = ggn_diagonal_layerwise(model, params, x, weights, lc.chunk_size or 250)
+        curvature = diagonal if lc.structure == "diag" else diagonal.mean()
+    else:
+        chunk = lc.chunk_size or (256 if lc.subset == "last-layer" else 16)
+        curvature = CURVATURES[(lc.curvature, lc.structure)](logits_fn, theta, inputs, y,
+                                                            weights, chunk)
     mean = ravel_pytree(theta)[0]
     lam = config.train.prior_precision if lc.prior_precision is None else lc.prior_precision
     post = LAPLACE_STRUCTURES[lc.structure](mean, curvature, jnp.asarray(lam, mean.dtype))
