@@ -133,9 +133,14 @@ def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | N
     need(config.chunk_size > 0, f"chunk size must be > 0 (got {config.chunk_size})")
     if config.posterior == "laplace":
         lc = config.laplace
-        need((lc.curvature, lc.structure) in CURVATURES,
+        need((lc.curvature, lc.structure) in CURVATURES or lc.structure == "kfac",
              f"unknown curvature {lc.curvature!r} / structure {lc.structure!r}; choose from "
-             f"{sorted(CURVATURES)}")
+             f"{sorted(CURVATURES)} or ('ggn', 'kfac')")
+        need(lc.structure != "kfac" or lc.curvature == "ggn",
+             "KFAC factorises the GGN; use --curvature ggn with --structure kfac")
+        need(lc.structure != "kfac" or lc.subset == "all",
+             "KFAC is for all weights; on the last layer (1,290 parameters) use "
+             "--structure full, which is exact and cheap")
         need(lc.subset in SUBSETS, f"unknown subset {lc.subset!r}; choose one of {SUBSETS}")
         need(lc.samples > 0, f"samples must be > 0 (got {lc.samples})")
         need(lc.prior_precision is None or lc.prior_precision > 0,

@@ -21,7 +21,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxal.curvature import CURVATURES
-from jaxal.layerwise import ggn_diagonal_layerwise
+from jaxal.layerwise import ggn_diagonal_layerwise, kfac_factors
 from jaxal.model import Classifier, apply_head
 from jaxal.objective import log_likelihood
 
@@ -89,6 +89,8 @@ def _precision_spectrum(post) -> jax.Array:
 
 def log_det_precision(post) -> jax.Array:
     """log det(curvature + λ I)."""
+    if isinstance(post, KFACLaplace):
+        return sum(jnp.log(s).sum() for s in _kfac_spectra(post).values())
     return jnp.log(_precision_spectrum(post)).sum()
 
 
@@ -104,8 +106,10 @@ def sample_laplace(key: jax.Array, post) -> jax.Array:
     """One draw θ ~ N(θ_MAP, (curvature + λ I)⁻¹) [P]; vmap over keys for many.
 
     full: θ_MAP + V diag((e + λ)^-½) z, the symmetric square root of the covariance;
-    diag / iso: θ_MAP + z / √(d + λ).
+    diag / iso: θ_MAP + z / √(d + λ);  kfac: per layer, in the Kronecker eigenbasis.
     """
+    if isinstance(post, KFACLaplace):
+        return _kfac_sample(key, post)
     z = jax.random.normal(key, post.mean.shape, post.mean.dtype)
     scaled = z / jnp.sqrt(_precision_spectrum(post))
     if isinstance(post, FullLaplace):
@@ -148,6 +152,49 @@ def fit_prior_precision(post, log_likelihood_at_map: jax.Array, init: float = 1.
     return jnp.exp(log_lam)
 
 
+class KFACLaplace(NamedTuple):
+    """Per layer l: precision block A_l ⊗ G_l + λ I, kept as eigendecompositions.
+
+    ``layers`` maps a layer path ("body/Conv_0") to (Q_A, e_A, Q_G, e_G); the precision's
+    eigenvalues are e_A,i e_G,j + λ with eigenvectors Q_A[:, i] ⊗ Q_G[:, j].
+    """
+
+    mean: jax.Array          # θ_MAP [P], raveled
+    params: Any              # θ_MAP as a pytree (where each layer's block lives)
+    layers: dict
+    prior_precision: jax.Array
+
+
+def kfac_laplace(params, factors: dict, prior_precision) -> KFACLaplace:
+    layers = {}
+    for path, (a, g) in factors.items():
+        ea, qa = jnp.linalg.eigh(0.5 * (a + a.T))
+        eg, qg = jnp.linalg.eigh(0.5 * (g + g.T))
+        layers["/".join(path)] = (qa, jnp.maximum(ea, 0.0), qg, jnp.maximum(eg, 0.0))
+    return KFACLaplace(ravel_pytree(params)[0], params, layers, jnp.asarray(prior_precision))
+
+
+def _kfac_spectra(post: KFACLaplace):
+    return {k: jnp.outer(ea, eg) + post.prior_precision
+            for k, (_, ea, _, eg) in post.layers.items()}
+
+
+def _kfac_sample(key: jax.Array, post: KFACLaplace) -> jax.Array:
+    """θ_MAP + per layer Q_A (Z / √(e_A e_Gᵀ + λ)) Q_Gᵀ, Z ~ N(0, I), split into kernel/bias."""
+    spectra = _kfac_spectra(post)
+    delta = jax.tree.map(jnp.zeros_like, post.params)
+    keys = jax.random.split(key, len(post.layers))
+    for key_l, (name, (qa, _, qg, _)) in zip(keys, sorted(post.layers.items()), strict=True):
+        z = jax.random.normal(key_l, spectra[name].shape, post.mean.dtype)
+        d = qa @ (z / jnp.sqrt(spectra[name])) @ qg.T                  # [K+1, out]
+        node = delta["params"]
+        for part in name.split("/"):
+            node = node[part]
+        node["kernel"] = d[:-1].reshape(node["kernel"].shape)
+        node["bias"] = d[-1]
+    return post.mean + ravel_pytree(delta)[0]
+
+
 LAPLACE_STRUCTURES = {"full": full_laplace, "diag": diag_laplace, "iso": iso_laplace}
 SUBSETS = ("last-layer", "all")
 
@@ -156,7 +203,7 @@ class LaplaceConfig(NamedTuple):
     """Which Laplace approximation: ``(curvature, structure, subset)`` plus its prior."""
 
     curvature: str = "ggn"           # "ggn" | "hessian"
-    structure: str = "full"          # "full" | "diag" | "iso"
+    structure: str = "full"          # "full" | "diag" | "iso" | "kfac" (all weights)
     subset: str = "last-layer"       # "last-layer" | "all"
     samples: int = 100               # S for the Monte Carlo predictive
     prior_precision: float | None = None  # None: the MAP objective's prior_precision
@@ -201,6 +248,14 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config
     del key
     lc = config.laplace
     theta, logits_fn, inputs = subset_problem(model, params, x, lc.subset)
+    lam = config.train.prior_precision if lc.prior_precision is None else lc.prior_precision
+    if lc.structure == "kfac":
+        factors = kfac_factors(model, params, x, weights, lc.chunk_size or 250)
+        post = kfac_laplace(params, factors, jnp.asarray(lam, x.dtype))
+        if lc.fit_prior_precision:
+            ll = log_likelihood(model.apply(params, x), y, weights)
+            post = post._replace(prior_precision=fit_prior_precision(post, ll, init=lam))
+        return WeightsLaplace(params, post)
     if (lc.subset, lc.curvature) == ("all", "ggn") and lc.structure in ("diag", "iso"):
         # Same quantity, per layer: one C-cotangent backward pass instead of C per example.
         diagonal = ggn_diagonal_layerwise(model, params, x, weights, lc.chunk_size or 250)
@@ -210,7 +265,6 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config
         curvature = CURVATURES[(lc.curvature, lc.structure)](logits_fn, theta, inputs, y,
                                                             weights, chunk)
     mean = ravel_pytree(theta)[0]
-    lam = config.train.prior_precision if lc.prior_precision is None else lc.prior_precision
     post = LAPLACE_STRUCTURES[lc.structure](mean, curvature, jnp.asarray(lam, mean.dtype))
     if lc.fit_prior_precision:
         ll = log_likelihood(logits_fn(theta, inputs), y, weights)

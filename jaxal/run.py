@@ -30,8 +30,10 @@ def parser() -> argparse.ArgumentParser:
                         "last layer, mc on all weights")
     p.add_argument("--curvature", default=_LAPLACE.curvature, choices=["ggn", "hessian"],
                    help="Laplace: generalised Gauss-Newton or exact Hessian")
-    p.add_argument("--structure", default=_LAPLACE.structure, choices=["full", "diag", "iso"],
-                   help="Laplace: how the curvature is stored (full needs P x P memory)")
+    p.add_argument("--structure", default=_LAPLACE.structure,
+                   choices=["full", "diag", "iso", "kfac"],
+                   help="Laplace: how the curvature is stored (full needs P x P memory; "
+                        "kfac: Kronecker factors per layer, all weights)")
     p.add_argument("--subset", default=_LAPLACE.subset, choices=list(SUBSETS),
                    help="Laplace: parameters with a posterior (the rest stay at the MAP)")
     p.add_argument("--samples", type=int, default=_LAPLACE.samples,

@@ -73,7 +73,7 @@ def test_probit_logit_variance_matches_samples_and_probit_matches_mc(structure):
 
 def valid_combinations():
     for curvature, structure, subset, predictive in itertools.product(
-            ("ggn", "hessian"), ("full", "diag", "iso"), ("last-layer", "all"),
+            ("ggn", "hessian"), ("full", "diag", "iso", "kfac"), ("last-layer", "all"),
             ("mc", "probit")):
         config = ALConfig(posterior="laplace", predictive=predictive,
                           laplace=LaplaceConfig(curvature, structure, subset, samples=8))
@@ -114,7 +114,9 @@ def test_expected_combinations_are_valid():
     assert ("hessian", "full", "last-layer", "probit") in combos
     assert ("ggn", "full", "all", "probit") not in combos      # probit: last layer only
     assert ("hessian", "diag", "all", "mc") not in combos      # needs the dense Hessian
-    assert len(combos) == 6 * 2 + 4                           # last-layer: all 12
+    assert ("ggn", "kfac", "all", "mc") in combos
+    assert ("ggn", "kfac", "last-layer", "mc") not in combos   # full is exact there
+    assert len(combos) == 6 * 2 + 4 + 1                       # last-layer: all 12
 
 
 @pytest.mark.parametrize("change, message", [
@@ -124,6 +126,9 @@ def test_expected_combinations_are_valid():
      "use --curvature ggn or --subset last-layer"),
     (dict(laplace=LaplaceConfig(samples=0)), "samples must be > 0"),
     (dict(laplace=LaplaceConfig(structure="kron")), "unknown curvature 'ggn' / structure"),
+    (dict(laplace=LaplaceConfig(structure="kfac")), "on the last layer (1,290 parameters)"),
+    (dict(laplace=LaplaceConfig(structure="kfac", curvature="hessian", subset="all")),
+     "KFAC factorises the GGN"),
 ])
 def test_wrong_combinations_fail_with_the_fix(change, message):
     config = ALConfig(posterior="laplace", predictive="mc")._replace(**change)
