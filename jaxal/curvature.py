@@ -81,7 +81,7 @@ def _sum_over_chunks(fn: Callable, x: jax.Array, weights: jax.Array, chunk_size:
     return jax.lax.scan(lambda t, xw: (t + fn(*xw), None), total, (xs, ws))[0]
 
 
-def _weights(x: jax.Array, weights: jax.Array | None) -> jax.Array:
+def example_weights(x: jax.Array, weights: jax.Array | None) -> jax.Array:
     return jnp.ones(x.shape[0], x.dtype) if weights is None else weights.astype(x.dtype)
 
 
@@ -95,7 +95,7 @@ def ggn_full(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = No
         b = _ggn_factors(logits_fn, params, x_chunk) * jnp.sqrt(w_chunk)[:, None, None]
         return jnp.einsum("nkp,nkq->pq", b, b)
 
-    return _sum_over_chunks(chunk, x, _weights(x, weights), chunk_size)
+    return _sum_over_chunks(chunk, x, example_weights(x, weights), chunk_size)
 
 
 def ggn_diagonal(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = None,
@@ -107,7 +107,7 @@ def ggn_diagonal(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None 
         b = _ggn_factors(logits_fn, params, x_chunk)
         return jnp.einsum("n,nkp->p", w_chunk, b**2)
 
-    return _sum_over_chunks(chunk, x, _weights(x, weights), chunk_size)
+    return _sum_over_chunks(chunk, x, example_weights(x, weights), chunk_size)
 
 
 def ggn_isotropic(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = None,
@@ -128,7 +128,7 @@ def hessian_full(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array,
     flat, unravel = ravel_pytree(params)
     check_dense_fits(flat.size)
     nll = lambda theta: -log_likelihood(logits_fn(unravel(theta), x), y,
-                                        _weights(x, weights))
+                                        example_weights(x, weights))
     return jax.hessian(nll)(flat)
 
 

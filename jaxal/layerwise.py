@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from jaxal.chunks import chunk_array
-from jaxal.curvature import _weights, output_hessian_sqrt
+from jaxal.curvature import example_weights, output_hessian_sqrt
 from jaxal.model import Classifier
 
 
@@ -100,11 +100,18 @@ def ggn_diagonal_layerwise(model: Classifier, params, x: jax.Array,
             node[path[-1]] = _layer_diagonal(a, grads[path], w_chunk)
         return ravel_pytree({"params": diag})[0]
 
-    # Chunks unrolled rather than scanned: XLA:CPU runs convolutions inside a while loop
-    # several times slower (the curvature is built on the labelled set: few chunks).
+    return sum(chunk(x_i, w_i) for x_i, w_i in _unrolled_chunks(x, weights, chunk_size))
+
+
+def _unrolled_chunks(x: jax.Array, weights: jax.Array | None, chunk_size: int):
+    """(x_chunk, w_chunk) pairs, unrolled at trace time rather than scanned.
+
+    XLA:CPU runs convolutions inside a while loop several times slower, and curvature is
+    built on the labelled set, so there are few chunks.
+    """
     size = min(chunk_size, x.shape[0])
-    xs, ws = chunk_array(x, size), chunk_array(_weights(x, weights), size)
-    return sum(chunk(xs[i], ws[i]) for i in range(xs.shape[0]))
+    xs, ws = chunk_array(x, size), chunk_array(example_weights(x, weights), size)
+    return [(xs[i], ws[i]) for i in range(xs.shape[0])]
 
 
 def _augmented_rows(a: jax.Array) -> jax.Array:
@@ -125,19 +132,16 @@ def kfac_factors(model: Classifier, params, x: jax.Array, weights: jax.Array | N
     for Conv). For a Dense layer and one example this is the exact GGN block. The
     block acts on vec of [kernel (as [K, out]); bias] in row-major order.
     """
-    w_all = _weights(x, weights)
-    size = min(chunk_size, x.shape[0])
-    xs, ws = chunk_array(x, size), chunk_array(w_all, size)
     factors = {}
-    for i in range(xs.shape[0]):
-        inputs, grads = layer_inputs_and_factor_grads(model, params, xs[i])
+    for x_i, w_i in _unrolled_chunks(x, weights, chunk_size):
+        inputs, grads = layer_inputs_and_factor_grads(model, params, x_i)
         for path, a in inputs.items():
             rows = _augmented_rows(a)                                   # [n, t, K+1]
             g = grads[path].reshape(grads[path].shape[0], a.shape[0], -1,
                                     grads[path].shape[-1])              # [C, n, t, out]
-            a_sum = jnp.einsum("n,ntk,ntl->kl", ws[i], rows, rows) / rows.shape[1]
-            g_sum = jnp.einsum("n,cnto,cntp->op", ws[i], g, g)
+            a_sum = jnp.einsum("n,ntk,ntl->kl", w_i, rows, rows) / rows.shape[1]
+            g_sum = jnp.einsum("n,cnto,cntp->op", w_i, g, g)
             old = factors.get(path, (0.0, 0.0))
             factors[path] = (old[0] + a_sum, old[1] + g_sum)
-    n = w_all.sum()
+    n = example_weights(x, weights).sum()
     return {path: (a / n, g) for path, (a, g) in factors.items()}

@@ -249,23 +249,22 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config
     lc = config.laplace
     theta, logits_fn, inputs = subset_problem(model, params, x, lc.subset)
     lam = config.train.prior_precision if lc.prior_precision is None else lc.prior_precision
-    if lc.structure == "kfac":
-        factors = kfac_factors(model, params, x, weights, lc.chunk_size or 250)
-        post = kfac_laplace(params, factors, jnp.asarray(lam, x.dtype))
-        if lc.fit_prior_precision:
-            ll = log_likelihood(model.apply(params, x), y, weights)
-            post = post._replace(prior_precision=fit_prior_precision(post, ll, init=lam))
-        return WeightsLaplace(params, post)
-    if (lc.subset, lc.curvature) == ("all", "ggn") and lc.structure in ("diag", "iso"):
-        # Same quantity, per layer: one C-cotangent backward pass instead of C per example.
-        diagonal = ggn_diagonal_layerwise(model, params, x, weights, lc.chunk_size or 250)
-        curvature = diagonal if lc.structure == "diag" else diagonal.mean()
+    lam = jnp.asarray(lam, x.dtype)
+    # Per-layer forms hold [C, chunk, activations]; the generic all-weights forms hold
+    # [chunk, C, P] per-example factors, hence their small default.
+    layer_chunk = lc.chunk_size or 250
+    generic_chunk = lc.chunk_size or (256 if lc.subset == "last-layer" else 16)
+    if lc.structure == "kfac":   # all weights (validated): per-layer Kronecker factors
+        post = kfac_laplace(params, kfac_factors(model, params, x, weights, layer_chunk), lam)
     else:
-        chunk = lc.chunk_size or (256 if lc.subset == "last-layer" else 16)
-        curvature = CURVATURES[(lc.curvature, lc.structure)](logits_fn, theta, inputs, y,
-                                                            weights, chunk)
-    mean = ravel_pytree(theta)[0]
-    post = LAPLACE_STRUCTURES[lc.structure](mean, curvature, jnp.asarray(lam, mean.dtype))
+        if (lc.subset, lc.curvature) == ("all", "ggn") and lc.structure in ("diag", "iso"):
+            # Same quantity per layer: one C-cotangent backward pass, not C per example.
+            diagonal = ggn_diagonal_layerwise(model, params, x, weights, layer_chunk)
+            curvature = diagonal if lc.structure == "diag" else diagonal.mean()
+        else:
+            curvature = CURVATURES[(lc.curvature, lc.structure)](
+                logits_fn, theta, inputs, y, weights, generic_chunk)
+        post = LAPLACE_STRUCTURES[lc.structure](ravel_pytree(theta)[0], curvature, lam)
     if lc.fit_prior_precision:
         ll = log_likelihood(logits_fn(theta, inputs), y, weights)
         post = post._replace(prior_precision=fit_prior_precision(post, ll, init=lam))
