@@ -22,9 +22,20 @@ import numpy as np
 from jaxal.acquisition import ACQUISITIONS, entropy, map_chunks, score_pool, select_top_k
 from jaxal.curvature import CURVATURES, CurvatureTooLargeError, check_dense_fits
 from jaxal.model import Classifier, init_params
-from jaxal.posterior import POSTERIORS, SUBSETS, LaplaceConfig, head_params, prior_precision_of
+from jaxal.posterior import (
+    POSTERIORS,
+    SUBSETS,
+    LaplaceConfig,
+    head_params,
+    prior_precision_of,
+    with_prior_precision,
+)
 from jaxal.predictive import PREDICTIVES, PREDICTIVES_FOR_POSTERIOR
 from jaxal.train import OPTIMIZERS, TrainConfig, labelled_indices, make_trainer, train_map
+
+# Points per chunk for the all-weights probit predictive: it holds C output gradients of
+# every layer per point (~1 MB each for the seed CNN on MNIST).
+PROBIT_ALL_WEIGHTS_CHUNK = 256
 
 
 class ALConfig(NamedTuple):
@@ -73,7 +84,7 @@ class Metrics(NamedTuple):
     test_entropy: float    # mean predictive entropy on the test set
     val_loss: float
     val_accuracy: float
-    prior_precision: float  # of the posterior (fitted, with --prior-precision auto)
+    prior_precision: float  # of the posterior (fitted with --prior-precision auto|val-nll)
 
 
 class Timings(NamedTuple):
@@ -101,7 +112,7 @@ class ActiveLearner(NamedTuple):
     config: ALConfig
     init: Callable          # (init_key) -> params
     train: Callable         # (key, params, x_pool, y_pool, labelled) -> (params, TrainInfo)
-    fit: Callable           # (key, params, x, y, labelled) -> posterior
+    fit: Callable           # (key, params, x, y, labelled, x_val, y_val) -> posterior
     score: Callable         # (key, posterior, x_pool) -> scores [n]
     select: Callable        # (scores, labelled) -> (indices, scores)
     evaluate: Callable      # (key, posterior, x, y) -> (nll, accuracy, entropy)
@@ -133,11 +144,12 @@ def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | N
     need(config.chunk_size > 0, f"chunk size must be > 0 (got {config.chunk_size})")
     if config.posterior == "laplace":
         lc = config.laplace
-        need((lc.curvature, lc.structure) in CURVATURES or lc.structure == "kfac",
+        need((lc.curvature, lc.structure) in CURVATURES or lc.structure == "kfac"
+             or lc.curvature == "ggn-mc",
              f"unknown curvature {lc.curvature!r} / structure {lc.structure!r}; choose from "
-             f"{sorted(CURVATURES)} or ('ggn', 'kfac')")
-        need(lc.structure != "kfac" or lc.curvature == "ggn",
-             "KFAC factorises the GGN; use --curvature ggn with --structure kfac")
+             f"{sorted(CURVATURES)}, ('ggn', 'kfac') or 'ggn-mc' with diag/iso/kfac")
+        need(lc.structure != "kfac" or lc.curvature in ("ggn", "ggn-mc"),
+             "KFAC factorises the GGN; use --curvature ggn (or ggn-mc) with --structure kfac")
         need(lc.structure != "kfac" or lc.subset == "all",
              "KFAC is for all weights; on the last layer (1,290 parameters) use "
              "--structure full, which is exact and cheap")
@@ -145,10 +157,19 @@ def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | N
         need(lc.samples > 0, f"samples must be > 0 (got {lc.samples})")
         need(lc.prior_precision is None or lc.prior_precision > 0,
              f"Laplace prior precision must be > 0 (got {lc.prior_precision})")
-        need(config.predictive != "probit" or lc.subset == "last-layer",
-             "the probit predictive is implemented for the last-layer posterior; use "
-             "--subset last-layer, or --predictive mc for all weights")
-        need(lc.subset == "last-layer" or lc.curvature == "ggn" or lc.structure == "full",
+        need(config.predictive != "probit" or lc.subset == "last-layer"
+             or lc.structure in ("diag", "iso", "kfac"),
+             "the probit predictive over all weights needs a layer-block covariance; use "
+             "--structure diag, iso or kfac, or --subset last-layer, or --predictive mc")
+        need(lc.curvature != "ggn-mc" or (lc.subset == "all" and lc.structure != "full"),
+             "the sampled GGN (ggn-mc) is for all weights with --structure diag, iso or "
+             "kfac; elsewhere use --curvature ggn, which is exact and cheap there")
+        need(not (lc.fit_prior_precision and lc.prior_precision_grid),
+             "choose one way to fit the prior precision: the evidence or the "
+             "validation-NLL grid")
+        need(all(v > 0 for v in lc.prior_precision_grid),
+             f"prior precision grid values must be > 0 (got {lc.prior_precision_grid})")
+        need(lc.subset == "last-layer" or lc.curvature != "hessian" or lc.structure == "full",
              "the Hessian diag/iso forms need the dense Hessian, which does not fit for all "
              "weights; use --curvature ggn or --subset last-layer")
     t = config.train
@@ -201,6 +222,24 @@ def evaluate(key: jax.Array, model: Classifier, predict: Callable, posterior, x:
     return nll, accuracy, entropy(probs).mean()
 
 
+def tune_prior_precision(key: jax.Array, model: Classifier, predict: Callable, posterior,
+                         x_val: jax.Array, y_val: jax.Array, grid: tuple[float, ...],
+                         chunk_size: int):
+    """The posterior with the grid's λ of lowest validation NLL of the predictive.
+
+    The curvature is kept and only λ changes (no refit); non-finite NLLs never win.
+    """
+    lams = jnp.asarray(grid, x_val.dtype)
+
+    def val_nll(lam):
+        return evaluate(key, model, predict, with_prior_precision(posterior, lam), x_val,
+                        y_val, chunk_size)[0]
+
+    nll = jax.lax.map(val_nll, lams)
+    best = jnp.argmin(jnp.where(jnp.isfinite(nll), nll, jnp.inf))
+    return with_prior_precision(posterior, lams[best])
+
+
 def label_budget(config: ALConfig, num_classes: int) -> int:
     """Labels at the end of the run: the initial set plus every query."""
     return config.init_per_class * num_classes + config.rounds * config.query_size
@@ -234,19 +273,26 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
                                step=jax.jit(trainer.step),
                                labelled_nll=jax.jit(trainer.labelled_nll))
 
-    def fit(key, params, x_pool, y_pool, labelled):
+    chunk_size = config.chunk_size
+    if (config.posterior, config.predictive, config.laplace.subset) == ("laplace", "probit",
+                                                                         "all"):
+        # The all-weights probit holds C output gradients of every layer per point.
+        chunk_size = min(chunk_size, PROBIT_ALL_WEIGHTS_CHUNK)
+
+    def fit(key, params, x_pool, y_pool, labelled, x_val, y_val):
         # The labelled set in a buffer of static size; padding rows repeat a labelled
         # point with weight 0 (unlabelled labels may be unknown).
         idx = labelled_indices(labelled)[:capacity]
         valid = jnp.arange(capacity) < labelled.sum()
         idx = jnp.where(valid, idx, idx[0])
-        return fit_posterior(key, model, params, x_pool[idx], y_pool[idx],
-                             valid.astype(x_pool.dtype), config)
-
-    chunk_size = config.chunk_size
-    if (config.posterior, config.predictive, config.laplace.subset) == ("laplace", "mc", "all"):
-        # S network evaluations per point: keep S x chunk activations within one chunk's.
-        chunk_size = max(1, chunk_size // config.laplace.samples)
+        key_fit, key_tune = jax.random.split(key)
+        posterior = fit_posterior(key_fit, model, params, x_pool[idx], y_pool[idx],
+                                  valid.astype(x_pool.dtype), config)
+        if config.posterior == "laplace" and config.laplace.prior_precision_grid:
+            posterior = tune_prior_precision(key_tune, model, predict, posterior, x_val,
+                                             y_val, config.laplace.prior_precision_grid,
+                                             chunk_size)
+        return posterior
 
     def score_fn(key, posterior, x_pool):
         def predict_chunk(key_predict, x_chunk):
@@ -282,7 +328,7 @@ def _fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, para
         lambda: learner.train(key_train, params=params0, x_pool=data.pool_x,
                               y_pool=data.pool_y, labelled=labelled))
     posterior, t_fit = _timed(learner.fit, key_fit, params, data.pool_x, data.pool_y,
-                              labelled)
+                              labelled, data.val_x, data.val_y)
     start = time.perf_counter()
     test = learner.evaluate(key_eval, posterior, data.test_x, data.test_y)
     val = learner.evaluate(key_eval, posterior, data.val_x, data.val_y)

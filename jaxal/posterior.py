@@ -21,7 +21,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxal.curvature import CURVATURES
-from jaxal.layerwise import ggn_diagonal_layerwise, kfac_factors
+from jaxal.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
 from jaxal.model import Classifier, apply_head
 from jaxal.objective import log_likelihood
 
@@ -202,12 +202,15 @@ SUBSETS = ("last-layer", "all")
 class LaplaceConfig(NamedTuple):
     """Which Laplace approximation: ``(curvature, structure, subset)`` plus its prior."""
 
-    curvature: str = "ggn"           # "ggn" | "hessian"
+    curvature: str = "ggn"           # "ggn" | "hessian" | "ggn-mc" (sampled; all weights)
     structure: str = "full"          # "full" | "diag" | "iso" | "kfac" (all weights)
     subset: str = "last-layer"       # "last-layer" | "all"
     samples: int = 100               # S for the Monte Carlo predictive
     prior_precision: float | None = None  # None: the MAP objective's prior_precision
     fit_prior_precision: bool = False     # maximise the evidence over it after fitting
+    # Alternatively: the grid value whose predictive has the lowest validation NLL (the
+    # run's predictive, on the validation split; empty: off).
+    prior_precision_grid: tuple[float, ...] = ()
     chunk_size: int | None = None    # examples per curvature chunk (None: by subset)
 
 
@@ -245,21 +248,25 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config
     ``config.laplace`` overrides it; with ``fit_prior_precision`` it is then set to the
     evidence maximiser for the fitted curvature (post hoc, as the MAP is not refitted).
     """
-    del key
     lc = config.laplace
     theta, logits_fn, inputs = subset_problem(model, params, x, lc.subset)
     lam = config.train.prior_precision if lc.prior_precision is None else lc.prior_precision
     lam = jnp.asarray(lam, x.dtype)
     # Per-layer forms hold [C, chunk, activations]; the generic all-weights forms hold
     # [chunk, C, P] per-example factors, hence their small default.
-    layer_chunk = lc.chunk_size or 250
+    layer_chunk = lc.chunk_size or 100
     generic_chunk = lc.chunk_size or (256 if lc.subset == "last-layer" else 16)
+    # "ggn-mc": one sampled label per example instead of the C factor columns (validated:
+    # all weights, diag/iso/kfac, where the per-layer forms below take it).
+    factors_fn = sampled_factors(key) if lc.curvature == "ggn-mc" else None
     if lc.structure == "kfac":   # all weights (validated): per-layer Kronecker factors
-        post = kfac_laplace(params, kfac_factors(model, params, x, weights, layer_chunk), lam)
+        post = kfac_laplace(params, kfac_factors(model, params, x, weights, layer_chunk,
+                                                 factors_fn), lam)
     else:
-        if (lc.subset, lc.curvature) == ("all", "ggn") and lc.structure in ("diag", "iso"):
+        if lc.subset == "all" and lc.curvature != "hessian" and lc.structure in ("diag", "iso"):
             # Same quantity per layer: one C-cotangent backward pass, not C per example.
-            diagonal = ggn_diagonal_layerwise(model, params, x, weights, layer_chunk)
+            diagonal = ggn_diagonal_layerwise(model, params, x, weights, layer_chunk,
+                                              factors_fn)
             curvature = diagonal if lc.structure == "diag" else diagonal.mean()
         else:
             curvature = CURVATURES[(lc.curvature, lc.structure)](
@@ -271,6 +278,17 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config
     if lc.subset == "last-layer":
         return LastLayerLaplace(params, post)
     return WeightsLaplace(params, post)
+
+
+def with_prior_precision(posterior, prior_precision: jax.Array):
+    """The same Laplace posterior (curvature kept) with another prior precision λ."""
+    if isinstance(posterior, LastLayerLaplace):
+        return posterior._replace(head=posterior.head._replace(prior_precision=prior_precision))
+    return posterior._replace(weights=posterior.weights._replace(prior_precision=prior_precision))
+
+
+# Half-decade grid for ``--prior-precision val-nll``: 10^-2 ... 10^4.
+VALIDATION_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-4, 9))
 
 
 def prior_precision_of(posterior) -> jax.Array | None:

@@ -10,7 +10,7 @@ from jaxal.acquisition import ACQUISITIONS
 from jaxal.data import DATASETS, DatasetNotPreparedError, UnknownDatasetError
 from jaxal.experiment import TOY_DATASETS, ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig, ConfigError
-from jaxal.posterior import POSTERIORS, SUBSETS, LaplaceConfig
+from jaxal.posterior import POSTERIORS, SUBSETS, VALIDATION_GRID, LaplaceConfig
 from jaxal.predictive import PREDICTIVES
 from jaxal.train import OPTIMIZERS, TrainConfig
 
@@ -28,8 +28,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--predictive", default=None, choices=list(PREDICTIVES),
                    help="default: plugin for --posterior plugin; for laplace, probit on the "
                         "last layer, mc on all weights")
-    p.add_argument("--curvature", default=_LAPLACE.curvature, choices=["ggn", "hessian"],
-                   help="Laplace: generalised Gauss-Newton or exact Hessian")
+    p.add_argument("--curvature", default=_LAPLACE.curvature, choices=["ggn", "hessian", "ggn-mc"],
+                   help="Laplace: generalised Gauss-Newton, exact Hessian, or the GGN "
+                        "sampled with one label per example (ggn-mc: all weights, "
+                        "diag/iso/kfac; ~C times cheaper, unbiased, approximate)")
     p.add_argument("--structure", default=_LAPLACE.structure,
                    choices=["full", "diag", "iso", "kfac"],
                    help="Laplace: how the curvature is stored (full needs P x P memory; "
@@ -53,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
                    help="precision of the Gaussian prior on all weights (sum-scaled "
                         "objective; see jaxal.objective); 'auto' (Laplace only) trains with "
                         f"{_TRAIN.prior_precision} and fits the posterior's by maximising "
-                        "the evidence every round")
+                        "the evidence every round; 'val-nll' picks the value of lowest "
+                        "validation NLL of the predictive on a half-decade grid 1e-2..1e4")
     p.add_argument("--warm-start", action="store_true",
                    help="start each round's MAP fit from the previous round's weights "
                         "instead of the initial weights")
@@ -73,25 +76,28 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _float_or_auto(value: str) -> float | str:
-    if value == "auto":
+    if value in ("auto", "val-nll"):
         return value
     try:
         return float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a number, 'auto' or 'val-nll', got {value!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    auto = args.prior_precision == "auto"
+    auto = args.prior_precision in ("auto", "val-nll")
     if auto and args.posterior != "laplace":
-        raise ConfigError("--prior-precision auto fits the Laplace evidence; add "
-                          "--posterior laplace or give a number")
+        raise ConfigError(f"--prior-precision {args.prior_precision} fits the Laplace "
+                          "posterior's prior; add --posterior laplace or give a number")
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size,
                         learning_rate=args.lr, optimizer=args.optimizer,
                         prior_precision=_TRAIN.prior_precision if auto else args.prior_precision)
     laplace = LaplaceConfig(curvature=args.curvature, structure=args.structure,
                             subset=args.subset, samples=args.samples,
-                            fit_prior_precision=auto)
+                            fit_prior_precision=args.prior_precision == "auto",
+                            prior_precision_grid=VALIDATION_GRID
+                            if args.prior_precision == "val-nll" else ())
     predictive = args.predictive or (
         "plugin" if args.posterior == "plugin"
         else "probit" if args.subset == "last-layer" else "mc")

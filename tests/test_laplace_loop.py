@@ -73,7 +73,7 @@ def test_probit_logit_variance_matches_samples_and_probit_matches_mc(structure):
 
 def valid_combinations():
     for curvature, structure, subset, predictive in itertools.product(
-            ("ggn", "hessian"), ("full", "diag", "iso", "kfac"), ("last-layer", "all"),
+            ("ggn", "hessian", "ggn-mc"), ("full", "diag", "iso", "kfac"), ("last-layer", "all"),
             ("mc", "probit")):
         config = ALConfig(posterior="laplace", predictive=predictive,
                           laplace=LaplaceConfig(curvature, structure, subset, samples=8))
@@ -96,7 +96,9 @@ def test_loop_runs_every_combination(toy, combo):
                       rounds=2, query_size=3, init_per_class=2,
                       train=TrainConfig(steps=10, batch_size=8),
                       laplace=LaplaceConfig(curvature, structure, subset, samples=8,
-                                            fit_prior_precision=structure == "diag"))
+                                            fit_prior_precision=structure == "diag",
+                                            prior_precision_grid=(0.1, 1.0, 10.0)
+                                            if structure == "iso" else ()))
     learner = make_learner(mlp(2, hidden=(4,)), config, (2,), 2)
     infos = [info for _, info in run_rounds(jax.random.key(0), learner, toy)]
     assert [i.num_labels for i in infos] == [4, 7, 10]
@@ -106,22 +108,33 @@ def test_loop_runs_every_combination(toy, combo):
         assert all(np.isfinite(v) for v in info.metrics)
         assert 0 <= info.metrics.test_entropy <= np.log(2) + 1e-5
         assert info.metrics.prior_precision > 0
+        if structure == "iso":
+            assert np.float32(info.metrics.prior_precision) in np.float32([0.1, 1.0, 10.0])
 
 
 def test_expected_combinations_are_valid():
     combos = set(valid_combinations())
     assert ("ggn", "diag", "all", "mc") in combos
     assert ("hessian", "full", "last-layer", "probit") in combos
-    assert ("ggn", "full", "all", "probit") not in combos      # probit: last layer only
+    assert ("ggn", "full", "all", "probit") not in combos      # no layer-block covariance
+    assert ("ggn", "diag", "all", "probit") in combos
+    assert ("ggn", "kfac", "all", "probit") in combos
     assert ("hessian", "diag", "all", "mc") not in combos      # needs the dense Hessian
     assert ("ggn", "kfac", "all", "mc") in combos
     assert ("ggn", "kfac", "last-layer", "mc") not in combos   # full is exact there
-    assert len(combos) == 6 * 2 + 4 + 1                       # last-layer: all 12
+    assert ("ggn-mc", "diag", "last-layer", "mc") not in combos
+    # last-layer: all 12; all weights: ggn full (mc), ggn and ggn-mc diag/iso/kfac
+    # (mc, probit), hessian full (mc; the toy MLP is small enough).
+    assert len(combos) == 12 + 1 + 6 + 6 + 1
 
 
 @pytest.mark.parametrize("change, message", [
     (dict(predictive="probit", laplace=LaplaceConfig(subset="all")),
-     "use --subset last-layer, or --predictive mc"),
+     "use --structure diag, iso or kfac, or --subset last-layer, or --predictive mc"),
+    (dict(laplace=LaplaceConfig(curvature="ggn-mc")), "elsewhere use --curvature ggn"),
+    (dict(laplace=LaplaceConfig(fit_prior_precision=True, prior_precision_grid=(1.0,))),
+     "choose one way to fit the prior precision"),
+    (dict(laplace=LaplaceConfig(prior_precision_grid=(1.0, 0.0))), "grid values must be > 0"),
     (dict(laplace=LaplaceConfig(curvature="hessian", structure="iso", subset="all")),
      "use --curvature ggn or --subset last-layer"),
     (dict(laplace=LaplaceConfig(samples=0)), "samples must be > 0"),
@@ -147,6 +160,28 @@ def test_full_on_all_cnn_weights_is_refused_before_training():
                  (28, 28, 1), 10)
 
 
-def test_cli_auto_prior_needs_laplace(capsys):
+@pytest.mark.parametrize("value", ["auto", "val-nll"])
+def test_cli_fitted_prior_needs_laplace(value):
     with pytest.raises(SystemExit, match="add --posterior laplace"):
-        main(["--dataset", "moons", "--prior-precision", "auto"])
+        main(["--dataset", "moons", "--prior-precision", value])
+
+
+def test_val_nll_grid_picks_the_lowest_validation_nll(toy):
+    """tune_prior_precision against a direct evaluation of every grid value."""
+    from jaxal.loop import evaluate, tune_prior_precision
+    from jaxal.posterior import with_prior_precision
+
+    model = mlp(2, hidden=(4,))
+    config = laplace_config(structure="full", samples=8)._replace(predictive="probit")
+    params = init_params(model, jax.random.key(0), (2,))
+    post = fit_laplace(jax.random.key(0), model, params, toy.pool_x, toy.pool_y,
+                       jnp.ones(toy.pool_x.shape[0]), config)
+    grid = (1e-3, 0.3, 3.0, 300.0)
+    predict = lambda k, m, p, x: probit_predictive(k, m, p, x, config)
+    nlls = [float(evaluate(jax.random.key(1), model, predict,
+                           with_prior_precision(post, jnp.float32(lam)), toy.val_x, toy.val_y,
+                           7)[0]) for lam in grid]
+    assert len(set(np.round(nlls, 6))) == len(grid)   # the grid matters here
+    tuned = tune_prior_precision(jax.random.key(1), model, predict, post, toy.val_x,
+                                 toy.val_y, grid, 7)
+    assert float(tuned.head.prior_precision) == pytest.approx(grid[int(np.argmin(nlls))])
