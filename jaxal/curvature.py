@@ -4,9 +4,10 @@ For logits f(x_n; θ) ∈ R^C and softmax probabilities p_n, the generalised Gau
 
     GGN = Σ_n J_nᵀ Λ_n J_n,   J_n = ∂f(x_n; θ)/∂θ  [C, P],   Λ_n = diag(p_n) - p_n p_nᵀ.
 
-Λ_n factorises exactly as Λ_n = A_n A_nᵀ with A_n = diag(√p_n) - p_n √p_nᵀ (use Σ_c p_c = 1),
-so with B_n = A_nᵀ J_n [C, P] (C vector-Jacobian products per example, never P
-matrix-vector products) the GGN is Σ_n B_nᵀ B_n and its exact diagonal is Σ_n Σ_k B_n[k]².
+Λ_n factorises exactly as Λ_n = A_n A_nᵀ with A_n [C, C-1] (``output_hessian_sqrt``: Λ_n
+has rank C-1), so with B_n = A_nᵀ J_n [C-1, P] (C-1 vector-Jacobian products per example,
+never P matrix-vector products) the GGN is Σ_n B_nᵀ B_n and its exact diagonal is
+Σ_n Σ_k B_n[k]².
 
 Every function here has one signature,
 
@@ -53,14 +54,24 @@ def check_dense_fits(num_params: int, dtype=jnp.float32, max_bytes: int = MAX_DE
 
 
 def output_hessian_sqrt(probs: jax.Array) -> jax.Array:
-    """A_n with A_n A_nᵀ = diag(p) - p pᵀ, for probs [..., C] -> [..., C, C]."""
+    """A_n [..., C, C-1] with A_n A_nᵀ = diag(p) - p pᵀ, for probs [..., C].
+
+    Λ = diag(p) - p pᵀ has rank C-1 (Λ 1 = 0), so C-1 columns suffice: with
+    B = diag(√p) - p √pᵀ (B Bᵀ = Λ, B √p = 0) and the Householder reflection H that maps
+    e_C to -√p, B H has a zero last column and (B H)(B H)ᵀ = Λ; we keep its first C-1.
+    Every GGN form then needs C-1 vector-Jacobian products per example instead of C.
+    """
     sqrt_p = jnp.sqrt(probs)
-    return (jnp.einsum("...c,cd->...cd", sqrt_p, jnp.eye(probs.shape[-1], dtype=probs.dtype))
-            - probs[..., :, None] * sqrt_p[..., None, :])
+    num_classes = probs.shape[-1]
+    eye = jnp.eye(num_classes, dtype=probs.dtype)
+    b = jnp.einsum("...c,cd->...cd", sqrt_p, eye) - probs[..., :, None] * sqrt_p[..., None, :]
+    v = sqrt_p + eye[-1]                     # vᵀv = 2 + 2√p_C >= 2: no cancellation
+    h = eye - 2.0 * v[..., :, None] * v[..., None, :] / (v * v).sum(-1)[..., None, None]
+    return jnp.einsum("...cd,...dk->...ck", b, h[..., :, :-1])
 
 
 def _ggn_factors(logits_fn: LogitsFn, params, x: jax.Array) -> jax.Array:
-    """B_n = A_nᵀ J_n for every example of a chunk: [n, C, P] over raveled parameters."""
+    """B_n = A_nᵀ J_n for every example of a chunk: [n, C-1, P] over raveled parameters."""
     flat, unravel = ravel_pytree(params)
 
     def per_example(x_n):

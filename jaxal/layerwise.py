@@ -2,12 +2,12 @@
 
 For a Dense or Conv layer with input a and output z = W a + b, every per-example GGN
 quantity is built from the layer input a_n and the gradients g_nk = ∂(A_nᵀ f_n)_k / ∂z_n,
-k = 1..C, of the C square-root factors of the softmax Hessian (see ``jaxal.curvature``):
+k = 1..C-1, of the C-1 square-root factors of the softmax Hessian (``jaxal.curvature``):
 
     ∂(A_nᵀ f_n)_k / ∂W = a_n ⊗ g_nk   (Dense),   Σ_positions patch_n ⊗ g_nk   (Conv).
 
-All g_nk come from one backward pass with C cotangents (``jax.vjp`` against zero
-``perturbations`` on the layer outputs, vmapped over the C columns); no gradient with
+All g_nk come from one backward pass with C-1 cotangents (``jax.vjp`` against zero
+``perturbations`` on the layer outputs, vmapped over the columns); no gradient with
 respect to the weights is ever formed per example except the Conv kernel's, which is one
 batched matmul per layer. The exact GGN diagonal is then Σ_n Σ_k (a_n ⊗ g_nk)², which for
 a Dense layer factorises as Σ_n a_n² ⊗ Σ_k g_nk².
@@ -34,7 +34,7 @@ def layer_inputs_and_factor_grads(model: Classifier, params, x: jax.Array,
     """Layer inputs {name: [n, ...]} and factor gradients {name: [k, n, ...]}, for a chunk.
 
     ``factors_fn(logits [n, C], chunk) -> [n, C, k]`` gives the k output cotangent columns
-    per example (``chunk`` numbers the chunk, for sampled columns); by default the C
+    per example (``chunk`` numbers the chunk, for sampled columns); by default the C-1
     columns of A_n (Λ_n = A_n A_nᵀ), so that the per-layer GGN is exact. Names are the
     layers' parameter names (``Conv_0``, ``Dense_0``, ``head``) with their parent path,
     e.g. ``("body", "Conv_0")``.
@@ -50,7 +50,7 @@ def layer_inputs_and_factor_grads(model: Classifier, params, x: jax.Array,
 
     logits, vjp, inputs = jax.vjp(logits_fn, perturbations, has_aux=True)
     if factors_fn is None:
-        factors = output_hessian_sqrt(jax.nn.softmax(logits))          # [n, C, C]
+        factors = output_hessian_sqrt(jax.nn.softmax(logits))          # [n, C, C-1]
     else:
         factors = factors_fn(logits, chunk)                            # [n, C, k]
     grads = jax.vmap(lambda ct: vjp(ct)[0])(jnp.moveaxis(factors, 2, 0))  # per column k

@@ -253,7 +253,7 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config
     lam = config.train.prior_precision if lc.prior_precision is None else lc.prior_precision
     lam = jnp.asarray(lam, x.dtype)
     # Per-layer forms hold [C, chunk, activations]; the generic all-weights forms hold
-    # [chunk, C, P] per-example factors, hence their small default.
+    # [chunk, C-1, P] per-example factors, hence their small default.
     layer_chunk = lc.chunk_size or 100
     generic_chunk = lc.chunk_size or (256 if lc.subset == "last-layer" else 16)
     # "ggn-mc": one sampled label per example instead of the C factor columns (validated:

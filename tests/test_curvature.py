@@ -63,9 +63,11 @@ def problem(request):
 
 
 def test_output_hessian_sqrt_factorises_softmax_hessian():
-    p = np.array([0.5, 0.3, 0.15, 0.05])
-    a = np.asarray(output_hessian_sqrt(jnp.asarray(p)))
-    np.testing.assert_allclose(a @ a.T, np.diag(p) - np.outer(p, p), atol=1e-7)
+    for p in ([0.5, 0.3, 0.15, 0.05], [1e-9, 1e-9, 1.0 - 2e-9, 0.0], [0.0, 0.0, 0.0, 1.0]):
+        p = np.asarray(p)
+        a = np.asarray(output_hessian_sqrt(jnp.asarray(p)))
+        assert a.shape == (4, 3)                       # rank C-1: C-1 columns
+        np.testing.assert_allclose(a @ a.T, np.diag(p) - np.outer(p, p), atol=1e-7)
 
 
 @pytest.mark.parametrize("chunk_size", [2, 3, 64])
