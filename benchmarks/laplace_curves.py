@@ -22,7 +22,7 @@ from pathlib import Path
 
 from jaxal.experiment import ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig
-from jaxal.posterior import VALIDATION_GRID, LaplaceConfig
+from jaxal.posterior import LaplaceConfig
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,17 +33,18 @@ def laplace(predictive: str, **kw) -> dict:
 
 VARIANTS = {
     "plugin": {},
-    "ll_full_probit": laplace("probit", structure="full", subset="last-layer"),
+    "ll_full_probit": laplace("probit", structure="full", subset="last-layer",
+                              prior_fit="none"),
     "ll_full_probit_evidence": laplace("probit", structure="full", subset="last-layer",
-                                       fit_prior_precision=True),
+                                       prior_fit="evidence"),
     "ll_full_probit_valnll": laplace("probit", structure="full", subset="last-layer",
-                                     prior_precision_grid=VALIDATION_GRID),
+                                     prior_fit="val-nll"),
     "ll_full_mc_valnll": laplace("mc", structure="full", subset="last-layer",
-                                 prior_precision_grid=VALIDATION_GRID),
+                                 prior_fit="val-nll"),
     "all_kfac_probit_valnll": laplace("probit", structure="kfac", subset="all",
-                                      prior_precision_grid=VALIDATION_GRID),
+                                      prior_fit="val-nll"),
     "all_diag_probit_valnll": laplace("probit", structure="diag", subset="all",
-                                      prior_precision_grid=VALIDATION_GRID),
+                                      prior_fit="val-nll"),
 }
 
 

@@ -24,6 +24,7 @@ from jaxal.curvature import CURVATURES, CurvatureTooLargeError, check_dense_fits
 from jaxal.model import Classifier, init_params
 from jaxal.posterior import (
     POSTERIORS,
+    PRIOR_FITS,
     SUBSETS,
     LaplaceConfig,
     head_params,
@@ -164,11 +165,12 @@ def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | N
         need(lc.curvature != "ggn-mc" or (lc.subset == "all" and lc.structure != "full"),
              "the sampled GGN (ggn-mc) is for all weights with --structure diag, iso or "
              "kfac; elsewhere use --curvature ggn, which is exact and cheap there")
-        need(not (lc.fit_prior_precision and lc.prior_precision_grid),
-             "choose one way to fit the prior precision: the evidence or the "
-             "validation-NLL grid")
-        need(all(v > 0 for v in lc.prior_precision_grid),
-             f"prior precision grid values must be > 0 (got {lc.prior_precision_grid})")
+        need(lc.prior_fit in PRIOR_FITS,
+             f"unknown prior fit {lc.prior_fit!r}; choose one of {list(PRIOR_FITS)}")
+        need(lc.prior_fit != "val-nll" or (len(lc.prior_precision_grid) > 0
+                                          and all(v > 0 for v in lc.prior_precision_grid)),
+             f"the val-nll prior fit needs a grid of values > 0 (got "
+             f"{lc.prior_precision_grid}); pass prior_precision_grid or another prior_fit")
         need(lc.subset == "last-layer" or lc.curvature != "hessian" or lc.structure == "full",
              "the Hessian diag/iso forms need the dense Hessian, which does not fit for all "
              "weights; use --curvature ggn or --subset last-layer")
@@ -288,7 +290,7 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
         key_fit, key_tune = jax.random.split(key)
         posterior = fit_posterior(key_fit, model, params, x_pool[idx], y_pool[idx],
                                   valid.astype(x_pool.dtype), config)
-        if config.posterior == "laplace" and config.laplace.prior_precision_grid:
+        if config.posterior == "laplace" and config.laplace.prior_fit == "val-nll":
             posterior = tune_prior_precision(key_tune, model, predict, posterior, x_val,
                                              y_val, config.laplace.prior_precision_grid,
                                              chunk_size)

@@ -10,7 +10,7 @@ from jaxal.acquisition import ACQUISITIONS
 from jaxal.data import DATASETS, DatasetNotPreparedError, UnknownDatasetError
 from jaxal.experiment import TOY_DATASETS, ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig, ConfigError
-from jaxal.posterior import POSTERIORS, SUBSETS, VALIDATION_GRID, LaplaceConfig
+from jaxal.posterior import POSTERIORS, SUBSETS, LaplaceConfig
 from jaxal.predictive import PREDICTIVES
 from jaxal.train import OPTIMIZERS, TrainConfig
 
@@ -51,12 +51,16 @@ def parser() -> argparse.ArgumentParser:
                    help="minibatch size, drawn with replacement from the labelled set")
     p.add_argument("--lr", type=float, default=_TRAIN.learning_rate, help="learning rate")
     p.add_argument("--optimizer", default=_TRAIN.optimizer, choices=list(OPTIMIZERS))
-    p.add_argument("--prior-precision", type=_float_or_auto, default=_TRAIN.prior_precision,
+    p.add_argument("--prior-precision", type=_float_or_auto, default=None,
                    help="precision of the Gaussian prior on all weights (sum-scaled "
-                        "objective; see jaxal.objective); 'auto' (Laplace only) trains with "
-                        f"{_TRAIN.prior_precision} and fits the posterior's by maximising "
-                        "the evidence every round; 'val-nll' picks the value of lowest "
-                        "validation NLL of the predictive on a half-decade grid 1e-2..1e4")
+                        "objective; see jaxal.objective), used for training and the "
+                        "posterior. 'auto' and 'val-nll' (Laplace only) train with "
+                        f"{_TRAIN.prior_precision} and refit the posterior's every round: "
+                        "'auto' maximises the Laplace evidence, 'val-nll' takes the value of "
+                        "lowest validation NLL of the predictive on a half-decade grid "
+                        "1e-2..1e4. Default: val-nll for --posterior laplace (measured "
+                        f"best, see benchmarks/laplace_curves.py), {_TRAIN.prior_precision} "
+                        "for plugin")
     p.add_argument("--warm-start", action="store_true",
                    help="start each round's MAP fit from the previous round's weights "
                         "instead of the initial weights")
@@ -85,8 +89,15 @@ def _float_or_auto(value: str) -> float | str:
             f"expected a number, 'auto' or 'val-nll', got {value!r}") from None
 
 
+# --prior-precision value -> LaplaceConfig.prior_fit (a number: "none").
+PRIOR_FIT_OF = {"auto": "evidence", "val-nll": "val-nll"}
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    auto = args.prior_precision in ("auto", "val-nll")
+    if args.prior_precision is None:
+        args.prior_precision = "val-nll" if args.posterior == "laplace" else \
+            _TRAIN.prior_precision
+    auto = args.prior_precision in PRIOR_FIT_OF
     if auto and args.posterior != "laplace":
         raise ConfigError(f"--prior-precision {args.prior_precision} fits the Laplace "
                           "posterior's prior; add --posterior laplace or give a number")
@@ -95,9 +106,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
                         prior_precision=_TRAIN.prior_precision if auto else args.prior_precision)
     laplace = LaplaceConfig(curvature=args.curvature, structure=args.structure,
                             subset=args.subset, samples=args.samples,
-                            fit_prior_precision=args.prior_precision == "auto",
-                            prior_precision_grid=VALIDATION_GRID
-                            if args.prior_precision == "val-nll" else ())
+                            prior_fit=PRIOR_FIT_OF.get(args.prior_precision, "none"))
     predictive = args.predictive or (
         "plugin" if args.posterior == "plugin"
         else "probit" if args.subset == "last-layer" else "mc")

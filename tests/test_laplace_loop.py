@@ -96,9 +96,9 @@ def test_loop_runs_every_combination(toy, combo):
                       rounds=2, query_size=3, init_per_class=2,
                       train=TrainConfig(steps=10, batch_size=8),
                       laplace=LaplaceConfig(curvature, structure, subset, samples=8,
-                                            fit_prior_precision=structure == "diag",
-                                            prior_precision_grid=(0.1, 1.0, 10.0)
-                                            if structure == "iso" else ()))
+                                            prior_fit={"diag": "evidence", "iso": "val-nll"}
+                                            .get(structure, "none"),
+                                            prior_precision_grid=(0.1, 1.0, 10.0)))
     learner = make_learner(mlp(2, hidden=(4,)), config, (2,), 2)
     infos = [info for _, info in run_rounds(jax.random.key(0), learner, toy)]
     assert [i.num_labels for i in infos] == [4, 7, 10]
@@ -132,9 +132,9 @@ def test_expected_combinations_are_valid():
     (dict(predictive="probit", laplace=LaplaceConfig(subset="all")),
      "use --structure diag, iso or kfac, or --subset last-layer, or --predictive mc"),
     (dict(laplace=LaplaceConfig(curvature="ggn-mc")), "elsewhere use --curvature ggn"),
-    (dict(laplace=LaplaceConfig(fit_prior_precision=True, prior_precision_grid=(1.0,))),
-     "choose one way to fit the prior precision"),
-    (dict(laplace=LaplaceConfig(prior_precision_grid=(1.0, 0.0))), "grid values must be > 0"),
+    (dict(laplace=LaplaceConfig(prior_fit="marglik")), "unknown prior fit 'marglik'"),
+    (dict(laplace=LaplaceConfig(prior_precision_grid=(1.0, 0.0))), "a grid of values > 0"),
+    (dict(laplace=LaplaceConfig(prior_precision_grid=())), "a grid of values > 0"),
     (dict(laplace=LaplaceConfig(curvature="hessian", structure="iso", subset="all")),
      "use --curvature ggn or --subset last-layer"),
     (dict(laplace=LaplaceConfig(samples=0)), "samples must be > 0"),
@@ -185,3 +185,19 @@ def test_val_nll_grid_picks_the_lowest_validation_nll(toy):
     tuned = tune_prior_precision(jax.random.key(1), model, predict, post, toy.val_x,
                                  toy.val_y, grid, 7)
     assert float(tuned.head.prior_precision) == pytest.approx(grid[int(np.argmin(nlls))])
+
+
+def test_cli_prior_precision_defaults_and_choices():
+    from jaxal.run import config_from_args, parser
+
+    def config(*argv):
+        return config_from_args(parser().parse_args(["--dataset", "moons", *argv])).al
+
+    assert config().train.prior_precision == 1.0                   # plugin: a number
+    laplace = config("--posterior", "laplace")
+    assert laplace.laplace.prior_fit == "val-nll"                  # measured default
+    assert laplace.predictive == "probit" and laplace.laplace.subset == "last-layer"
+    assert config("--posterior", "laplace", "--prior-precision", "auto").laplace.prior_fit \
+        == "evidence"
+    fixed = config("--posterior", "laplace", "--prior-precision", "5")
+    assert fixed.laplace.prior_fit == "none" and fixed.train.prior_precision == 5.0
