@@ -171,8 +171,7 @@ def ggn_diagonal_layerwise(model: Classifier, params, x: jax.Array,
             _set_layer(diag, path, _layer_diagonal(a, grads[path], w_chunk))
         return ravel_pytree({"params": diag})[0]
 
-    return sum(chunk(i, x_i, w_i)
-               for i, (x_i, w_i) in enumerate(_unrolled_chunks(x, weights, chunk_size)))
+    return _chunked_sum(chunk, x, weights, chunk_size)
 
 
 def logit_variance_layerwise(model: Classifier, params, x: jax.Array,
@@ -220,15 +219,42 @@ def kfac_layer_variance(layers: dict, prior_precision: jax.Array) -> Callable:
     return layer_variance
 
 
-def _unrolled_chunks(x: jax.Array, weights: jax.Array | None, chunk_size: int):
-    """(x_chunk, w_chunk) pairs, unrolled at trace time rather than scanned.
+def _chunked_sum(fn: Callable, x: jax.Array, weights: jax.Array | None, chunk_size: int,
+                 group_size: int = 1000):
+    """Σ over chunks of ``fn(i, x_chunk, w_chunk)`` (a pytree), with memory bounded.
 
-    XLA:CPU runs convolutions inside a while loop several times slower, and curvature is
-    built on the labelled set, so there are few chunks.
+    Up to ``group_size`` examples the chunks are unrolled at trace time: XLA:CPU runs these
+    convolutions ~1.5x slower inside a while loop, and curvature is built on the labelled
+    set, so there are few chunks. But XLA:CPU does not reuse temporary buffers across the
+    unrolled chunks (measured: 2.2 GB of temporaries per 1000 MNIST images whatever the
+    chunk size), so beyond ``group_size`` examples groups of unrolled chunks are scanned.
+    Padding rows have weight 0 and contribute nothing.
     """
     size = min(chunk_size, x.shape[0])
     xs, ws = chunk_array(x, size), chunk_array(example_weights(x, weights), size)
-    return [(xs[i], ws[i]) for i in range(xs.shape[0])]
+    per_group = max(1, group_size // size)
+
+    def group_sum(first, xg, wg):
+        parts = [fn(first + j, xg[j], wg[j]) for j in range(xg.shape[0])]
+        return jax.tree.map(lambda *leaves: sum(leaves), *parts)
+
+    if xs.shape[0] <= per_group:
+        return group_sum(0, xs, ws)
+    num_groups = -(-xs.shape[0] // per_group)
+    pad = num_groups * per_group - xs.shape[0]
+    xs = jnp.pad(xs, [(0, pad)] + [(0, 0)] * (xs.ndim - 1))
+    ws = jnp.pad(ws, [(0, pad), (0, 0)])
+    xs = xs.reshape(num_groups, per_group, *xs.shape[1:])
+    ws = ws.reshape(num_groups, per_group, *ws.shape[1:])
+
+    def body(total, args):
+        g, xg, wg = args
+        part = group_sum(g * per_group, xg, wg)
+        return jax.tree.map(jnp.add, total, part), None
+
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                        jax.eval_shape(lambda: group_sum(0, xs[0], ws[0])))
+    return jax.lax.scan(body, zero, (jnp.arange(num_groups), xs, ws))[0]
 
 
 def kfac_factors(model: Classifier, params, x: jax.Array, weights: jax.Array | None = None,
@@ -244,8 +270,8 @@ def kfac_factors(model: Classifier, params, x: jax.Array, weights: jax.Array | N
     block acts on vec of [kernel (as [K, out]); bias] in row-major order. With
     ``factors_fn=sampled_factors(key, M)`` G_l is the Monte-Carlo estimate.
     """
-    factors = {}
-    for i, (x_i, w_i) in enumerate(_unrolled_chunks(x, weights, chunk_size)):
+    def chunk(i, x_i, w_i):
+        factors = {}
         inputs, grads = layer_inputs_and_factor_grads(model, params, x_i, factors_fn, i)
         for path, a in inputs.items():
             rows = _augmented_rows(a)                                   # [n, t, K+1]
@@ -255,8 +281,9 @@ def kfac_factors(model: Classifier, params, x: jax.Array, weights: jax.Array | N
             sqrt_w = jnp.sqrt(w_i)
             r = (rows * sqrt_w[:, None, None]).reshape(-1, rows.shape[-1])
             gw = (g * sqrt_w[None, :, None, None]).reshape(-1, g.shape[-1])
-            a_sum, g_sum = r.T @ r / rows.shape[1], gw.T @ gw
-            old = factors.get(path, (0.0, 0.0))
-            factors[path] = (old[0] + a_sum, old[1] + g_sum)
+            factors[path] = (r.T @ r / rows.shape[1], gw.T @ gw)
+        return factors
+
+    factors = _chunked_sum(chunk, x, weights, chunk_size)
     n = example_weights(x, weights).sum()
     return {path: (a / n, g) for path, (a, g) in factors.items()}

@@ -90,3 +90,23 @@ def test_sampled_ggn_diagonal_averages_to_the_exact_one(name):
             model, params, x, factors_fn=sampled_factors(jax.random.key(2), 4000)))
     assert not np.allclose(one, exact, rtol=1e-3)       # one label per example: noisy
     assert np.abs(many - exact).sum() < 0.05 * np.abs(exact).sum()
+
+
+def test_many_examples_scan_over_groups_and_match_one_chunk():
+    """Beyond 1000 examples groups of chunks are scanned (bounded memory), same result."""
+    model = mlp(3, hidden=(4,))
+    rng = np.random.default_rng(9)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                              init_params(model, jax.random.key(0), (2,)))
+        x = jnp.asarray(rng.normal(size=(2300, 2)))
+        w = jnp.asarray(rng.integers(0, 2, 2300), jnp.float64)
+        # chunk 700: 4 chunks, one per group of 1000 // 700 = 1, the last one padded.
+        scanned = np.asarray(ggn_diagonal_layerwise(model, params, x, w, chunk_size=700))
+        single = np.asarray(ggn_diagonal_layerwise(model, params, x, w, chunk_size=2300))
+        np.testing.assert_allclose(scanned, single, rtol=1e-10)
+        k_scanned = kfac_factors(model, params, x, w, chunk_size=700)
+        k_single = kfac_factors(model, params, x, w, chunk_size=2300)
+        for path in k_single:
+            for a, b in zip(k_scanned[path], k_single[path], strict=True):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10)
