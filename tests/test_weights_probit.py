@@ -92,16 +92,21 @@ def test_sampled_ggn_diagonal_averages_to_the_exact_one(name):
     assert np.abs(many - exact).sum() < 0.05 * np.abs(exact).sum()
 
 
-def test_many_examples_scan_over_groups_and_match_one_chunk():
-    """Beyond 1000 examples groups of chunks are scanned (bounded memory), same result."""
+def test_many_examples_scan_over_groups_and_match_one_chunk(monkeypatch):
+    """Beyond a group's memory budget groups of chunks are scanned, with the same result."""
+    from jaxal import layerwise
+
     model = mlp(3, hidden=(4,))
     rng = np.random.default_rng(9)
+    # The toy MLP holds (2 x 4 + 2 x 3) float64 per example: ~1000 examples per group.
+    monkeypatch.setattr(layerwise, "GROUP_BYTES", 120_000)
     with jax.enable_x64(True):
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
                               init_params(model, jax.random.key(0), (2,)))
         x = jnp.asarray(rng.normal(size=(2300, 2)))
         w = jnp.asarray(rng.integers(0, 2, 2300), jnp.float64)
-        # chunk 700: 4 chunks, one per group of 1000 // 700 = 1, the last one padded.
+        assert 700 <= layerwise.examples_per_group(model, params, x) < 1400
+        # chunk 700: 4 chunks, one per group, the last one padded.
         scanned = np.asarray(ggn_diagonal_layerwise(model, params, x, w, chunk_size=700))
         single = np.asarray(ggn_diagonal_layerwise(model, params, x, w, chunk_size=2300))
         np.testing.assert_allclose(scanned, single, rtol=1e-10)
