@@ -265,6 +265,7 @@ def _chunked_sum(fn: Callable, x: jax.Array, weights: jax.Array | None, chunk_si
     if xs.shape[0] <= per_group:
         return group_sum(0, xs, ws)
     num_groups = -(-xs.shape[0] // per_group)
+    per_group = -(-xs.shape[0] // num_groups)   # even groups: at most one padded chunk each
     pad = num_groups * per_group - xs.shape[0]
     xs = jnp.pad(xs, [(0, pad)] + [(0, 0)] * (xs.ndim - 1))
     ws = jnp.pad(ws, [(0, pad), (0, 0)])
