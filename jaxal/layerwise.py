@@ -160,7 +160,7 @@ def ggn_diagonal_layerwise(model: Classifier, params, x: jax.Array,
                            factors_fn: Callable | None = None) -> jax.Array:
     """Exact GGN diagonal of all weights [P], raveled as ``ravel_pytree(params)``.
 
-    Equals ``jaxal.curvature.ggn_diagonal(model.apply, ...)`` but costs one C-cotangent
+    Equals ``jaxal.curvature.ggn_diagonal(model.apply, ...)`` but costs one (C-1)-cotangent
     backward pass per chunk plus one batched matmul per Conv layer. With
     ``factors_fn=sampled_factors(key, M)`` it is the Monte-Carlo GGN diagonal instead.
     """

@@ -272,7 +272,8 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config
                                                  factors_fn), lam)
     else:
         if lc.subset == "all" and lc.curvature != "hessian" and lc.structure in ("diag", "iso"):
-            # Same quantity per layer: one C-cotangent backward pass, not C per example.
+            # Same quantity per layer: one (C-1)-cotangent backward pass per chunk, not
+            # C-1 vector-Jacobian products per example.
             diagonal = ggn_diagonal_layerwise(model, params, x, weights, layer_chunk,
                                               factors_fn)
             curvature = diagonal if lc.structure == "diag" else diagonal.mean()
