@@ -3,7 +3,7 @@
 The package follows the pipeline, one module per stage:
 
     data -> model -> objective/train (MAP) -> posterior -> predictive -> acquisition
-         -> loop -> run (CLI) / results / plots
+         -> selection -> loop -> run (CLI) / results / plots
 """
 
 from jaxal.acquisition import ACQUISITIONS, map_chunks, score_pool, select_top_k
@@ -25,11 +25,13 @@ from jaxal.model import Classifier, apply_head, cnn, init_params, mlp, num_param
 from jaxal.objective import log_likelihood, log_prior, map_objective
 from jaxal.posterior import POSTERIORS
 from jaxal.predictive import PREDICTIVES, PredictiveOutput
+from jaxal.selection import SELECTORS, Pool
 from jaxal.train import TrainConfig, make_trainer, train_map
 
 __all__ = [
-    "ACQUISITIONS", "POSTERIORS", "PREDICTIVES", "ALConfig", "ALData", "ALState",
-    "ActiveLearner", "Classifier", "ConfigError", "Metrics", "PredictiveOutput", "RoundInfo",
+    "ACQUISITIONS", "POSTERIORS", "PREDICTIVES", "SELECTORS", "ALConfig", "ALData", "ALState",
+    "ActiveLearner", "Classifier", "ConfigError", "Metrics", "Pool", "PredictiveOutput",
+    "RoundInfo",
     "TrainConfig", "al_round", "apply_head", "cnn", "init_params", "init_state",
     "log_likelihood", "log_prior", "make_learner", "make_trainer", "map_chunks",
     "map_objective", "mlp", "num_params", "run_rounds", "score_pool", "select_top_k",

@@ -1,8 +1,11 @@
-"""Acquisition: score every pool point from its predictive, then pick a batch.
+"""Acquisition scores: how informative each pool point is, from its predictive.
 
 Every score has the signature ``score(key, out: PredictiveOutput) -> [n]`` and the
 convention *higher = more informative, query first*. Adding an acquisition function is
-one function plus one ``ACQUISITIONS`` entry.
+one function plus one ``ACQUISITIONS`` entry; scores that read the per-sample
+probabilities ``out.sample_probs`` [s, n, c] are marked ``@needs_samples`` so that runs
+whose predictive has none (plugin, probit) are refused before training. How a batch is
+picked from the scores is ``jaxal.selection``'s job.
 """
 
 from __future__ import annotations
@@ -50,26 +53,89 @@ def least_confidence(key: jax.Array, out: PredictiveOutput) -> jax.Array:
 
 ScoreFn = Callable[[jax.Array, PredictiveOutput], jax.Array]
 
+
+def needs_samples(score: ScoreFn) -> ScoreFn:
+    """Mark a score that reads ``sample_probs`` (refused unless the predictive samples)."""
+    score.needs_samples = True
+    return score
+
+
+def requires_samples(score: ScoreFn) -> bool:
+    return getattr(score, "needs_samples", False)
+
+
+def _sample_probs(out: PredictiveOutput, name: str) -> jax.Array:
+    if out.sample_probs is None:
+        raise ValueError(f"{name} needs per-sample probabilities [s, n, c]; use a sampling "
+                         "predictive (--posterior laplace --predictive mc)")
+    return out.sample_probs
+
+
+@needs_samples
+def bald(key: jax.Array, out: PredictiveOutput) -> jax.Array:
+    """BALD, the mutual information between label and weights (Houlsby et al. 2011):
+
+        I[y; θ | x, D] ≈ H[1/S Σ_s p_s] - 1/S Σ_s H[p_s]
+
+    Non-negative by Jensen; clipped at 0 against float rounding on saturated rows.
+    """
+    del key
+    sample_probs = _sample_probs(out, "bald")
+    mean_entropy = entropy(sample_probs).mean(axis=0)
+    return jnp.maximum(entropy(sample_probs.mean(axis=0)) - mean_entropy, 0.0)
+
+
+@needs_samples
+def variation_ratios(key: jax.Array, out: PredictiveOutput) -> jax.Array:
+    """1 - (votes of the modal class) / S, a vote being each sample's argmax class.
+
+    (Freeman 1965; Gal et al. 2017 use it with MC dropout samples.)
+    """
+    del key
+    sample_probs = _sample_probs(out, "variation_ratios")
+    votes = jax.nn.one_hot(sample_probs.argmax(axis=-1), sample_probs.shape[-1],
+                           dtype=sample_probs.dtype).mean(axis=0)        # [n, c]
+    return 1.0 - votes.max(axis=-1)
+
+
+@needs_samples
+def mean_std(key: jax.Array, out: PredictiveOutput) -> jax.Array:
+    """Mean over classes of the std over samples: 1/C Σ_c √(E_s[p_sc²] - E_s[p_sc]²).
+
+    (Kampffmeyer et al. 2016, as compared in Gal et al. 2017.) The variance is taken as
+    the mean squared deviation, which is never negative, unlike E[p²] - E[p]² in floats.
+    """
+    del key
+    sample_probs = _sample_probs(out, "mean_std")
+    deviation = sample_probs - sample_probs.mean(axis=0)
+    return jnp.sqrt((deviation ** 2).mean(axis=0)).mean(axis=-1)
+
+
 ACQUISITIONS: dict[str, ScoreFn] = {
     "random": random_score,
     "entropy": predictive_entropy,
     "margin": margin,
     "least_confidence": least_confidence,
+    "bald": bald,
+    "variation_ratios": variation_ratios,
+    "mean_std": mean_std,
 }
 
 
 def score_pool(key: jax.Array, predict: Callable, score: ScoreFn, x_pool: jax.Array,
-               chunk_size: int) -> jax.Array:
+               chunk_size: int, with_probs: bool = False):
     """Acquisition scores [n] of every pool point, in memory-bounded chunks.
 
     ``predict(key, x_chunk) -> PredictiveOutput`` receives the same key for every chunk
     (shared posterior samples); ``score`` gets a per-chunk key, so random scores differ
-    across chunks.
+    across chunks. With ``with_probs`` it returns (scores [n], predictive probs [n, c]).
     """
     key_predict, key_score = jax.random.split(key)
 
     def one_chunk(i, x_chunk):
-        return score(jax.random.fold_in(key_score, i), predict(key_predict, x_chunk))
+        out = predict(key_predict, x_chunk)
+        scores = score(jax.random.fold_in(key_score, i), out)
+        return (scores, out.probs) if with_probs else scores
 
     return map_chunks(one_chunk, x_pool, chunk_size)
 

@@ -88,7 +88,10 @@ def progress_line(info, rounds: int) -> str:
     return (f"round {info.round:>3}/{rounds}  labels {info.num_labels:>5}  "
             f"train loss {m.train_loss:.3f}  test loss {m.test_loss:.3f}  "
             f"test acc {m.test_accuracy:.4f}  val acc {m.val_accuracy:.4f}  "
-            f"entropy {m.test_entropy:.3f}  |  score {t.score:.1f}s  train {t.train:.1f}s  "
+            f"entropy {m.test_entropy:.3f}"
+            + (f"  pseudo {info.pseudo.count} ({info.pseudo.correct} right)"
+               if info.pseudo.count else "")
+            + f"  |  query {t.score:.1f}s  train {t.train:.1f}s  "
             f"posterior {t.posterior:.1f}s  eval {t.evaluate:.1f}s")
 
 
@@ -118,11 +121,12 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike | None =
         state, info = step
         infos.append(info)
         if out_dir is not None:
-            write_rounds(out_dir, infos, split.pool_index)
+            write_rounds(out_dir, infos, split.pool_index, split.num_classes)
         if progress is not None:
             progress(progress_line(info, config.al.rounds))
     if out_dir is not None:
-        title = (f"{config.dataset}: acquisition {config.al.acquisition}, posterior "
+        batch = "" if config.al.batch == "topk" else f" ({config.al.batch} batch)"
+        title = (f"{config.dataset}: acquisition {config.al.acquisition}{batch}, posterior "
                  f"{config.al.posterior}, seed {config.seed}")
         figure5([metrics_row(i) for i in infos], out_dir / "figure5.png", title,
                 np.concatenate([i.queried_labels for i in infos]), split.num_classes)

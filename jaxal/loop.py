@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.acquisition import ACQUISITIONS, entropy, map_chunks, score_pool, select_top_k
+from jaxal.acquisition import ACQUISITIONS, entropy, map_chunks, requires_samples, score_pool
 from jaxal.curvature import CURVATURES, CurvatureTooLargeError, check_dense_fits
 from jaxal.model import Classifier, init_params
 from jaxal.posterior import (
@@ -32,6 +32,14 @@ from jaxal.posterior import (
     with_prior_precision,
 )
 from jaxal.predictive import PREDICTIVES, PREDICTIVES_FOR_POSTERIOR
+from jaxal.selection import (
+    BATCH_SELECTORS,
+    PSEUDO_LABEL_CRITERIA,
+    SELECTORS,
+    STRATEGIES,
+    Pool,
+    pseudo_labels,
+)
 from jaxal.train import OPTIMIZERS, TrainConfig, labelled_indices, make_trainer, train_map
 
 # Points per chunk for the all-weights probit predictive: it holds C output gradients of
@@ -42,7 +50,14 @@ PROBIT_ALL_WEIGHTS_CHUNK = 256
 class ALConfig(NamedTuple):
     """Everything that decides what an AL run computes (apart from data and seed)."""
 
-    acquisition: str = "entropy"
+    acquisition: str = "entropy"   # a score (ACQUISITIONS) or a strategy (STRATEGIES)
+    batch: str = "topk"            # how a score becomes a batch (BATCH_SELECTORS)
+    hybrid_beta: float = 0.5       # hybrid: weight of diversity (1 - redundancy)
+    stochastic_beta: float = 1.0   # power/softmax/softrank: coldness β
+    batchbald_candidates: int = 1000   # BatchBALD: the pool points of highest BALD
+    batchbald_configs: int = 1000      # BatchBALD: label configurations M
+    pseudo_label: float | None = None  # CEAL confidence threshold (None: off)
+    pseudo_label_by: str = "max-prob"  # max-prob (p_max >= t) or entropy (H <= t)
     posterior: str = "plugin"
     predictive: str = "plugin"
     rounds: int = 20
@@ -97,14 +112,28 @@ class Timings(NamedTuple):
     evaluate: float
 
 
+class PseudoLabelInfo(NamedTuple):
+    count: int                   # pool points trained on with the model's label
+    correct: int                 # of those, how many labels equal the oracle's
+
+
 class RoundInfo(NamedTuple):
     round: int
     num_labels: int
     queried: np.ndarray          # int [query_size] pool indices (empty in round 0)
-    scores: np.ndarray           # their acquisition scores
+    scores: np.ndarray           # what the selector ranked them by (see jaxal.selection)
     queried_labels: np.ndarray   # their oracle labels
     metrics: Metrics
     timings: Timings
+    pseudo: PseudoLabelInfo = PseudoLabelInfo(0, 0)
+
+
+class Query(NamedTuple):
+    """One round's query: the batch, and (CEAL) the pseudo-labels of the pool."""
+
+    indices: jax.Array           # int [k] pool indices, unlabelled and distinct
+    scores: jax.Array            # [k]
+    pseudo_labels: jax.Array     # int [n] model labels of confident pool points, else -1
 
 
 class ActiveLearner(NamedTuple):
@@ -112,15 +141,43 @@ class ActiveLearner(NamedTuple):
 
     config: ALConfig
     init: Callable          # (init_key) -> params
-    train: Callable         # (key, params, x_pool, y_pool, labelled) -> (params, TrainInfo)
+    train: Callable         # (key, params, x_pool, y_pool, labelled, pseudo_labels=None)
+                            #   -> (params, TrainInfo)
     fit: Callable           # (key, params, x, y, labelled, x_val, y_val) -> posterior
-    score: Callable         # (key, posterior, x_pool) -> scores [n]
-    select: Callable        # (scores, labelled) -> (indices, scores)
+    query: Callable         # (key, posterior, x_pool, labelled) -> Query
     evaluate: Callable      # (key, posterior, x, y) -> (nll, accuracy, entropy)
 
 
 class ConfigError(ValueError):
     """A run configuration that cannot work; raised before any training."""
+
+
+def query_strategy(config: ALConfig):
+    """(score function, ``Selector``) of a run: ``--acq`` score with ``--batch`` selector,
+    or a strategy (``kcenter``, ``badge``, ``batchbald``) with the score it needs."""
+    if config.acquisition in STRATEGIES:
+        selector = SELECTORS[config.acquisition]
+        return selector.score, selector
+    return ACQUISITIONS[config.acquisition], SELECTORS[config.batch]
+
+
+def needs_samples(config: ALConfig) -> bool:
+    """Whether the run's acquisition reads per-sample probabilities (BALD and friends)."""
+    if config.acquisition in STRATEGIES:
+        return SELECTORS[config.acquisition].needs_samples
+    return config.acquisition in ACQUISITIONS and requires_samples(
+        ACQUISITIONS[config.acquisition])
+
+
+def default_predictive(posterior: str, subset: str, acquisition: str) -> str:
+    """The predictive a run gets when none is named: plugin for the plugin posterior; for
+    Laplace, mc when the acquisition needs samples or the subset is all weights, else
+    probit (last layer: measured best, ``benchmarks/laplace_curves.py``)."""
+    if posterior == "plugin":
+        return "plugin"
+    if needs_samples(ALConfig(acquisition=acquisition)) or subset != "last-layer":
+        return "mc"
+    return "probit"
 
 
 def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | None,
@@ -130,8 +187,40 @@ def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | N
         if not ok:
             raise ConfigError(msg)
 
-    need(config.acquisition in ACQUISITIONS,
-         f"unknown acquisition {config.acquisition!r}; choose one of {sorted(ACQUISITIONS)}")
+    need(config.acquisition in ACQUISITIONS or config.acquisition in STRATEGIES,
+         f"unknown acquisition {config.acquisition!r}; choose one of "
+         f"{sorted(ACQUISITIONS) + list(STRATEGIES)}")
+    need(config.batch in BATCH_SELECTORS,
+         f"unknown batch selector {config.batch!r}; choose one of {list(BATCH_SELECTORS)}")
+    need(config.acquisition not in STRATEGIES or config.batch == "topk",
+         f"--acq {config.acquisition} picks its batch itself; drop --batch {config.batch} "
+         f"(--batch applies to the scores {sorted(ACQUISITIONS)})")
+    if needs_samples(config):
+        need(config.posterior != "plugin",
+             f"{config.acquisition} needs posterior samples, and every sample of the plugin "
+             "posterior is the MAP network (the score would be 0 everywhere); use "
+             "--posterior laplace --predictive mc")
+        need(config.predictive == "mc",
+             f"{config.acquisition} needs per-sample probabilities, which the "
+             f"{config.predictive!r} predictive does not give; use --predictive mc")
+    need(0.0 <= config.hybrid_beta <= 1.0,
+         f"hybrid beta must be in [0, 1] (got {config.hybrid_beta}): 0 is pure "
+         "uncertainty, 1 pure diversity")
+    need(config.stochastic_beta > 0,
+         f"stochastic beta must be > 0 (got {config.stochastic_beta})")
+    need(config.batchbald_configs > 0,
+         f"batchbald configs must be > 0 (got {config.batchbald_configs})")
+    need(config.batchbald_candidates >= config.query_size,
+         f"batchbald candidates ({config.batchbald_candidates}) must be >= the query size "
+         f"({config.query_size})")
+    need(config.pseudo_label_by in PSEUDO_LABEL_CRITERIA,
+         f"unknown pseudo-label criterion {config.pseudo_label_by!r}; choose one of "
+         f"{list(PSEUDO_LABEL_CRITERIA)}")
+    if config.pseudo_label is not None:
+        t = config.pseudo_label
+        need(0.0 < t <= 1.0 if config.pseudo_label_by == "max-prob" else t > 0.0,
+             f"pseudo-label threshold {t} is out of range: max-prob needs 0 < t <= 1 "
+             "(e.g. 0.99), entropy needs t > 0 nats (e.g. 0.05)")
     need(config.posterior in POSTERIORS,
          f"unknown posterior {config.posterior!r}; choose one of {sorted(POSTERIORS)}")
     allowed = PREDICTIVES_FOR_POSTERIOR.get(config.posterior, ())
@@ -266,7 +355,7 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
     check_fits(model, config, input_shape)
     predict = partial(PREDICTIVES[config.predictive], config=config)
     fit_posterior = POSTERIORS[config.posterior]
-    score = ACQUISITIONS[config.acquisition]
+    score, selector = query_strategy(config)
     # The largest labelled set of the run: a static bound for gathering labelled points.
     capacity = label_budget(config, num_classes)
 
@@ -296,11 +385,33 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
                                              chunk_size)
         return posterior
 
-    def score_fn(key, posterior, x_pool):
+    def query(key, posterior, x_pool, labelled):
+        key_pool, key_select = jax.random.split(key)
+
         def predict_chunk(key_predict, x_chunk):
             return predict(key_predict, model, posterior, x_chunk)
 
-        return score_pool(key, predict_chunk, score, x_pool, chunk_size)
+        scores, probs = score_pool(key_pool, predict_chunk, score, x_pool, chunk_size,
+                                   with_probs=True)
+        features = None
+        if selector.needs_features:
+            features = map_chunks(
+                lambda i, x: model.apply(posterior.params, x, method=model.features),
+                x_pool, chunk_size)
+
+        def sample_probs_of(idx):
+            # score_pool hands its predictive split(key)[0]: the same posterior samples.
+            return predict_chunk(jax.random.split(key_pool)[0], x_pool[idx]).sample_probs
+
+        pool = Pool(scores, probs, features, labelled, labelled_indices(labelled)[:capacity],
+                    sample_probs_of)
+        indices, picked = selector.select(key_select, pool, config)
+        if config.pseudo_label is None:
+            pseudo = jnp.full(labelled.shape, -1, jnp.int32)
+        else:
+            chosen = labelled.at[indices].set(True)
+            pseudo = pseudo_labels(probs, chosen, config.pseudo_label, config.pseudo_label_by)
+        return Query(indices, picked, pseudo)
 
     def evaluate_fn(key, posterior, x, y):
         return evaluate(key, model, predict, posterior, x, y, chunk_size)
@@ -310,8 +421,7 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
         init=jax.jit(lambda key: init_params(model, key, input_shape)),
         train=partial(train_map, trainer=trainer),
         fit=jax.jit(fit),
-        score=jax.jit(score_fn),
-        select=jax.jit(partial(select_top_k, k=config.query_size)),
+        query=jax.jit(query),
         evaluate=jax.jit(evaluate_fn),
     )
 
@@ -323,12 +433,13 @@ def _timed(fn, *args):
 
 
 def _fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, params0,
-                      labelled: jax.Array):
-    """Train θ_MAP on ``labelled`` from ``params0``, fit the posterior, compute metrics."""
+                      labelled: jax.Array, pseudo: jax.Array | None = None):
+    """Train θ_MAP on ``labelled`` (and this round's pseudo-labels) from ``params0``, fit
+    the posterior on ``labelled`` alone, compute metrics."""
     key_train, key_fit, key_eval = jax.random.split(key, 3)
     (params, train_info), t_train = _timed(
         lambda: learner.train(key_train, params=params0, x_pool=data.pool_x,
-                              y_pool=data.pool_y, labelled=labelled))
+                              y_pool=data.pool_y, labelled=labelled, pseudo_labels=pseudo))
     posterior, t_fit = _timed(learner.fit, key_fit, params, data.pool_x, data.pool_y,
                               labelled, data.val_x, data.val_y)
     start = time.perf_counter()
@@ -362,22 +473,37 @@ def init_state(key: jax.Array, learner: ActiveLearner, data: ALData
 
 def al_round(key: jax.Array, state: ALState, learner: ActiveLearner, data: ALData
              ) -> tuple[ALState, RoundInfo]:
-    """One round: score the pool, query a batch, label it, refit and evaluate."""
+    """One round: score the pool, query a batch, label it, refit and evaluate.
+
+    With pseudo-labelling on, confident unqueried pool points are trained on with the
+    model's label in this round only: they never enter ``labelled`` (no label is spent),
+    the posterior is fitted on the true labels alone, and the next round starts afresh.
+    """
     key_score, key_fit = jax.random.split(key)
     start = time.perf_counter()
-    scores = learner.score(key_score, state.posterior, data.pool_x)
-    queried, queried_scores = jax.device_get(learner.select(scores, state.labelled))
+    query = learner.query(key_score, state.posterior, data.pool_x, state.labelled)
+    queried, queried_scores = jax.device_get((query.indices, query.scores))
     t_score = time.perf_counter() - start
 
     labelled = state.labelled.at[queried].set(True)
     params0 = state.params if learner.config.warm_start else learner.init(state.init_key)
+    pseudo = query.pseudo_labels if learner.config.pseudo_label is not None else None
     params, posterior, metrics, (t_train, t_fit, t_eval) = _fit_and_evaluate(
-        key_fit, learner, data, params0, labelled)
+        key_fit, learner, data, params0, labelled, pseudo)
     new_state = ALState(params, posterior, labelled, state.round + 1, state.init_key)
     info = RoundInfo(new_state.round, int(labelled.sum()), queried, queried_scores,
                      np.asarray(data.pool_y)[queried], metrics,
-                     Timings(t_score, t_train, t_fit, t_eval))
+                     Timings(t_score, t_train, t_fit, t_eval),
+                     pseudo_label_info(query.pseudo_labels, data.pool_y))
     return new_state, info
+
+
+def pseudo_label_info(pseudo: jax.Array, pool_y: jax.Array) -> PseudoLabelInfo:
+    """How many pool points were pseudo-labelled, and how many labels were right (known
+    in simulation: the oracle's labels)."""
+    pseudo, pool_y = np.asarray(pseudo), np.asarray(pool_y)
+    used = pseudo >= 0
+    return PseudoLabelInfo(int(used.sum()), int((pseudo[used] == pool_y[used]).sum()))
 
 
 def run_rounds(key: jax.Array, learner: ActiveLearner, data: ALData

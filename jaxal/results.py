@@ -6,6 +6,9 @@ An out dir holds:
     metrics.csv      one row per round: labels, Figure-5 metrics, seconds per stage
     metrics.jsonl    the same rows as JSON lines (``pandas.read_json(..., lines=True)``)
     queries.jsonl    per round: queried pool indices, TFDS train indices, labels, scores
+    query_classes.csv  per round: how many queries so far fell in each class (a strategy
+                     that avoids a class, e.g. redundancy on the distinctive digit 1,
+                     shows up here and in figure5.png's histogram)
     figure5.png      the Figure-5 panels vs number of labels (see ``jaxal.plots``)
 """
 
@@ -25,8 +28,9 @@ import numpy as np
 from jaxal.loop import RoundInfo
 
 METRIC_COLUMNS = ("round", "num_labels", "train_loss", "test_loss", "test_accuracy",
-                  "test_entropy", "val_loss", "val_accuracy", "prior_precision", "score_s",
-                  "train_s", "posterior_s", "eval_s")
+                  "test_entropy", "val_loss", "val_accuracy", "prior_precision",
+                  "pseudo_labels", "pseudo_label_accuracy", "score_s", "train_s",
+                  "posterior_s", "eval_s")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -48,8 +52,10 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 def metrics_row(info: RoundInfo) -> dict[str, float | int]:
     """A flat record of one round: Figure-5 metrics and timings."""
-    t = info.timings
+    t, pseudo = info.timings, info.pseudo
     return {"round": info.round, "num_labels": info.num_labels, **info.metrics._asdict(),
+            "pseudo_labels": pseudo.count,
+            "pseudo_label_accuracy": pseudo.correct / pseudo.count if pseudo.count else None,
             "score_s": t.score, "train_s": t.train, "posterior_s": t.posterior,
             "eval_s": t.evaluate}
 
@@ -67,9 +73,22 @@ def query_row(info: RoundInfo, pool_index: np.ndarray | None) -> dict[str, Any]:
     }
 
 
+def query_class_counts(infos: Sequence[RoundInfo], num_classes: int) -> list[dict]:
+    """Per round, the cumulative number of queried points of each class."""
+    total = np.zeros(num_classes, int)
+    rows = []
+    for info in infos:
+        total += np.bincount(np.asarray(info.queried_labels, int), minlength=num_classes)
+        rows.append({"round": info.round, "num_labels": info.num_labels,
+                     **{f"class_{c}": int(n) for c, n in enumerate(total)}})
+    return rows
+
+
 def write_rounds(out_dir: str | os.PathLike, infos: Sequence[RoundInfo],
-                 pool_index: np.ndarray | None = None) -> None:
-    """(Re)write metrics.csv, metrics.jsonl and queries.jsonl for all rounds so far."""
+                 pool_index: np.ndarray | None = None, num_classes: int | None = None
+                 ) -> None:
+    """(Re)write metrics.csv, metrics.jsonl, queries.jsonl (and, given ``num_classes``,
+    query_classes.csv) for all rounds so far."""
     out_dir = Path(out_dir)
     rows = [metrics_row(i) for i in infos]
     buf = io.StringIO()
@@ -80,6 +99,13 @@ def write_rounds(out_dir: str | os.PathLike, infos: Sequence[RoundInfo],
     write_text_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write_text_atomic(out_dir / "queries.jsonl", "".join(
         json.dumps(query_row(i, pool_index)) + "\n" for i in infos if i.round > 0))
+    if num_classes is not None:
+        counts = query_class_counts(infos, num_classes)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(counts[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(counts)
+        write_text_atomic(out_dir / "query_classes.csv", buf.getvalue())
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, float]]:

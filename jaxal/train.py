@@ -102,7 +102,8 @@ def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Train
 
 
 def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
-              y_pool: jax.Array, labelled: jax.Array) -> tuple[Any, TrainInfo]:
+              y_pool: jax.Array, labelled: jax.Array,
+              pseudo_labels: jax.Array | None = None) -> tuple[Any, TrainInfo]:
     """Fit θ_MAP on the labelled points of the pool, starting from ``params``.
 
     The loop over steps stays in Python around a jitted step: XLA:CPU runs the CNN's
@@ -115,17 +116,26 @@ def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
       params: initial parameters (a fresh init, or the previous round's for a warm start).
       x_pool: [n, ...] pool inputs; y_pool: int [n] labels (only labelled ones are read).
       labelled: bool [n] mask of the labelled set.
+      pseudo_labels: optional int [n], the model's labels of unlabelled points to train on
+        as well (CEAL), -1 elsewhere. They count in N of the objective; ``train_nll``
+        stays the NLL of the true labels.
 
     Returns:
       (θ_MAP, TrainInfo).
     """
     labelled_idx = labelled_indices(labelled)
     num_labelled = labelled.sum()
+    train_idx, num_train, y_train = labelled_idx, num_labelled, y_pool
+    if pseudo_labels is not None:
+        extra = (pseudo_labels >= 0) & ~labelled
+        y_train = jnp.where(extra, pseudo_labels, y_pool).astype(y_pool.dtype)
+        train_idx = labelled_indices(labelled | extra)
+        num_train = num_labelled + extra.sum()
     state = trainer.init(params)
     losses = []
     for t in range(trainer.config.steps):
-        state, loss = trainer.step(jax.random.fold_in(key, t), state, x_pool, y_pool,
-                                   labelled_idx, num_labelled)
+        state, loss = trainer.step(jax.random.fold_in(key, t), state, x_pool, y_train,
+                                   train_idx, num_train)
         losses.append(loss)
     nll = trainer.labelled_nll(state.params, x_pool, y_pool, labelled_idx, num_labelled)
     return state.params, TrainInfo(np.asarray(jnp.stack(losses)), float(nll))

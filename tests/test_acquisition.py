@@ -7,7 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxal.acquisition import ACQUISITIONS, entropy, map_chunks, score_pool, select_top_k
+from jaxal.acquisition import (
+    ACQUISITIONS,
+    entropy,
+    map_chunks,
+    requires_samples,
+    score_pool,
+    select_top_k,
+)
 from jaxal.model import init_params, mlp
 from jaxal.posterior import PointMass
 from jaxal.predictive import PredictiveOutput, plugin_predictive
@@ -37,9 +44,67 @@ EXPECTED = {
 DETERMINISTIC = sorted(EXPECTED)
 
 
+def _h(*p):
+    return -sum(q * math.log(q) for q in p if q > 0)
+
+
+# Per-sample probabilities [s=4, n=3, c=2], by hand: posterior samples that disagree
+# confidently (0), agree on a coin flip (1), and a generic case (2).
+SAMPLE_PROBS = np.array([
+    [[1.0, 0.0], [0.5, 0.5], [0.8, 0.2]],
+    [[0.0, 1.0], [0.5, 0.5], [0.8, 0.2]],
+    [[1.0, 0.0], [0.5, 0.5], [0.2, 0.8]],
+    [[0.0, 1.0], [0.5, 0.5], [0.6, 0.4]],
+], np.float32)
+SAMPLE_EXPECTED = {
+    # H[mean] - mean H: (0) log 2 - 0; (1) log 2 - log 2; (2) mean p = (0.6, 0.4).
+    "bald": [math.log(2), 0.0, _h(0.6, 0.4) - (3 * _h(0.8, 0.2) + _h(0.6, 0.4)) / 4],
+    # 1 - modal vote share; ties (0.5, 0.5) vote for class 0 (argmax takes the first).
+    "variation_ratios": [1 - 2 / 4, 1 - 4 / 4, 1 - 3 / 4],
+    # mean over classes of the population std over samples: (0) values 1,0,1,0 -> 0.5;
+    # (2) class 0 values .8,.8,.2,.6: mean .6, var (.04 + .04 + .16 + 0) / 4 = .06.
+    "mean_std": [0.5, 0.0, math.sqrt(0.06)],
+}
+
+
+def sample_output(sample_probs) -> PredictiveOutput:
+    sample_probs = jnp.asarray(sample_probs)
+    return PredictiveOutput(sample_probs.mean(0), sample_probs)
+
+
 def test_every_acquisition_has_a_test():
     """A new registry entry must get hand-computed values here (or be random)."""
-    assert set(ACQUISITIONS) == {"random", *EXPECTED}
+    assert set(ACQUISITIONS) == {"random", *EXPECTED, *SAMPLE_EXPECTED}
+    assert {n for n in ACQUISITIONS if requires_samples(ACQUISITIONS[n])} == set(
+        SAMPLE_EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_EXPECTED))
+def test_sample_scores_match_hand_computed_values(name):
+    scores = jax.jit(ACQUISITIONS[name])(jax.random.key(0), sample_output(SAMPLE_PROBS))
+    assert scores.shape == (3,)
+    np.testing.assert_allclose(scores, SAMPLE_EXPECTED[name], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_EXPECTED))
+def test_sample_scores_are_zero_when_samples_agree_and_refuse_without_samples(name):
+    """Identical samples carry no epistemic uncertainty; no samples is an error."""
+    probs = jnp.asarray(PROBS)
+    same = jnp.broadcast_to(probs, (5, *probs.shape))
+    np.testing.assert_allclose(ACQUISITIONS[name](jax.random.key(0), sample_output(same)),
+                               np.zeros(4), atol=1e-6)
+    with pytest.raises(ValueError, match="needs per-sample probabilities"):
+        ACQUISITIONS[name](jax.random.key(0), PredictiveOutput(probs))
+
+
+def test_bald_is_the_mutual_information_of_a_monte_carlo_table():
+    """BALD against I[y; θ] computed from the joint table p(y, s) = p_s(y) / S."""
+    sample_probs = jax.nn.softmax(jax.random.normal(jax.random.key(0), (7, 5, 4)) * 3.0)
+    joint = np.asarray(sample_probs, np.float64).transpose(1, 0, 2) / 7.0   # [n, s, c]
+    p_y = joint.sum(1, keepdims=True)
+    mi = (joint * np.log(joint / (p_y * (1.0 / 7.0)))).sum((1, 2))
+    np.testing.assert_allclose(ACQUISITIONS["bald"](None, sample_output(sample_probs)), mi,
+                               rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
@@ -62,9 +127,13 @@ def test_entropy_extremes():
 def test_scores_are_finite_for_saturated_predictions(name):
     """One-hot rows (a saturated softmax: exact zeros) must not give NaN from log 0."""
     probs = jnp.concatenate([jnp.eye(3), jax.nn.softmax(jnp.array([[200.0, 0.0, -200.0]]))])
-    scores = jax.jit(ACQUISITIONS[name])(jax.random.key(0), PredictiveOutput(probs))
+    # Samples: the rows, and the rows rolled by a class (saturated disagreement).
+    out = sample_output(jnp.stack([probs, jnp.roll(probs, 1, axis=1)]))
+    scores = jax.jit(ACQUISITIONS[name])(jax.random.key(0), out)
     assert scores.shape == (4,)
     assert bool(jnp.isfinite(scores).all())
+    if requires_samples(ACQUISITIONS[name]):
+        assert bool((scores > 0).all()), "confident disagreement is maximally informative"
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)

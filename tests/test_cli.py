@@ -29,7 +29,8 @@ def tiny_run(mnist_data_dir, tmp_path_factory):
 def test_cli_writes_every_output(tiny_run, mnist_data_dir):
     out, stdout = tiny_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "figure5.png", "metrics.csv", "metrics.jsonl", "queries.jsonl"]
+        "config.json", "figure5.png", "metrics.csv", "metrics.jsonl", "queries.jsonl",
+        "query_classes.csv"]
     # One progress line per round.
     assert [line.split()[1] for line in stdout.splitlines() if line.startswith("round")] == [
         "0/2", "1/2", "2/2"]
@@ -71,6 +72,13 @@ def test_cli_writes_every_output(tiny_run, mnist_data_dir):
         assert q["score"] == sorted(q["score"], reverse=True)
         assert all(0.0 <= s <= 1.0 for s in q["score"])  # margin scores live in [0, 1]
 
+    with open(out / "query_classes.csv") as f:
+        counts = list(csv.DictReader(f))
+    queried_labels = [label for q in queries for label in q["label"]]
+    assert [int(r["num_labels"]) for r in counts] == [10, 15, 20]
+    assert [int(counts[-1][f"class_{c}"]) for c in range(10)] == np.bincount(
+        queried_labels, minlength=10).tolist()
+
     png = (out / "figure5.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -108,8 +116,8 @@ def test_invalid_values_fail_before_training(args, message, mnist_data_dir, tmp_
 
 def test_unknown_acquisition_is_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit):
-        main(["--acq", "bald"])
-    assert "invalid choice: 'bald'" in capsys.readouterr().err
+        main(["--acq", "bold"])
+    assert "invalid choice: 'bold'" in capsys.readouterr().err
 
 
 def test_missing_dataset_names_the_fix(tmp_path):
