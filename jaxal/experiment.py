@@ -19,7 +19,14 @@ from jaxal import data as datasets
 from jaxal.loop import ALConfig, ALData, ConfigError, make_learner, run_rounds, validate_config
 from jaxal.model import cnn, mlp
 from jaxal.plots import figure5
-from jaxal.results import config_difference, metrics_row, write_json_atomic, write_rounds
+from jaxal.results import (
+    config_difference,
+    load_checkpoint,
+    metrics_row,
+    save_checkpoint,
+    write_json_atomic,
+    write_rounds,
+)
 
 TOY_DATASETS = ("moons", "blobs")
 
@@ -75,7 +82,9 @@ def _prepare_out_dir(out_dir: Path, config_dict: dict) -> None:
     existing = out_dir / "config.json"
     if existing.exists():
         old = json.loads(existing.read_text())
-        diffs = config_difference(old.get("experiment", {}), config_dict["experiment"])
+        # Through JSON, so tuples compare equal to the lists they were written as.
+        new = json.loads(json.dumps(config_dict["experiment"]))
+        diffs = config_difference(old.get("experiment", {}), new)
         if diffs:
             raise ConfigError(
                 f"{out_dir} holds a run with a different configuration:\n  "
@@ -116,12 +125,18 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike | None =
     if out_dir is not None:
         _prepare_out_dir(out_dir, config_dict)
     data = to_device(split)
-    infos = []
-    for step in run_rounds(jax.random.key(config.seed), learner, data):
+    state, infos = None, []
+    if out_dir is not None and (resumed := load_checkpoint(out_dir)) is not None:
+        state, infos = resumed
+        write_rounds(out_dir, infos, split.pool_index, split.num_classes)
+        if progress is not None:
+            progress(f"resuming {out_dir} after round {state.round} of {config.al.rounds}")
+    for step in run_rounds(jax.random.key(config.seed), learner, data, state):
         state, info = step
         infos.append(info)
         if out_dir is not None:
             write_rounds(out_dir, infos, split.pool_index, split.num_classes)
+            save_checkpoint(out_dir, state, infos)
         if progress is not None:
             progress(progress_line(info, config.al.rounds))
     if out_dir is not None:

@@ -506,12 +506,17 @@ def pseudo_label_info(pseudo: jax.Array, pool_y: jax.Array) -> PseudoLabelInfo:
     return PseudoLabelInfo(int(used.sum()), int((pseudo[used] == pool_y[used]).sum()))
 
 
-def run_rounds(key: jax.Array, learner: ActiveLearner, data: ALData
-               ) -> Iterator[tuple[ALState, RoundInfo]]:
-    """Yield (state, info) for round 0 and then every AL round; keys fold in the round."""
+def run_rounds(key: jax.Array, learner: ActiveLearner, data: ALData,
+               state: ALState | None = None) -> Iterator[tuple[ALState, RoundInfo]]:
+    """Yield (state, info) for round 0 and then every AL round; keys fold in the round.
+
+    Given the ``state`` of a finished round (a checkpoint), continue after it: round r
+    gets the same key either way, so a resumed run repeats an uninterrupted one exactly.
+    """
     key_init, key_rounds = jax.random.split(key)
-    state, info = init_state(key_init, learner, data)
-    yield state, info
-    for r in range(1, learner.config.rounds + 1):
+    if state is None:
+        state, info = init_state(key_init, learner, data)
+        yield state, info
+    for r in range(state.round + 1, learner.config.rounds + 1):
         state, info = al_round(jax.random.fold_in(key_rounds, r), state, learner, data)
         yield state, info

@@ -10,6 +10,8 @@ An out dir holds:
                      that avoids a class, e.g. redundancy on the distinctive digit 1,
                      shows up here and in figure5.png's histogram)
     figure5.png      the Figure-5 panels vs number of labels (see ``jaxal.plots``)
+    checkpoint.pkl   the loop state and round records after the last finished round, so a
+                     rerun of the same command continues there (``load_checkpoint``)
 """
 
 from __future__ import annotations
@@ -18,14 +20,20 @@ import csv
 import io
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxal.loop import RoundInfo
+from jaxal.loop import ALState, RoundInfo
+
+CHECKPOINT = "checkpoint.pkl"
+CHECKPOINT_VERSION = 1
 
 METRIC_COLUMNS = ("round", "num_labels", "train_loss", "test_loss", "test_accuracy",
                   "test_entropy", "val_loss", "val_accuracy", "prior_precision",
@@ -48,6 +56,50 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same dir and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(out_dir: str | os.PathLike, state: ALState,
+                    infos: Sequence[RoundInfo]) -> None:
+    """Atomically store the state after a finished round and every round's record.
+
+    Arrays go to host numpy (exact bits); the typed init key as its key data.
+    """
+    host = jax.device_get(state._replace(init_key=jax.random.key_data(state.init_key)))
+    payload = {"version": CHECKPOINT_VERSION, "state": host, "infos": list(infos)}
+    write_bytes_atomic(Path(out_dir) / CHECKPOINT, pickle.dumps(payload))
+
+
+def load_checkpoint(out_dir: str | os.PathLike) -> tuple[ALState, list[RoundInfo]] | None:
+    """(state, infos) of the last finished round in ``out_dir``, or None if there is none.
+
+    Only read back what this package wrote there (pickle runs code from the file).
+    """
+    path = Path(out_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    payload = pickle.loads(path.read_bytes())
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} was written by another jaxal version (checkpoint "
+                         f"version {payload.get('version')}, expected "
+                         f"{CHECKPOINT_VERSION}); delete it to start the run afresh")
+    state = payload["state"]
+    state = jax.tree.map(jnp.asarray, state._replace(init_key=None))._replace(
+        init_key=jax.random.wrap_key_data(jnp.asarray(payload["state"].init_key)),
+        round=int(state.round))
+    return state, payload["infos"]
 
 
 def metrics_row(info: RoundInfo) -> dict[str, float | int]:

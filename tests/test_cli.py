@@ -29,7 +29,7 @@ def tiny_run(mnist_data_dir, tmp_path_factory):
 def test_cli_writes_every_output(tiny_run, mnist_data_dir):
     out, stdout = tiny_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "figure5.png", "metrics.csv", "metrics.jsonl", "queries.jsonl",
+        "checkpoint.pkl", "config.json", "figure5.png", "metrics.csv", "metrics.jsonl", "queries.jsonl",
         "query_classes.csv"]
     # One progress line per round.
     assert [line.split()[1] for line in stdout.splitlines() if line.startswith("round")] == [
