@@ -12,18 +12,17 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxal import __version__
 from jaxal import data as datasets
 from jaxal.loop import ALConfig, ALData, ConfigError, make_learner, run_rounds, validate_config
 from jaxal.model import cnn, mlp
-from jaxal.plots import figure5
+from jaxal.plots import plot_run
 from jaxal.results import (
     config_difference,
     load_checkpoint,
-    metrics_row,
     save_checkpoint,
+    write_extremes,
     write_json_atomic,
     write_rounds,
 )
@@ -136,13 +135,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike | None =
         infos.append(info)
         if out_dir is not None:
             write_rounds(out_dir, infos, split.pool_index, split.num_classes)
+            write_extremes(out_dir, infos, split.pool_x, split.pool_y)
             save_checkpoint(out_dir, state, infos)
         if progress is not None:
             progress(progress_line(info, config.al.rounds))
     if out_dir is not None:
-        batch = "" if config.al.batch == "topk" else f" ({config.al.batch} batch)"
-        title = (f"{config.dataset}: acquisition {config.al.acquisition}{batch}, posterior "
-                 f"{config.al.posterior}, seed {config.seed}")
-        figure5([metrics_row(i) for i in infos], out_dir / "figure5.png", title,
-                np.concatenate([i.queried_labels for i in infos]), split.num_classes)
+        plot_run(out_dir)
     return state, infos

@@ -19,7 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.acquisition import ACQUISITIONS, entropy, map_chunks, requires_samples, score_pool
+from jaxal.acquisition import (
+    ACQUISITIONS,
+    entropy,
+    map_chunks,
+    requires_samples,
+    score_pool,
+    select_top_k,
+)
 from jaxal.curvature import CURVATURES, CurvatureTooLargeError, check_dense_fits
 from jaxal.model import Classifier, init_params
 from jaxal.posterior import (
@@ -112,6 +119,19 @@ class Timings(NamedTuple):
     evaluate: float
 
 
+# How many of the highest and lowest scored unlabelled points a round records (Figure 4).
+NUM_EXTREMES = 5
+
+
+class Extremes(NamedTuple):
+    """The NUM_EXTREMES highest and lowest acquisition scores of the unlabelled pool."""
+
+    top: np.ndarray              # int pool indices, best first
+    top_scores: np.ndarray
+    bottom: np.ndarray           # int pool indices, worst first
+    bottom_scores: np.ndarray
+
+
 class PseudoLabelInfo(NamedTuple):
     count: int                   # pool points trained on with the model's label
     correct: int                 # of those, how many labels equal the oracle's
@@ -126,6 +146,7 @@ class RoundInfo(NamedTuple):
     metrics: Metrics
     timings: Timings
     pseudo: PseudoLabelInfo = PseudoLabelInfo(0, 0)
+    extremes: Extremes | None = None   # the round's best and worst scored pool points
 
 
 class Query(NamedTuple):
@@ -134,6 +155,7 @@ class Query(NamedTuple):
     indices: jax.Array           # int [k] pool indices, unlabelled and distinct
     scores: jax.Array            # [k]
     pseudo_labels: jax.Array     # int [n] model labels of confident pool points, else -1
+    extremes: Extremes           # of the pool pass's scores (zeros for kcenter / badge)
 
 
 class ActiveLearner(NamedTuple):
@@ -411,7 +433,11 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
         else:
             chosen = labelled.at[indices].set(True)
             pseudo = pseudo_labels(probs, chosen, config.pseudo_label, config.pseudo_label_by)
-        return Query(indices, picked, pseudo)
+        num = min(NUM_EXTREMES, x_pool.shape[0] - capacity)
+        top, top_scores = select_top_k(scores, labelled, num)
+        bottom, _ = select_top_k(-scores, labelled, num)
+        return Query(indices, picked, pseudo, Extremes(top, top_scores, bottom,
+                                                       scores[bottom]))
 
     def evaluate_fn(key, posterior, x, y):
         return evaluate(key, model, predict, posterior, x, y, chunk_size)
@@ -488,13 +514,14 @@ def al_round(key: jax.Array, state: ALState, learner: ActiveLearner, data: ALDat
     labelled = state.labelled.at[queried].set(True)
     params0 = state.params if learner.config.warm_start else learner.init(state.init_key)
     pseudo = query.pseudo_labels if learner.config.pseudo_label is not None else None
+    extremes = Extremes(*jax.device_get(query.extremes))
     params, posterior, metrics, (t_train, t_fit, t_eval) = _fit_and_evaluate(
         key_fit, learner, data, params0, labelled, pseudo)
     new_state = ALState(params, posterior, labelled, state.round + 1, state.init_key)
     info = RoundInfo(new_state.round, int(labelled.sum()), queried, queried_scores,
                      np.asarray(data.pool_y)[queried], metrics,
                      Timings(t_score, t_train, t_fit, t_eval),
-                     pseudo_label_info(query.pseudo_labels, data.pool_y))
+                     pseudo_label_info(query.pseudo_labels, data.pool_y), extremes)
     return new_state, info
 
 

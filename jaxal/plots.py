@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -48,3 +49,119 @@ def figure5(rows: Sequence[dict], path: str | os.PathLike, title: str,
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _save(fig, path: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")) -> None:
+    """Save ``fig`` as path.<format> for every format, then close it."""
+    path = str(path)
+    stem = path.rsplit(".", 1)[0] if path.endswith((".png", ".pdf")) else path
+    for fmt in formats:
+        fig.savefig(f"{stem}.{fmt}", dpi=110)
+    plt.close(fig)
+
+
+def figure5_bands(curves: dict[str, dict], path: str | os.PathLike, title: str) -> None:
+    """Figure-5 panels with one line per strategy and a mean ± std band over seeds.
+
+    Args:
+      curves: strategy -> {"num_labels": [L], "<metric>_mean": [L], "<metric>_std": [L],
+        "seeds": int} for every metric of ``FIGURE5_PANELS``.
+      path: output stem; writes .png and .pdf.
+      title: names dataset, posteriors and seeds.
+    """
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)
+    for ax, (key, name) in zip(axes.flat, FIGURE5_PANELS, strict=False):
+        for strategy, c in curves.items():
+            x = np.asarray(c["num_labels"])
+            mean, std = np.asarray(c[f"{key}_mean"]), np.asarray(c[f"{key}_std"])
+            (line,) = ax.plot(x, mean, marker="o", markersize=2.5,
+                              label=f"{strategy} ({c['seeds']} seeds)")
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2,
+                            linewidth=0)
+        ax.set_xlabel("number of labels")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes.flat[-1].axis("off")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    axes.flat[-1].legend(handles, names, loc="center", title="strategy (mean ± std)")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def class_histograms(counts: dict[str, np.ndarray], path: str | os.PathLike,
+                     title: str) -> None:
+    """Grouped bars: mean number of queried points per class, one colour per strategy."""
+    fig, ax = plt.subplots(figsize=(11, 4.5), constrained_layout=True)
+    num_classes = max(len(c) for c in counts.values())
+    width = 0.8 / max(len(counts), 1)
+    for i, (strategy, c) in enumerate(counts.items()):
+        ax.bar(np.arange(num_classes) + (i - (len(counts) - 1) / 2) * width, c, width,
+               label=strategy)
+    ax.set_xticks(np.arange(num_classes))
+    ax.set_xlabel("class of the queried point (oracle label)")
+    ax.set_ylabel("queried points (mean over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def figure4(extremes: dict, round_: int, path: str | os.PathLike, title: str) -> None:
+    """The seed's Figure 4: the 5 highest (top row) and 5 lowest (bottom row) scored
+    unlabelled pool images of one round, with their scores and oracle labels.
+
+    Args:
+      extremes: the arrays of a run's ``extremes.npz`` (``jaxal.results.write_extremes``).
+      round_: the AL round whose scoring is shown (>= 1).
+    """
+    rounds = list(np.asarray(extremes["round"]))
+    if round_ not in rounds:
+        raise ValueError(f"round {round_} has no recorded scores; choose one of {rounds}")
+    r = rounds.index(round_)
+    num = extremes["top_index"].shape[1]
+    fig, axes = plt.subplots(2, num, figsize=(2.1 * num, 5.0), constrained_layout=True,
+                             squeeze=False)
+    for row, side, name in ((0, "top", "highest"), (1, "bottom", "lowest")):
+        for j in range(num):
+            ax = axes[row, j]
+            image = np.asarray(extremes[f"{side}_image"][r, j], np.float32)
+            if image.ndim == 3 and image.shape[-1] == 1:
+                image = image[..., 0]
+            if image.ndim >= 2:
+                ax.imshow(np.clip(image, 0, 1), cmap="gray" if image.ndim == 2 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"score {float(extremes[f'{side}_score'][r, j]):.3g}\n"
+                         f"label {int(extremes[f'{side}_label'][r, j])}", fontsize=9)
+        axes[row, 0].set_ylabel(f"{name} {num}")
+    fig.suptitle(f"{title}\nround {round_}: the {num} highest (top) and lowest (bottom) "
+                 "scored unlabelled pool points")
+    _save(fig, path)
+
+
+def plot_run(out_dir: str | os.PathLike, round_: int | None = None) -> None:
+    """(Re)draw a run's figure5.png/pdf and figure4.png/pdf from its files alone.
+
+    Args:
+      out_dir: a run's out dir (``jaxal.experiment.run_experiment``).
+      round_: the round of Figure 4 (default: the first AL round).
+    """
+    import json
+
+    from jaxal.results import read_metrics, read_queries
+
+    out_dir = Path(out_dir)
+    config = json.loads((out_dir / "config.json").read_text())["experiment"]
+    al = config["al"]
+    batch = "" if al.get("batch", "topk") == "topk" else f" ({al['batch']} batch)"
+    title = (f"{config['dataset']}: acquisition {al['acquisition']}{batch}, posterior "
+             f"{al['posterior']} ({al['predictive']} predictive), seed {config['seed']}")
+    rows = read_metrics(out_dir)
+    queried = [y for q in read_queries(out_dir) for y in q["label"]]
+    figure5(rows, out_dir / "figure5.png", title, queried)
+    figure5(rows, out_dir / "figure5.pdf", title, queried)
+    if (out_dir / "extremes.npz").exists():
+        with np.load(out_dir / "extremes.npz") as f:
+            extremes = dict(f)
+        figure4(extremes, round_ or int(extremes["round"][0]), out_dir / "figure4",
+                f"{title}: acquisition scores")

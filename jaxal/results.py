@@ -10,6 +10,8 @@ An out dir holds:
                      that avoids a class, e.g. redundancy on the distinctive digit 1,
                      shows up here and in figure5.png's histogram)
     figure5.png      the Figure-5 panels vs number of labels (see ``jaxal.plots``)
+    extremes.npz     per round: the 5 highest and lowest scored unlabelled pool points
+                     (indices, scores, labels, images), for Figure 4 (``jaxal.plots``)
     checkpoint.pkl   the loop state and round records after the last finished round, so a
                      rerun of the same command continues there (``load_checkpoint``)
 """
@@ -115,7 +117,15 @@ def metrics_row(info: RoundInfo) -> dict[str, float | int]:
 def query_row(info: RoundInfo, pool_index: np.ndarray | None) -> dict[str, Any]:
     """Queried pool indices with their TFDS train-split indices, labels and scores."""
     queried = np.asarray(info.queried)
+    extremes = {}
+    if info.extremes is not None:
+        e = info.extremes
+        extremes = {"top_pool_index": np.asarray(e.top).tolist(),
+                    "top_score": np.asarray(e.top_scores, np.float64).tolist(),
+                    "bottom_pool_index": np.asarray(e.bottom).tolist(),
+                    "bottom_score": np.asarray(e.bottom_scores, np.float64).tolist()}
     return {
+        **extremes,
         "round": info.round,
         "pool_index": queried.tolist(),
         "dataset_index": (np.asarray(pool_index)[queried].tolist()
@@ -158,6 +168,26 @@ def write_rounds(out_dir: str | os.PathLike, infos: Sequence[RoundInfo],
         writer.writeheader()
         writer.writerows(counts)
         write_text_atomic(out_dir / "query_classes.csv", buf.getvalue())
+
+
+def write_extremes(out_dir: str | os.PathLike, infos: Sequence[RoundInfo],
+                   pool_x: np.ndarray, pool_y: np.ndarray) -> None:
+    """(Re)write extremes.npz: per round r >= 1, the highest / lowest scored unlabelled
+    pool points with their scores, oracle labels and images (float16) for Figure 4."""
+    rounds = [i for i in infos if i.extremes is not None]
+    if not rounds:
+        return
+    arrays = {"round": np.array([i.round for i in rounds])}
+    for side in ("top", "bottom"):
+        idx = np.stack([np.asarray(getattr(i.extremes, side)) for i in rounds])
+        arrays[f"{side}_index"] = idx
+        arrays[f"{side}_score"] = np.stack(
+            [np.asarray(getattr(i.extremes, f"{side}_scores")) for i in rounds])
+        arrays[f"{side}_label"] = np.asarray(pool_y)[idx]
+        arrays[f"{side}_image"] = np.asarray(pool_x)[idx].astype(np.float16)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_bytes_atomic(Path(out_dir) / "extremes.npz", buf.getvalue())
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, float]]:

@@ -29,7 +29,8 @@ def tiny_run(mnist_data_dir, tmp_path_factory):
 def test_cli_writes_every_output(tiny_run, mnist_data_dir):
     out, stdout = tiny_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint.pkl", "config.json", "figure5.png", "metrics.csv", "metrics.jsonl", "queries.jsonl",
+        "checkpoint.pkl", "config.json", "extremes.npz", "figure4.pdf", "figure4.png",
+        "figure5.pdf", "figure5.png", "metrics.csv", "metrics.jsonl", "queries.jsonl",
         "query_classes.csv"]
     # One progress line per round.
     assert [line.split()[1] for line in stdout.splitlines() if line.startswith("round")] == [
@@ -78,6 +79,25 @@ def test_cli_writes_every_output(tiny_run, mnist_data_dir):
     assert [int(r["num_labels"]) for r in counts] == [10, 15, 20]
     assert [int(counts[-1][f"class_{c}"]) for c in range(10)] == np.bincount(
         queried_labels, minlength=10).tolist()
+
+    # Figure 4's record: per round the 5 best and worst margin scores of unlabelled points,
+    # with their pool images and labels.
+    with np.load(out / "extremes.npz") as f:
+        extremes = dict(f)
+    assert extremes["round"].tolist() == [1, 2]
+    labelled_before = set()
+    for r, q in enumerate(queries):
+        top, bottom = extremes["top_index"][r], extremes["bottom_index"][r]
+        assert q["top_pool_index"] == top.tolist() and q["bottom_pool_index"] == bottom.tolist()
+        assert q["pool_index"] == top.tolist(), "top-k margin queries the top 5 scores"
+        assert not (set(top.tolist()) | set(bottom.tolist())) & labelled_before
+        assert min(extremes["top_score"][r]) >= max(extremes["bottom_score"][r])
+        assert list(extremes["top_score"][r]) == sorted(extremes["top_score"][r], reverse=True)
+        np.testing.assert_array_equal(extremes["top_label"][r],
+                                      ds.train_labels[split.pool_index[top]])
+        np.testing.assert_allclose(extremes["bottom_image"][r],
+                                   split.pool_x[bottom].astype(np.float16))
+        labelled_before |= set(q["pool_index"])
 
     png = (out / "figure5.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -1,0 +1,116 @@
+"""Comparisons: every run of a seed shares its start, aggregates match independent sums,
+figures redraw from files alone."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from jaxal.compare import main as compare_main
+from jaxal.comparison import NOT_REACHED, aubc, labels_to_reach, median_labels
+from jaxal.plot import main as plot_main
+from jaxal.results import read_metrics
+
+ARGS = ["--dataset", "moons", "--acq", "random", "entropy", "bald", "--posterior", "plugin",
+        "laplace", "--seeds", "0", "1", "--rounds", "2", "--query-size", "4", "--steps", "30",
+        "--samples", "8", "--pool-size", "120", "--val-size", "40"]
+FIGURES = ["figure5.png", "figure5.pdf", "query_classes.png", "query_classes.pdf"]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "cmp"
+    compare_main([*ARGS, "--out", str(out)])
+    return out
+
+
+def test_labels_to_reach_median_and_aubc_by_hand():
+    assert labels_to_reach([20, 30, 40], [0.5, 0.91, 0.8], 0.9) == 30
+    assert labels_to_reach([20, 30, 40], [0.5, 0.6, 0.7], 0.9) is None
+    assert median_labels([30, None, 50]) == 50
+    assert median_labels([30, None, None]) == NOT_REACHED
+    assert median_labels([30, 40]) == 35
+    # Trapezoid: ((0.5 + 0.7) / 2 * 10 + (0.7 + 0.9) / 2 * 20) / 30.
+    assert aubc([10, 20, 40], [0.5, 0.7, 0.9]) == pytest.approx((6 + 16) / 30)
+
+
+def test_comparison_skips_impossible_pairs_and_runs_the_rest(comparison, capsys):
+    meta = json.loads((comparison / "comparison.json").read_text())
+    assert meta["strategies"] == ["random/plugin", "random/laplace", "entropy/plugin",
+                                  "entropy/laplace", "bald/laplace"]
+    assert meta["seeds"] == [0, 1]
+    for name in [*FIGURES, "summary.csv", "summary.json", "curves.csv"]:
+        assert (comparison / name).stat().st_size > 0, name
+    for run in meta["runs"]:
+        assert len(read_metrics(comparison / run["dir"])) == 3
+
+
+def test_runs_of_one_seed_share_their_start(comparison):
+    """Round 0 (initial labels, weights, validation split) is the same for every strategy
+    with the same posterior; the queries differ."""
+    runs = comparison / "runs"
+    for seed in (0, 1):
+        first = read_metrics(runs / f"random-plugin-seed{seed}")[0]
+        other = read_metrics(runs / f"entropy-plugin-seed{seed}")[0]
+        for key in ("train_loss", "test_loss", "test_accuracy", "val_loss"):
+            assert first[key] == other[key]
+    assert read_metrics(runs / "random-plugin-seed0")[0]["test_loss"] != read_metrics(
+        runs / "random-plugin-seed1")[0]["test_loss"]
+
+
+def test_aggregates_match_an_independent_computation(comparison):
+    summary = json.loads((comparison / "summary.json").read_text())
+    with open(comparison / "curves.csv") as f:
+        curves = list(csv.DictReader(f))
+    for strategy in ("entropy/laplace", "bald/laplace"):
+        rows = [read_metrics(comparison / "runs" / f"{strategy.replace('/', '-')}-seed{s}")
+                for s in (0, 1)]
+        acc = np.array([[r["test_accuracy"] for r in rs] for rs in rows])
+        labels = np.array([r["num_labels"] for r in rows[0]], float)
+        areas = [((a[1:] + a[:-1]) / 2 * np.diff(labels)).sum() / (labels[-1] - labels[0])
+                 for a in acc]
+        e = summary[strategy]
+        assert e["aubc_mean"] == pytest.approx(np.mean(areas), rel=1e-9)
+        assert e["aubc_std"] == pytest.approx(np.std(areas, ddof=1), rel=1e-9)
+        assert e["final_accuracy_mean"] == pytest.approx(acc[:, -1].mean(), rel=1e-9)
+        for target in (90, 95):
+            per_seed = [next((n for n, x in zip(labels, a, strict=True)
+                              if x >= target / 100), None) for a in acc]
+            expected = NOT_REACHED if None in per_seed else sum(per_seed) / 2
+            assert e[f"labels_to_{target}"] == expected
+        mine = [c for c in curves if c["strategy"] == strategy]
+        assert [float(c["num_labels"]) for c in mine] == labels.tolist()
+        entropy = np.array([[r["test_entropy"] for r in rs] for rs in rows])
+        np.testing.assert_allclose([float(c["test_entropy_mean"]) for c in mine],
+                                   entropy.mean(0), rtol=1e-9)
+        np.testing.assert_allclose([float(c["test_entropy_std"]) for c in mine],
+                                   entropy.std(0, ddof=1), rtol=1e-9)
+
+
+def test_plot_redraws_every_figure_without_recomputing(comparison, monkeypatch):
+    import jaxal.experiment
+
+    def no_runs(*a, **k):
+        raise AssertionError("plot must not run anything")
+
+    monkeypatch.setattr(jaxal.experiment, "run_experiment", no_runs)
+    monkeypatch.setattr(jaxal.experiment, "run_rounds", no_runs)
+    run = comparison / "runs" / "entropy-laplace-seed1"
+    for path in [*(comparison / f for f in FIGURES), run / "figure4.png", run / "figure5.pdf"]:
+        path.unlink()
+    plot_main([str(comparison), "--round", "2"])
+    for path in [*(comparison / f for f in FIGURES), run / "figure4.png", run / "figure5.pdf"]:
+        assert path.stat().st_size > 5_000, path
+
+
+def test_plot_refuses_a_dir_without_results(tmp_path):
+    with pytest.raises(SystemExit, match="neither a run"):
+        plot_main([str(tmp_path)])
+
+
+def test_compare_refuses_when_nothing_can_run(tmp_path):
+    with pytest.raises(SystemExit, match="no runnable"):
+        compare_main(["--dataset", "moons", "--acq", "bald", "--posterior", "plugin",
+                      "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
