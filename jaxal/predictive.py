@@ -73,7 +73,6 @@ def mc_predictive(key: jax.Array, model: Classifier, posterior, x: jax.Array,
         features = model.apply(posterior.params, x, method=model.features)
         logits = jax.vmap(lambda t: apply_head(unravel(t), features))(samples)
         sample_probs = jax.nn.softmax(logits)
-        sample_probs = jax.nn.softmax(logits)
     else:
         # One plain forward pass of the chunk per sample, in sequence: vmapping over the
         # weights turns every convolution into a grouped one, ~9x slower on XLA:CPU.
