@@ -45,15 +45,7 @@ METRIC_COLUMNS = ("round", "num_labels", "train_loss", "test_loss", "test_accura
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file in the same dir and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
