@@ -8,9 +8,9 @@ k = 1..C-1, of the C-1 square-root factors of the softmax Hessian (``jaxal.curva
 
 All g_nk come from one backward pass with C-1 cotangents (``jax.vjp`` against zero
 ``perturbations`` on the layer outputs, vmapped over the columns); no gradient with
-respect to the weights is ever formed per example except the Conv kernel's, which is one
-batched matmul per layer. The exact GGN diagonal is then Σ_n Σ_k (a_n ⊗ g_nk)², which for
-a Dense layer factorises as Σ_n a_n² ⊗ Σ_k g_nk².
+respect to the weights is ever formed per example except the Conv kernel's, one small
+matmul per example, reduced while it is in cache. The exact GGN diagonal is then
+Σ_n Σ_k (a_n ⊗ g_nk)², which for a Dense layer factorises as Σ_n a_n² ⊗ Σ_k g_nk².
 
 The models mark their layers with ``jaxal.model._layer``; Conv layers are 3x3, stride 1,
 SAME padding, as in ``jaxal.model.CNNBody``.
@@ -116,16 +116,24 @@ def _positions(g: jax.Array, n: int) -> jax.Array:
     return g.reshape(g.shape[0], n, -1, g.shape[-1])
 
 
-def _per_example_grads(rows: jax.Array, g: jax.Array) -> jax.Array:
-    """Σ_t rows_nt ⊗ g_nkt: per-example, per-column gradients of [kernel; bias], [n, K+1, k, out].
+def _scan_per_example_grads(rows: jax.Array, g: jax.Array, step: Callable, init):
+    """``lax.scan`` of ``step(carry, p_n, n) -> (carry, y_n)`` over the examples of a chunk.
 
-    One batched matmul over examples (contracting the t positions); for Conv layers only,
-    as Dense layers (t = 1) factorise and never need it.
+    p_n = Σ_t rows_nt ⊗ g_nkt [K+1, k, out] are example n's per-column gradients of the
+    layer's [kernel; bias] (Conv layers only: Dense layers, t = 1, factorise). One plain
+    [K+1, t] x [t, k*out] matmul per example, reduced by ``step`` while it is in cache:
+    measured 3-9x faster on XLA:CPU than one batched matmul over the chunk, whose
+    [n, K+1, k*out] output (130 MB per 100 examples for the seed CNN's last Conv) is
+    written out and read back.
     """
     k, n, t, out = g.shape
-    g = jnp.moveaxis(g, 0, 2).reshape(n, t, k * out)                 # [n, t, k*out]
-    grads = jax.lax.dot_general(rows, g, (((1,), (1,)), ((0,), (0,))))  # [n, K+1, k*out]
-    return grads.reshape(n, rows.shape[-1], k, out)
+    g = jnp.moveaxis(g, 0, 2).reshape(n, t, k * out)                  # [n, t, k*out]
+
+    def body(carry, args):
+        r, q, i = args
+        return step(carry, (r.T @ q).reshape(r.shape[-1], k, out), i)
+
+    return jax.lax.scan(body, init, (rows, g, jnp.arange(n)))
 
 
 def _layer_diagonal(a: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
@@ -133,7 +141,15 @@ def _layer_diagonal(a: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
     rows, g = _augmented_rows(a), _positions(g, a.shape[0])
     if rows.shape[1] == 1:   # Dense: Σ_n w_n ã_n² ⊗ Σ_k g_nk²
         return jnp.einsum("n,ni,no->io", w, rows[:, 0]**2, (g[:, :, 0]**2).sum(0))
-    return jnp.einsum("n,nikp->ip", w, _per_example_grads(rows, g)**2)
+    step = lambda acc, p, i: (acc + w[i] * (p * p).sum(1), None)
+    return _scan_per_example_grads(rows, g, step,
+                                   jnp.zeros((rows.shape[-1], g.shape[-1]), g.dtype))[0]
+
+
+def _conv_variance(rows: jax.Array, g: jax.Array, var: jax.Array) -> jax.Array:
+    """Σ_io (Σ_t rows_nti g_nctj)² var_io for every example: [n, C] (Conv layers)."""
+    step = lambda carry, p, i: (carry, jnp.einsum("ico,io->c", p * p, var))
+    return _scan_per_example_grads(rows, g, step, None)[1]
 
 
 def _set_layer(tree, path: tuple[str, ...], kernel_and_bias: jax.Array) -> None:
@@ -198,7 +214,7 @@ def diagonal_layer_variance(variance_tree) -> Callable:
         var = _get_layer(variance_tree["params"], path)               # [K+1, out]
         if rows.shape[1] == 1:
             return jnp.einsum("ni,io,cno->nc", rows[:, 0]**2, var, g[:, :, 0]**2)
-        return jnp.einsum("nico,io->nc", _per_example_grads(rows, g)**2, var)
+        return _conv_variance(rows, g, var)
     return layer_variance
 
 
@@ -215,7 +231,7 @@ def kfac_layer_variance(layers: dict, prior_precision: jax.Array) -> Callable:
         rows, g = rows @ qa, g @ qg
         if rows.shape[1] == 1:
             return jnp.einsum("ni,io,cno->nc", rows[:, 0]**2, inv, g[:, :, 0]**2)
-        return jnp.einsum("nico,io->nc", _per_example_grads(rows, g)**2, inv)
+        return _conv_variance(rows, g, inv)
     return layer_variance
 
 
