@@ -52,6 +52,7 @@ from jaxal.posterior import (
     subset_problem,
 )
 from jaxal.predictive import PREDICTIVES
+from jaxal.runtime import with_huge_pages
 from jaxal.train import TrainConfig, make_trainer, train_map
 
 RESULTS = Path(__file__).parent / "results"
@@ -211,7 +212,9 @@ def in_child(args, variant: str, extra: list[str]) -> dict:
            "--n-test", str(args.n_test), "--repeats", str(args.repeats), *extra]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # As jaxal's CLIs run (``jaxal.runtime.reexec_with_huge_pages``) unless --no-huge-pages.
+    env = os.environ if args.no_huge_pages else with_huge_pages(os.environ)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     sys.stdout.write("".join(line + "\n" for line in proc.stdout.splitlines()[:-1]))
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -259,8 +262,10 @@ def table(result: dict) -> str:
     lines = [
         f"jaxal with jax {s['jax']} on {s['platform']}, {s['cpus']} CPUs; seed CNN "
         f"({s['num_params']:,} parameters), {s['n_train']} MNIST train / {s['n_test']} test "
-        f"images, median of {s['repeats']}, seconds (compile apart). In brackets: "
-        f"laplace-torch time / jaxal time, against "
+        f"images, median of {s['repeats']}, seconds (compile apart), glibc malloc "
+        + ("on huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, as jaxal's CLIs set it)"
+           if s.get("huge_pages") else "without huge pages") + ". In brackets: "
+        "laplace-torch time / jaxal time, against "
         + " / ".join(f"laplace-torch {refs[k]['source']}" for k in names) + ".", "",
         "| variant | fit | compile | probit | MC-100 | evidence prior fit | val-NLL grid "
         "| peak RSS MiB | test acc / NLL (probit) |",
@@ -303,6 +308,8 @@ def main():
     p.add_argument("--steps", type=int, default=300, help="MAP training steps")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--skip-sweep", action="store_true")
+    p.add_argument("--no-huge-pages", action="store_true",
+                   help="run the variants without GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
     p.add_argument("--laplace-torch", default=None,
                    help="python of a laplace-torch venv: run the reference first")
     p.add_argument("--out", default=str(RESULTS / "hessian_variants.json"))
@@ -323,7 +330,8 @@ def main():
                           "repeats": args.repeats, "steps": args.steps,
                           "mc_samples": MC_SAMPLES, "jax": jax.__version__,
                           "platform": platform.platform(), "cpus": os.cpu_count(),
-                          "num_params": int(ravel_pytree(params)[0].size)},
+                          "num_params": int(ravel_pytree(params)[0].size),
+                          "huge_pages": not args.no_huge_pages},
               "laplace_torch": refs, "variants": {},
               "sweep": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,6 +20,7 @@ from jaxal.experiment import check_config
 from jaxal.loop import ConfigError
 from jaxal.run import config_from_args
 from jaxal.run import parser as run_parser
+from jaxal.runtime import reexec_with_huge_pages
 
 LISTS = {"acq": "--acq", "posterior": "--posterior", "seed": "--seeds"}
 
@@ -69,4 +70,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages("jaxal.compare")
     main()

@@ -12,6 +12,7 @@ from jaxal.experiment import TOY_DATASETS, ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig, ConfigError, default_predictive
 from jaxal.posterior import POSTERIORS, SUBSETS, LaplaceConfig
 from jaxal.predictive import PREDICTIVES
+from jaxal.runtime import reexec_with_huge_pages
 from jaxal.selection import BATCH_SELECTORS, PSEUDO_LABEL_CRITERIA, STRATEGIES
 from jaxal.train import OPTIMIZERS, TrainConfig
 
@@ -164,4 +165,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages("jaxal.run")
     main()
