@@ -63,6 +63,32 @@ def _layer(module: nn.Module, name: str, layer: nn.Module, x: jax.Array) -> jax.
     return module.perturb(f"{name}_out", layer(x))
 
 
+@jax.custom_jvp
+def relu_max_pool_2x2(x: jax.Array) -> jax.Array:
+    """``max_pool_2x2(relu(x))``, the seed CNN's block ending, with a cheaper derivative.
+
+    Equal to the composition in value and in both derivatives (tested, ties included),
+    but its JVP selects the tangent with one precomputed mask, relu'(x) · [x is its
+    window's max], and divides by the number of such maxima. Both sit behind an
+    optimisation barrier: otherwise XLA fuses the comparisons that define them into
+    every consumer, and in the (C-1)-cotangent backward pass of ``jaxal.layerwise`` they
+    were recomputed once per cotangent (measured: exact KFAC fit 1.80 -> 1.68 s).
+    """
+    return jax.nn.relu(nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID"))
+
+
+@relu_max_pool_2x2.defjvp
+def _relu_max_pool_2x2_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    pooled = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    windows = _windows(x)
+    winner = (windows == pooled[:, :, None, :, None, :]) & (windows > 0)
+    share = 1.0 / jnp.maximum(winner.sum(axis=(2, 4)), 1).astype(x.dtype)
+    winner, share = jax.lax.optimization_barrier((winner, share))
+    picked = jnp.where(winner, _windows(t), 0.0).sum(axis=(2, 4))
+    return jax.nn.relu(pooled), picked * share
+
+
 class CNNBody(nn.Module):
     """Three blocks Conv 3x3 (SAME) -> ReLU -> MaxPool 2x2, then Dense -> ReLU -> Dropout."""
 
@@ -73,8 +99,8 @@ class CNNBody(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for i, c in enumerate(self.channels):
-            x = max_pool_2x2(nn.relu(_layer(self, f"Conv_{i}", nn.Conv(c, (3, 3),
-                                                                        padding="SAME"), x)))
+            x = relu_max_pool_2x2(_layer(self, f"Conv_{i}", nn.Conv(c, (3, 3), padding="SAME"),
+                                         x))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(_layer(self, "Dense_0", nn.Dense(self.hidden), x))
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -15,7 +15,15 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from jaxal import model as model_lib
-from jaxal.model import apply_head, cnn, init_params, max_pool_2x2, mlp, num_params
+from jaxal.model import (
+    apply_head,
+    cnn,
+    init_params,
+    max_pool_2x2,
+    mlp,
+    num_params,
+    relu_max_pool_2x2,
+)
 
 
 def reference_pool(x):
@@ -263,3 +271,26 @@ def test_mlp_on_2d_inputs(mlp_and_params):
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logits, h @ p["head"]["kernel"] + p["head"]["bias"],
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+def test_relu_max_pool_equals_the_composition_with_ties(shape):
+    """relu_max_pool_2x2 = max_pool_2x2 ∘ relu in value, JVP and VJP.
+
+    Rounded normals give negative and tied values; three windows are set by hand: all
+    negative, a maximum of 0 tied beside negatives, and four tied positive maxima.
+    """
+    rng = np.random.default_rng(3)
+    x = np.round(1.5 * rng.standard_normal(shape)).astype(np.float32)
+    x[0, :2, :2] = -1.0
+    x[0, 2:4, :2] = np.array([[0.0, -1.0], [-2.0, 0.0]])[..., None]
+    x[0, :2, 2:4] = 2.0
+    _, t, w = pool_inputs(shape, seed=4, ties=False)
+    assert num_tied_windows(np.maximum(x, 0)) > 0
+    y, y_dot, grad = value_jvp_and_vjp(relu_max_pool_2x2, x, t, w)
+    composed = lambda a: max_pool_2x2(jax.nn.relu(a))
+    y_ref, y_dot_ref, grad_ref = value_jvp_and_vjp(composed, x, t, w)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_allclose(y_dot, y_dot_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-6, atol=1e-6)
+    assert np.abs(np.asarray(grad)).sum() > 0   # not trivially zero
