@@ -29,7 +29,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     reshape-and-sum, which is linear in the tangent, so JAX transposes it into a cheap
     broadcast for reverse mode, and forward mode (linearised predictives, GGN products)
     keeps working. Ties (common after ReLU: all-zero windows) share the tangent equally,
-    as ``jnp.max`` does.
+    as ``jnp.max`` does. The seed CNN uses it through ``relu_max_pool_2x2``.
     """
     return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
@@ -74,13 +74,13 @@ def relu_max_pool_2x2(x: jax.Array) -> jax.Array:
     every consumer, and in the (C-1)-cotangent backward pass of ``jaxal.layerwise`` they
     were recomputed once per cotangent (measured: exact KFAC fit 1.80 -> 1.68 s).
     """
-    return jax.nn.relu(nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID"))
+    return jax.nn.relu(max_pool_2x2(x))
 
 
 @relu_max_pool_2x2.defjvp
 def _relu_max_pool_2x2_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
-    pooled = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    pooled = max_pool_2x2(x)
     windows = _windows(x)
     winner = (windows == pooled[:, :, None, :, None, :]) & (windows > 0)
     share = 1.0 / jnp.maximum(winner.sum(axis=(2, 4)), 1).astype(x.dtype)

@@ -35,6 +35,11 @@ _NEVER_TRIM = 2**31 - 1
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
+def tuning_enabled() -> bool:
+    """False where the user set JAXAL_MALLOC_TUNING=0 (keep glibc's defaults)."""
+    return os.environ.get("JAXAL_MALLOC_TUNING", "1") != "0"
+
+
 def reuse_freed_memory() -> bool:
     """Serve large allocations from the heap and never trim it; True where applied."""
     name = ctypes.util.find_library("c")
@@ -65,8 +70,7 @@ def reexec_with_huge_pages(module: str) -> None:
     only, not when JAXAL_MALLOC_TUNING=0, and not when GLIBC_TUNABLES already names the
     setting (so the restarted process goes on).
     """
-    if (sys.platform != "linux" or platform.libc_ver()[0] != "glibc"
-            or os.environ.get("JAXAL_MALLOC_TUNING", "1") == "0"):
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or not tuning_enabled():
         return
     env = with_huge_pages(os.environ)
     if env != dict(os.environ):
@@ -75,9 +79,7 @@ def reexec_with_huge_pages(module: str) -> None:
 
 def apply_default_settings() -> bool:
     """What ``import jaxal`` does: ``reuse_freed_memory`` unless JAXAL_MALLOC_TUNING=0."""
-    if os.environ.get("JAXAL_MALLOC_TUNING", "1") == "0":
-        return False
-    return reuse_freed_memory()
+    return tuning_enabled() and reuse_freed_memory()
 
 
 # Applied on import (``import jaxal`` imports this module before any large allocation).

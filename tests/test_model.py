@@ -246,7 +246,9 @@ def test_cnn_gradient_matches_cnn_with_reference_pool(cnn_and_params, monkeypatc
         return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).sum()
 
     grad = jax.jit(jax.grad(loss))(params)
-    monkeypatch.setattr(model_lib, "max_pool_2x2", reference_pool)
+    # The CNN calls relu_max_pool_2x2: swap in ReLU then the reference pool.
+    monkeypatch.setattr(model_lib, "relu_max_pool_2x2",
+                        lambda a: reference_pool(jax.nn.relu(a)))
     grad_reference = jax.jit(jax.grad(loss))(params)
     flat, _ = ravel_pytree(grad)
     flat_reference, _ = ravel_pytree(grad_reference)
