@@ -25,7 +25,7 @@ from jaxal.model import Classifier, apply_head, cnn, init_params, mlp, num_param
 from jaxal.objective import log_likelihood, log_prior, map_objective
 from jaxal.posterior import POSTERIORS
 from jaxal.predictive import PREDICTIVES, PredictiveOutput
-from jaxal.runtime import MALLOC_TUNED  # noqa: F401  (importing it applies the setting)
+from jaxal.runtime import MALLOC_TUNED  # noqa: F401  (importing it applies the settings)
 from jaxal.selection import SELECTORS, Pool
 from jaxal.train import TrainConfig, make_trainer, train_map
 

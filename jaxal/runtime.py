@@ -1,22 +1,41 @@
-"""Process settings that make XLA:CPU faster: reuse freed memory, on huge pages.
+"""Process settings that make XLA:CPU faster: memory reuse, huge pages, thread use.
 
-XLA:CPU allocates each execution's temporaries with ``malloc`` (about 2 GB for the exact
-GGN diagonal of the seed CNN on 1000 images). glibc serves every allocation above its
-mmap threshold (at most 32 MB) with fresh pages from ``mmap`` and unmaps them on
-``free``, so each execution page-faults its whole working set in again: measured ~10%
-of the all-weights curvature fits (``benchmarks/hessian_variants.py``). With mmap off
-and trimming off, such allocations come from the heap and freed memory stays there,
-so the next execution reuses pages that are already mapped. Peak memory is unchanged;
-the process keeps it until it exits.
+1. Reuse freed memory. XLA:CPU allocates each execution's temporaries with ``malloc``
+   (about 2 GB for the exact GGN diagonal of the seed CNN on 1000 images). glibc serves
+   every allocation above its mmap threshold (at most 32 MB) with fresh pages from
+   ``mmap`` and unmaps them on ``free``, so each execution page-faults its whole working
+   set in again: measured ~10% of the all-weights curvature fits
+   (``benchmarks/hessian_variants.py``). With mmap off and trimming off, such
+   allocations come from the heap and freed memory stays there, so the next execution
+   reuses pages that are already mapped. Peak memory is unchanged; the process keeps it
+   until it exits.
+2. Run executables on the calling thread. (1) holds only for the main thread's heap.
+   With JAX's asynchronous CPU dispatch the executable runs on a worker thread, whose
+   glibc arena cannot hold a block over 64 MB: glibc then maps the block directly,
+   whatever M_MMAP_MAX says, and unmaps it on free (seen with ``strace``: a 1.2 GB map
+   and unmap per exact KFAC fit). The fresh pages cost page faults and kernel page
+   clearing, measured 0.7-0.9 s on a 1.6 s fit in about half of the calls. So
+   asynchronous dispatch is turned off (``jax_cpu_enable_async_dispatch``). It must be
+   set before JAX creates its CPU client, which ``import jaxal`` does not do; where the
+   client exists already, or the user set JAX_CPU_ENABLE_ASYNC_DISPATCH, it is left
+   alone. Training throughput with a Python loop around a jitted step was the same
+   either way, within this machine's run-to-run spread.
+3. Huge pages. Transparent huge pages for that memory (2 MB pages: 512x fewer page
+   faults and TLB misses) gain another ~13% on the same fits, but glibc reads the
+   switch, ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, only when a process starts:
+   jaxal's command-line tools restart themselves once with it
+   (``reexec_with_huge_pages``), and README.md shows how to set it for notebooks and
+   scripts.
+4. One LAPACK thread. LAPACK calls inside jitted code (``eigh`` of the KFAC factors,
+   Cholesky of a full posterior) run in scipy's OpenBLAS, whose own threads, one per
+   core, spin for a while after each call and so compete with XLA's threads for the
+   same cores: measured +0.24 s on the 1.3 s exact KFAC fit, whose eigendecompositions
+   take 0.03 s. OPENBLAS_NUM_THREADS=1 is set unless the user set it; scipy loads its
+   OpenBLAS at the first LAPACK call, after ``import jaxal`` (so not where scipy.linalg
+   was imported before jaxal).
 
-``import jaxal`` applies this once (glibc only; elsewhere it does nothing). Set
-``JAXAL_MALLOC_TUNING=0`` before importing to keep glibc's defaults.
-
-Transparent huge pages for that memory (2 MB pages: 512x fewer page faults and TLB
-misses) gain another ~13% on the same fits, but glibc reads the switch,
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, only when a process starts: jaxal's
-command-line tools restart themselves once with it (``reexec_with_huge_pages``), and
-README.md shows how to set it for notebooks and scripts.
+``import jaxal`` applies 1, 2 and 4 once (1 and 2 with glibc only). Set
+``JAXAL_MALLOC_TUNING=0`` before importing to keep glibc's, JAX's and OpenBLAS's defaults.
 """
 
 from __future__ import annotations
@@ -77,10 +96,46 @@ def reexec_with_huge_pages(module: str) -> None:
         os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 
-def apply_default_settings() -> bool:
-    """What ``import jaxal`` does: ``reuse_freed_memory`` unless JAXAL_MALLOC_TUNING=0."""
-    return tuning_enabled() and reuse_freed_memory()
+def run_on_calling_thread() -> bool:
+    """Turn JAX's asynchronous CPU dispatch off; True where applied (see the module doc).
+
+    Not where the user chose (JAX_CPU_ENABLE_ASYNC_DISPATCH set) or where JAX's backends
+    exist already (the setting is read once, when the CPU client is created).
+    """
+    if "JAX_CPU_ENABLE_ASYNC_DISPATCH" in os.environ:
+        return False
+    import jax
+
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+        if backends_are_initialized():
+            return False
+    except ImportError:   # private API moved: setting the option is harmless either way
+        pass
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True
+
+
+def single_threaded_lapack() -> bool:
+    """OPENBLAS_NUM_THREADS=1 for scipy's OpenBLAS, loaded later; True where applied."""
+    if "OPENBLAS_NUM_THREADS" in os.environ or "scipy.linalg" in sys.modules:
+        return False
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    return True
+
+
+def apply_default_settings() -> tuple[bool, bool, bool]:
+    """What ``import jaxal`` does, unless JAXAL_MALLOC_TUNING=0.
+
+    Returns (malloc tuned, synchronous dispatch, single-threaded LAPACK), each True where
+    applied. Synchronous dispatch only where the malloc settings apply (glibc), as it
+    serves them.
+    """
+    if not tuning_enabled():
+        return False, False, False
+    malloc_tuned = reuse_freed_memory()
+    return malloc_tuned, malloc_tuned and run_on_calling_thread(), single_threaded_lapack()
 
 
 # Applied on import (``import jaxal`` imports this module before any large allocation).
-MALLOC_TUNED = apply_default_settings()
+MALLOC_TUNED, SYNC_DISPATCH, SINGLE_THREADED_LAPACK = apply_default_settings()

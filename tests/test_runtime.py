@@ -20,7 +20,9 @@ GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
 
 def run_python(args, env_changes, cwd=None):
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",)}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GLIBC_TUNABLES", "JAXAL_MALLOC_TUNING", "JAX_CPU_ENABLE_ASYNC_DISPATCH",
+                        "OPENBLAS_NUM_THREADS")}
     env.update(env_changes)
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=120)
@@ -41,6 +43,34 @@ def test_import_applies_malloc_settings_unless_turned_off():
     code = "import jaxal; print(jaxal.runtime.MALLOC_TUNED)"
     assert run_python(["-c", code], {}).stdout.strip() == "True"
     assert run_python(["-c", code], {"JAXAL_MALLOC_TUNING": "0"}).stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not GLIBC, reason="the malloc settings are glibc's")
+def test_import_runs_executables_on_the_calling_thread_unless_told_otherwise():
+    code = ("import jaxal, jax; print(jaxal.runtime.SYNC_DISPATCH, "
+            "jax.config.values['jax_cpu_enable_async_dispatch'])")
+    assert run_python(["-c", code], {}).stdout.split() == ["True", "False"]
+    # Off with the other settings, and never over the user's own choice ...
+    assert run_python(["-c", code], {"JAXAL_MALLOC_TUNING": "0"}).stdout.split() == \
+        ["False", "True"]
+    assert run_python(["-c", code], {"JAX_CPU_ENABLE_ASYNC_DISPATCH": "true"}).stdout.split() \
+        == ["False", "True"]
+    # ... nor where JAX's CPU client exists already (the option would not take effect).
+    late = "import jax; jax.numpy.ones(1).block_until_ready(); " + code
+    assert run_python(["-c", late], {}).stdout.split() == ["False", "True"]
+
+
+def test_import_asks_for_one_lapack_thread_unless_told_otherwise():
+    code = ("import os, jaxal; print(jaxal.runtime.SINGLE_THREADED_LAPACK, "
+            "os.environ.get('OPENBLAS_NUM_THREADS'))")
+    assert run_python(["-c", code], {}).stdout.split() == ["True", "1"]
+    assert run_python(["-c", code], {"JAXAL_MALLOC_TUNING": "0"}).stdout.split() == \
+        ["False", "None"]
+    assert run_python(["-c", code], {"OPENBLAS_NUM_THREADS": "2"}).stdout.split() == \
+        ["False", "2"]
+    # scipy's OpenBLAS already loaded: the variable would not reach it, so it is not set.
+    late = "import scipy.linalg; " + code
+    assert run_python(["-c", late], {}).stdout.split() == ["False", "None"]
 
 
 @pytest.mark.skipif(not GLIBC, reason="the huge-page tunable is glibc's")
