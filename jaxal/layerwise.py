@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxal.chunks import chunk_array
@@ -255,7 +256,7 @@ def examples_per_group(model: Classifier, params, x: jax.Array,
 
 
 def _chunked_sum(fn: Callable, x: jax.Array, weights: jax.Array | None, chunk_size: int,
-                 group_size: int = 1000):
+                 group_size: int = 1000, combine: Callable | None = None):
     """Σ over chunks of ``fn(i, x_chunk, w_chunk)`` (a pytree), with memory bounded.
 
     Up to ``group_size`` examples the chunks are unrolled at trace time: XLA:CPU runs these
@@ -265,7 +266,8 @@ def _chunked_sum(fn: Callable, x: jax.Array, weights: jax.Array | None, chunk_si
     CNN), so beyond ``group_size`` examples (``examples_per_group``) groups of
     unrolled chunks are scanned, which costs time: the exact diagonal at twice the seed
     CNN's width took 6.4 s on 1000 images unrolled, 14.5 s in 2 groups.
-    Padding rows have weight 0 and contribute nothing.
+    Padding rows have weight 0 and contribute nothing. ``combine(parts)`` turns a group's
+    list of chunk outputs into a summable pytree (by default: their sum).
     """
     size = min(chunk_size, x.shape[0])
     xs, ws = chunk_array(x, size), chunk_array(example_weights(x, weights), size)
@@ -273,6 +275,8 @@ def _chunked_sum(fn: Callable, x: jax.Array, weights: jax.Array | None, chunk_si
 
     def group_sum(first, xg, wg):
         parts = [fn(first + j, xg[j], wg[j]) for j in range(xg.shape[0])]
+        if combine is not None:
+            return combine(parts)
         return jax.tree.map(lambda *leaves: sum(leaves), *parts)
 
     if xs.shape[0] <= per_group:
@@ -295,6 +299,88 @@ def _chunked_sum(fn: Callable, x: jax.Array, weights: jax.Array | None, chunk_si
     return jax.lax.scan(body, zero, (jnp.arange(num_groups), xs, ws))[0]
 
 
+# The taps δ = (kh - 1, kw - 1) of a 3x3 kernel in the kernel's (kh, kw) order, and the
+# offsets d = δ_j - δ_i between two taps; half of them, the other half being transposes.
+_TAPS = [(kh - 1, kw - 1) for kh in range(3) for kw in range(3)]
+_OFFSETS = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+_HALF_OFFSETS = [d for d in _OFFSETS if d >= (0, 0)]
+# The ring of patch positions just outside the grid, as (name, taps that reach into the
+# grid from there): above the first row only the bottom taps (kh = 2) do, and so on.
+_RINGS = {"top": (6, 7, 8), "bottom": (0, 1, 2), "left": (2, 5, 8), "right": (0, 3, 6)}
+
+
+def _ring_patches(x: jax.Array, ring: str) -> jax.Array:
+    """The ring's patches restricted to its 3 taps: [n, positions, 3c].
+
+    top: positions (-1, -1 .. W), taps (1, -1 .. 1) read row 0; left: positions
+    (0 .. H-1, -1), taps (-1 .. 1, 1) read column 0; bottom and right likewise.
+    """
+    if ring in ("top", "bottom"):
+        line = x[:, 0 if ring == "top" else -1]                           # [n, W, c]
+        line = jnp.pad(line, ((0, 0), (2, 2), (0, 0)))
+        width = x.shape[2] + 2
+    else:
+        line = x[:, :, 0 if ring == "left" else -1]                       # [n, H, c]
+        line = jnp.pad(line, ((0, 0), (1, 1), (0, 0)))
+        width = x.shape[1]
+    return jnp.concatenate([line[:, k:k + width] for k in range(3)], axis=-1)
+
+
+def _patch_correlations(a: jax.Array, w: jax.Array) -> jax.Array:
+    """F(d) = Σ_n w_n Σ_u a_nu a_n,u+dᵀ for the 13 offsets d ≥ (0, 0): [c, 13, c].
+
+    Block (i, j) of the Gram of *all* patches that touch the grid is F(δ_j - δ_i) (a is
+    zero outside the grid; F(-d) = F(d)ᵀ). One [n h w, c]ᵀ[n h w, 13c] matmul per chunk:
+    ~6x fewer FLOPs than the [n t, 9c] patch matrix's Gram.
+    """
+    _, h, wd, c = a.shape
+    x = a * jnp.sqrt(w)[:, None, None, None]
+    padded = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    shifted = jnp.concatenate([padded[:, 2 + dy:2 + dy + h, 2 + dx:2 + dx + wd]
+                               for dy, dx in _HALF_OFFSETS], axis=-1)
+    corr = x.reshape(-1, c).T @ shifted.reshape(-1, len(_HALF_OFFSETS) * c)
+    return corr.reshape(c, len(_HALF_OFFSETS), c)
+
+
+def _patch_moments(a: jax.Array, w: jax.Array, correlations: jax.Array | None = None) -> dict:
+    """Sufficient statistics of Σ_n w_n Σ_t p̃_nt p̃_ntᵀ for 3x3 SAME patches (p̃ = (p, 1)).
+
+    The Gram over the grid's positions is the Gram over every position whose patch
+    touches the grid (``_patch_correlations``) minus the ring of positions just outside
+    it, whose patches reach in with 3 taps only; plus the sums for the bias row. Measured
+    on the exact KFAC fit of the seed CNN on 1000 images: 1.57 -> 1.34 s. All entries add
+    up over examples; ``correlations`` may be given (summed over chunks of ``a``).
+    """
+    _, h, wd, c = a.shape
+    sqrt_w = jnp.sqrt(w)
+    x = a * sqrt_w[:, None, None, None]
+    moments = {"corr": _patch_correlations(a, w) if correlations is None else correlations,
+               "sum": (x * sqrt_w[:, None, None, None]).sum((0, 1, 2)),   # Σ_n w_n Σ_u a_nu
+               "count": w.sum() * (h * wd)}
+    for ring in _RINGS:
+        q = _ring_patches(x, ring)
+        flat = q.reshape(-1, 3 * c)
+        moments[ring] = (flat.T @ flat, (q * sqrt_w[:, None, None]).sum((0, 1)))
+    return moments
+
+
+def _patch_gram(moments: dict) -> jax.Array:
+    """[9c+1, 9c+1] Σ_n w_n Σ_t p̃_nt p̃_ntᵀ (p̃ = (patch, 1)) from summed ``_patch_moments``."""
+    corr = moments["corr"]
+    c = corr.shape[0]
+    by_offset = {d: corr[:, k] for k, d in enumerate(_HALF_OFFSETS)}
+    by_offset |= {(-dy, -dx): corr[:, k].T for k, (dy, dx) in enumerate(_HALF_OFFSETS)}
+    gram = jnp.block([[by_offset[(ey - dy, ex - dx)] for ey, ex in _TAPS] for dy, dx in _TAPS])
+    bias = jnp.tile(moments["sum"], 9)
+    for ring, taps in _RINGS.items():
+        ring_gram, ring_sum = moments[ring]
+        idx = np.concatenate([np.arange(t * c, (t + 1) * c) for t in taps])
+        gram = gram.at[np.ix_(idx, idx)].add(-ring_gram)
+        bias = bias.at[idx].add(-ring_sum)
+    count = moments["count"]
+    return jnp.block([[gram, bias[:, None]], [bias[None], count[None, None]]])
+
+
 def kfac_factors(model: Classifier, params, x: jax.Array, weights: jax.Array | None = None,
                  chunk_size: int = 100, factors_fn: Callable | None = None
                  ) -> dict[tuple[str, ...], tuple[jax.Array, jax.Array]]:
@@ -309,20 +395,40 @@ def kfac_factors(model: Classifier, params, x: jax.Array, weights: jax.Array | N
     ``factors_fn=sampled_factors(key, M)`` G_l is the Monte-Carlo estimate.
     """
     def chunk(i, x_i, w_i):
-        factors = {}
         inputs, grads = layer_inputs_and_factor_grads(model, params, x_i, factors_fn, i)
+        sqrt_w = jnp.sqrt(w_i)
+        g_factors, dense_a, conv_inputs = {}, {}, {}
         for path, a in inputs.items():
-            rows = _augmented_rows(a)                                   # [n, t, K+1]
             g = _positions(grads[path], a.shape[0])                     # [k, n, t, out]
             # Weighted Gram matrices as plain [rows, K+1]ᵀ[rows, K+1] matmuls (√w folded in
             # once): ~1.6x faster on XLA:CPU than the three-operand einsums.
-            sqrt_w = jnp.sqrt(w_i)
-            r = (rows * sqrt_w[:, None, None]).reshape(-1, rows.shape[-1])
             gw = (g * sqrt_w[None, :, None, None]).reshape(-1, g.shape[-1])
-            factors[path] = (r.T @ r / rows.shape[1], gw.T @ gw)
-        return factors
+            g_factors[path] = gw.T @ gw
+            if a.ndim == 4:   # the costly part per chunk, the rest once per group
+                conv_inputs[path] = (a, _patch_correlations(a, w_i))
+            else:
+                rows = jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=-1) * sqrt_w[:, None]
+                dense_a[path] = rows.T @ rows
+        return g_factors, dense_a, conv_inputs, w_i
 
-    factors = _chunked_sum(chunk, x, weights, chunk_size,
-                           examples_per_group(model, params, x))
+    def combine(parts):
+        """Sum the chunks' factors; the Conv layers' ring moments once, on the whole group.
+
+        The rings are many small ops: per chunk they added seconds to compile time.
+        """
+        total = jax.tree.map(lambda *leaves: sum(leaves), *[p[:2] for p in parts])
+        ws = jnp.concatenate([p[3] for p in parts])
+        moments = {}
+        for path in parts[0][2]:
+            a = jnp.concatenate([p[2][path][0] for p in parts])
+            corr = sum(p[2][path][1] for p in parts)
+            moments[path] = _patch_moments(a, ws, corr)
+        return total, moments
+
+    (g_factors, dense_a), moments = _chunked_sum(
+        chunk, x, weights, chunk_size, examples_per_group(model, params, x), combine)
     n = example_weights(x, weights).sum()
-    return {path: (a / n, g) for path, (a, g) in factors.items()}
+    # A_l = Σ ã ãᵀ / (N T): T positions per example for Conv layers (count = N T), 1 for Dense.
+    a_factors = {path: a / n for path, a in dense_a.items()}
+    a_factors |= {path: _patch_gram(m) / m["count"] for path, m in moments.items()}
+    return {path: (a_factors[path], g) for path, g in g_factors.items()}
