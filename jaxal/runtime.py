@@ -19,7 +19,11 @@
    set before JAX creates its CPU client, which ``import jaxal`` does not do; where the
    client exists already, or the user set JAX_CPU_ENABLE_ASYNC_DISPATCH, it is left
    alone. Training throughput with a Python loop around a jitted step was the same
-   either way, within this machine's run-to-run spread.
+   either way, within this machine's run-to-run spread. Peak memory can be higher by up
+   to one temporary block: when a small allocation was carved from a freed block, the
+   next call's temporaries no longer fit there and the heap grows once (measured: the
+   same KFAC benchmark process peaked at 2.2 GB in one run and 3.5 GB in another); it
+   did not grow further over repeated fits and predictions.
 3. Huge pages. Transparent huge pages for that memory (2 MB pages: 512x fewer page
    faults and TLB misses) gain another ~13% on the same fits, but glibc reads the
    switch, ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, only when a process starts:
@@ -32,7 +36,10 @@
    same cores: measured +0.24 s on the 1.3 s exact KFAC fit, whose eigendecompositions
    take 0.03 s. OPENBLAS_NUM_THREADS=1 is set unless the user set it; scipy loads its
    OpenBLAS at the first LAPACK call, after ``import jaxal`` (so not where scipy.linalg
-   was imported before jaxal).
+   was imported before jaxal). The cost falls on large LAPACK calls that run alone: the
+   last-layer full GGN fit at twice the seed CNN's width (2570 parameters) took 1.34 s
+   instead of 0.96 s; at the seed width 0.22 s instead of 0.20 s. Two threads with a
+   short spin (OPENBLAS_THREAD_TIMEOUT=4) gave 1.02 s there but 1.46 s on the KFAC fit.
 
 ``import jaxal`` applies 1, 2 and 4 once (1 and 2 with glibc only). Set
 ``JAXAL_MALLOC_TUNING=0`` before importing to keep glibc's, JAX's and OpenBLAS's defaults.
