@@ -255,6 +255,11 @@ def examples_per_group(model: Classifier, params, x: jax.Array,
     return max(1, (group_bytes or GROUP_BYTES) // per_example)
 
 
+def _tree_sum(trees: list):
+    """Leafwise sum of a list of pytrees with the same structure."""
+    return jax.tree.map(lambda *leaves: sum(leaves), *trees)
+
+
 def _chunked_sum(fn: Callable, x: jax.Array, weights: jax.Array | None, chunk_size: int,
                  group_size: int = 1000, combine: Callable | None = None):
     """Σ over chunks of ``fn(i, x_chunk, w_chunk)`` (a pytree), with memory bounded.
@@ -275,9 +280,7 @@ def _chunked_sum(fn: Callable, x: jax.Array, weights: jax.Array | None, chunk_si
 
     def group_sum(first, xg, wg):
         parts = [fn(first + j, xg[j], wg[j]) for j in range(xg.shape[0])]
-        if combine is not None:
-            return combine(parts)
-        return jax.tree.map(lambda *leaves: sum(leaves), *parts)
+        return _tree_sum(parts) if combine is None else combine(parts)
 
     if xs.shape[0] <= per_group:
         return group_sum(0, xs, ws)
@@ -407,7 +410,7 @@ def kfac_factors(model: Classifier, params, x: jax.Array, weights: jax.Array | N
             if a.ndim == 4:   # the costly part per chunk, the rest once per group
                 conv_inputs[path] = (a, _patch_correlations(a, w_i))
             else:
-                rows = jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=-1) * sqrt_w[:, None]
+                rows = _augmented_rows(a)[:, 0] * sqrt_w[:, None]           # [n, K+1]
                 dense_a[path] = rows.T @ rows
         return g_factors, dense_a, conv_inputs, w_i
 
@@ -416,7 +419,7 @@ def kfac_factors(model: Classifier, params, x: jax.Array, weights: jax.Array | N
 
         The rings are many small ops: per chunk they added seconds to compile time.
         """
-        total = jax.tree.map(lambda *leaves: sum(leaves), *[p[:2] for p in parts])
+        total = _tree_sum([p[:2] for p in parts])
         ws = jnp.concatenate([p[3] for p in parts])
         moments = {}
         for path in parts[0][2]:
