@@ -4,38 +4,47 @@ The package follows the pipeline, one module per stage:
 
     data -> model -> objective/train (MAP) -> posterior -> predictive -> acquisition
          -> selection -> loop -> run (CLI) / results / plots
+
+Importing jaxal changes nothing in the process, and imports JAX only when a name below
+is first used (so the command-line tools can check their arguments before that slow
+import). XLA:CPU process settings are one explicit call: ``jaxal.runtime.configure_cpu()``.
 """
 
-from jaxal.acquisition import ACQUISITIONS, map_chunks, score_pool, select_top_k
-from jaxal.loop import (
-    ActiveLearner,
-    ALConfig,
-    ALData,
-    ALState,
-    ConfigError,
-    Metrics,
-    RoundInfo,
-    al_round,
-    init_state,
-    make_learner,
-    run_rounds,
-    validate_config,
-)
-from jaxal.model import Classifier, apply_head, cnn, init_params, mlp, num_params
-from jaxal.objective import log_likelihood, log_prior, map_objective
-from jaxal.posterior import POSTERIORS
-from jaxal.predictive import PREDICTIVES, PredictiveOutput
-from jaxal.runtime import MALLOC_TUNED  # noqa: F401  (importing it applies the settings)
-from jaxal.selection import SELECTORS, Pool
-from jaxal.train import TrainConfig, make_trainer, train_map
+from __future__ import annotations
 
-__all__ = [
-    "ACQUISITIONS", "POSTERIORS", "PREDICTIVES", "SELECTORS", "ALConfig", "ALData", "ALState",
-    "ActiveLearner", "Classifier", "ConfigError", "Metrics", "Pool", "PredictiveOutput",
-    "RoundInfo",
-    "TrainConfig", "al_round", "apply_head", "cnn", "init_params", "init_state",
-    "log_likelihood", "log_prior", "make_learner", "make_trainer", "map_chunks",
-    "map_objective", "mlp", "num_params", "run_rounds", "score_pool", "select_top_k",
-    "train_map", "validate_config",
-]
+import importlib
+import importlib.util
+
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it, imported on first access (PEP 562).
+_EXPORTS = {
+    "ACQUISITIONS": "acquisition", "map_chunks": "acquisition", "score_pool": "acquisition",
+    "select_top_k": "acquisition",
+    "ConfigError": "errors", "JaxalError": "errors",
+    "ActiveLearner": "loop", "ALConfig": "loop", "ALData": "loop", "ALState": "loop",
+    "Metrics": "loop", "RoundInfo": "loop", "al_round": "loop", "init_state": "loop",
+    "make_learner": "loop", "run_rounds": "loop", "validate_config": "loop",
+    "Classifier": "model", "apply_head": "model", "cnn": "model", "init_params": "model",
+    "mlp": "model", "num_params": "model",
+    "log_likelihood": "objective", "log_prior": "objective", "map_objective": "objective",
+    "POSTERIORS": "posterior",
+    "PREDICTIVES": "predictive", "PredictiveOutput": "predictive",
+    "SELECTORS": "selection", "Pool": "selection",
+    "TrainConfig": "train", "make_trainer": "train", "train_map": "train",
+}
+__all__ = sorted(_EXPORTS)
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"jaxal.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    if importlib.util.find_spec(f"jaxal.{name}") is not None:
+        # Submodules as attributes: ``import jaxal; jaxal.runtime.configure_cpu()``.
+        return importlib.import_module(f"jaxal.{name}")
+    raise AttributeError(f"module 'jaxal' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from collections.abc import Sequence
 
-from jaxal.comparison import Run, run_comparison, summary_table
-from jaxal.data import DatasetNotPreparedError, UnknownDatasetError
-from jaxal.experiment import check_config
-from jaxal.loop import ConfigError
+from jaxal.cli.common import check_registry_choices, fail, user_errors
+from jaxal.errors import ConfigError
 from jaxal.run import config_from_args
 from jaxal.run import parser as run_parser
-from jaxal.runtime import reexec_with_huge_pages
+from jaxal.rundir import lock_out_dir
 
 LISTS = {"acq": "--acq", "posterior": "--posterior", "seed": "--seeds"}
 
@@ -41,34 +38,39 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    runs, skipped = [], []
-    for acq in dict.fromkeys(args.acq):
-        for posterior in dict.fromkeys(args.posterior):
-            strategy = f"{acq}/{posterior}"
-            try:
-                for seed in dict.fromkeys(args.seed):
-                    one = copy.copy(args)
-                    one.acq, one.posterior, one.seed = acq, posterior, seed
-                    config = config_from_args(one)
-                    check_config(config)
-                    runs.append(Run(strategy, seed, config))
-            except ConfigError as e:
-                runs = [r for r in runs if r.strategy != strategy]
-                skipped.append(f"skipping {strategy}: {e}")
-    for line in skipped:
-        print(line, flush=True)
-    if not runs:
-        sys.exit("error: no runnable (acquisition, posterior) pair; see the reasons above")
-    try:
+    p = parser()
+    args = p.parse_args(argv)
+    with user_errors(), lock_out_dir(args.out):
+        from jaxal.runtime import configure_cpu
+
+        configure_cpu()   # before JAX's first computation
+        check_registry_choices(p, args)
+        from jaxal.comparison import Run, run_comparison, summary_table
+        from jaxal.experiment import check_config
+
+        runs, skipped = [], []
+        for acq in dict.fromkeys(args.acq):
+            for posterior in dict.fromkeys(args.posterior):
+                strategy = f"{acq}/{posterior}"
+                try:
+                    for seed in dict.fromkeys(args.seed):
+                        one = copy.copy(args)
+                        one.acq, one.posterior, one.seed = acq, posterior, seed
+                        config = config_from_args(one)
+                        check_config(config)
+                        runs.append(Run(strategy, seed, config))
+                except ConfigError as e:
+                    runs = [r for r in runs if r.strategy != strategy]
+                    skipped.append(f"skipping {strategy}: {e}")
+        for line in skipped:
+            print(line, flush=True)
+        if not runs:
+            fail("no runnable (acquisition, posterior) pair; see the reasons above")
         summary = run_comparison(runs, args.out, progress=lambda s: print(s, flush=True))
-    except (ConfigError, UnknownDatasetError, DatasetNotPreparedError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    print(summary_table(summary))
+        print(summary_table(summary))
     print(f"outputs in {args.out}/ (summary.csv, curves.csv, figure5.png, query_classes.png;"
           " runs/ holds every run)")
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages("jaxal.compare")
     main()

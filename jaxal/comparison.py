@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import statistics
 from collections.abc import Callable, Sequence
@@ -32,9 +31,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxal.errors import RunDirError
 from jaxal.experiment import ExperimentConfig, check_config, run_experiment
 from jaxal.plots import FIGURE5_PANELS, class_histograms, figure5_bands
-from jaxal.results import read_metrics, read_queries, write_json_atomic, write_text_atomic
+from jaxal.results import (
+    read_json,
+    read_metrics,
+    read_queries,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 TARGETS = (0.90, 0.95)
 METRICS = tuple(key for key, _ in FIGURE5_PANELS)
@@ -117,8 +123,24 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def read_comparison(out_dir: str | os.PathLike) -> dict:
+    """The strategies, seeds, dataset and run dirs in ``out_dir``'s comparison.json."""
+    path = Path(out_dir) / "comparison.json"
+    fix = "rerun the comparison's command, which rewrites it"
+    meta = read_json(path, fix)
+    try:
+        ok = (isinstance(meta["strategies"], list) and isinstance(meta["dataset"], str)
+              and all(isinstance(r["dir"], str) and r["strategy"] in meta["strategies"]
+                      and isinstance(r["seed"], int) for r in meta["runs"]))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise RunDirError(f"{path} is not a jaxal comparison file; {fix}")
+    return meta
+
+
 def _finished_runs(out_dir: Path) -> dict[str, list[tuple[int, Path]]]:
-    meta = json.loads((out_dir / "comparison.json").read_text())
+    meta = read_comparison(out_dir)
     by_strategy: dict[str, list[tuple[int, Path]]] = {s: [] for s in meta["strategies"]}
     for r in meta["runs"]:
         path = out_dir / r["dir"]
@@ -222,7 +244,7 @@ def plot_comparison(out_dir: str | os.PathLike) -> dict:
     write_text_atomic(out_dir / "curves.csv", _csv(
         curve_rows, ["strategy", "num_labels", *(f"{k}_{stat}" for k in METRICS
                                                  for stat in ("mean", "std"))]))
-    meta = json.loads((out_dir / "comparison.json").read_text())
+    meta = read_comparison(out_dir)
     seeds = sorted({seed for e in summary.values() for seed in e["seeds"]})
     title = f"{meta['dataset']}: {', '.join(summary)}; seeds {seeds}"
     figure5_bands(curves, out_dir / "figure5", title)

@@ -14,7 +14,9 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import socket
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple
 
 import numpy as np
+
+from jaxal.errors import ConfigError, JaxalError
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +71,24 @@ DATASETS: dict[str, DatasetSpec] = {
 }  # fmt: skip
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(JaxalError, ValueError):
     """The dataset name is not one of `DATASETS`."""
 
 
-class DatasetNotPreparedError(RuntimeError):
+class DatasetNotPreparedError(JaxalError, RuntimeError):
     """The dataset is not prepared in the data dir and could not be downloaded."""
+
+
+class DatasetCorruptError(DatasetNotPreparedError):
+    """The prepared files are unreadable, truncated or corrupt; preparing again fixes them."""
+
+
+class ChecksumError(JaxalError, ValueError):
+    """An original file (in --manual-dir, or downloaded) is not the one TFDS expects."""
+
+
+class MissingDependencyError(JaxalError, RuntimeError):
+    """Preparing a dataset needs a package that is not installed."""
 
 
 class ImageDataset(NamedTuple):
@@ -159,34 +175,57 @@ def load_dataset(
     Raises:
       UnknownDatasetError: `name` is not in `DATASETS`.
       DatasetNotPreparedError: not prepared in `data_dir`, and not downloadable.
+      DatasetCorruptError: prepared, but a prepared file is missing, unreadable or corrupt.
+      ChecksumError: a downloaded original file has the wrong checksum.
     """
     spec = get_spec(name)
     data_dir = resolve_data_dir(data_dir)
     # Imported here so that `import jaxal` (and toy-data users) need not pay for TFDS.
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(spec.tfds_name, data_dir=str(data_dir))
-    if not builder.is_prepared():
+    try:  # reads dataset_info.json when the dataset is (partly) prepared
+        builder = tfds.builder(spec.tfds_name, data_dir=str(data_dir))
+        prepared = builder.is_prepared()
+    except Exception as err:
+        dataset_dir = data_dir / spec.tfds_name
+        if not dataset_dir.exists():
+            raise  # nothing prepared to blame: a bug, which keeps its traceback
+        raise DatasetCorruptError(_corrupt_message(name, data_dir, dataset_dir, err)) from err
+    if not prepared:
         reachable = download and _host_reachable(spec.download_url)
         if not reachable:
             reason = "download=False" if not download else f"{spec.download_url} is unreachable"
             raise DatasetNotPreparedError(_not_prepared_message(name, data_dir, builder, reason))
         _require_tensorflow()
         logger.info("Downloading and preparing %s into %s", name, data_dir)
-        tfds.builder(
-            spec.tfds_name, data_dir=str(data_dir), file_format="array_record"
-        ).download_and_prepare()
+        from tensorflow_datasets.core.download.download_manager import (
+            NonMatchingChecksumError,
+        )
+
+        try:
+            tfds.builder(
+                spec.tfds_name, data_dir=str(data_dir), file_format="array_record"
+            ).download_and_prepare()
+        except NonMatchingChecksumError as err:
+            raise _checksum_error(err) from err
+    version_dir = Path(builder.data_dir)
+    _check_shards(name, data_dir, version_dir, builder)
     try:
         train, test = tfds.data_source(
             spec.tfds_name, data_dir=str(data_dir), split=["train", "test"], download=False
         )
     except NotImplementedError as err:  # prepared, but in a format without random access
+        reason = f"not in array_record format ({_one_line(err)})"
         raise DatasetNotPreparedError(
-            _not_prepared_message(name, data_dir, builder, f"not in array_record format: {err}")
+            _not_prepared_message(name, data_dir, builder, reason)
         ) from err
 
     version = str(train.dataset_info.version)
-    fingerprint = prepared_fingerprint(Path(builder.data_dir), (len(train), len(test)))
+    try:  # hashes every prepared file, so a truncated file never matches an old cache entry
+        fingerprint = prepared_fingerprint(version_dir, (len(train), len(test)))
+    except OSError as err:
+        path = Path(err.filename) if err.filename else version_dir
+        raise DatasetCorruptError(_corrupt_message(name, data_dir, path, err)) from err
     key = f"{name}-{version}-{fingerprint[:16]}"
     if key in _MEMORY_CACHE:
         return _MEMORY_CACHE[key]
@@ -196,8 +235,8 @@ def load_dataset(
     arrays = _read_cache(cache_dir, key, meta)
     if arrays is None:
         start = time.perf_counter()
-        train_images, train_labels = _read_split(train, spec.image_shape)
-        test_images, test_labels = _read_split(test, spec.image_shape)
+        train_images, train_labels = _read_prepared_split(name, data_dir, builder, "train", train)
+        test_images, test_labels = _read_prepared_split(name, data_dir, builder, "test", test)
         logger.info("Decoded %s in %.1f s", name, time.perf_counter() - start)
         arrays = {
             "train_images": train_images, "train_labels": train_labels,
@@ -227,8 +266,25 @@ def prepared_fingerprint(version_dir: Path, num_examples: Sequence[int]) -> str:
     return digest.hexdigest()
 
 
+class _DropOpenCVAdvice(logging.Filter):
+    """TFDS logs, on absl's logger, that OpenCV would decode PNGs faster: advice about an
+    optional package, printed on stderr amid jaxal's own output on every cold load."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "OpenCV is not installed" not in record.getMessage()
+
+
 def _read_split(source: Any, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Decodes a TFDS data source into uint8 images [n, h, w, c] and int32 labels [n]."""
+    absl_logger, advice = logging.getLogger("absl"), _DropOpenCVAdvice()
+    absl_logger.addFilter(advice)   # for this call only: the process is left as it was
+    try:
+        return _decode_split(source, image_shape)
+    finally:
+        absl_logger.removeFilter(advice)
+
+
+def _decode_split(source: Any, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     n = len(source)
     images = np.empty((n, *image_shape), np.uint8)
     labels = np.empty((n,), np.int32)
@@ -241,6 +297,44 @@ def _read_split(source: Any, image_shape: tuple[int, ...]) -> tuple[np.ndarray, 
         images[start:stop] = chunk
         labels[start:stop] = [int(r["label"]) for r in records]
     return images, labels
+
+
+def _shard_paths(builder: Any, split: str) -> list[Path]:
+    """The prepared files of a split, as dataset_info.json lists them."""
+    info = builder.info.splits.get(split)  # absent when nothing is prepared (or mocked)
+    filenames = getattr(info, "filenames", None) or []
+    return [Path(builder.data_dir) / f for f in filenames]
+
+
+def _check_shards(name: str, data_dir: Path, version_dir: Path, builder: Any) -> None:
+    """Fails, naming the file, when a shard that dataset_info.json lists cannot be read."""
+    for split in ("train", "test"):
+        for path in _shard_paths(builder, split):
+            if not path.is_file():
+                problem = "file missing"
+            elif not os.access(path, os.R_OK):
+                problem = "not readable by this user (check its permissions)"
+            else:
+                continue
+            raise DatasetCorruptError(
+                _corrupt_message(name, data_dir, path, problem, version_dir=version_dir)
+            )
+
+
+def _read_prepared_split(
+    name: str, data_dir: Path, builder: Any, split: str, source: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_read_split`, failing with the split's file(s) and the fix when records are corrupt."""
+    try:
+        return _read_split(source, get_spec(name).image_shape)
+    # array_record reports truncated files, bad hashes and open() failures as RuntimeError,
+    # naming no file; the split's shards are the files to blame.
+    except (RuntimeError, OSError, ValueError) as err:
+        shards = _shard_paths(builder, split)
+        where = shards[0] if len(shards) == 1 else Path(builder.data_dir)
+        raise DatasetCorruptError(
+            _corrupt_message(name, data_dir, where, err, version_dir=Path(builder.data_dir))
+        ) from err
 
 
 def _array_checksum(arrays: dict[str, np.ndarray]) -> str:
@@ -320,14 +414,82 @@ def _host_reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def _one_line(err: BaseException | str) -> str:
+    text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    return " ".join(text.split()).rstrip(".")
+
+
+def _prepare_command(name: str, data_dir: Path) -> str:
+    return f"python -m jaxal.data prepare {name} --manual-dir DIR --data-dir {data_dir}"
+
+
 def _not_prepared_message(name: str, data_dir: Path, builder: Any, reason: str) -> str:
     return (
-        f"Dataset {name!r} is not prepared in {builder.data_dir} (data dir {data_dir}); "
-        f"{reason}. Either prepare it offline from the original files:\n"
-        f"  python -m jaxal.data prepare {name} --manual-dir DIR --data-dir {data_dir}\n"
-        f"or point --data-dir / TFDS_DATA_DIR at a data dir that holds it prepared in "
-        f"array_record format ({builder.name}/{builder.version}/)."
+        f"dataset {name!r} is not prepared in {builder.data_dir} ({reason}); prepare it "
+        f"offline from the original files: {_prepare_command(name, data_dir)}, or point "
+        f"--data-dir / TFDS_DATA_DIR at a data dir that holds "
+        f"{builder.name}/{builder.version}/ in array_record format"
     )
+
+
+def _corrupt_message(
+    name: str,
+    data_dir: Path,
+    path: Path,
+    problem: BaseException | str,
+    *,
+    version_dir: Path | None = None,
+) -> str:
+    remove = version_dir or path
+    return (
+        f"prepared {name} is corrupt or unreadable: {path}: {_one_line(problem)}; delete {remove} "
+        f"and prepare it again: {_prepare_command(name, data_dir)}"
+    )
+
+
+def _checksum_message(path: str | Path, url: str, got: str | None, expected: str | None) -> str:
+    sums = f" (sha256 {got}, expected {expected})" if got and expected else ""
+    return (
+        f"{path} has the wrong checksum{sums}: it is not the original file; replace it with "
+        f"the original download from {url} and run again"
+    )
+
+
+def _checksum_error(err: Exception) -> ChecksumError:
+    """TFDS's NonMatchingChecksumError as a one-line `ChecksumError` naming the file."""
+    text = str(err)
+    # TFDS 4.9: "Artifact URL, downloaded to PATH, has wrong checksum:\n* Expected: UrlInfo(
+    # ..., checksum='...', ...)\n* Got: UrlInfo(...)"; fall back to the whole text.
+    artifact = re.search(r"Artifact (\S+), downloaded to (.+?), has wrong checksum", text)
+    sums = re.findall(r"checksum='([0-9a-f]+)'", text)
+    if artifact is None:
+        return ChecksumError(
+            f"{_one_line(err)}; replace the file with the original download and run again"
+        )
+    expected, got = sums if len(sums) == 2 else (None, None)
+    url, path = artifact.groups()
+    return ChecksumError(_checksum_message(path, url, got, expected))
+
+
+def _check_manual_files(spec: DatasetSpec, manual_dir: Path) -> None:
+    """Compares the sha256 of each manual file with TFDS's record, before any slow work."""
+    import tensorflow_datasets as tfds
+
+    url_infos = tfds.builder_cls(spec.tfds_name).url_infos or {}
+    expected = {info.filename or url.rsplit("/", 1)[-1]: (url, info) for url, info in
+                url_infos.items()}  # fmt: skip
+    for filename in spec.manual_files:
+        if filename not in expected:
+            continue
+        url, info = expected[filename]
+        digest = hashlib.sha256()
+        with (manual_dir / filename).open("rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+        if digest.hexdigest() != info.checksum:
+            raise ChecksumError(
+                _checksum_message(manual_dir / filename, url, digest.hexdigest(), info.checksum)
+            )
 
 
 def _require_tensorflow() -> None:
@@ -339,7 +501,7 @@ def _require_tensorflow() -> None:
         ("importlib_resources", "importlib_resources"),
     ]:
         if importlib.util.find_spec(module) is None:
-            raise RuntimeError(
+            raise MissingDependencyError(
                 f"Preparing a TFDS dataset needs {module!r}: pip install {package}. "
                 "Loading an already-prepared dataset does not."
             )
@@ -357,6 +519,10 @@ def prepare_dataset(
 
     Returns:
       The prepared version dir, e.g. `data_dir/mnist/3.0.1`.
+
+    Raises:
+      FileNotFoundError: a manual file is missing.
+      ChecksumError: a manual file is not the original (checked before preparing).
     """
     spec = get_spec(name)
     manual_dir = Path(manual_dir).expanduser().absolute()
@@ -366,19 +532,24 @@ def prepare_dataset(
             f"--manual-dir {manual_dir} must hold the original {name} files "
             f"{', '.join(spec.manual_files)}; missing: {', '.join(missing)}."
         )
+    _check_manual_files(spec, manual_dir)
     _require_tensorflow()
     import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
     data_dir = resolve_data_dir(data_dir)
     builder = tfds.builder(spec.tfds_name, data_dir=str(data_dir), file_format="array_record")
-    builder.download_and_prepare(
-        # A download dir per dataset keeps TFDS's extracted files of one from another's.
-        download_dir=str(data_dir / "downloads" / name),
-        # Offline: find every file in manual_dir, never ask GCS for a prepared copy.
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=str(manual_dir), try_download_gcs=False
-        ),
-    )
+    try:
+        builder.download_and_prepare(
+            # A download dir per dataset keeps TFDS's extracted files of one from another's.
+            download_dir=str(data_dir / "downloads" / name),
+            # Offline: find every file in manual_dir, never ask GCS for a prepared copy.
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=str(manual_dir), try_download_gcs=False
+            ),
+        )
+    except NonMatchingChecksumError as err:  # a file `_check_manual_files` did not check
+        raise _checksum_error(err) from err
     return Path(builder.data_dir)
 
 
@@ -411,18 +582,25 @@ def make_al_split(
 
     Returns:
       The split, with indices sorted so the pool keeps TFDS's order.
+
+    Raises:
+      ConfigError: `val_size` or `pool_size` does not fit in the train split.
     """
     n_train = len(ds.train_labels)
     if not 0 <= val_size < n_train:
-        raise ValueError(
-            f"val_size must be in [0, {n_train}) for {ds.name} (n_train={n_train}); "
-            f"got {val_size}. Use e.g. val_size=1000."
+        fix = f"<= {n_train - 1}" if val_size > 0 else ">= 0"
+        raise ConfigError(
+            f"--val-size {val_size} must be in [0, {n_train}): {ds.name} has {n_train:,} "
+            f"training images and the pool needs at least one; use --val-size {fix} "
+            "(default 1000)"
         )
     n_rest = n_train - val_size
     if pool_size is not None and not 0 < pool_size <= n_rest:
-        raise ValueError(
-            f"pool_size must be in [1, {n_rest}] (n_train - val_size); got {pool_size}. "
-            "Use pool_size=None for the whole remainder."
+        fix = f"<= {n_rest}" if pool_size > 0 else ">= 1"
+        raise ConfigError(
+            f"--pool-size {pool_size} must be in [1, {n_rest}]: {ds.name} has {n_rest:,} "
+            f"training images left after the {val_size:,} validation images; use --pool-size "
+            f"{fix}, or leave it unset for all of them"
         )
     rng = np.random.default_rng(seed)
     permutation = rng.permutation(n_train)
@@ -485,6 +663,12 @@ def toy_al_split(
     kind: Literal["moons", "blobs"] = "moons",
 ) -> ALSplit:
     """An `ALSplit` of `toy_2d` data; indices refer to the pool + validation points."""
+    if n_pool < 1 or n_val < 0 or n_test < 0 or n_pool + n_val + n_test < 2:
+        raise ConfigError(
+            f"toy split sizes n_pool={n_pool}, n_val={n_val}, n_test={n_test} cannot work; "
+            "use n_pool >= 1, n_val >= 0, n_test >= 0 and at least 2 points in all "
+            "(--pool-size, --val-size)"
+        )
     x, y = toy_2d(seed, n_pool + n_val + n_test, kind=kind)
     pool_index, val_index = np.arange(n_pool), np.arange(n_pool, n_pool + n_val)
     test = slice(n_pool + n_val, None)
@@ -521,8 +705,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         ds = load_dataset(
             args.name, args.data_dir, download=args.download, cache_dir=args.cache_dir
         )
-    except (FileNotFoundError, DatasetNotPreparedError) as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
+    # Errors on user input name their fix in one line; a traceback would bury it.
+    except (JaxalError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(f"{ds.name} {ds.version}: loaded in {time.perf_counter() - start:.1f} s")
     for split, images, labels in [
         ("train", ds.train_images, ds.train_labels),

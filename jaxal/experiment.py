@@ -8,42 +8,31 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxal import __version__
 from jaxal import data as datasets
-from jaxal.loop import ALConfig, ALData, ConfigError, make_learner, run_rounds, validate_config
+from jaxal.config import TOY_DATASETS as TOY_DATASETS  # re-exported
+from jaxal.config import ExperimentConfig as ExperimentConfig
+from jaxal.errors import RunDirError
+from jaxal.loop import ALData, ConfigError, make_learner, run_rounds, validate_config
 from jaxal.model import cnn, mlp
 from jaxal.plots import plot_run
 from jaxal.results import (
+    checkpoint_manifest,
     config_difference,
     load_checkpoint,
+    read_run_config,
+    remove_temp_files,
     save_checkpoint,
+    state_template,
     write_extremes,
     write_json_atomic,
     write_rounds,
 )
-
-TOY_DATASETS = ("moons", "blobs")
-
-
-class ExperimentConfig(NamedTuple):
-    dataset: str = "mnist"
-    seed: int = 0
-    val_size: int = 1000
-    pool_size: int | None = None      # a seeded subset of the pool (None: all of it)
-    data_dir: str | None = None       # TFDS data dir (None: $TFDS_DATA_DIR or TFDS default)
-    al: ALConfig = ALConfig()
-
-    def to_dict(self) -> dict:
-        d = self._asdict()
-        d["al"] = {**self.al._asdict(), "train": self.al.train._asdict(),
-                   "laplace": self.al.laplace._asdict()}
-        del d["data_dir"]  # where the data lives does not change the results
-        return d
+from jaxal.rundir import lock_out_dir
 
 
 def load_split(config: ExperimentConfig) -> datasets.ALSplit:
@@ -76,18 +65,18 @@ def to_device(split: datasets.ALSplit) -> ALData:
 
 
 def _prepare_out_dir(out_dir: Path, config_dict: dict) -> None:
-    """Create ``out_dir``; refuse one written by a different configuration."""
+    """Create ``out_dir``; refuse one written by a different configuration, as its
+    config.json or (should that be deleted) its checkpoint says, before writing to it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = out_dir / "config.json"
     if existing.exists():
-        old = json.loads(existing.read_text())
         # Through JSON, so tuples compare equal to the lists they were written as.
         new = json.loads(json.dumps(config_dict["experiment"]))
-        diffs = config_difference(old.get("experiment", {}), new)
-        if diffs:
-            raise ConfigError(
-                f"{out_dir} holds a run with a different configuration:\n  "
-                + "\n  ".join(diffs) + "\nchoose another --out or delete that directory")
+        if diffs := config_difference(read_run_config(out_dir), new):
+            raise RunDirError(f"{out_dir} holds a run with a different configuration ("
+                              + "; ".join(diffs)
+                              + "); choose another --out or delete that directory")
+    checkpoint_manifest(out_dir, config_dict["experiment"])
     write_json_atomic(existing, config_dict)
 
 
@@ -100,20 +89,33 @@ def progress_line(info, rounds: int) -> str:
             + (f"  pseudo {info.pseudo.count} ({info.pseudo.correct} right)"
                if info.pseudo.count else "")
             + f"  |  query {t.score:.1f}s  train {t.train:.1f}s  "
-            f"posterior {t.posterior:.1f}s  eval {t.evaluate:.1f}s")
+            f"posterior {t.posterior:.1f}s  eval {t.evaluate:.1f}s"
+            + ("\n  warning: training diverged (its loss ended above log C, no better than "
+               "a uniform guess); lower --lr" if m.diverged else ""))
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike | None = None,
                    progress: Callable[[str], None] | None = print):
     """Run the AL experiment; write outputs after every round when ``out_dir`` is given.
 
+    The out dir is held exclusively for the whole run (``jaxal.rundir.lock_out_dir``): a
+    second writer is refused at once.
+
     Returns:
       (final ALState, list of RoundInfo).
     """
+    if out_dir is None:
+        return _run_experiment(config, None, progress)
+    with lock_out_dir(out_dir):
+        remove_temp_files(out_dir)   # of a write killed midway; only the holder may
+        return _run_experiment(config, Path(out_dir), progress)
+
+
+def _run_experiment(config: ExperimentConfig, out_dir: Path | None,
+                    progress: Callable[[str], None] | None):
     check_config(config)
     split = load_split(config)
     validate_config(config.al, split.pool_x.shape[0], split.pool_y, split.num_classes)
-    out_dir = Path(out_dir) if out_dir is not None else None
     config_dict = {"experiment": config.to_dict(), "jaxal_version": __version__,
                    "jax_version": jax.__version__, "backend": jax.default_backend(),
                    "num_pool": int(split.pool_x.shape[0]), "num_val": int(split.val_y.size),
@@ -125,9 +127,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike | None =
         _prepare_out_dir(out_dir, config_dict)
     data = to_device(split)
     state, infos = None, []
-    if out_dir is not None and (resumed := load_checkpoint(out_dir)) is not None:
+    if out_dir is not None and (resumed := load_checkpoint(
+            out_dir, state_template(learner, data), config_dict["experiment"])) is not None:
         state, infos = resumed
         write_rounds(out_dir, infos, split.pool_index, split.num_classes)
+        write_extremes(out_dir, infos, split.pool_x, split.pool_y)
         if progress is not None:
             progress(f"resuming {out_dir} after round {state.round} of {config.al.rounds}")
     for step in run_rounds(jax.random.key(config.seed), learner, data, state):
@@ -136,7 +140,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike | None =
         if out_dir is not None:
             write_rounds(out_dir, infos, split.pool_index, split.num_classes)
             write_extremes(out_dir, infos, split.pool_x, split.pool_y)
-            save_checkpoint(out_dir, state, infos)
+            save_checkpoint(out_dir, state, infos, config_dict["experiment"])
         if progress is not None:
             progress(progress_line(info, config.al.rounds))
     if out_dir is not None:

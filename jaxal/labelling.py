@@ -19,7 +19,8 @@ the oracle is the ground truth). The validation split's labels are used for the
 no labelled validation data should use ``--prior-precision auto`` (evidence). Every
 proposal is a pure function of the config and the labels so far: rerunning ``propose``
 without new labels proposes the same batch. Bad label files are rejected with the reason
-and leave the session unchanged.
+and leave the session unchanged; ``labels.csv`` (which people edit by hand) is checked the
+same way on every read. A proposal stays pending until each of its points has a label.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import io
 import json
 import math
 import os
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,17 +39,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxal.errors import ConfigError, JaxalError
 from jaxal.experiment import TOY_DATASETS, ExperimentConfig, check_config, load_split
-from jaxal.loop import ConfigError, make_learner, validate_config
+from jaxal.loop import make_learner, validate_config
 from jaxal.model import cnn, mlp
 from jaxal.results import config_difference, write_json_atomic, write_text_atomic
 
 LABELS = "labels.csv"
 PENDING = "pending.json"
+SESSION = "session.json"
+MAX_PROBLEMS = 20       # problems listed for a bad label file; the rest are counted
+MAX_FIELD = 64          # characters in one CSV field; longer is a problem, not a number
+HEADERS = (("index", "label"), ("pool_index", "label"))
+# Not int(): it also takes '3_41', '+341' and non-ASCII digits such as '３４１'. The '-'
+# lets '-1' be reported as out of range rather than as not a number.
+_DECIMAL = re.compile(r"-?[0-9]+")
 
 
-class LabelError(ValueError):
-    """A label file that cannot be recorded; the session is left unchanged."""
+class LabelError(JaxalError, ValueError):
+    """A label or session file that cannot be used; the session is left unchanged."""
 
 
 class Proposal(NamedTuple):
@@ -59,12 +70,17 @@ class Proposal(NamedTuple):
 
 
 def read_labels(session_dir: str | os.PathLike) -> dict[int, int]:
-    """pool_index -> label of every label recorded so far."""
-    path = Path(session_dir) / LABELS
+    """pool_index -> label of every label recorded so far, validated like any input."""
+    session_dir = Path(session_dir)
+    return _labels(session_dir, _session(session_dir))
+
+
+def _labels(session_dir: Path, session: dict) -> dict[int, int]:
+    path = session_dir / LABELS
     if not path.exists():
         return {}
-    with open(path) as f:
-        return {int(r["pool_index"]): int(r["label"]) for r in csv.DictReader(f)}
+    return read_label_csv(path, session["num_classes"], session["num_pool"],
+                          session_file=True)
 
 
 def _write_labels(session_dir: Path, labels: dict[int, int]) -> None:
@@ -77,15 +93,20 @@ def _write_labels(session_dir: Path, labels: dict[int, int]) -> None:
 def open_session(session_dir: str | os.PathLike, config: ExperimentConfig, split) -> Path:
     """Create the session dir for ``config``, or check that it was made by the same one."""
     session_dir = Path(session_dir)
-    session_dir.mkdir(parents=True, exist_ok=True)
-    path = session_dir / "session.json"
+    try:
+        session_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LabelError(f"cannot use {session_dir} as a session dir ({e.strerror}); "
+                         "choose another --out") from None
+    path = session_dir / SESSION
     new = json.loads(json.dumps(config.to_dict()))
     if path.exists():
-        diffs = config_difference(json.loads(path.read_text())["experiment"], new)
+        diffs = config_difference(_session(session_dir)["experiment"], new)
         if diffs:
-            raise ConfigError(f"{session_dir} is a session with another configuration:\n  "
-                              + "\n  ".join(diffs) + "\nuse the same options, or another "
-                              "session dir")
+            shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more"
+                                             if len(diffs) > 3 else "")
+            raise ConfigError(f"{session_dir} is a session with another configuration "
+                              f"({shown}); use the same options, or another session dir")
     else:
         write_json_atomic(path, {"experiment": new, "num_pool": int(split.pool_x.shape[0]),
                                  "num_classes": int(split.num_classes)})
@@ -93,11 +114,51 @@ def open_session(session_dir: str | os.PathLike, config: ExperimentConfig, split
 
 
 def _session(session_dir: Path) -> dict:
-    path = session_dir / "session.json"
+    """The checked contents of session.json."""
+    path = session_dir / SESSION
     if not path.exists():
-        raise LabelError(f"{session_dir} is not a labelling session (no session.json); "
+        raise LabelError(f"{session_dir} is not a labelling session (no {SESSION}); "
                          "start one with query")
-    return json.loads(path.read_text())
+    fix = "restore it, or start a new session dir with query"
+    session = _read_json(path, fix)
+    if not (isinstance(session, dict) and isinstance(session.get("experiment"), dict)
+            and _is_count(session.get("num_pool"))
+            and _is_count(session.get("num_classes"))):
+        raise LabelError(f"{path} is not a session file (it needs 'experiment', "
+                         f"'num_pool' and 'num_classes'); {fix}")
+    return session
+
+
+def _pending(session_dir: Path, num_pool: int) -> list[int] | None:
+    """The pool indices of the pending proposal, or None when there is none."""
+    path = session_dir / PENDING
+    if not path.exists():
+        return None
+    fix = "delete it and run query again"
+    pending = _read_json(path, fix)
+    index = pending.get("pool_index") if isinstance(pending, dict) else None
+    if not (isinstance(index, list) and index and _is_count(pending.get("round"))
+            and all(_is_int(i) and 0 <= i < num_pool for i in index)):
+        raise LabelError(f"{path} is not a proposal (it needs 'round' and 'pool_index', "
+                         f"a list of pool indices 0..{num_pool - 1}); {fix}")
+    return index
+
+
+def _read_json(path: Path, fix: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:   # ValueError: bad JSON or UTF-8
+        reason = (e.strerror if isinstance(e, OSError) else str(e).splitlines()[0][:80]
+                  or type(e).__name__)
+        raise LabelError(f"{path} cannot be read as JSON ({reason}); {fix}") from None
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)     # JSON true is no index
+
+
+def _is_count(x) -> bool:
+    return _is_int(x) and x >= 1
 
 
 def propose(session_dir: str | os.PathLike, config: ExperimentConfig) -> Proposal:
@@ -111,6 +172,7 @@ def propose(session_dir: str | os.PathLike, config: ExperimentConfig) -> Proposa
     split = load_split(config)
     session_dir = open_session(session_dir, config, split)
     labels = read_labels(session_dir)
+    _pending(session_dir, split.pool_x.shape[0])         # a corrupt one is refused here
     n, k = split.pool_x.shape[0], config.al.query_size
     if len(labels) + k > n:
         raise ConfigError(f"{len(labels)} labelled + a query of {k} exceeds the pool of {n}")
@@ -177,12 +239,11 @@ def _write_proposal(session_dir: Path, proposal: Proposal, split) -> None:
 def contact_sheet(images: np.ndarray, pool_index: np.ndarray, path: Path, title: str
                   ) -> None:
     """A grid of the images, each titled with its pool index (what the labeller types)."""
-    import matplotlib.pyplot as plt
+    from jaxal.plots import subplots
 
     cols = min(len(images), 10)
     rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows + 0.6),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, i in zip(axes.flat, images, pool_index, strict=False):
@@ -193,75 +254,187 @@ def contact_sheet(images: np.ndarray, pool_index: np.ndarray, path: Path, title:
     fig.suptitle(title, fontsize=10)
     path_tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(path_tmp, dpi=100)
-    plt.close(fig)
     os.replace(path_tmp, path)
 
 
-def parse_label_csv(text: str, num_classes: int, num_pool: int,
-                    known: dict[int, int]) -> dict[int, int]:
-    """Validated pool_index -> label rows of a labeller's CSV ``index,label`` (a header
-    row ``index,label`` or ``pool_index,label`` is optional). Every problem is reported
-    at once, with its line number."""
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(x.strip() for x in r)]
-    if rows and not rows[0][0].strip().lstrip("-").isdigit():
-        rows = rows[1:]                                      # a header
+def parse_label_csv(lines: str | Iterable[str], num_classes: int, num_pool: int,
+                    known: Mapping[int, int] | None = None, *, source: str = "label file",
+                    session_file: bool = False) -> dict[int, int]:
+    """Validated pool_index -> label rows of ``index,label`` CSV lines.
+
+    The one check of every label, from a labeller's file or the session's labels.csv.
+    A first row ``index,label`` or ``pool_index,label`` is a header; any other row is
+    data: a pool index and a class, each plain ASCII decimal. The lines are read one at
+    a time and the first ``MAX_PROBLEMS`` problems are listed with their line numbers
+    (1-based, counting header and blank lines), so a huge bad file costs little.
+
+    Args:
+        lines: the text, or an iterable of its lines (an open file).
+        known: labels recorded before; relabelling one of them is a problem.
+        source: how the message names the file.
+        session_file: the message asks to correct or delete lines of labels.csv rather
+            than to record the file again.
+
+    Raises:
+        LabelError: listing the problems; nothing has been recorded.
+    """
+    known = {} if known is None else known
+    if isinstance(lines, str):
+        lines = io.StringIO(lines, newline="")
+    reader = csv.reader(lines)
     new: dict[int, int] = {}
-    problems = []
-    for line, row in enumerate(rows, start=1):
-        if len(row) != 2:
-            problems.append(f"row {line}: expected 'index,label', got {','.join(row)!r}")
-            continue
+    first_line: dict[int, int] = {}
+    problems: list[str] = []
+    num_problems = 0
+    header_allowed = True
+    while True:
+        line = reader.line_num + 1          # a row that spans lines starts here
         try:
-            i, y = int(row[0]), int(row[1])
-        except ValueError:
-            problems.append(f"row {line}: index and label must be integers, got {row}")
-            continue
-        if not 0 <= i < num_pool:
-            problems.append(f"row {line}: unknown index {i} (pool indices are 0.."
-                            f"{num_pool - 1}, as in query_<round>.csv)")
-        elif not 0 <= y < num_classes:
-            problems.append(f"row {line}: label {y} out of range (0..{num_classes - 1})")
-        elif i in new:
-            problems.append(f"row {line}: duplicate index {i} (also labelled {new[i]})")
-        elif i in known:
-            problems.append(f"row {line}: index {i} is already labelled {known[i]}")
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:              # e.g. a field over csv.field_size_limit()
+            problem = f"not a CSV row ({e})"
         else:
-            new[i] = y
+            # The BOM: parse_label_csv may get text that did not come through utf-8-sig.
+            # Three cells tell a bad row; a line of a million commas is not copied.
+            cells = [cell.strip().lstrip("\ufeff").strip() for cell in row[:3]]
+            if not any(cells):
+                continue                    # a blank line
+            is_first, header_allowed = header_allowed, False
+            if is_first and tuple(cells) in HEADERS:
+                continue
+            problem = _row_problem(cells, len(row), num_classes, num_pool, known, new,
+                                   first_line)
+            if problem is None:
+                new[int(cells[0])] = int(cells[1])
+                first_line[int(cells[0])] = line
+                continue
+            if is_first and not all(_DECIMAL.fullmatch(cell) for cell in cells):
+                problem += "; a header must be exactly 'index,label' or 'pool_index,label'"
+        num_problems += 1
+        if len(problems) < MAX_PROBLEMS:
+            problems.append(f"line {line}: {problem}")
     if problems:
-        raise LabelError("label file rejected, nothing recorded:\n  " + "\n  ".join(problems))
-    if not new:
-        raise LabelError("label file has no rows; expected lines 'index,label'")
+        s = "s" if num_problems > 1 else ""
+        these = "these lines" if num_problems > 1 else "that line"
+        head = (f"{source}: {num_problems} bad line{s}; correct or delete {these}:"
+                if session_file else
+                f"{source} rejected, nothing recorded ({num_problems} problem{s}); "
+                f"correct {these} and record the file again:")
+        more = num_problems - len(problems)
+        raise LabelError("\n  ".join([head, *problems]
+                                      + ([f"... and {more} more problems"] if more else [])))
     return new
+
+
+def _row_problem(cells: list[str], num_fields: int, num_classes: int, num_pool: int,
+                 known: Mapping[int, int], new: dict[int, int], first_line: dict[int, int]
+                 ) -> str | None:
+    """What is wrong with a row of ``num_fields`` fields, the first ones ``cells``
+    (stripped), or None."""
+    if num_fields != 2:
+        return f"expected 'index,label', got {num_fields} fields {_shown(','.join(cells))}"
+    for name, cell in zip(("index", "label"), cells, strict=True):
+        if len(cell) > MAX_FIELD:
+            return f"{name} field of {len(cell)} characters, expected a number"
+        if not _DECIMAL.fullmatch(cell):
+            return f"{name} {_shown(cell)} is not a plain decimal number (digits 0-9)"
+    i, y = int(cells[0]), int(cells[1])
+    if not 0 <= i < num_pool:
+        return (f"unknown index {i} (pool indices are 0..{num_pool - 1}, as in "
+                "query_<round>.csv)")
+    if not 0 <= y < num_classes:
+        return f"label {y} out of range (0..{num_classes - 1})"
+    if i in new:
+        return f"duplicate index {i} (line {first_line[i]} labels it {new[i]})"
+    if i in known:
+        return f"index {i} is already labelled {known[i]}"
+    return None
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 24 else text[:24] + "...")
+
+
+def read_label_csv(path: str | os.PathLike, num_classes: int, num_pool: int,
+                   known: Mapping[int, int] | None = None, *, session_file: bool = False
+                   ) -> dict[int, int]:
+    """``parse_label_csv`` of a file, streamed; an unreadable file is a one-line
+    ``LabelError`` that names it."""
+    path = Path(path)
+    fix = ("correct or delete that line" if session_file
+           else "save it as UTF-8 text and record it again")
+    try:
+        # utf-8-sig drops a BOM (spreadsheets write one); newline="" as csv asks.
+        with open(path, encoding="utf-8-sig", errors="strict", newline="") as f:
+            return parse_label_csv(f, num_classes, num_pool, known, source=str(path),
+                                   session_file=session_file)
+    except UnicodeDecodeError:
+        raise LabelError(f"{path} is not UTF-8 text at line {_first_non_utf8_line(path)}"
+                         f"; {fix}") from None
+    except IsADirectoryError:
+        raise LabelError(f"{path} is a directory; give the CSV file of 'index,label' "
+                         "lines") from None
+    except FileNotFoundError:
+        raise LabelError(f"{path} does not exist; give the CSV file of 'index,label' "
+                         "lines") from None
+    except OSError as e:
+        raise LabelError(f"{path} cannot be read ({e.strerror}); check the path and its "
+                         "permissions") from None
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    # The text layer decodes in chunks, so its error does not say which line; UTF-8
+    # never has a newline byte inside a character, so lines decode one by one.
+    line = 0
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return line
+    return line
 
 
 def record_labels(session_dir: str | os.PathLike, csv_path: str | os.PathLike
                   ) -> dict[int, int]:
     """Add the labels of ``csv_path`` to the session; returns the new ones.
 
-    All rows are checked before anything is written; the update is atomic.
+    All rows are checked before anything is written; the update is atomic. Any pool
+    point may be labelled; the pending proposal stays until all its points are.
     """
     session_dir = Path(session_dir)
     session = _session(session_dir)
-    known = read_labels(session_dir)
-    new = parse_label_csv(Path(csv_path).read_text(), session["num_classes"],
-                          session["num_pool"], known)
-    _commit(session_dir, {**known, **new})
+    known = _labels(session_dir, session)
+    pending = _pending(session_dir, session["num_pool"])
+    new = read_label_csv(csv_path, session["num_classes"], session["num_pool"], known)
+    if not new:
+        raise LabelError(f"{csv_path} has no labels; write one 'index,label' line per "
+                         "labelled pool index (as in query_<round>.csv)")
+    _commit(session_dir, {**known, **new}, pending)
     return new
 
 
 def record_oracle_labels(session_dir: str | os.PathLike, config: ExperimentConfig
                          ) -> dict[int, int]:
-    """Simulation: label the pending proposal with the dataset's own labels."""
-    session_dir = open_session(session_dir, config, load_split(config))
-    if not (session_dir / PENDING).exists():
-        raise LabelError(f"{session_dir} has no pending proposal; run query first")
+    """Simulation: label the pending proposal's unlabelled points with the dataset's
+    own labels."""
     split = load_split(config)
-    pending = json.loads((session_dir / PENDING).read_text())["pool_index"]
-    new = {int(i): int(split.pool_y[i]) for i in pending}
-    _commit(session_dir, {**read_labels(session_dir), **new})
+    session_dir = open_session(session_dir, config, split)
+    session = _session(session_dir)
+    known = _labels(session_dir, session)
+    pending = _pending(session_dir, session["num_pool"])
+    if pending is None:
+        raise LabelError(f"{session_dir} has no pending proposal; run query first")
+    new = {int(i): int(split.pool_y[i]) for i in pending if i not in known}
+    _commit(session_dir, {**known, **new}, pending)
     return new
 
 
-def _commit(session_dir: Path, labels: dict[int, int]) -> None:
+def _commit(session_dir: Path, labels: dict[int, int], pending: list[int] | None) -> None:
     _write_labels(session_dir, labels)
-    (session_dir / PENDING).unlink(missing_ok=True)
+    # Labels for other points do not answer the proposal; query would otherwise number
+    # the next round as if it had been.
+    if pending is not None and all(i in labels for i in pending):
+        (session_dir / PENDING).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ so nothing recompiles after the first round.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -27,13 +28,14 @@ from jaxal.acquisition import (
     score_pool,
     select_top_k,
 )
+from jaxal.config import ALConfig as ALConfig  # re-exported
 from jaxal.curvature import CURVATURES, CurvatureTooLargeError, check_dense_fits
+from jaxal.errors import ConfigError, DivergedError
 from jaxal.model import Classifier, init_params
 from jaxal.posterior import (
     POSTERIORS,
     PRIOR_FITS,
     SUBSETS,
-    LaplaceConfig,
     head_params,
     prior_precision_of,
     with_prior_precision,
@@ -47,33 +49,11 @@ from jaxal.selection import (
     Pool,
     pseudo_labels,
 )
-from jaxal.train import OPTIMIZERS, TrainConfig, labelled_indices, make_trainer, train_map
+from jaxal.train import OPTIMIZERS, labelled_indices, make_trainer, train_map
 
 # Points per chunk for the all-weights probit predictive: it holds C output gradients of
 # every layer per point (~1 MB each for the seed CNN on MNIST).
 PROBIT_ALL_WEIGHTS_CHUNK = 256
-
-
-class ALConfig(NamedTuple):
-    """Everything that decides what an AL run computes (apart from data and seed)."""
-
-    acquisition: str = "entropy"   # a score (ACQUISITIONS) or a strategy (STRATEGIES)
-    batch: str = "topk"            # how a score becomes a batch (BATCH_SELECTORS)
-    hybrid_beta: float = 0.5       # hybrid: weight of diversity (1 - redundancy)
-    stochastic_beta: float = 1.0   # power/softmax/softrank: coldness β
-    batchbald_candidates: int = 1000   # BatchBALD: the pool points of highest BALD
-    batchbald_configs: int = 1000      # BatchBALD: label configurations M
-    pseudo_label: float | None = None  # CEAL confidence threshold (None: off)
-    pseudo_label_by: str = "max-prob"  # max-prob (p_max >= t) or entropy (H <= t)
-    posterior: str = "plugin"
-    predictive: str = "plugin"
-    rounds: int = 20
-    query_size: int = 10
-    init_per_class: int = 2
-    warm_start: bool = False
-    chunk_size: int = 4096
-    train: TrainConfig = TrainConfig()
-    laplace: LaplaceConfig = LaplaceConfig()   # used when posterior == "laplace"
 
 
 class ALData(NamedTuple):
@@ -108,6 +88,9 @@ class Metrics(NamedTuple):
     val_loss: float
     val_accuracy: float
     prior_precision: float  # of the posterior (fitted with --prior-precision auto|val-nll)
+    # Training ended no better than a uniform guess on its own labels (mean NLL >= log C):
+    # it diverged (e.g. a learning rate far too large), though the loss stayed finite.
+    diverged: bool = False
 
 
 class Timings(NamedTuple):
@@ -170,10 +153,6 @@ class ActiveLearner(NamedTuple):
     evaluate: Callable      # (key, posterior, x, y) -> (nll, accuracy, entropy)
 
 
-class ConfigError(ValueError):
-    """A run configuration that cannot work; raised before any training."""
-
-
 def query_strategy(config: ALConfig):
     """(score function, ``Selector``) of a run: ``--acq`` score with ``--batch`` selector,
     or a strategy (``kcenter``, ``badge``, ``batchbald``) with the score it needs."""
@@ -228,19 +207,23 @@ def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | N
     need(0.0 <= config.hybrid_beta <= 1.0,
          f"hybrid beta must be in [0, 1] (got {config.hybrid_beta}): 0 is pure "
          "uncertainty, 1 pure diversity")
-    need(config.stochastic_beta > 0,
-         f"stochastic beta must be > 0 (got {config.stochastic_beta})")
+    # inf passes a "> 0" check, and an infinite coldness makes the stochastic selectors
+    # sample from NaN weights (they picked pool indices 0..k-1).
+    need(math.isfinite(config.stochastic_beta) and config.stochastic_beta > 0,
+         f"stochastic beta must be a finite number > 0 (got {config.stochastic_beta}); "
+         "large values (e.g. 100) approach top-k")
     need(config.batchbald_configs > 0,
          f"batchbald configs must be > 0 (got {config.batchbald_configs})")
-    need(config.batchbald_candidates >= config.query_size,
+    need(config.acquisition != "batchbald" or config.batchbald_candidates >= config.query_size,
          f"batchbald candidates ({config.batchbald_candidates}) must be >= the query size "
-         f"({config.query_size})")
+         f"({config.query_size}); raise --batchbald-candidates")
     need(config.pseudo_label_by in PSEUDO_LABEL_CRITERIA,
          f"unknown pseudo-label criterion {config.pseudo_label_by!r}; choose one of "
          f"{list(PSEUDO_LABEL_CRITERIA)}")
     if config.pseudo_label is not None:
         t = config.pseudo_label
-        need(0.0 < t <= 1.0 if config.pseudo_label_by == "max-prob" else t > 0.0,
+        need(0.0 < t <= 1.0 if config.pseudo_label_by == "max-prob"
+             else math.isfinite(t) and t > 0.0,
              f"pseudo-label threshold {t} is out of range: max-prob needs 0 < t <= 1 "
              "(e.g. 0.99), entropy needs t > 0 nats (e.g. 0.05)")
     need(config.posterior in POSTERIORS,
@@ -267,8 +250,15 @@ def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | N
              "--structure full, which is exact and cheap")
         need(lc.subset in SUBSETS, f"unknown subset {lc.subset!r}; choose one of {SUBSETS}")
         need(lc.samples > 0, f"samples must be > 0 (got {lc.samples})")
-        need(lc.prior_precision is None or lc.prior_precision > 0,
-             f"Laplace prior precision must be > 0 (got {lc.prior_precision})")
+        need(lc.prior_precision is None or (math.isfinite(lc.prior_precision)
+                                             and lc.prior_precision > 0),
+             f"Laplace prior precision must be a finite number > 0 (got "
+             f"{lc.prior_precision})")
+        # With λ = 0 the posterior precision is the curvature alone, singular whenever
+        # there are fewer labels than weights: the covariance is infinite.
+        need(lc.prior_fit != "none" or (lc.prior_precision or config.train.prior_precision) > 0,
+             "the Laplace posterior needs a prior precision > 0 (got 0: its covariance "
+             "would be infinite); use --prior-precision 1, val-nll or auto")
         need(config.predictive != "probit" or lc.subset == "last-layer"
              or lc.structure in ("diag", "iso", "kfac"),
              "the probit predictive over all weights needs a layer-block covariance; use "
@@ -278,8 +268,9 @@ def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | N
              "kfac; elsewhere use --curvature ggn, which is exact and cheap there")
         need(lc.prior_fit in PRIOR_FITS,
              f"unknown prior fit {lc.prior_fit!r}; choose one of {list(PRIOR_FITS)}")
-        need(lc.prior_fit != "val-nll" or (len(lc.prior_precision_grid) > 0
-                                          and all(v > 0 for v in lc.prior_precision_grid)),
+        need(lc.prior_fit != "val-nll" or (
+                len(lc.prior_precision_grid) > 0
+                and all(math.isfinite(v) and v > 0 for v in lc.prior_precision_grid)),
              f"the val-nll prior fit needs a grid of values > 0 (got "
              f"{lc.prior_precision_grid}); pass prior_precision_grid or another prior_fit")
         need(lc.subset == "last-layer" or lc.curvature != "hessian" or lc.structure == "full",
@@ -288,8 +279,10 @@ def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | N
     t = config.train
     need(t.steps > 0, f"training steps must be > 0 (got {t.steps})")
     need(t.batch_size > 0, f"batch size must be > 0 (got {t.batch_size})")
-    need(t.learning_rate > 0, f"learning rate must be > 0 (got {t.learning_rate})")
-    need(t.prior_precision >= 0, f"prior precision must be >= 0 (got {t.prior_precision})")
+    need(math.isfinite(t.learning_rate) and t.learning_rate > 0,
+         f"learning rate must be a finite number > 0 (got {t.learning_rate})")
+    need(math.isfinite(t.prior_precision) and t.prior_precision >= 0,
+         f"prior precision must be a finite number >= 0 (got {t.prior_precision})")
     need(t.optimizer in OPTIMIZERS,
          f"unknown optimizer {t.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
     num_init = config.init_per_class * num_classes
@@ -478,7 +471,8 @@ def _fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, para
         test_accuracy=float(test[1]), test_entropy=float(test[2]),
         val_loss=float(val[0]), val_accuracy=float(val[1]),
         prior_precision=float(lam if (lam := prior_precision_of(posterior)) is not None
-                              else learner.config.train.prior_precision))
+                              else learner.config.train.prior_precision),
+        diverged=bool(train_info.train_nll >= math.log(data.num_classes)))
     return params, posterior, metrics, (t_train, t_fit, t_eval)
 
 
@@ -533,17 +527,52 @@ def pseudo_label_info(pseudo: jax.Array, pool_y: jax.Array) -> PseudoLabelInfo:
     return PseudoLabelInfo(int(used.sum()), int((pseudo[used] == pool_y[used]).sum()))
 
 
+def check_finite(state: ALState, info: RoundInfo, config: ALConfig) -> None:
+    """Stop a run whose training, posterior, predictive or scores became non-finite.
+
+    Raises:
+      DivergedError: naming the round, what is not finite and the likely fix. Raised
+        before the round is yielded, so nothing of it is written: the checkpoint keeps
+        the last good round.
+    """
+    def fail(what: str, fix: str):
+        kept = (f"its out dir keeps rounds 0-{info.round - 1}" if info.round > 0
+                else "no round was kept")
+        raise DivergedError(f"round {info.round}: {what} is not finite, so the run stopped "
+                            f"({kept}); {fix}, in another --out")
+
+    m = info.metrics
+    if not math.isfinite(m.train_loss):
+        fail(f"the training loss ({m.train_loss})",
+             f"lower --lr (now {config.train.learning_rate:g})"
+             + (" or use --optimizer adam" if config.train.optimizer == "sgd" else ""))
+    if not all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(state.posterior)
+               if jnp.issubdtype(leaf.dtype, jnp.inexact)):
+        fail("the posterior", "use a positive prior precision (--prior-precision 1, "
+             "val-nll or auto) or a lower --lr")
+    if not all(math.isfinite(v) for v in (m.test_loss, m.val_loss, m.test_entropy)):
+        fail(f"the predictive's test/validation loss ({m.test_loss}, {m.val_loss})",
+             "use a positive prior precision or a lower --lr")
+    if not np.isfinite(np.asarray(info.scores, np.float64)).all():
+        fail(f"the acquisition score of the queried points ({np.asarray(info.scores)})",
+             "use a positive prior precision or a lower --lr")
+
+
 def run_rounds(key: jax.Array, learner: ActiveLearner, data: ALData,
                state: ALState | None = None) -> Iterator[tuple[ALState, RoundInfo]]:
     """Yield (state, info) for round 0 and then every AL round; keys fold in the round.
 
     Given the ``state`` of a finished round (a checkpoint), continue after it: round r
     gets the same key either way, so a resumed run repeats an uninterrupted one exactly.
+    A round whose numbers are not finite raises ``DivergedError`` (``check_finite``)
+    instead of being yielded.
     """
     key_init, key_rounds = jax.random.split(key)
     if state is None:
         state, info = init_state(key_init, learner, data)
+        check_finite(state, info, learner.config)
         yield state, info
     for r in range(state.round + 1, learner.config.rounds + 1):
         state, info = al_round(jax.random.fold_in(key_rounds, r), state, learner, data)
+        check_finite(state, info, learner.config)
         yield state, info

@@ -6,11 +6,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+
+from jaxal.errors import RunDirError
+
+
+def subplots(nrows: int, ncols: int, figsize: tuple[float, float], squeeze: bool = True):
+    """(figure, axes) for a file, without pyplot: nothing registers with pyplot's figure
+    manager or selects a backend, so ``plt.show()`` in a notebook keeps working and no
+    figure stays open. ``Figure.savefig`` renders with Agg (png) or the pdf backend."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
 
 FIGURE5_PANELS = (
     ("train_loss", "training loss (NLL, labelled set)"),
@@ -33,7 +41,7 @@ def figure5(rows: Sequence[dict], path: str | os.PathLike, title: str,
       num_classes: number of bars in the histogram.
     """
     labels = np.array([r["num_labels"] for r in rows])
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    fig, axes = subplots(2, 3, figsize=(13, 7))
     for ax, (key, name) in zip(axes.flat, FIGURE5_PANELS, strict=False):
         ax.plot(labels, [r[key] for r in rows], marker="o", markersize=3)
         ax.set_xlabel("number of labels")
@@ -48,16 +56,14 @@ def figure5(rows: Sequence[dict], path: str | os.PathLike, title: str,
     ax.set_title("classes of queried points", fontsize=10)
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _save(fig, path: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")) -> None:
-    """Save ``fig`` as path.<format> for every format, then close it."""
+    """Save ``fig`` as path.<format> for every format."""
     path = str(path)
     stem = path.rsplit(".", 1)[0] if path.endswith((".png", ".pdf")) else path
     for fmt in formats:
         fig.savefig(f"{stem}.{fmt}", dpi=110)
-    plt.close(fig)
 
 
 def figure5_bands(curves: dict[str, dict], path: str | os.PathLike, title: str) -> None:
@@ -69,7 +75,7 @@ def figure5_bands(curves: dict[str, dict], path: str | os.PathLike, title: str) 
       path: output stem; writes .png and .pdf.
       title: names dataset, posteriors and seeds.
     """
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)
+    fig, axes = subplots(2, 3, figsize=(14, 7.5))
     for ax, (key, name) in zip(axes.flat, FIGURE5_PANELS, strict=False):
         for strategy, c in curves.items():
             x = np.asarray(c["num_labels"])
@@ -91,7 +97,7 @@ def figure5_bands(curves: dict[str, dict], path: str | os.PathLike, title: str) 
 def class_histograms(counts: dict[str, np.ndarray], path: str | os.PathLike,
                      title: str) -> None:
     """Grouped bars: mean number of queried points per class, one colour per strategy."""
-    fig, ax = plt.subplots(figsize=(11, 4.5), constrained_layout=True)
+    fig, ax = subplots(1, 1, figsize=(11, 4.5))
     num_classes = max(len(c) for c in counts.values())
     width = 0.8 / max(len(counts), 1)
     for i, (strategy, c) in enumerate(counts.items()):
@@ -119,8 +125,7 @@ def figure4(extremes: dict, round_: int, path: str | os.PathLike, title: str) ->
         raise ValueError(f"round {round_} has no recorded scores; choose one of {rounds}")
     r = rounds.index(round_)
     num = extremes["top_index"].shape[1]
-    fig, axes = plt.subplots(2, num, figsize=(2.1 * num, 5.0), constrained_layout=True,
-                             squeeze=False)
+    fig, axes = subplots(2, num, figsize=(2.1 * num, 5.0), squeeze=False)
     for row, side, name in ((0, "top", "highest"), (1, "bottom", "lowest")):
         for j in range(num):
             ax = axes[row, j]
@@ -146,22 +151,25 @@ def plot_run(out_dir: str | os.PathLike, round_: int | None = None) -> None:
       out_dir: a run's out dir (``jaxal.experiment.run_experiment``).
       round_: the round of Figure 4 (default: the first AL round).
     """
-    import json
-
-    from jaxal.results import read_metrics, read_queries
+    from jaxal.results import read_extremes, read_metrics, read_queries, read_run_config
 
     out_dir = Path(out_dir)
-    config = json.loads((out_dir / "config.json").read_text())["experiment"]
-    al = config["al"]
-    batch = "" if al.get("batch", "topk") == "topk" else f" ({al['batch']} batch)"
-    title = (f"{config['dataset']}: acquisition {al['acquisition']}{batch}, posterior "
-             f"{al['posterior']} ({al['predictive']} predictive), seed {config['seed']}")
+    # Every file is read (a damaged one refused, RunDirError) before any figure is drawn.
+    config = read_run_config(out_dir)
     rows = read_metrics(out_dir)
     queried = [y for q in read_queries(out_dir) for y in q["label"]]
+    extremes = read_extremes(out_dir)
+    try:
+        al = config["al"]
+        batch = "" if al.get("batch", "topk") == "topk" else f" ({al['batch']} batch)"
+        title = (f"{config['dataset']}: acquisition {al['acquisition']}{batch}, posterior "
+                 f"{al['posterior']} ({al['predictive']} predictive), seed {config['seed']}")
+    except (KeyError, TypeError, AttributeError) as e:
+        path = out_dir / "config.json"
+        raise RunDirError(f"{path} is not a jaxal run config (no {e}); delete it and rerun "
+                          "the run's command, which rewrites it") from e
     figure5(rows, out_dir / "figure5.png", title, queried)
     figure5(rows, out_dir / "figure5.pdf", title, queried)
-    if (out_dir / "extremes.npz").exists():
-        with np.load(out_dir / "extremes.npz") as f:
-            extremes = dict(f)
+    if extremes is not None:
         figure4(extremes, round_ or int(extremes["round"][0]), out_dir / "figure4",
                 f"{title}: acquisition scores")

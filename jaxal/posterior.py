@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxal.config import VALIDATION_GRID as VALIDATION_GRID  # re-exported
+from jaxal.config import LaplaceConfig as LaplaceConfig
 from jaxal.curvature import CURVATURES, linear_head_ggn
 from jaxal.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
 from jaxal.model import Classifier, apply_head
@@ -198,26 +200,7 @@ def _kfac_sample(key: jax.Array, post: KFACLaplace) -> jax.Array:
 LAPLACE_STRUCTURES = {"full": full_laplace, "diag": diag_laplace, "iso": iso_laplace}
 SUBSETS = ("last-layer", "all")
 PRIOR_FITS = ("val-nll", "evidence", "none")
-# Half-decade grid of the "val-nll" prior fit: 10^-2 ... 10^4.
-VALIDATION_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-4, 9))
 
-
-class LaplaceConfig(NamedTuple):
-    """Which Laplace approximation: ``(curvature, structure, subset)`` plus its prior."""
-
-    curvature: str = "ggn"           # "ggn" | "hessian" | "ggn-mc" (sampled; all weights)
-    structure: str = "full"          # "full" | "diag" | "iso" | "kfac" (all weights)
-    subset: str = "last-layer"       # "last-layer" | "all"
-    samples: int = 100               # S for the Monte Carlo predictive
-    prior_precision: float | None = None  # None: the MAP objective's prior_precision
-    # How λ is set after each fit (the curvature is kept): "val-nll", the grid value whose
-    # predictive (the run's) has the lowest validation NLL, done by the loop; "evidence",
-    # the Laplace evidence maximiser; "none", λ as given. The default is measured:
-    # ``benchmarks/laplace_curves.py`` (with λ = 1 or the evidence fit the last-layer
-    # predictive on MNIST is near-uniform and its queries worse than the plugin's).
-    prior_fit: str = "val-nll"
-    prior_precision_grid: tuple[float, ...] = VALIDATION_GRID
-    chunk_size: int | None = None    # examples per curvature chunk (None: by subset)
 
 
 class LastLayerLaplace(NamedTuple):

@@ -12,17 +12,23 @@ An out dir holds:
     figure5.png      the Figure-5 panels vs number of labels (see ``jaxal.plots``)
     extremes.npz     per round: the 5 highest and lowest scored unlabelled pool points
                      (indices, scores, labels, images), for Figure 4 (``jaxal.plots``)
-    checkpoint.pkl   the loop state and round records after the last finished round, so a
-                     rerun of the same command continues there (``load_checkpoint``)
+    checkpoint.npz   the loop state after the last finished round, the experiment config
+                     and every round's record, so a rerun of the same command continues
+                     there (``load_checkpoint``); arrays and JSON only, never a pickle
+
+Every reader raises ``RunDirError`` (one line naming the file and the fix) for a missing,
+empty, corrupt or foreign file, never a traceback.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import io
 import json
 import os
-import pickle
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,15 +38,57 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.loop import ALState, RoundInfo
+from jaxal import __version__
+from jaxal.errors import RunDirError
+from jaxal.loop import (
+    ActiveLearner,
+    ALData,
+    ALState,
+    Extremes,
+    Metrics,
+    PseudoLabelInfo,
+    RoundInfo,
+    Timings,
+)
 
-CHECKPOINT = "checkpoint.pkl"
-CHECKPOINT_VERSION = 1
+CHECKPOINT = "checkpoint.npz"
+CHECKPOINT_FORMAT = "jaxal-checkpoint"
+CHECKPOINT_VERSION = 2
+# What jaxal wrote before CHECKPOINT_VERSION 2: a pickle, refused unread (unpickling a
+# crafted file runs its code).
+PICKLE_CHECKPOINT = "checkpoint.pkl"
 
 METRIC_COLUMNS = ("round", "num_labels", "train_loss", "test_loss", "test_accuracy",
                   "test_entropy", "val_loss", "val_accuracy", "prior_precision",
-                  "pseudo_labels", "pseudo_label_accuracy", "score_s", "train_s",
+                  "diverged", "pseudo_labels", "pseudo_label_accuracy", "score_s", "train_s",
                   "posterior_s", "eval_s")
+
+EXTREMES_KEYS = ("round", *(f"{side}_{what}" for side in ("top", "bottom")
+                            for what in ("index", "score", "label", "image")))
+
+# The names of half-written files a killed write leaves: ``write_bytes_atomic``'s
+# .<name>.<8 chars of tempfile's alphabet>.tmp, and the figures' .<name>.tmp.<png|pdf>.
+_TEMP_NAME = re.compile(r"\..+\.(?:[a-z0-9_]{8}\.tmp|tmp\.(?:png|pdf))")
+
+_REWRITE = "rerun the run's command, which rewrites it from the checkpoint"
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def _umask() -> int:
+    """The process umask, read from /proc (Linux) or else set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -53,47 +101,292 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same dir and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temp file in the same dir and ``os.replace``.
+
+    The file gets mode 0o666 & ~umask like any new file (a figure, say), not mkstemp's
+    0600. A full disk raises RunDirError; the old file and no temp file remain.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RunDirError(f"disk full writing {path}; free space and rerun the same "
+                              "command: the run resumes after the last finished round") from e
         raise
 
 
-def save_checkpoint(out_dir: str | os.PathLike, state: ALState,
-                    infos: Sequence[RoundInfo]) -> None:
-    """Atomically store the state after a finished round and every round's record.
+def remove_temp_files(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temp files killed writes left in ``out_dir`` (jaxal's own temp names
+    only, not in subdirs); returns them."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    removed = []
+    for path in sorted(out_dir.iterdir()):
+        if _TEMP_NAME.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
-    Arrays go to host numpy (exact bits); the typed init key as its key data.
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """The JSON value in ``path``; RunDirError ending in ``fix`` if it is missing, empty
+    or not JSON."""
+    path = Path(path)
+    text = None
+    try:
+        text = path.read_text()
+        return json.loads(text)
+    except FileNotFoundError as e:
+        raise RunDirError(f"{path} is missing; {fix}") from e
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8 or not JSON
+        what = "empty" if text is not None and not text.strip() else (
+            f"unreadable ({_one_line(e)})")
+        raise RunDirError(f"{path} is {what}; {fix}") from e
+
+
+def read_run_config(out_dir: str | os.PathLike) -> dict:
+    """The ``experiment`` config in ``out_dir``'s config.json."""
+    path = Path(out_dir) / "config.json"
+    fix = ("delete it and rerun the run's command, which rewrites it (the checkpoint "
+           "keeps the run's configuration)")
+    config = read_json(path, fix)
+    if not isinstance(config, dict) or not isinstance(config.get("experiment"), dict):
+        raise RunDirError(f"{path} is not a jaxal run config (no 'experiment' object); {fix}")
+    return config["experiment"]
+
+
+def config_digest(config: dict) -> str:
+    """sha256 of the canonical JSON of ``config`` (``json.dumps(..., sort_keys=True)``)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _load_npz(path: Path, fix: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``path``, never unpickling (an object array is refused)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:  # a .npy gives an array: TypeError
+            return {name: f[name] for name in f.files}
+    except Exception as e:  # whatever numpy, zipfile or zlib raise on a damaged file
+        what = "empty" if path.exists() and path.stat().st_size == 0 else (
+            f"damaged or not a jaxal file ({_one_line(e)})")
+        raise RunDirError(f"{path} is {what}; {fix}") from e
+
+
+# --- checkpoint.npz: the state's leaves as leaf_<i>, plus ``manifest``, UTF-8 JSON ---
+
+
+def _is_key(x) -> bool:
+    return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _named_leaves(state: ALState) -> list[tuple[str, Any]]:
+    """(``keystr`` path, leaf) of the state's arrays; ``round`` travels in the manifest."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(state._replace(round=None))
+    return [(jax.tree_util.keystr(path), leaf) for path, leaf in leaves]
+
+
+def _to_json(value: Any) -> Any:
+    """A RoundInfo field as JSON: a record as an object, an array as {dtype, shape, values}.
+
+    JSON writes floats with ``repr``, which round-trips every float64 (so every float32)
+    exactly; the dtype keeps the rewritten metrics and queries files bit-identical.
     """
-    host = jax.device_get(state._replace(init_key=jax.random.key_data(state.init_key)))
-    payload = {"version": CHECKPOINT_VERSION, "state": host, "infos": list(infos)}
-    write_bytes_atomic(Path(out_dir) / CHECKPOINT, pickle.dumps(payload))
+    if hasattr(value, "_asdict"):
+        return {k: _to_json(v) for k, v in value._asdict().items()}
+    if isinstance(value, np.ndarray | jax.Array):
+        a = np.asarray(value)
+        return {"dtype": a.dtype.name, "shape": list(a.shape), "values": a.tolist()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
-def load_checkpoint(out_dir: str | os.PathLike) -> tuple[ALState, list[RoundInfo]] | None:
-    """(state, infos) of the last finished round in ``out_dir``, or None if there is none.
+def _array_from_json(d: dict) -> np.ndarray:
+    dtype = np.dtype(d["dtype"])
+    if dtype.kind not in "biuf":
+        raise ValueError(f"dtype {dtype} is not numeric")
+    return np.array(d["values"], dtype).reshape(d["shape"])
 
-    Only read back what this package wrote there (pickle runs code from the file).
+
+_RECORDS = {"metrics": Metrics, "timings": Timings, "pseudo": PseudoLabelInfo,
+            "extremes": Extremes}
+
+
+def _info_from_json(d: dict) -> RoundInfo:
+    fields = {}
+    for name, value in d.items():
+        if name in _RECORDS and value is not None:
+            value = _RECORDS[name](**{k: _array_from_json(v) if isinstance(v, dict) else v
+                                      for k, v in value.items()})
+        elif isinstance(value, dict):
+            value = _array_from_json(value)
+        fields[name] = value
+    return RoundInfo(**fields)
+
+
+def state_template(learner: ActiveLearner, data: ALData) -> ALState:
+    """Shapes and dtypes of the state every round hands on (``jax.eval_shape``: nothing
+    is computed); ``load_checkpoint`` restores into this structure."""
+    def state(key):
+        params = learner.init(key)
+        labelled = jnp.zeros(data.pool_y.shape, bool)
+        posterior = learner.fit(key, params, data.pool_x, data.pool_y, labelled,
+                                data.val_x, data.val_y)
+        return ALState(params, posterior, labelled, None, key)
+
+    return jax.eval_shape(state, jax.random.key(0))._replace(round=0)
+
+
+def save_checkpoint(out_dir: str | os.PathLike, state: ALState, infos: Sequence[RoundInfo],
+                    config: dict) -> None:
+    """Atomically store the state after a finished round, every round's record and the
+    experiment ``config``, in one checkpoint.npz (so a kill never pairs a manifest with
+    other arrays).
+
+    ``leaf_<i>``: the i-th leaf of the state (a typed key as its key data, exact bits);
+    ``manifest``: UTF-8 JSON of format, versions, config and its sha256, round, the
+    leaves' paths/shapes/dtypes and the RoundInfo records.
     """
-    path = Path(out_dir) / CHECKPOINT
+    named = _named_leaves(state)
+    host = jax.device_get([jax.random.key_data(x) if _is_key(x) else x for _, x in named])
+    arrays, leaves = {}, []
+    for i, ((name, leaf), value) in enumerate(zip(named, host, strict=True)):
+        arrays[f"leaf_{i}"] = np.asarray(value)
+        leaves.append({"name": name, "array": f"leaf_{i}", "shape": list(leaf.shape),
+                       "dtype": str(leaf.dtype)})
+        if _is_key(leaf):
+            leaves[-1]["key_impl"] = str(jax.random.key_impl(leaf))
+    config = json.loads(json.dumps(config))
+    manifest = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+                "jaxal_version": __version__, "config_sha256": config_digest(config),
+                "config": config, "round": int(state.round), "leaves": leaves,
+                "rounds": [_to_json(i) for i in infos]}
+    arrays["manifest"] = np.frombuffer(json.dumps(manifest, sort_keys=True).encode(),
+                                       np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(Path(out_dir) / CHECKPOINT, buf.getvalue())
+
+
+def _afresh(path: Path) -> str:
+    return f"delete {path} (or the out dir) to start the run afresh"
+
+
+def _read_checkpoint(out_dir: Path, config: dict
+                     ) -> tuple[Path, dict, dict[str, np.ndarray]] | None:
+    """(path, manifest, leaf arrays) of the checkpoint in ``out_dir``, written with
+    ``config``; None if there is none."""
+    old = out_dir / PICKLE_CHECKPOINT
+    if old.exists():
+        raise RunDirError(f"{old} was written by an earlier jaxal as a pickle, which is "
+                          f"never read (loading one can run code); rerun in a new out dir, "
+                          f"or delete {old} to start this run afresh")
+    path = out_dir / CHECKPOINT
     if not path.exists():
         return None
-    payload = pickle.loads(path.read_bytes())
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} was written by another jaxal version (checkpoint "
-                         f"version {payload.get('version')}, expected "
-                         f"{CHECKPOINT_VERSION}); delete it to start the run afresh")
-    state = payload["state"]
-    state = jax.tree.map(jnp.asarray, state._replace(init_key=None))._replace(
-        init_key=jax.random.wrap_key_data(jnp.asarray(payload["state"].init_key)),
-        round=int(state.round))
-    return state, payload["infos"]
+    arrays = _load_npz(path, _afresh(path))
+    raw = arrays.pop("manifest", None)
+    manifest = None
+    if raw is not None and raw.dtype == np.uint8 and raw.ndim == 1:
+        try:
+            manifest = json.loads(raw.tobytes())
+        except ValueError:
+            pass
+    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
+        raise RunDirError(f"{path} is not a jaxal checkpoint (no readable manifest); "
+                          f"{_afresh(path)}")
+    if manifest.get("format_version") != CHECKPOINT_VERSION:
+        raise RunDirError(
+            f"{path} was written by jaxal {manifest.get('jaxal_version')} (checkpoint "
+            f"format {manifest.get('format_version')}, this jaxal reads "
+            f"{CHECKPOINT_VERSION}); {_afresh(path)}")
+    new = json.loads(json.dumps(config))
+    if manifest.get("config_sha256") != config_digest(new):
+        old_config = manifest.get("config")
+        diffs = config_difference(old_config if isinstance(old_config, dict) else {}, new)
+        raise RunDirError(
+            f"{path} holds a run with a different configuration ("
+            + ("; ".join(diffs) or "its config digest differs")
+            + f"); choose another --out or delete {out_dir}")
+    return path, manifest, arrays
+
+
+def checkpoint_manifest(out_dir: str | os.PathLike, config: dict) -> dict | None:
+    """The manifest of ``out_dir``'s checkpoint if it was written with the experiment
+    ``config``; None if there is no checkpoint.
+
+    Raises:
+      RunDirError: a pickle checkpoint of an earlier jaxal, a damaged or foreign file, or
+        another configuration (the differences listed).
+    """
+    read = _read_checkpoint(Path(out_dir), config)
+    return None if read is None else read[1]
+
+
+def load_checkpoint(out_dir: str | os.PathLike, template: ALState, config: dict
+                    ) -> tuple[ALState, list[RoundInfo]] | None:
+    """(state, infos) of the last finished round in ``out_dir``, or None if there is none.
+
+    Args:
+      template: an ALState whose leaves have the shapes and dtypes of the run's
+        (``state_template``, or any state of the run); its ``round`` is ignored.
+      config: the experiment config; a checkpoint written with another is refused.
+
+    Raises:
+      RunDirError: see ``checkpoint_manifest``; also leaves or records that do not fit
+        ``template``.
+    """
+    read = _read_checkpoint(Path(out_dir), config)
+    if read is None:
+        return None
+    path, manifest, arrays = read
+    named = _named_leaves(template)
+    try:
+        entries = manifest["leaves"]
+        if [e["name"] for e in entries] != [name for name, _ in named]:
+            raise RunDirError(f"{path} holds another state structure than this run's; "
+                              f"{_afresh(path)}")
+        leaves = []
+        for entry, (name, like) in zip(entries, named, strict=True):
+            value = arrays[entry["array"]]
+            if _is_key(like):
+                value = jax.random.wrap_key_data(value, impl=entry["key_impl"])
+            else:
+                if value.dtype.kind == "V" and value.dtype.itemsize == like.dtype.itemsize:
+                    value = value.view(like.dtype)  # numpy stores e.g. bfloat16 as void
+                if value.dtype != like.dtype:  # before jnp.asarray could cast it
+                    raise RunDirError(f"{path} holds {name} as {value.dtype}, this run needs "
+                                      f"{like.dtype}; {_afresh(path)}")
+                value = jnp.asarray(value)
+            if value.shape != like.shape or value.dtype != like.dtype:
+                raise RunDirError(
+                    f"{path} holds {name} as {value.dtype}{list(value.shape)}, this run "
+                    f"needs {like.dtype}{list(like.shape)}; {_afresh(path)}")
+            leaves.append(value)
+        round_ = manifest["round"]
+        infos = [_info_from_json(d) for d in manifest["rounds"]]
+    except RunDirError:
+        raise
+    except Exception as e:  # a manifest that parses but is not what save_checkpoint wrote
+        raise RunDirError(f"{path} is damaged or not a jaxal checkpoint ({_one_line(e)}); "
+                          f"{_afresh(path)}") from e
+    if type(round_) is not int or [i.round for i in infos] != list(range(round_ + 1)):
+        raise RunDirError(f"{path} holds round {round_!r} but records of rounds "
+                          f"{[i.round for i in infos]}; {_afresh(path)}")
+    treedef = jax.tree.structure(template._replace(round=None))
+    return jax.tree.unflatten(treedef, leaves)._replace(round=round_), infos
 
 
 def metrics_row(info: RoundInfo) -> dict[str, float | int]:
@@ -182,15 +475,57 @@ def write_extremes(out_dir: str | os.PathLike, infos: Sequence[RoundInfo],
     write_bytes_atomic(Path(out_dir) / "extremes.npz", buf.getvalue())
 
 
+def read_extremes(out_dir: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """The arrays of ``out_dir``'s extremes.npz (``write_extremes``), or None if absent."""
+    path = Path(out_dir) / "extremes.npz"
+    if not path.exists():
+        return None
+    extremes = _load_npz(path, _REWRITE)
+    if missing := [k for k in EXTREMES_KEYS if k not in extremes]:
+        raise RunDirError(f"{path} is not a jaxal extremes file (no {', '.join(missing)}); "
+                          f"{_REWRITE}")
+    return extremes
+
+
+def _read_rounds(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file, one per round."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError as e:
+        raise RunDirError(f"{path} is missing; {_REWRITE}") from e
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{path} is unreadable ({_one_line(e)}); {_REWRITE}") from e
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise RunDirError(f"{path} line {n} is not JSON ({_one_line(e)}); "
+                              f"{_REWRITE}") from e
+        if not isinstance(row, dict) or "round" not in row:
+            raise RunDirError(f"{path} line {n} is not a round record; {_REWRITE}")
+        rows.append(row)
+    return rows
+
+
 def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, float]]:
-    """The rows of metrics.jsonl."""
-    with open(Path(out_dir) / "metrics.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of metrics.jsonl (round 0 on)."""
+    path = Path(out_dir) / "metrics.jsonl"
+    rows = _read_rounds(path)
+    if not rows or any("num_labels" not in r for r in rows):
+        raise RunDirError(f"{path} holds no metrics rows; {_REWRITE}")
+    return rows
 
 
 def read_queries(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    with open(Path(out_dir) / "queries.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of queries.jsonl (round 1 on: none after round 0)."""
+    path = Path(out_dir) / "queries.jsonl"
+    rows = _read_rounds(path)
+    if any("label" not in r for r in rows):
+        raise RunDirError(f"{path} holds rows without labels; {_REWRITE}")
+    return rows
 
 
 def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -1,31 +1,38 @@
-"""Command line: ``python -m jaxal.run --dataset mnist --acq entropy``. Parses; no logic."""
+"""Command line: ``python -m jaxal.run --dataset mnist --acq entropy``. Parses; no logic.
+
+Arguments, ranges and the out dir are checked before JAX is imported (an invalid command
+fails in well under a second); see ``jaxal.cli.common``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
-from jaxal.acquisition import ACQUISITIONS
-from jaxal.data import DATASETS, DatasetNotPreparedError, UnknownDatasetError
-from jaxal.experiment import TOY_DATASETS, ExperimentConfig, run_experiment
-from jaxal.loop import ALConfig, ConfigError, default_predictive
-from jaxal.posterior import POSTERIORS, SUBSETS, LaplaceConfig
-from jaxal.predictive import PREDICTIVES
-from jaxal.runtime import reexec_with_huge_pages
-from jaxal.selection import BATCH_SELECTORS, PSEUDO_LABEL_CRITERIA, STRATEGIES
-from jaxal.train import OPTIMIZERS, TrainConfig
+from jaxal.cli.common import (
+    SEED_MAX,
+    Parser,
+    RegistryChoices,
+    check_registry_choices,
+    number,
+    user_errors,
+    whole,
+)
+from jaxal.config import TOY_DATASETS, ALConfig, ExperimentConfig, LaplaceConfig, TrainConfig
+from jaxal.data import DATASETS
+from jaxal.errors import ConfigError
+from jaxal.rundir import lock_out_dir
 
 _AL, _TRAIN, _LAPLACE = ALConfig(), TrainConfig(), LaplaceConfig()
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m jaxal.run", description="Simulated active learning with jaxal.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="mnist", choices=[*DATASETS, *TOY_DATASETS])
     p.add_argument("--acq", default=_AL.acquisition,
-                   choices=[*ACQUISITIONS, *STRATEGIES],
+                   choices=RegistryChoices("acquisition:ACQUISITIONS", "selection:STRATEGIES"),
                    help="a score (higher = queried first; bald, variation_ratios and "
                         "mean_std need posterior samples: --posterior laplace --predictive "
                         "mc) batched by --batch, or a batch strategy: kcenter (core-set "
@@ -34,30 +41,34 @@ def parser() -> argparse.ArgumentParser:
                         "--batchbald-candidates points of highest BALD with --samples "
                         "posterior samples; cost per pick ~ configs x samples x candidates "
                         "x classes, ~1 s a pick at the defaults on MNIST)")
-    p.add_argument("--batch", default=_AL.batch, choices=list(BATCH_SELECTORS),
+    p.add_argument("--batch", default=_AL.batch,
+                   choices=RegistryChoices("selection:BATCH_SELECTORS"),
                    help="how a score becomes a batch: topk; hybrid (greedy, score and "
                         "1 - redundancy, the max cosine similarity of penultimate features "
                         "to the labelled and already chosen points, weighted by "
                         "--hybrid-beta); power / softmax / softrank (stochastic batch "
                         "acquisition, sampling ∝ score^β, exp(β score), rank^-β)")
-    p.add_argument("--hybrid-beta", type=float, default=_AL.hybrid_beta,
+    p.add_argument("--hybrid-beta", type=number(0.0, maximum=1.0), default=_AL.hybrid_beta,
                    help="--batch hybrid: weight of diversity; 0 = pure uncertainty")
-    p.add_argument("--stochastic-beta", type=float, default=_AL.stochastic_beta,
+    p.add_argument("--stochastic-beta", type=number(0.0, exclusive=True),
+                   default=_AL.stochastic_beta,
                    help="--batch power/softmax/softrank: coldness β (large = top-k)")
-    p.add_argument("--batchbald-candidates", type=int, default=_AL.batchbald_candidates,
+    p.add_argument("--batchbald-candidates", type=whole(1), default=_AL.batchbald_candidates,
                    help="--acq batchbald: pool subset, the points of highest BALD")
-    p.add_argument("--batchbald-configs", type=int, default=_AL.batchbald_configs,
+    p.add_argument("--batchbald-configs", type=whole(1), default=_AL.batchbald_configs,
                    help="--acq batchbald: label configurations M of the joint entropy "
                         "(exact while C^(picks) <= M, then sampled)")
-    p.add_argument("--pseudo-label", type=float, default=None, metavar="THRESHOLD",
+    p.add_argument("--pseudo-label", type=number(0.0, exclusive=True), default=None,
+                   metavar="THRESHOLD",
                    help="CEAL: each round, also train on the model's labels of confident "
                         "pool points (never counted as labels, never added to the labelled "
                         "set); confident: max prob >= THRESHOLD (e.g. 0.99) or, with "
                         "--pseudo-label-by entropy, entropy <= THRESHOLD nats")
     p.add_argument("--pseudo-label-by", default=_AL.pseudo_label_by,
-                   choices=list(PSEUDO_LABEL_CRITERIA))
-    p.add_argument("--posterior", default=_AL.posterior, choices=list(POSTERIORS))
-    p.add_argument("--predictive", default=None, choices=list(PREDICTIVES),
+                   choices=RegistryChoices("selection:PSEUDO_LABEL_CRITERIA"))
+    p.add_argument("--posterior", default=_AL.posterior,
+                   choices=RegistryChoices("posterior:POSTERIORS"))
+    p.add_argument("--predictive", default=None, choices=RegistryChoices("predictive:PREDICTIVES"),
                    help="default: plugin for --posterior plugin; for laplace, mc when the "
                         "acquisition needs samples or --subset all, else probit")
     p.add_argument("--curvature", default=_LAPLACE.curvature, choices=["ggn", "hessian", "ggn-mc"],
@@ -68,21 +79,24 @@ def parser() -> argparse.ArgumentParser:
                    choices=["full", "diag", "iso", "kfac"],
                    help="Laplace: how the curvature is stored (full needs P x P memory; "
                         "kfac: Kronecker factors per layer, all weights)")
-    p.add_argument("--subset", default=_LAPLACE.subset, choices=list(SUBSETS),
+    p.add_argument("--subset", default=_LAPLACE.subset,
+                   choices=RegistryChoices("posterior:SUBSETS"),
                    help="Laplace: parameters with a posterior (the rest stay at the MAP)")
-    p.add_argument("--samples", type=int, default=_LAPLACE.samples,
+    p.add_argument("--samples", type=whole(1), default=_LAPLACE.samples,
                    help="Laplace: posterior samples S of the mc predictive")
-    p.add_argument("--rounds", type=int, default=_AL.rounds, help="acquisition rounds")
-    p.add_argument("--query-size", type=int, default=_AL.query_size,
+    p.add_argument("--rounds", type=whole(0), default=_AL.rounds, help="acquisition rounds")
+    p.add_argument("--query-size", type=whole(1), default=_AL.query_size,
                    help="points labelled per round")
-    p.add_argument("--init-per-class", type=int, default=_AL.init_per_class,
+    p.add_argument("--init-per-class", type=whole(1), default=_AL.init_per_class,
                    help="balanced initial labelled set: this many per class")
-    p.add_argument("--steps", type=int, default=_TRAIN.steps,
+    p.add_argument("--steps", type=whole(1), default=_TRAIN.steps,
                    help="optimiser steps per MAP fit (one fit per round)")
-    p.add_argument("--batch-size", type=int, default=_TRAIN.batch_size,
+    p.add_argument("--batch-size", type=whole(1), default=_TRAIN.batch_size,
                    help="minibatch size, drawn with replacement from the labelled set")
-    p.add_argument("--lr", type=float, default=_TRAIN.learning_rate, help="learning rate")
-    p.add_argument("--optimizer", default=_TRAIN.optimizer, choices=list(OPTIMIZERS))
+    p.add_argument("--lr", type=number(0.0, exclusive=True), default=_TRAIN.learning_rate,
+                   help="learning rate")
+    p.add_argument("--optimizer", default=_TRAIN.optimizer,
+                   choices=RegistryChoices("train:OPTIMIZERS"))
     p.add_argument("--prior-precision", type=_float_or_auto, default=None,
                    help="precision of the Gaussian prior on all weights (sum-scaled "
                         "objective; see jaxal.objective), used for training and the "
@@ -96,12 +110,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start", action="store_true",
                    help="start each round's MAP fit from the previous round's weights "
                         "instead of the initial weights")
-    p.add_argument("--chunk-size", type=int, default=_AL.chunk_size,
+    p.add_argument("--chunk-size", type=whole(1), default=_AL.chunk_size,
                    help="pool points scored per chunk (bounds memory)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-size", type=int, default=1000,
+    p.add_argument("--seed", type=whole(0, SEED_MAX), default=0)
+    p.add_argument("--val-size", type=whole(1), default=1000,
                    help="validation points held out of the train split")
-    p.add_argument("--pool-size", type=int, default=None,
+    p.add_argument("--pool-size", type=whole(1), default=None,
                    help="use a seeded random subset of the pool of this size")
     p.add_argument("--data-dir", default=None,
                    help="TFDS data dir with prepared datasets (default: $TFDS_DATA_DIR, "
@@ -115,10 +129,10 @@ def _float_or_auto(value: str) -> float | str:
     if value in ("auto", "val-nll"):
         return value
     try:
-        return float(value)
-    except ValueError:
+        return number(0.0)(value)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"expected a number, 'auto' or 'val-nll', got {value!r}") from None
+            f"expected a finite number >= 0, 'auto' or 'val-nll', got {value!r}") from None
 
 
 # --prior-precision value -> LaplaceConfig.prior_fit (a number: "none").
@@ -139,6 +153,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     laplace = LaplaceConfig(curvature=args.curvature, structure=args.structure,
                             subset=args.subset, samples=args.samples,
                             prior_fit=PRIOR_FIT_OF.get(args.prior_precision, "none"))
+    from jaxal.loop import default_predictive
+
     predictive = args.predictive or default_predictive(args.posterior, args.subset, args.acq)
     al = ALConfig(acquisition=args.acq, batch=args.batch, hybrid_beta=args.hybrid_beta,
                   stochastic_beta=args.stochastic_beta,
@@ -154,16 +170,20 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     out = args.out or f"runs/{args.dataset}-{args.acq}-{args.posterior}-seed{args.seed}"
-    try:
-        config = config_from_args(args)
-        run_experiment(config, out, progress=lambda line: print(line, flush=True))
-    except (ConfigError, UnknownDatasetError, DatasetNotPreparedError) as e:
-        sys.exit(f"error: {e}")
+    with user_errors(out), lock_out_dir(out):
+        from jaxal.runtime import configure_cpu
+
+        configure_cpu()   # before JAX's first computation
+        check_registry_choices(p, args)
+        from jaxal.experiment import run_experiment
+
+        run_experiment(config_from_args(args), out,
+                       progress=lambda line: print(line, flush=True))
     print(f"outputs in {out}/ (metrics.csv, metrics.jsonl, queries.jsonl, figure5.png)")
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages("jaxal.run")
     main()

@@ -26,10 +26,10 @@
    did not grow further over repeated fits and predictions.
 3. Huge pages. Transparent huge pages for that memory (2 MB pages: 512x fewer page
    faults and TLB misses) gain another ~13% on the same fits, but glibc reads the
-   switch, ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, only when a process starts:
-   jaxal's command-line tools restart themselves once with it
-   (``reexec_with_huge_pages``), and README.md shows how to set it for notebooks and
-   scripts.
+   switch, ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, only when a process starts, so
+   it is the user's to export (README.md, "Speed on Linux"); the benchmarks set it for
+   their child processes (``with_huge_pages``). jaxal never restarts a process to set
+   it: a restart drops interpreter flags, profilers and debuggers.
 4. One LAPACK thread. LAPACK calls inside jitted code (``eigh`` of the KFAC factors,
    Cholesky of a full posterior) run in scipy's OpenBLAS, whose own threads, one per
    core, spin for a while after each call and so compete with XLA's threads for the
@@ -41,8 +41,10 @@
    instead of 0.96 s; at the seed width 0.22 s instead of 0.20 s. Two threads with a
    short spin (OPENBLAS_THREAD_TIMEOUT=4) gave 1.02 s there but 1.46 s on the KFAC fit.
 
-``import jaxal`` applies 1, 2 and 4 once (1 and 2 with glibc only). Set
-``JAXAL_MALLOC_TUNING=0`` before importing to keep glibc's, JAX's and OpenBLAS's defaults.
+Nothing here runs on import: ``configure_cpu()`` applies 1, 2 and 4 (1 and 2 with glibc
+only), as numpyro's ``set_host_device_count`` does its setting. The command-line tools and
+the benchmarks call it first thing; notebooks and scripts may (README.md). Set
+``JAXAL_MALLOC_TUNING=0`` to make it keep glibc's, JAX's and OpenBLAS's defaults.
 """
 
 from __future__ import annotations
@@ -50,9 +52,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import platform
 import sys
 from collections.abc import Mapping
+from typing import NamedTuple
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
@@ -89,20 +91,6 @@ def with_huge_pages(env: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def reexec_with_huge_pages(module: str) -> None:
-    """Restart ``python -m module`` with huge pages on, once; returns where nothing to do.
-
-    For the ``__main__`` block of a command-line tool, before any work: Linux with glibc
-    only, not when JAXAL_MALLOC_TUNING=0, and not when GLIBC_TUNABLES already names the
-    setting (so the restarted process goes on).
-    """
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or not tuning_enabled():
-        return
-    env = with_huge_pages(os.environ)
-    if env != dict(os.environ):
-        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
-
-
 def run_on_calling_thread() -> bool:
     """Turn JAX's asynchronous CPU dispatch off; True where applied (see the module doc).
 
@@ -131,18 +119,24 @@ def single_threaded_lapack() -> bool:
     return True
 
 
-def apply_default_settings() -> tuple[bool, bool, bool]:
-    """What ``import jaxal`` does, unless JAXAL_MALLOC_TUNING=0.
+class CPUSettings(NamedTuple):
+    """Which settings ``configure_cpu`` applied (False: not applicable, or the user's own
+    setting kept)."""
 
-    Returns (malloc tuned, synchronous dispatch, single-threaded LAPACK), each True where
-    applied. Synchronous dispatch only where the malloc settings apply (glibc), as it
-    serves them.
+    malloc_tuned: bool            # glibc keeps freed memory (mallopt)
+    sync_dispatch: bool           # XLA:CPU runs executables on the calling thread
+    single_threaded_lapack: bool  # OPENBLAS_NUM_THREADS=1
+
+
+def configure_cpu() -> CPUSettings:
+    """Apply the XLA:CPU process settings of the module doc, unless JAXAL_MALLOC_TUNING=0.
+
+    Call it before JAX's first computation (and before scipy.linalg is imported) for all
+    of them to take effect. Synchronous dispatch only where the malloc settings apply
+    (glibc), as it serves them. Calling it again changes nothing more.
     """
     if not tuning_enabled():
-        return False, False, False
+        return CPUSettings(False, False, False)
     malloc_tuned = reuse_freed_memory()
-    return malloc_tuned, malloc_tuned and run_on_calling_thread(), single_threaded_lapack()
-
-
-# Applied on import (``import jaxal`` imports this module before any large allocation).
-MALLOC_TUNED, SYNC_DISPATCH, SINGLE_THREADED_LAPACK = apply_default_settings()
+    return CPUSettings(malloc_tuned, malloc_tuned and run_on_calling_thread(),
+                       single_threaded_lapack())

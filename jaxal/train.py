@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxal.config import TrainConfig as TrainConfig  # re-exported
 from jaxal.model import Classifier
 from jaxal.objective import log_likelihood, minibatch_objective
 
@@ -23,16 +24,6 @@ OPTIMIZERS = {
     "adam": optax.adam,
     "sgd": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
 }
-
-
-class TrainConfig(NamedTuple):
-    """How one MAP fit runs. ``steps`` minibatches of ``batch_size`` from the labelled set."""
-
-    steps: int = 500
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    prior_precision: float = 1.0
 
 
 class TrainInfo(NamedTuple):

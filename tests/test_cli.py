@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -29,7 +30,7 @@ def tiny_run(mnist_data_dir, tmp_path_factory):
 def test_cli_writes_every_output(tiny_run, mnist_data_dir):
     out, stdout = tiny_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint.pkl", "config.json", "extremes.npz", "figure4.pdf", "figure4.png",
+        "checkpoint.npz", "config.json", "extremes.npz", "figure4.pdf", "figure4.png",
         "figure5.pdf", "figure5.png", "metrics.csv", "metrics.jsonl", "queries.jsonl",
         "query_classes.csv"]
     # One progress line per round.
@@ -108,19 +109,21 @@ def test_rerun_with_other_config_refuses(tiny_run, mnist_data_dir, capsys):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     argv = [*TINY, "--data-dir", str(mnist_data_dir), "--out", str(out)]
     argv[argv.index("margin")] = "entropy"
-    with pytest.raises(SystemExit, match=r"acquisition: 'margin' .* != 'entropy'"):
+    with pytest.raises(SystemExit) as err:
         main(argv)
+    assert err.value.code == 2
+    assert re.search(r"acquisition: 'margin' .* != 'entropy'", capsys.readouterr().err)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "outputs were touched"
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--query-size", "0"], "query size must be > 0"),
+    (["--query-size", "0"], "argument --query-size: expected a whole number >= 1"),
     (["--init-per-class", "100"], "exceeds the pool of 600"),
     (["--rounds", "200"], "lower --rounds or --query-size"),
-    (["--steps", "0"], "training steps must be > 0"),
+    (["--steps", "0"], "argument --steps: expected a whole number >= 1"),
 ])
 def test_invalid_values_fail_before_training(args, message, mnist_data_dir, tmp_path,
-                                             monkeypatch):
+                                             monkeypatch, capsys):
     import jaxal.loop
 
     def no_training(*a, **k):
@@ -130,18 +133,22 @@ def test_invalid_values_fail_before_training(args, message, mnist_data_dir, tmp_
     argv = [*TINY, "--data-dir", str(mnist_data_dir), "--out", str(tmp_path / "o"), *args]
     with pytest.raises(SystemExit) as err:
         main(argv)
-    assert message in str(err.value)
+    assert err.value.code == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists(), "an out dir was created for an invalid run"
 
 
 def test_unknown_acquisition_is_rejected_by_argparse(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as err:
         main(["--acq", "bold"])
+    assert err.value.code == 2
     assert "invalid choice: 'bold'" in capsys.readouterr().err
 
 
-def test_missing_dataset_names_the_fix(tmp_path):
+def test_missing_dataset_names_the_fix(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["--dataset", "fashion_mnist", "--data-dir", str(tmp_path), "--out",
               str(tmp_path / "o")])
-    assert str(tmp_path) in str(err.value) and "jaxal.data prepare" in str(err.value)
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert str(tmp_path) in message and "jaxal.data prepare" in message

@@ -109,8 +109,10 @@ def test_plot_refuses_a_dir_without_results(tmp_path):
         plot_main([str(tmp_path)])
 
 
-def test_compare_refuses_when_nothing_can_run(tmp_path):
-    with pytest.raises(SystemExit, match="no runnable"):
+def test_compare_refuses_when_nothing_can_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
         compare_main(["--dataset", "moons", "--acq", "bald", "--posterior", "plugin",
                       "--out", str(tmp_path / "o")])
+    assert err.value.code == 2
+    assert "error: no runnable" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -1,6 +1,8 @@
 """Tests for jaxal.data: real MNIST from ../shared, CIFAR-10 through TFDS's mock, the cache."""
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -12,6 +14,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.testing import mocking
 
 from jaxal import data
+from jaxal.errors import ConfigError
 
 REPO_ROOT = Path(__file__).parents[1]
 RAW_MNIST_DIR = (REPO_ROOT / ".." / "shared" / "data" / "raw" / "mnist").resolve()
@@ -112,15 +115,23 @@ def test_make_al_split_pool_size_subsamples_pool_keeps_val(mnist):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"val_size": -1}, r"val_size must be in \[0, 60000\)"),
-        ({"val_size": 60000}, r"val_size must be in \[0, 60000\)"),
-        ({"pool_size": 0}, r"pool_size must be in \[1, 59000\]"),
-        ({"pool_size": 59001}, r"pool_size must be in \[1, 59000\]"),
+        ({"val_size": -1}, r"--val-size -1 must be in \[0, 60000\).*use --val-size >= 0"),
+        ({"val_size": 60000}, r"--val-size 60000 must be in \[0, 60000\).*<= 59999"),
+        ({"pool_size": 0}, r"--pool-size 0 must be in \[1, 59000\].*use --pool-size >= 1"),
+        (
+            {"pool_size": 70000},
+            r"--pool-size 70000 must be in \[1, 59000\]: mnist has 59,000 training images left "
+            r"after the 1,000 validation images; use --pool-size <= 59000",
+        ),
+        ({"pool_size": 59901, "val_size": 100}, r"use --pool-size <= 59900"),
     ],
+    ids=["val-negative", "val-all", "pool-zero", "pool-too-big", "pool-too-big-small-val"],
 )
 def test_make_al_split_rejects_bad_sizes(mnist, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match) as err:
         data.make_al_split(mnist, seed=0, **kwargs)
+    assert isinstance(err.value, ValueError)  # what callers caught before ConfigError
+    assert "\n" not in str(err.value)
 
 
 def test_normalise_standardises_mnist(mnist):
@@ -213,6 +224,182 @@ def test_not_prepared_offline_does_not_download(tmp_path, monkeypatch):
     with pytest.raises(data.DatasetNotPreparedError, match="unreachable"):
         data.load_dataset("fashion_mnist", tmp_path)
     assert not (tmp_path / "fashion_mnist").exists()
+
+
+# Prepared files that are truncated, corrupt or missing.
+
+
+@pytest.fixture(scope="module")
+def mnist_copy(mnist_data_dir, tmp_path_factory) -> Path:
+    """One copy of the prepared MNIST version dir per module, for the tests to link to."""
+    copy = tmp_path_factory.mktemp("mnist_copy") / "3.0.1"
+    shutil.copytree(mnist_data_dir / "mnist" / "3.0.1", copy)
+    for path in copy.iterdir():
+        path.chmod(0o444)  # no test may write through its links (root ignores this, though)
+    return copy
+
+
+def _tampered_data_dir(root: Path, mnist_copy: Path, name: str, tamper) -> Path:
+    """A data dir whose mnist/3.0.1 links to `mnist_copy`, but `name` is `tamper(bytes)`."""
+    version_dir = root / "mnist" / "3.0.1"
+    version_dir.mkdir(parents=True)
+    for path in mnist_copy.iterdir():
+        (version_dir / path.name).symlink_to(path)
+    if tamper is not None:
+        target = version_dir / name
+        target.unlink()  # replace the link, never write through it
+        content = tamper((mnist_copy / name).read_bytes())
+        if content is not None:
+            target.write_bytes(content)
+    return root
+
+
+def _garbage_at(offset: int):
+    return lambda raw: raw[:offset] + b"x" * 100 + raw[offset + 100 :]
+
+
+TRAIN_SHARD = "mnist-train.array_record-00000-of-00001"
+TEST_SHARD = "mnist-test.array_record-00000-of-00001"
+
+
+@pytest.mark.parametrize(
+    "name, tamper, blamed",
+    [
+        (TRAIN_SHARD, lambda raw: raw[: len(raw) // 2], f"mnist/3.0.1/{TRAIN_SHARD}"),
+        (TRAIN_SHARD, lambda raw: b"", f"mnist/3.0.1/{TRAIN_SHARD}"),
+        (TRAIN_SHARD, _garbage_at(200_000), f"mnist/3.0.1/{TRAIN_SHARD}"),  # a bad chunk hash
+        (TEST_SHARD, lambda raw: None, f"mnist/3.0.1/{TEST_SHARD}: file missing"),
+        ("dataset_info.json", lambda raw: b"{not json", "mnist: ParseError"),
+    ],
+    ids=["truncated", "empty", "garbage", "missing", "bad-info"],
+)
+def test_corrupt_prepared_files_name_the_file_and_fix(
+    mnist_copy, tmp_path, monkeypatch, empty_memory_cache, name, tamper, blamed
+):
+    monkeypatch.setenv("JAXAL_CACHE_DIR", str(tmp_path / "cache"))
+    data_dir = _tampered_data_dir(tmp_path / "tfds", mnist_copy, name, tamper)
+    with pytest.raises(data.DatasetCorruptError) as err:
+        data.load_dataset("mnist", data_dir, download=False)
+    message = str(err.value)
+    assert isinstance(err.value, data.DatasetNotPreparedError)  # what the CLIs catch
+    assert "\n" not in message and f"{data_dir}/{blamed}" in message
+    delete = data_dir / "mnist" if name == "dataset_info.json" else data_dir / "mnist" / "3.0.1"
+    assert f"delete {delete} and prepare it again: python -m jaxal.data prepare mnist " in message
+    assert f"--data-dir {data_dir}" in message
+
+
+def test_truncated_shard_is_not_served_from_the_cache(
+    mnist, mnist_copy, tmp_path, monkeypatch, empty_memory_cache
+):
+    """The cache is keyed by the files' bytes: the entry of the intact files must not match."""
+    cache_dir = tmp_path / "cache"
+    data_dir = _tampered_data_dir(tmp_path / "tfds", mnist_copy, TRAIN_SHARD, None)
+    with monkeypatch.context() as m:  # skips the decoding; the cache entry is written for real
+        splits = {60000: (mnist.train_images, mnist.train_labels),
+                  10000: (mnist.test_images, mnist.test_labels)}  # fmt: skip
+        m.setattr(data, "_read_split", lambda source, shape: splits[len(source)])
+        data.load_dataset("mnist", data_dir, download=False, cache_dir=cache_dir)
+    assert len(list(cache_dir.glob("*.npz"))) == 1
+    shard = data_dir / "mnist" / "3.0.1" / TRAIN_SHARD
+    shard.unlink()
+    shard.write_bytes((mnist_copy / TRAIN_SHARD).read_bytes()[:-4096])
+    data._MEMORY_CACHE.clear()
+    with pytest.raises(data.DatasetCorruptError, match=re.escape(str(shard))):
+        data.load_dataset("mnist", data_dir, download=False, cache_dir=cache_dir)
+
+
+# Original files with the wrong checksum.
+
+
+def _manual_dir_with_garbage(root: Path, garbage: str) -> Path:
+    root.mkdir()
+    for name in data.DATASETS["mnist"].manual_files:
+        (root / name).symlink_to(RAW_MNIST_DIR / name)
+    (root / garbage).unlink()
+    (root / garbage).write_bytes(b"not the original file\n" * 100)
+    return root
+
+
+def test_prepare_rejects_manual_file_with_wrong_checksum(tmp_path):
+    manual_dir = _manual_dir_with_garbage(tmp_path / "manual", "train-labels-idx1-ubyte.gz")
+    with pytest.raises(data.ChecksumError) as err:
+        data.prepare_dataset("mnist", tmp_path / "tfds", manual_dir=manual_dir)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{manual_dir}/train-labels-idx1-ubyte.gz has the wrong checksum" in message
+    expected = "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"  # TFDS's
+    assert f"expected {expected}" in message
+    assert "replace it with the original download from https://" in message
+    assert not (tmp_path / "tfds").exists()  # checked before TFDS creates anything
+
+
+def test_checksum_error_from_tfds_names_the_file(tmp_path):
+    """TFDS's own error (here raised by its download manager) maps to one line."""
+    from tensorflow_datasets.core.download import checksums
+    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+
+    url = "https://storage.googleapis.com/cvdf-datasets/mnist/train-labels-idx1-ubyte.gz"
+    expected = tfds.builder_cls("mnist").url_infos[url]
+    manager = tfds.download.DownloadManager(
+        download_dir=str(tmp_path / "downloads"), url_infos={url: expected}
+    )
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    got = checksums.UrlInfo(size=5, checksum="ab" * 32, filename=path.name)
+    with pytest.raises(NonMatchingChecksumError) as tfds_error:
+        manager._register_or_validate_checksums(url, got, path)
+    message = str(data._checksum_error(tfds_error.value))
+    assert message == (
+        f"{path} has the wrong checksum (sha256 {'ab' * 32}, expected {expected.checksum}): it "
+        f"is not the original file; replace it with the original download from {url} and "
+        "run again"
+    )
+    odd = data._checksum_error(NonMatchingChecksumError("checksum\nmismatch"))
+    assert str(odd) == (
+        "NonMatchingChecksumError: checksum mismatch; replace the file with the original "
+        "download and run again"
+    )
+
+
+# The command line: one line on stderr, exit code 2.
+
+
+def _cli_case(case: str, tmp_path: Path, mnist_copy: Path) -> list[str]:
+    if case == "wrong-checksum":
+        manual_dir = _manual_dir_with_garbage(tmp_path / "manual", "t10k-images-idx3-ubyte.gz")
+        return ["prepare", "mnist", "--manual-dir", str(manual_dir),
+                "--data-dir", str(tmp_path / "out")]  # fmt: skip
+    if case == "missing-manual-file":
+        return ["prepare", "mnist", "--manual-dir", str(tmp_path), "--data-dir", str(tmp_path)]
+    if case == "not-prepared":
+        return ["info", "mnist", "--data-dir", str(tmp_path)]
+    data_dir = _tampered_data_dir(
+        tmp_path / "tfds", mnist_copy, TRAIN_SHARD, lambda raw: raw[: len(raw) // 3]
+    )
+    return ["info", "mnist", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "c")]
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("wrong-checksum", "t10k-images-idx3-ubyte.gz has the wrong checksum"),
+        ("missing-manual-file", "missing: train-images-idx3-ubyte.gz"),
+        ("not-prepared", "is not prepared in"),
+        ("truncated-shard", f"{TRAIN_SHARD}: RuntimeError"),
+    ],
+    ids=["wrong-checksum", "missing-manual-file", "not-prepared", "truncated-shard"],
+)
+def test_cli_errors_are_one_line_with_exit_code_2(
+    mnist_copy, tmp_path, capsys, empty_memory_cache, case, match
+):
+    argv = _cli_case(case, tmp_path, mnist_copy)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        data.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and match in lines[0], err
+    assert "Traceback" not in err
 
 
 def test_data_dir_from_environment(monkeypatch, tmp_path):
@@ -332,6 +519,14 @@ def test_toy_2d(kind):
 def test_toy_2d_rejects_unknown_kind():
     with pytest.raises(ValueError, match="kind must be one of"):
         data.toy_2d(0, 10, kind="spirals")
+
+
+@pytest.mark.parametrize(
+    "sizes", [{"n_pool": 0}, {"n_val": -1}, {"n_test": -5}, {"n_pool": 1, "n_val": 0, "n_test": 0}]
+)
+def test_toy_al_split_rejects_bad_sizes(sizes):
+    with pytest.raises(ConfigError, match=r"toy split sizes .* cannot work; use n_pool >= 1"):
+        data.toy_al_split(0, **sizes)
 
 
 def test_toy_al_split():

@@ -1,13 +1,16 @@
 """Resumable, reproducible runs: a killed run continues bit-identically from its checkpoint."""
 
 import json
+import pickle
+import shutil
 
 import pytest
 
+from jaxal.errors import RunDirError
 from jaxal.experiment import ExperimentConfig, run_experiment
-from jaxal.loop import ALConfig, ConfigError
+from jaxal.loop import ALConfig
 from jaxal.posterior import LaplaceConfig
-from jaxal.results import CHECKPOINT, read_metrics, read_queries
+from jaxal.results import CHECKPOINT, PICKLE_CHECKPOINT, read_metrics, read_queries
 from jaxal.train import TrainConfig
 
 TIMINGS = ("score_s", "train_s", "posterior_s", "eval_s")
@@ -76,8 +79,46 @@ def test_same_seed_same_metrics_and_another_seed_differs(uninterrupted, tmp_path
 
 
 def test_checkpoint_from_another_config_is_never_mixed_in(uninterrupted, tmp_path):
-    with pytest.raises(ConfigError, match=r"rounds: 4 .* != 5"):
+    with pytest.raises(RunDirError, match=r"rounds: 4 .* != 5"):
         run_experiment(CONFIG._replace(al=CONFIG.al._replace(rounds=5)), uninterrupted,
                        progress=None)
     config = json.loads((uninterrupted / "config.json").read_text())
     assert config["experiment"]["al"]["rounds"] == 4
+
+
+def test_checkpoint_keeps_the_config_when_config_json_is_deleted(uninterrupted, tmp_path):
+    out = shutil.copytree(uninterrupted, tmp_path / "run")
+    (out / "config.json").unlink()
+    checkpoint = (out / CHECKPOINT).read_bytes()
+    with pytest.raises(RunDirError, match=rf"^{out / CHECKPOINT} holds a run with a "
+                                          r"different configuration \(al\.rounds: 4 .* != 5"):
+        run_experiment(CONFIG._replace(al=CONFIG.al._replace(rounds=5)), out, progress=None)
+    assert not (out / "config.json").exists(), "a refused out dir is not changed"
+    assert (out / CHECKPOINT).read_bytes() == checkpoint
+    lines = []
+    run_experiment(CONFIG, out, progress=lines.append)
+    assert lines == [f"resuming {out} after round 4 of 4"]
+    assert results(out) == results(uninterrupted)
+    assert json.loads((out / "config.json").read_text())["experiment"]["al"]["rounds"] == 4
+
+
+class Payload:
+    """Unpickling this creates ``marker``: the proof that a file's code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_pickle_checkpoint_of_an_earlier_jaxal_never_runs(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "code-ran"
+    (out / PICKLE_CHECKPOINT).write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(RunDirError, match=rf"^{out / PICKLE_CHECKPOINT} was written by an "
+                                          "earlier jaxal.*rerun in a new out dir"):
+        run_experiment(CONFIG, out, progress=None)
+    assert not marker.exists()
+    assert not (out / CHECKPOINT).exists() and not (out / "metrics.jsonl").exists()

@@ -1,0 +1,80 @@
+"""What decides a run, as plain data: the configs of MAP training, the Laplace posterior,
+the AL loop and one experiment. Imports no JAX, so the command-line tools can build their
+options and defaults, and check arguments, before the slow imports; the modules that use
+a config re-export it (``jaxal.loop.ALConfig`` is this ``ALConfig``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# Half-decade grid of the "val-nll" prior fit: 10^-2 ... 10^4.
+VALIDATION_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-4, 9))
+
+TOY_DATASETS = ("moons", "blobs")
+
+
+class TrainConfig(NamedTuple):
+    """How one MAP fit runs. ``steps`` minibatches of ``batch_size`` from the labelled set."""
+
+    steps: int = 500
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    prior_precision: float = 1.0
+
+
+class LaplaceConfig(NamedTuple):
+    """Which Laplace approximation: ``(curvature, structure, subset)`` plus its prior."""
+
+    curvature: str = "ggn"           # "ggn" | "hessian" | "ggn-mc" (sampled; all weights)
+    structure: str = "full"          # "full" | "diag" | "iso" | "kfac" (all weights)
+    subset: str = "last-layer"       # "last-layer" | "all"
+    samples: int = 100               # S for the Monte Carlo predictive
+    prior_precision: float | None = None  # None: the MAP objective's prior_precision
+    # How λ is set after each fit (the curvature is kept): "val-nll", the grid value whose
+    # predictive (the run's) has the lowest validation NLL, done by the loop; "evidence",
+    # the Laplace evidence maximiser; "none", λ as given. The default is measured:
+    # ``benchmarks/laplace_curves.py`` (with λ = 1 or the evidence fit the last-layer
+    # predictive on MNIST is near-uniform and its queries worse than the plugin's).
+    prior_fit: str = "val-nll"
+    prior_precision_grid: tuple[float, ...] = VALIDATION_GRID
+    chunk_size: int | None = None    # examples per curvature chunk (None: by subset)
+
+
+class ALConfig(NamedTuple):
+    """Everything that decides what an AL run computes (apart from data and seed)."""
+
+    acquisition: str = "entropy"   # a score (ACQUISITIONS) or a strategy (STRATEGIES)
+    batch: str = "topk"            # how a score becomes a batch (BATCH_SELECTORS)
+    hybrid_beta: float = 0.5       # hybrid: weight of diversity (1 - redundancy)
+    stochastic_beta: float = 1.0   # power/softmax/softrank: coldness β
+    batchbald_candidates: int = 1000   # BatchBALD: the pool points of highest BALD
+    batchbald_configs: int = 1000      # BatchBALD: label configurations M
+    pseudo_label: float | None = None  # CEAL confidence threshold (None: off)
+    pseudo_label_by: str = "max-prob"  # max-prob (p_max >= t) or entropy (H <= t)
+    posterior: str = "plugin"
+    predictive: str = "plugin"
+    rounds: int = 20
+    query_size: int = 10
+    init_per_class: int = 2
+    warm_start: bool = False
+    chunk_size: int = 4096
+    train: TrainConfig = TrainConfig()
+    laplace: LaplaceConfig = LaplaceConfig()   # used when posterior == "laplace"
+
+
+class ExperimentConfig(NamedTuple):
+    dataset: str = "mnist"
+    seed: int = 0
+    val_size: int = 1000
+    pool_size: int | None = None      # a seeded subset of the pool (None: all of it)
+    data_dir: str | None = None       # TFDS data dir (None: $TFDS_DATA_DIR or TFDS default)
+    al: ALConfig = ALConfig()
+
+    def to_dict(self) -> dict:
+        d = self._asdict()
+        d["al"] = {**self.al._asdict(), "train": self.al.train._asdict(),
+                   "laplace": self.al.laplace._asdict()}
+        del d["data_dir"]  # where the data lives does not change the results
+        return d
