@@ -36,6 +36,7 @@ from jaxal.experiment import ExperimentConfig, run_experiment, to_device
 from jaxal.loop import ALConfig, default_predictive, init_state, make_learner
 from jaxal.model import cnn
 from jaxal.posterior import LaplaceConfig
+from jaxal.runtime import configure_cpu
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -218,6 +219,7 @@ def main():
     for s in (t, c):
         s.add_argument("--data-dir", default=None)
     args = p.parse_args()
+    configure_cpu()   # as jaxal's CLIs run; before JAX's first computation
     timing(args) if args.command == "timing" else curves(args)
 
 

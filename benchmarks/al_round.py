@@ -26,6 +26,7 @@ from jaxal.loop import ALConfig
 from jaxal.model import cnn, init_params
 from jaxal.posterior import PointMass
 from jaxal.predictive import plugin_predictive
+from jaxal.runtime import configure_cpu
 from jaxal.train import TrainConfig, labelled_indices, make_trainer
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -116,7 +117,11 @@ def main():
     p.add_argument("--data-dir", default=os.environ.get("TFDS_DATA_DIR"))
     p.add_argument("--skip-run", action="store_true", help="skip the full 20-round run")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "al_round.json"))
+    p.add_argument("--no-cpu-settings", action="store_true",
+                   help="run without jaxal.runtime.configure_cpu()")
     args = p.parse_args()
+    if not args.no_cpu_settings:
+        configure_cpu()   # as jaxal's CLIs run; before JAX's first computation
 
     split = load_split(ExperimentConfig(dataset="mnist", data_dir=args.data_dir))
     data = to_device(split)

@@ -52,7 +52,7 @@ from jaxal.posterior import (
     subset_problem,
 )
 from jaxal.predictive import PREDICTIVES
-from jaxal.runtime import with_huge_pages
+from jaxal.runtime import configure_cpu, with_huge_pages
 from jaxal.train import TrainConfig, make_trainer, train_map
 
 RESULTS = Path(__file__).parent / "results"
@@ -209,10 +209,11 @@ def child(args) -> None:
 
 def in_child(args, variant: str, extra: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--n-train", str(args.n_train),
-           "--n-test", str(args.n_test), "--repeats", str(args.repeats), *extra]
+           "--n-test", str(args.n_test), "--repeats", str(args.repeats), *extra,
+           *(["--no-cpu-settings"] if args.no_cpu_settings else [])]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    # As jaxal's CLIs run (``jaxal.runtime.reexec_with_huge_pages``) unless --no-huge-pages.
+    # Huge pages, as README's "Speed on Linux" asks users to export, unless --no-huge-pages.
     env = os.environ if args.no_huge_pages else with_huge_pages(os.environ)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     sys.stdout.write("".join(line + "\n" for line in proc.stdout.splitlines()[:-1]))
@@ -263,7 +264,7 @@ def table(result: dict) -> str:
         f"jaxal with jax {s['jax']} on {s['platform']}, {s['cpus']} CPUs; seed CNN "
         f"({s['num_params']:,} parameters), {s['n_train']} MNIST train / {s['n_test']} test "
         f"images, median of {s['repeats']}, seconds (compile apart), glibc malloc "
-        + ("on huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, as jaxal's CLIs set it)"
+        + ("on huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, see README)"
            if s.get("huge_pages") else "without huge pages") + ". In brackets: "
         "laplace-torch time / jaxal time, against "
         + " / ".join(f"laplace-torch {refs[k]['source']}" for k in names) + ".", "",
@@ -310,6 +311,9 @@ def main():
     p.add_argument("--skip-sweep", action="store_true")
     p.add_argument("--no-huge-pages", action="store_true",
                    help="run the variants without GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
+    p.add_argument("--no-cpu-settings", action="store_true",
+                   help="run without jaxal.runtime.configure_cpu() (glibc, JAX and "
+                        "OpenBLAS defaults)")
     p.add_argument("--laplace-torch", default=None,
                    help="python of a laplace-torch venv: run the reference first")
     p.add_argument("--out", default=str(RESULTS / "hessian_variants.json"))
@@ -317,6 +321,8 @@ def main():
     p.add_argument("--params", default=None, help=argparse.SUPPRESS)
     p.add_argument("--width", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if not args.no_cpu_settings:
+        configure_cpu()   # as jaxal's CLIs run; before JAX's first computation
     if args.child:
         return child(args)
 

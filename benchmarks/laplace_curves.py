@@ -23,6 +23,7 @@ from pathlib import Path
 from jaxal.experiment import ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig
 from jaxal.posterior import LaplaceConfig
+from jaxal.runtime import configure_cpu
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -91,6 +92,7 @@ def main():
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", default=str(RESULTS / "laplace_curves.json"))
     args = p.parse_args()
+    configure_cpu()   # as jaxal's CLIs run; before JAX's first computation
     out = Path(args.out)
     result = {"setting": {k: getattr(args, k) for k in
                           ("seeds", "pool_size", "rounds", "query_size", "init_per_class")},

@@ -43,7 +43,7 @@ from jaxal.errors import ConfigError, JaxalError
 from jaxal.experiment import TOY_DATASETS, ExperimentConfig, check_config, load_split
 from jaxal.loop import make_learner, validate_config
 from jaxal.model import cnn, mlp
-from jaxal.results import config_difference, write_json_atomic, write_text_atomic
+from jaxal.results import config_difference, read_json, write_json_atomic, write_text_atomic
 
 LABELS = "labels.csv"
 PENDING = "pending.json"
@@ -120,7 +120,7 @@ def _session(session_dir: Path) -> dict:
         raise LabelError(f"{session_dir} is not a labelling session (no {SESSION}); "
                          "start one with query")
     fix = "restore it, or start a new session dir with query"
-    session = _read_json(path, fix)
+    session = read_json(path, fix, LabelError)
     if not (isinstance(session, dict) and isinstance(session.get("experiment"), dict)
             and _is_count(session.get("num_pool"))
             and _is_count(session.get("num_classes"))):
@@ -135,22 +135,13 @@ def _pending(session_dir: Path, num_pool: int) -> list[int] | None:
     if not path.exists():
         return None
     fix = "delete it and run query again"
-    pending = _read_json(path, fix)
+    pending = read_json(path, fix, LabelError)
     index = pending.get("pool_index") if isinstance(pending, dict) else None
     if not (isinstance(index, list) and index and _is_count(pending.get("round"))
             and all(_is_int(i) and 0 <= i < num_pool for i in index)):
         raise LabelError(f"{path} is not a proposal (it needs 'round' and 'pool_index', "
                          f"a list of pool indices 0..{num_pool - 1}); {fix}")
     return index
-
-
-def _read_json(path: Path, fix: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:   # ValueError: bad JSON or UTF-8
-        reason = (e.strerror if isinstance(e, OSError) else str(e).splitlines()[0][:80]
-                  or type(e).__name__)
-        raise LabelError(f"{path} cannot be read as JSON ({reason}); {fix}") from None
 
 
 def _is_int(x) -> bool:

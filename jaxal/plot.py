@@ -3,25 +3,25 @@ finished run or comparison from its files, recomputing nothing."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxal.comparison import plot_comparison
-from jaxal.plots import plot_run
+from jaxal.cli.common import Parser, fail, user_errors, whole
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m jaxal.plot", description=__doc__)
+    p = Parser(prog="python -m jaxal.plot", description=__doc__)
     p.add_argument("out_dir", help="a run's out dir (python -m jaxal.run) or a comparison "
                                    "dir (python -m jaxal.compare)")
-    p.add_argument("--round", type=int, default=None,
+    p.add_argument("--round", type=whole(1), default=None,
                    help="the AL round of Figure 4 (default: round 1); for a comparison, "
                         "applied to every run")
     args = p.parse_args(argv)
     out = Path(args.out_dir)
-    try:
+    with user_errors():
+        from jaxal.comparison import plot_comparison
+        from jaxal.plots import plot_run
+
         if (out / "comparison.json").exists():
             plot_comparison(out)
             for run in sorted((out / "runs").iterdir()):
@@ -30,10 +30,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif (out / "metrics.jsonl").exists():
             plot_run(out, args.round)
         else:
-            sys.exit(f"error: {out} holds neither a run (metrics.jsonl) nor a comparison "
-                     "(comparison.json); pass the --out dir of jaxal.run or jaxal.compare")
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+            fail(f"{out} holds neither a run (metrics.jsonl) nor a comparison "
+                 "(comparison.json); pass the --out dir of jaxal.run or jaxal.compare")
     print(f"figures redrawn in {out}/")
 
 

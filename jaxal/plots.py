@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxal.errors import RunDirError
+from jaxal.errors import ConfigError, RunDirError
 
 
 def subplots(nrows: int, ncols: int, figsize: tuple[float, float], squeeze: bool = True):
@@ -122,7 +122,8 @@ def figure4(extremes: dict, round_: int, path: str | os.PathLike, title: str) ->
     """
     rounds = list(np.asarray(extremes["round"]))
     if round_ not in rounds:
-        raise ValueError(f"round {round_} has no recorded scores; choose one of {rounds}")
+        raise ConfigError(f"round {round_} has no recorded scores; choose --round from "
+                          f"{[int(r) for r in rounds]}")
     r = rounds.index(round_)
     num = extremes["top_index"].shape[1]
     fig, axes = subplots(2, num, figsize=(2.1 * num, 5.0), squeeze=False)

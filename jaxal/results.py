@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal import __version__
-from jaxal.errors import RunDirError
+from jaxal.errors import JaxalError, RunDirError
 from jaxal.loop import (
     ActiveLearner,
     ALData,
@@ -141,20 +141,22 @@ def remove_temp_files(out_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def read_json(path: str | os.PathLike, fix: str) -> Any:
-    """The JSON value in ``path``; RunDirError ending in ``fix`` if it is missing, empty
-    or not JSON."""
+def read_json(path: str | os.PathLike, fix: str,
+              error: type[JaxalError] = RunDirError) -> Any:
+    """The JSON value in ``path``; ``error`` ending in ``fix`` if it is missing, empty or
+    not JSON (one line, never a traceback)."""
     path = Path(path)
     text = None
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         return json.loads(text)
     except FileNotFoundError as e:
-        raise RunDirError(f"{path} is missing; {fix}") from e
-    except (OSError, ValueError) as e:  # ValueError: not UTF-8 or not JSON
+        raise error(f"{path} is missing; {fix}") from e
+    # ValueError: not UTF-8 or not JSON; RecursionError: JSON nested too deep.
+    except (OSError, ValueError, RecursionError) as e:
         what = "empty" if text is not None and not text.strip() else (
-            f"unreadable ({_one_line(e)})")
-        raise RunDirError(f"{path} is {what}; {fix}") from e
+            f"unreadable ({_one_line(e)[:200]})")
+        raise error(f"{path} is {what}; {fix}") from e
 
 
 def read_run_config(out_dir: str | os.PathLike) -> dict:

@@ -45,7 +45,7 @@ def assert_refused(proc: subprocess.CompletedProcess, fix: str) -> None:
     assert fix in lines[0], lines[0]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """An out dir holding a finished moons run (its hash must survive every refusal)."""
     out = tmp_path_factory.mktemp("done") / "run"
@@ -78,8 +78,11 @@ FAST = [
 
 
 @pytest.mark.parametrize("args, fix", FAST, ids=[" ".join(a) for a, _ in FAST])
-def test_bad_argument_refused_in_one_line_before_jax(args, fix, tmp_path):
-    out = tmp_path / "out"
+@pytest.mark.parametrize("fresh", [True, False], ids=["new-out", "finished-out"])
+def test_bad_argument_refused_in_one_line_before_jax(args, fix, fresh, finished_run,
+                                                     tmp_path):
+    out = tmp_path / "out" if fresh else finished_run
+    before = tree_digest(out)
     code = ("import sys, runpy\n"
             "sys.argv = ['jaxal.run', *sys.argv[1:]]\n"
             "try:\n    runpy.run_module('jaxal.run', run_name='__main__')\n"
@@ -89,7 +92,31 @@ def test_bad_argument_refused_in_one_line_before_jax(args, fix, tmp_path):
     assert_refused(proc, fix)
     if "invalid choice" not in fix:   # choices come from the registries, after the checks
         assert proc.stdout.strip() == "NO_JAX"
-    assert not out.exists(), "a refused command created its out dir"
+    assert tree_digest(out) == before, "a refused command changed (or created) its out dir"
+
+
+DAMAGED = [
+    ("config.json", b"{not json", "config.json is unreadable"),
+    ("config.json", b"", "config.json is empty"),
+    ("config.json", b'{"experiment": 3}', "is not a jaxal run config"),
+    ("checkpoint.npz", b"", "checkpoint.npz is empty; delete"),
+    ("checkpoint.npz", b"PK\x03\x04 truncated", "checkpoint.npz is damaged or not a jaxal"),
+    ("checkpoint.pkl", b"\x80\x04crafted", "as a pickle, which is never read"),
+]
+
+
+@pytest.mark.parametrize("name, content, fix", DAMAGED,
+                         ids=[f"{n}={c[:8]!r}" for n, c, _ in DAMAGED])
+def test_damaged_run_dir_file_is_named_and_left_as_it_is(name, content, fix, finished_run,
+                                                         tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    (out / name).write_bytes(content)
+    before = tree_digest(out)
+    assert_refused(run_cli("jaxal.run", *MOONS, "--out", str(out)), fix)
+    assert tree_digest(out) == before
 
 
 def test_out_dir_that_is_a_file_or_under_one_is_refused(tmp_path):
@@ -166,6 +193,33 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path):
             pass
         assert (out / LOCK_NAME).exists()
     assert not out.exists(), "the lock's own empty out dir is removed on release"
+
+
+@pytest.mark.parametrize("module, args", [
+    ("jaxal.compare", ["--acq", "random", "--seeds", "0"]),
+    ("jaxal.label", ["query"]),
+])
+def test_comparison_and_labelling_dirs_take_one_writer_too(module, args, tmp_path):
+    out = tmp_path / "out"
+    with lock_out_dir(out):
+        before = tree_digest(out)
+        assert_refused(run_cli(module, *args, *MOONS, "--out", str(out)),
+                       f"is in use by jaxal pid {os.getpid()}")
+        assert tree_digest(out) == before
+
+
+def test_temp_files_of_a_killed_write_are_removed_by_the_next_run(finished_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    stale = [out / ".metrics.csv.k1ll3d00.tmp", out / ".figure5.png.tmp.png"]
+    for path in stale:
+        path.write_text("half a file")
+    (out / "notes.tmp").write_text("the user's")   # not jaxal's name: kept
+    proc = run_cli("jaxal.run", *MOONS, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert not any(p.exists() for p in stale) and (out / "notes.tmp").exists()
 
 
 def test_lock_of_a_dead_process_does_not_block(tmp_path):

@@ -104,9 +104,11 @@ def test_plot_redraws_every_figure_without_recomputing(comparison, monkeypatch):
         assert path.stat().st_size > 5_000, path
 
 
-def test_plot_refuses_a_dir_without_results(tmp_path):
-    with pytest.raises(SystemExit, match="neither a run"):
+def test_plot_refuses_a_dir_without_results(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
         plot_main([str(tmp_path)])
+    assert err.value.code == 2
+    assert "neither a run" in capsys.readouterr().err
 
 
 def test_compare_refuses_when_nothing_can_run(tmp_path, capsys):

@@ -328,7 +328,7 @@ def test_a_corrupt_pending_json_is_one_line(session, tmp_path, content):
 def test_a_corrupt_pending_json_is_refused_by_oracle_labelling(tmp_path):
     propose(tmp_path / "s", CONFIG)
     (tmp_path / "s" / "pending.json").write_text("{")
-    with pytest.raises(LabelError, match=r"pending.json cannot be read as JSON .*; delete "
+    with pytest.raises(LabelError, match=r"pending.json is unreadable .*; delete "
                                          r"it and run query again$"):
         record_oracle_labels(tmp_path / "s", CONFIG)
 

@@ -161,9 +161,12 @@ def test_full_on_all_cnn_weights_is_refused_before_training():
 
 
 @pytest.mark.parametrize("value", ["auto", "val-nll"])
-def test_cli_fitted_prior_needs_laplace(value):
-    with pytest.raises(SystemExit, match="add --posterior laplace"):
-        main(["--dataset", "moons", "--prior-precision", value])
+def test_cli_fitted_prior_needs_laplace(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["--dataset", "moons", "--prior-precision", value, "--out", str(tmp_path / "o")])
+    assert err.value.code == 2
+    assert "add --posterior laplace" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_val_nll_grid_picks_the_lowest_validation_nll(toy):
