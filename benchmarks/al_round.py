@@ -79,7 +79,7 @@ def bench_scoring(data, chunk_size: int) -> dict:
     @jax.jit
     def scores(key, posterior, x):
         predict = lambda k, xc: plugin_predictive(k, model, posterior, xc)
-        return score_pool(key, predict, ACQUISITIONS["entropy"], x, chunk_size)
+        return score_pool(key, predict, ACQUISITIONS["entropy"].score, x, chunk_size)
 
     first, times = time_calls(lambda: scores(jax.random.key(0), posterior, data.pool_x), 3)
     t = statistics.median(times)

@@ -2,15 +2,16 @@
 
 Every score has the signature ``score(key, out: PredictiveOutput) -> [n]`` and the
 convention *higher = more informative, query first*. Adding an acquisition function is
-one function plus one ``ACQUISITIONS`` entry; scores that read the per-sample
-probabilities ``out.sample_probs`` [s, n, c] are marked ``@needs_samples`` so that runs
-whose predictive has none (plugin, probit) are refused before training. How a batch is
+one function plus one ``Acquisition`` record in ``ACQUISITIONS``; a score that reads the
+per-sample probabilities ``out.sample_probs`` [s, n, c] declares ``needs_samples``, so
+that runs whose predictive has none (plugin, probit) are refused before training. How a batch is
 picked from the scores is ``jaxal.selection``'s job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,16 +55,6 @@ def least_confidence(key: jax.Array, out: PredictiveOutput) -> jax.Array:
 ScoreFn = Callable[[jax.Array, PredictiveOutput], jax.Array]
 
 
-def needs_samples(score: ScoreFn) -> ScoreFn:
-    """Mark a score that reads ``sample_probs`` (refused unless the predictive samples)."""
-    score.needs_samples = True
-    return score
-
-
-def requires_samples(score: ScoreFn) -> bool:
-    return getattr(score, "needs_samples", False)
-
-
 def _sample_probs(out: PredictiveOutput, name: str) -> jax.Array:
     if out.sample_probs is None:
         raise ValueError(f"{name} needs per-sample probabilities [s, n, c]; use a sampling "
@@ -71,7 +62,6 @@ def _sample_probs(out: PredictiveOutput, name: str) -> jax.Array:
     return out.sample_probs
 
 
-@needs_samples
 def bald(key: jax.Array, out: PredictiveOutput) -> jax.Array:
     """BALD, the mutual information between label and weights (Houlsby et al. 2011):
 
@@ -85,7 +75,6 @@ def bald(key: jax.Array, out: PredictiveOutput) -> jax.Array:
     return jnp.maximum(entropy(sample_probs.mean(axis=0)) - mean_entropy, 0.0)
 
 
-@needs_samples
 def variation_ratios(key: jax.Array, out: PredictiveOutput) -> jax.Array:
     """1 - (votes of the modal class) / S, a vote being each sample's argmax class.
 
@@ -98,7 +87,6 @@ def variation_ratios(key: jax.Array, out: PredictiveOutput) -> jax.Array:
     return 1.0 - votes.max(axis=-1)
 
 
-@needs_samples
 def mean_std(key: jax.Array, out: PredictiveOutput) -> jax.Array:
     """Mean over classes of the std over samples: 1/C Σ_c √(E_s[p_sc²] - E_s[p_sc]²).
 
@@ -111,14 +99,21 @@ def mean_std(key: jax.Array, out: PredictiveOutput) -> jax.Array:
     return jnp.sqrt((deviation ** 2).mean(axis=0)).mean(axis=-1)
 
 
-ACQUISITIONS: dict[str, ScoreFn] = {
-    "random": random_score,
-    "entropy": predictive_entropy,
-    "margin": margin,
-    "least_confidence": least_confidence,
-    "bald": bald,
-    "variation_ratios": variation_ratios,
-    "mean_std": mean_std,
+class Acquisition(NamedTuple):
+    """An acquisition score and what it reads."""
+
+    score: ScoreFn
+    needs_samples: bool = False   # reads out.sample_probs: needs a sampling predictive
+
+
+ACQUISITIONS: dict[str, Acquisition] = {
+    "random": Acquisition(random_score),
+    "entropy": Acquisition(predictive_entropy),
+    "margin": Acquisition(margin),
+    "least_confidence": Acquisition(least_confidence),
+    "bald": Acquisition(bald, needs_samples=True),
+    "variation_ratios": Acquisition(variation_ratios, needs_samples=True),
+    "mean_std": Acquisition(mean_std, needs_samples=True),
 }
 
 
@@ -140,15 +135,21 @@ def score_pool(key: jax.Array, predict: Callable, score: ScoreFn, x_pool: jax.Ar
     return map_chunks(one_chunk, x_pool, chunk_size)
 
 
+def finite_scores(scores: jax.Array) -> jax.Array:
+    """NaN and -inf raised to the lowest finite float, so they rank last but still rank
+    above the -inf that masks labelled points (+inf stays: it ranks first)."""
+    lowest = jnp.finfo(scores.dtype).min
+    return jnp.nan_to_num(scores, nan=lowest, neginf=lowest)
+
+
 def select_top_k(scores: jax.Array, labelled: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """Indices [k] of the k highest-scoring *unlabelled* points, and their scores.
 
     Labelled points get -inf; NaN or -inf scores of unlabelled points are raised to the
-    lowest finite float, so as long as k <= #unlabelled (checked before the run starts) no
-    labelled index is returned, and ``top_k`` never returns an index twice.
+    lowest finite float (``finite_scores``), so as long as k <= #unlabelled (checked before
+    the run starts) no labelled index is returned, and ``top_k`` never returns an index
+    twice.
     """
-    lowest = jnp.finfo(scores.dtype).min
-    safe = jnp.nan_to_num(scores, nan=lowest, neginf=lowest)
-    masked = jnp.where(labelled, -jnp.inf, safe)
+    masked = jnp.where(labelled, -jnp.inf, finite_scores(scores))
     _, idx = jax.lax.top_k(masked, k)
     return idx, scores[idx]

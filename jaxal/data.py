@@ -8,7 +8,6 @@ decoded arrays are cached in memory and on disk, keyed by a hash of the prepared
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -16,8 +15,6 @@ import logging
 import os
 import re
 import socket
-import sys
-import tempfile
 import time
 import urllib.parse
 import warnings
@@ -28,6 +25,7 @@ from typing import Any, BinaryIO, Literal, NamedTuple
 
 import numpy as np
 
+from jaxal.atomic import write_atomic
 from jaxal.errors import ConfigError, JaxalError
 
 logger = logging.getLogger(__name__)
@@ -393,15 +391,8 @@ def _write_cache(
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A full disk stays an OSError: the cache is optional, _write_cache warns and goes on.
+    write_atomic(path, write, full_disk_fix=None)
 
 
 def _host_reachable(url: str, timeout: float = 3.0) -> bool:
@@ -679,44 +670,7 @@ def toy_al_split(
     )  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: `prepare` a dataset offline, or print `info` (and warm the cache)."""
-    parser = argparse.ArgumentParser(prog="python -m jaxal.data", description=main.__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    prepare = commands.add_parser("prepare", help="prepare a dataset from its original files")
-    prepare.add_argument("name", choices=sorted(DATASETS))
-    prepare.add_argument("--manual-dir", required=True, help="directory of the original files")
-    prepare.add_argument("--data-dir", required=True, help="TFDS data dir to prepare into")
-    info = commands.add_parser("info", help="load a dataset and print its counts and shapes")
-    info.add_argument("name", choices=sorted(DATASETS))
-    info.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR, TFDS's)")
-    info.add_argument("--cache-dir", help="decoded-array cache (default: $JAXAL_CACHE_DIR)")
-    info.add_argument("--download", action="store_true", help="download if not prepared")
-    args = parser.parse_args(argv)
-    logging.basicConfig(format="%(message)s")
-    logger.setLevel(logging.INFO)
+if __name__ == "__main__":   # ``python -m jaxal.data prepare|info``; the CLI is jaxal.cli.data
+    from jaxal.cli.data import main
 
-    start = time.perf_counter()
-    try:  # errors that name their fix need no traceback
-        if args.command == "prepare":
-            version_dir = prepare_dataset(args.name, args.data_dir, args.manual_dir)
-            print(f"Prepared {args.name} in {version_dir}")
-            return
-        ds = load_dataset(
-            args.name, args.data_dir, download=args.download, cache_dir=args.cache_dir
-        )
-    # Errors on user input name their fix in one line; a traceback would bury it.
-    except (JaxalError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(f"{ds.name} {ds.version}: loaded in {time.perf_counter() - start:.1f} s")
-    for split, images, labels in [
-        ("train", ds.train_images, ds.train_labels),
-        ("test", ds.test_images, ds.test_labels),
-    ]:
-        counts = np.bincount(labels, minlength=ds.num_classes).tolist()
-        print(f"  {split}: images {images.dtype}{list(images.shape)}, labels per class {counts}")
-
-
-if __name__ == "__main__":
     main()

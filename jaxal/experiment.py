@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,14 @@ from jaxal import data as datasets
 from jaxal.config import TOY_DATASETS as TOY_DATASETS  # re-exported
 from jaxal.config import ExperimentConfig as ExperimentConfig
 from jaxal.errors import RunDirError
-from jaxal.loop import ALData, ConfigError, make_learner, run_rounds, validate_config
+from jaxal.loop import (
+    ALData,
+    ConfigError,
+    make_learner,
+    run_rounds,
+    validate_config,
+    validate_data,
+)
 from jaxal.model import cnn, mlp
 from jaxal.plots import plot_run
 from jaxal.results import (
@@ -55,7 +61,7 @@ def check_config(config: ExperimentConfig) -> None:
         raise ConfigError(f"val size must be >= 1 (got {config.val_size})")
     if config.pool_size is not None and config.pool_size < 1:
         raise ConfigError(f"pool size must be >= 1 (got {config.pool_size})")
-    validate_config(config.al, num_pool=sys.maxsize, pool_labels=None, num_classes=1)
+    validate_config(config.al)
 
 
 def to_device(split: datasets.ALSplit) -> ALData:
@@ -115,7 +121,7 @@ def _run_experiment(config: ExperimentConfig, out_dir: Path | None,
                     progress: Callable[[str], None] | None):
     check_config(config)
     split = load_split(config)
-    validate_config(config.al, split.pool_x.shape[0], split.pool_y, split.num_classes)
+    validate_data(config.al, split.pool_x.shape[0], split.pool_y, split.num_classes)
     config_dict = {"experiment": config.to_dict(), "jaxal_version": __version__,
                    "jax_version": jax.__version__, "backend": jax.default_backend(),
                    "num_pool": int(split.pool_x.shape[0]), "num_val": int(split.val_y.size),

@@ -41,7 +41,7 @@ import numpy as np
 
 from jaxal.errors import ConfigError, JaxalError
 from jaxal.experiment import TOY_DATASETS, ExperimentConfig, check_config, load_split
-from jaxal.loop import make_learner, validate_config
+from jaxal.loop import ALData, make_learner, train_and_fit, validate_config, validate_data
 from jaxal.model import cnn, mlp
 from jaxal.results import config_difference, read_json, write_json_atomic, write_text_atomic
 
@@ -187,26 +187,32 @@ def _num_rounds(session_dir: Path) -> int:
 
 
 def _query(key, config: ExperimentConfig, split, labels: dict[int, int], labelled):
+    """(pool indices, scores, validation accuracy) of the batch the loop's next round
+    would query, with the session's labels in place of the oracle's."""
     n, c = split.pool_x.shape[0], split.num_classes
     # A static bound on the labelled set: the labels so far plus this query.
     budget = len(labels) + config.al.query_size
     per_class = 1
     rounds = math.ceil(max(budget - per_class * c, 0) / config.al.query_size)
     al = config.al._replace(init_per_class=per_class, rounds=rounds)
-    validate_config(al, n, None, c)
+    validate_config(al)
+    validate_data(al, n, None, c)
     model = mlp(c) if config.dataset in TOY_DATASETS else cnn(c)
     learner = make_learner(model, al, split.pool_x.shape[1:], c)
     # Labels the person gave; unlabelled entries are never read (padding repeats a
     # labelled index), so they stay 0.
     y = np.zeros(n, np.int32)
     y[list(labels)] = list(labels.values())
-    pool_x, y, labelled = jnp.asarray(split.pool_x), jnp.asarray(y), jnp.asarray(labelled)
     val_x, val_y = jnp.asarray(split.val_x), jnp.asarray(split.val_y)
+    # No test set: a proposal reports the validation accuracy only.
+    data = ALData(jnp.asarray(split.pool_x), jnp.asarray(y), val_x, val_y, val_x[:0],
+                  val_y[:0], c)
+    labelled = jnp.asarray(labelled)
     key_init, key_train, key_fit, key_query = jax.random.split(key, 4)
-    params, _ = learner.train(key_train, params=learner.init(key_init), x_pool=pool_x,
-                              y_pool=y, labelled=labelled)
-    posterior = learner.fit(key_fit, params, pool_x, y, labelled, val_x, val_y)
-    query = learner.query(key_query, posterior, pool_x, labelled)
+    # The loop's own training and posterior fit; then the query of its next round.
+    _, _, posterior, _ = train_and_fit(key_train, key_fit, learner, data,
+                                       learner.init(key_init), labelled)
+    query = learner.query(key_query, posterior, data.pool_x, labelled)
     _, val_accuracy, _ = learner.evaluate(key_query, posterior, val_x, val_y)
     return (np.asarray(query.indices), np.asarray(query.scores, np.float64),
             float(val_accuracy))
@@ -230,7 +236,7 @@ def _write_proposal(session_dir: Path, proposal: Proposal, split) -> None:
 def contact_sheet(images: np.ndarray, pool_index: np.ndarray, path: Path, title: str
                   ) -> None:
     """A grid of the images, each titled with its pool index (what the labeller types)."""
-    from jaxal.plots import subplots
+    from jaxal.plots import save_figure, subplots
 
     cols = min(len(images), 10)
     rows = -(-len(images) // cols)
@@ -243,9 +249,7 @@ def contact_sheet(images: np.ndarray, pool_index: np.ndarray, path: Path, title:
                   cmap="gray" if image.shape[-1] == 1 else None)
         ax.set_title(f"index {int(i)}", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    path_tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(path_tmp, dpi=100)
-    os.replace(path_tmp, path)
+    save_figure(fig, path, dpi=100)
 
 
 def parse_label_csv(lines: str | Iterable[str], num_classes: int, num_pool: int,

@@ -20,27 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.acquisition import (
-    ACQUISITIONS,
-    entropy,
-    map_chunks,
-    requires_samples,
-    score_pool,
-    select_top_k,
-)
+from jaxal.acquisition import ACQUISITIONS, entropy, map_chunks, score_pool, select_top_k
 from jaxal.config import ALConfig as ALConfig  # re-exported
-from jaxal.curvature import CURVATURES, CurvatureTooLargeError, check_dense_fits
 from jaxal.errors import ConfigError, DivergedError
 from jaxal.model import Classifier, init_params
-from jaxal.posterior import (
-    POSTERIORS,
-    PRIOR_FITS,
-    SUBSETS,
-    head_params,
-    prior_precision_of,
-    with_prior_precision,
-)
-from jaxal.predictive import PREDICTIVES, PREDICTIVES_FOR_POSTERIOR
+from jaxal.posterior import POSTERIORS, with_prior_precision
+from jaxal.predictive import PREDICTIVES, works_with
 from jaxal.selection import (
     BATCH_SELECTORS,
     PSEUDO_LABEL_CRITERIA,
@@ -49,7 +34,7 @@ from jaxal.selection import (
     Pool,
     pseudo_labels,
 )
-from jaxal.train import OPTIMIZERS, labelled_indices, make_trainer, train_map
+from jaxal.train import check_train_config, labelled_indices, make_trainer, train_map
 
 # Points per chunk for the all-weights probit predictive: it holds C output gradients of
 # every layer per point (~1 MB each for the seed CNN on MNIST).
@@ -154,8 +139,9 @@ class ActiveLearner(NamedTuple):
 
 
 def query_strategy(config: ALConfig):
-    """(score function, ``Selector``) of a run: ``--acq`` score with ``--batch`` selector,
-    or a strategy (``kcenter``, ``badge``, ``batchbald``) with the score it needs."""
+    """(``Acquisition``, ``Selector``) of a run: the ``--acq`` score with the ``--batch``
+    selector, or a strategy (``kcenter``, ``badge``, ``batchbald``) with the score it
+    brings."""
     if config.acquisition in STRATEGIES:
         selector = SELECTORS[config.acquisition]
         return selector.score, selector
@@ -164,141 +150,101 @@ def query_strategy(config: ALConfig):
 
 def needs_samples(config: ALConfig) -> bool:
     """Whether the run's acquisition reads per-sample probabilities (BALD and friends)."""
-    if config.acquisition in STRATEGIES:
-        return SELECTORS[config.acquisition].needs_samples
-    return config.acquisition in ACQUISITIONS and requires_samples(
-        ACQUISITIONS[config.acquisition])
+    acquisition, selector = query_strategy(config)
+    return acquisition.needs_samples or selector.needs_samples
 
 
 def default_predictive(posterior: str, subset: str, acquisition: str) -> str:
-    """The predictive a run gets when none is named: plugin for the plugin posterior; for
-    Laplace, mc when the acquisition needs samples or the subset is all weights, else
-    probit (last layer: measured best, ``benchmarks/laplace_curves.py``)."""
-    if posterior == "plugin":
-        return "plugin"
-    if needs_samples(ALConfig(acquisition=acquisition)) or subset != "last-layer":
-        return "mc"
-    return "probit"
+    """The predictive a run gets when none is named: the posterior's choice
+    (``Posterior.default_predictive``: plugin for the plugin posterior; for Laplace, mc
+    when the acquisition needs samples or the subset is all weights, else probit)."""
+    config = ALConfig(acquisition=acquisition, posterior=posterior)
+    config = config._replace(laplace=config.laplace._replace(subset=subset))
+    return POSTERIORS[posterior].default_predictive(config, needs_samples(config))
 
 
-def validate_config(config: ALConfig, num_pool: int, pool_labels: np.ndarray | None,
-                    num_classes: int) -> None:
-    """Fail fast, with the fix in the message, on a configuration that cannot run."""
-    def need(ok: bool, msg: str):
-        if not ok:
-            raise ConfigError(msg)
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
-    need(config.acquisition in ACQUISITIONS or config.acquisition in STRATEGIES,
-         f"unknown acquisition {config.acquisition!r}; choose one of "
-         f"{sorted(ACQUISITIONS) + list(STRATEGIES)}")
-    need(config.batch in BATCH_SELECTORS,
-         f"unknown batch selector {config.batch!r}; choose one of {list(BATCH_SELECTORS)}")
-    need(config.acquisition not in STRATEGIES or config.batch == "topk",
-         f"--acq {config.acquisition} picks its batch itself; drop --batch {config.batch} "
-         f"(--batch applies to the scores {sorted(ACQUISITIONS)})")
+
+def validate_config(config: ALConfig) -> None:
+    """Fail fast, with the fix in the message, on a configuration that cannot run; needs
+    no data (``validate_data`` checks it against the pool).
+
+    Each rule lives with the component that knows it: the selector's hyperparameters in
+    its ``Selector.check``, the posterior's in ``Posterior.check``; which predictive works
+    with which posterior and acquisition follows from what their records declare.
+    """
+    _need(config.acquisition in ACQUISITIONS or config.acquisition in STRATEGIES,
+          f"unknown acquisition {config.acquisition!r}; choose one of "
+          f"{sorted(ACQUISITIONS) + list(STRATEGIES)}")
+    _need(config.batch in BATCH_SELECTORS,
+          f"unknown batch selector {config.batch!r}; choose one of {list(BATCH_SELECTORS)}")
+    _need(config.acquisition not in STRATEGIES or config.batch == "topk",
+          f"--acq {config.acquisition} picks its batch itself; drop --batch {config.batch} "
+          f"(--batch applies to the scores {sorted(ACQUISITIONS)})")
+    _need(config.posterior in POSTERIORS,
+          f"unknown posterior {config.posterior!r}; choose one of {sorted(POSTERIORS)}")
+    _need(config.predictive in PREDICTIVES,
+          f"unknown predictive {config.predictive!r}; choose one of {sorted(PREDICTIVES)}")
+    posterior = POSTERIORS[config.posterior]
     if needs_samples(config):
-        need(config.posterior != "plugin",
-             f"{config.acquisition} needs posterior samples, and every sample of the plugin "
-             "posterior is the MAP network (the score would be 0 everywhere); use "
-             "--posterior laplace --predictive mc")
-        need(config.predictive == "mc",
-             f"{config.acquisition} needs per-sample probabilities, which the "
-             f"{config.predictive!r} predictive does not give; use --predictive mc")
-    need(0.0 <= config.hybrid_beta <= 1.0,
-         f"hybrid beta must be in [0, 1] (got {config.hybrid_beta}): 0 is pure "
-         "uncertainty, 1 pure diversity")
-    # inf passes a "> 0" check, and an infinite coldness makes the stochastic selectors
-    # sample from NaN weights (they picked pool indices 0..k-1).
-    need(math.isfinite(config.stochastic_beta) and config.stochastic_beta > 0,
-         f"stochastic beta must be a finite number > 0 (got {config.stochastic_beta}); "
-         "large values (e.g. 100) approach top-k")
-    need(config.batchbald_configs > 0,
-         f"batchbald configs must be > 0 (got {config.batchbald_configs})")
-    need(config.acquisition != "batchbald" or config.batchbald_candidates >= config.query_size,
-         f"batchbald candidates ({config.batchbald_candidates}) must be >= the query size "
-         f"({config.query_size}); raise --batchbald-candidates")
-    need(config.pseudo_label_by in PSEUDO_LABEL_CRITERIA,
-         f"unknown pseudo-label criterion {config.pseudo_label_by!r}; choose one of "
-         f"{list(PSEUDO_LABEL_CRITERIA)}")
+        # Which (posterior, predictive) pairs give samples, to name the fix.
+        samplers = [f"--posterior {p} --predictive {q}" for p in POSTERIORS
+                    for q, pred in PREDICTIVES.items()
+                    if pred.gives_samples and works_with(pred, POSTERIORS[p])]
+        _need(any(pred.gives_samples and works_with(pred, posterior)
+                  for pred in PREDICTIVES.values()),
+              f"{config.acquisition} needs posterior samples, and the {config.posterior!r} "
+              f"posterior gives none (every sample of a point mass is the MAP network, so "
+              f"the score would be 0 everywhere); use {' or '.join(samplers)}")
+        _need(PREDICTIVES[config.predictive].gives_samples,
+              f"{config.acquisition} needs per-sample probabilities, which the "
+              f"{config.predictive!r} predictive does not give; use --predictive "
+              + " or ".join(q for q, pred in PREDICTIVES.items()
+                            if pred.gives_samples and works_with(pred, posterior)))
+    allowed = [q for q, pred in PREDICTIVES.items() if works_with(pred, posterior)]
+    _need(config.predictive in allowed,
+          f"predictive {config.predictive!r} does not work with posterior "
+          f"{config.posterior!r}; use one of {allowed}")
+    query_strategy(config)[1].check(config)
+    _need(config.pseudo_label_by in PSEUDO_LABEL_CRITERIA,
+          f"unknown pseudo-label criterion {config.pseudo_label_by!r}; choose one of "
+          f"{list(PSEUDO_LABEL_CRITERIA)}")
     if config.pseudo_label is not None:
         t = config.pseudo_label
-        need(0.0 < t <= 1.0 if config.pseudo_label_by == "max-prob"
-             else math.isfinite(t) and t > 0.0,
-             f"pseudo-label threshold {t} is out of range: max-prob needs 0 < t <= 1 "
-             "(e.g. 0.99), entropy needs t > 0 nats (e.g. 0.05)")
-    need(config.posterior in POSTERIORS,
-         f"unknown posterior {config.posterior!r}; choose one of {sorted(POSTERIORS)}")
-    allowed = PREDICTIVES_FOR_POSTERIOR.get(config.posterior, ())
-    need(config.predictive in allowed,
-         f"predictive {config.predictive!r} does not work with posterior "
-         f"{config.posterior!r}; use one of {list(allowed)}")
-    need(config.query_size > 0, f"query size must be > 0 (got {config.query_size})")
-    need(config.rounds >= 0, f"rounds must be >= 0 (got {config.rounds})")
-    need(config.init_per_class > 0,
-         f"init-per-class must be > 0 (got {config.init_per_class})")
-    need(config.chunk_size > 0, f"chunk size must be > 0 (got {config.chunk_size})")
-    if config.posterior == "laplace":
-        lc = config.laplace
-        need((lc.curvature, lc.structure) in CURVATURES or lc.structure == "kfac"
-             or lc.curvature == "ggn-mc",
-             f"unknown curvature {lc.curvature!r} / structure {lc.structure!r}; choose from "
-             f"{sorted(CURVATURES)}, ('ggn', 'kfac') or 'ggn-mc' with diag/iso/kfac")
-        need(lc.structure != "kfac" or lc.curvature in ("ggn", "ggn-mc"),
-             "KFAC factorises the GGN; use --curvature ggn (or ggn-mc) with --structure kfac")
-        need(lc.structure != "kfac" or lc.subset == "all",
-             "KFAC is for all weights; on the last layer (1,290 parameters) use "
-             "--structure full, which is exact and cheap")
-        need(lc.subset in SUBSETS, f"unknown subset {lc.subset!r}; choose one of {SUBSETS}")
-        need(lc.samples > 0, f"samples must be > 0 (got {lc.samples})")
-        need(lc.prior_precision is None or (math.isfinite(lc.prior_precision)
-                                             and lc.prior_precision > 0),
-             f"Laplace prior precision must be a finite number > 0 (got "
-             f"{lc.prior_precision})")
-        # With λ = 0 the posterior precision is the curvature alone, singular whenever
-        # there are fewer labels than weights: the covariance is infinite.
-        need(lc.prior_fit != "none" or (lc.prior_precision or config.train.prior_precision) > 0,
-             "the Laplace posterior needs a prior precision > 0 (got 0: its covariance "
-             "would be infinite); use --prior-precision 1, val-nll or auto")
-        need(config.predictive != "probit" or lc.subset == "last-layer"
-             or lc.structure in ("diag", "iso", "kfac"),
-             "the probit predictive over all weights needs a layer-block covariance; use "
-             "--structure diag, iso or kfac, or --subset last-layer, or --predictive mc")
-        need(lc.curvature != "ggn-mc" or (lc.subset == "all" and lc.structure != "full"),
-             "the sampled GGN (ggn-mc) is for all weights with --structure diag, iso or "
-             "kfac; elsewhere use --curvature ggn, which is exact and cheap there")
-        need(lc.prior_fit in PRIOR_FITS,
-             f"unknown prior fit {lc.prior_fit!r}; choose one of {list(PRIOR_FITS)}")
-        need(lc.prior_fit != "val-nll" or (
-                len(lc.prior_precision_grid) > 0
-                and all(math.isfinite(v) and v > 0 for v in lc.prior_precision_grid)),
-             f"the val-nll prior fit needs a grid of values > 0 (got "
-             f"{lc.prior_precision_grid}); pass prior_precision_grid or another prior_fit")
-        need(lc.subset == "last-layer" or lc.curvature != "hessian" or lc.structure == "full",
-             "the Hessian diag/iso forms need the dense Hessian, which does not fit for all "
-             "weights; use --curvature ggn or --subset last-layer")
-    t = config.train
-    need(t.steps > 0, f"training steps must be > 0 (got {t.steps})")
-    need(t.batch_size > 0, f"batch size must be > 0 (got {t.batch_size})")
-    need(math.isfinite(t.learning_rate) and t.learning_rate > 0,
-         f"learning rate must be a finite number > 0 (got {t.learning_rate})")
-    need(math.isfinite(t.prior_precision) and t.prior_precision >= 0,
-         f"prior precision must be a finite number >= 0 (got {t.prior_precision})")
-    need(t.optimizer in OPTIMIZERS,
-         f"unknown optimizer {t.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+        _need(0.0 < t <= 1.0 if config.pseudo_label_by == "max-prob"
+              else math.isfinite(t) and t > 0.0,
+              f"pseudo-label threshold {t} is out of range: max-prob needs 0 < t <= 1 "
+              "(e.g. 0.99), entropy needs t > 0 nats (e.g. 0.05)")
+    _need(config.query_size > 0, f"query size must be > 0 (got {config.query_size})")
+    _need(config.rounds >= 0, f"rounds must be >= 0 (got {config.rounds})")
+    _need(config.init_per_class > 0,
+          f"init-per-class must be > 0 (got {config.init_per_class})")
+    _need(config.chunk_size > 0, f"chunk size must be > 0 (got {config.chunk_size})")
+    posterior.check(config)
+    check_train_config(config.train)
+
+
+def validate_data(config: ALConfig, num_pool: int, pool_labels: np.ndarray | None,
+                  num_classes: int) -> None:
+    """Fail fast on a configuration the data cannot serve: the initial labels and the
+    label budget must fit the pool (``pool_labels``: every class must have enough)."""
     num_init = config.init_per_class * num_classes
-    need(num_init <= num_pool,
-         f"{config.init_per_class} initial labels per class x {num_classes} classes = "
-         f"{num_init} exceeds the pool of {num_pool}; lower --init-per-class or enlarge "
-         f"the pool")
+    _need(num_init <= num_pool,
+          f"{config.init_per_class} initial labels per class x {num_classes} classes = "
+          f"{num_init} exceeds the pool of {num_pool}; lower --init-per-class or enlarge "
+          f"the pool")
     if pool_labels is not None:
         counts = np.bincount(np.asarray(pool_labels), minlength=num_classes)
         short = [c for c in range(num_classes) if counts[c] < config.init_per_class]
-        need(not short, f"classes {short} have fewer than {config.init_per_class} pool "
-                        f"points (counts {counts[short].tolist()}); lower --init-per-class")
+        _need(not short, f"classes {short} have fewer than {config.init_per_class} pool "
+                         f"points (counts {counts[short].tolist()}); lower --init-per-class")
     budget = label_budget(config, num_classes)
-    need(budget <= num_pool,
-         f"{num_init} initial + {config.rounds} rounds x {config.query_size} queries = "
-         f"{budget} labels exceeds the pool of {num_pool}; lower --rounds or --query-size")
+    _need(budget <= num_pool,
+          f"{num_init} initial + {config.rounds} rounds x {config.query_size} queries = "
+          f"{budget} labels exceeds the pool of {num_pool}; lower --rounds or --query-size")
 
 
 def initial_labelled(key: jax.Array, pool_y: np.ndarray, num_classes: int,
@@ -330,10 +276,12 @@ def evaluate(key: jax.Array, model: Classifier, predict: Callable, posterior, x:
 
 def tune_prior_precision(key: jax.Array, model: Classifier, predict: Callable, posterior,
                          x_val: jax.Array, y_val: jax.Array, grid: tuple[float, ...],
-                         chunk_size: int):
+                         chunk_size: int,
+                         with_prior_precision: Callable = with_prior_precision):
     """The posterior with the grid's λ of lowest validation NLL of the predictive.
 
-    The curvature is kept and only λ changes (no refit); non-finite NLLs never win.
+    The curvature is kept and only λ changes (no refit: the posterior record's
+    ``with_prior_precision``); non-finite NLLs never win.
     """
     lams = jnp.asarray(grid, x_val.dtype)
 
@@ -351,26 +299,14 @@ def label_budget(config: ALConfig, num_classes: int) -> int:
     return config.init_per_class * num_classes + config.rounds * config.query_size
 
 
-def check_fits(model: Classifier, config: ALConfig, input_shape: tuple[int, ...]) -> None:
-    """Refuse, before training, a dense curvature the parameter subset makes too large."""
-    if config.posterior != "laplace" or config.laplace.structure != "full":
-        return
-    params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), input_shape))
-    if config.laplace.subset == "last-layer":
-        params = head_params(params)
-    try:
-        check_dense_fits(sum(p.size for p in jax.tree.leaves(params)))
-    except CurvatureTooLargeError as e:
-        raise ConfigError(f"--structure full on subset {config.laplace.subset!r}: {e}") from e
-
-
 def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ...],
                  num_classes: int) -> ActiveLearner:
     """Bundle and jit the functions of one run. Shapes are static, so each compiles once."""
-    check_fits(model, config, input_shape)
-    predict = partial(PREDICTIVES[config.predictive], config=config)
-    fit_posterior = POSTERIORS[config.posterior]
-    score, selector = query_strategy(config)
+    posterior_record = POSTERIORS[config.posterior]
+    posterior_record.check_model(model, config, input_shape)
+    predict = partial(PREDICTIVES[config.predictive].predict, config=config)
+    fit_posterior = posterior_record.fit
+    acquisition, selector = query_strategy(config)
     # The largest labelled set of the run: a static bound for gathering labelled points.
     capacity = label_budget(config, num_classes)
 
@@ -394,10 +330,12 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
         key_fit, key_tune = jax.random.split(key)
         posterior = fit_posterior(key_fit, model, params, x_pool[idx], y_pool[idx],
                                   valid.astype(x_pool.dtype), config)
-        if config.posterior == "laplace" and config.laplace.prior_fit == "val-nll":
+        if (posterior_record.with_prior_precision is not None
+                and config.laplace.prior_fit == "val-nll"):
             posterior = tune_prior_precision(key_tune, model, predict, posterior, x_val,
                                              y_val, config.laplace.prior_precision_grid,
-                                             chunk_size)
+                                             chunk_size,
+                                             posterior_record.with_prior_precision)
         return posterior
 
     def query(key, posterior, x_pool, labelled):
@@ -406,7 +344,7 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
         def predict_chunk(key_predict, x_chunk):
             return predict(key_predict, model, posterior, x_chunk)
 
-        scores, probs = score_pool(key_pool, predict_chunk, score, x_pool, chunk_size,
+        scores, probs = score_pool(key_pool, predict_chunk, acquisition.score, x_pool, chunk_size,
                                    with_probs=True)
         features = None
         if selector.needs_features:
@@ -451,16 +389,33 @@ def _timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def _fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, params0,
-                      labelled: jax.Array, pseudo: jax.Array | None = None):
-    """Train θ_MAP on ``labelled`` (and this round's pseudo-labels) from ``params0``, fit
-    the posterior on ``labelled`` alone, compute metrics."""
-    key_train, key_fit, key_eval = jax.random.split(key, 3)
+def train_and_fit(key_train: jax.Array, key_fit: jax.Array, learner: ActiveLearner,
+                  data: ALData, params0, labelled: jax.Array,
+                  pseudo: jax.Array | None = None):
+    """Train θ_MAP on ``labelled`` (and this round's pseudo-labels) from ``params0``, then
+    fit the posterior at θ_MAP on ``labelled`` alone (the validation set tunes λ).
+
+    The part of a round that ``jaxal.labelling`` repeats on the labels a person gave;
+    only the pool and validation arrays of ``data`` are read.
+
+    Returns:
+      (params, train_info, posterior, (train seconds, posterior seconds)).
+    """
     (params, train_info), t_train = _timed(
         lambda: learner.train(key_train, params=params0, x_pool=data.pool_x,
                               y_pool=data.pool_y, labelled=labelled, pseudo_labels=pseudo))
     posterior, t_fit = _timed(learner.fit, key_fit, params, data.pool_x, data.pool_y,
                               labelled, data.val_x, data.val_y)
+    return params, train_info, posterior, (t_train, t_fit)
+
+
+def _fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, params0,
+                      labelled: jax.Array, pseudo: jax.Array | None = None):
+    """Train θ_MAP on ``labelled`` (and this round's pseudo-labels) from ``params0``, fit
+    the posterior on ``labelled`` alone, compute metrics."""
+    key_train, key_fit, key_eval = jax.random.split(key, 3)
+    params, train_info, posterior, (t_train, t_fit) = train_and_fit(
+        key_train, key_fit, learner, data, params0, labelled, pseudo)
     start = time.perf_counter()
     test = learner.evaluate(key_eval, posterior, data.test_x, data.test_y)
     val = learner.evaluate(key_eval, posterior, data.val_x, data.val_y)
@@ -470,7 +425,8 @@ def _fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, para
         train_loss=train_info.train_nll, test_loss=float(test[0]),
         test_accuracy=float(test[1]), test_entropy=float(test[2]),
         val_loss=float(val[0]), val_accuracy=float(val[1]),
-        prior_precision=float(lam if (lam := prior_precision_of(posterior)) is not None
+        prior_precision=float(lam if (lam := POSTERIORS[learner.config.posterior]
+                                                 .prior_precision(posterior)) is not None
                               else learner.config.train.prior_precision),
         diverged=bool(train_info.train_nll >= math.log(data.num_classes)))
     return params, posterior, metrics, (t_train, t_fit, t_eval)

@@ -1,39 +1,6 @@
-"""Command line: ``python -m jaxal.plot OUT_DIR [--round R]``: redraw the figures of a
-finished run or comparison from its files, recomputing nothing."""
+"""Shim for ``python -m jaxal.plot``; the command line lives in ``jaxal.cli.plot``."""
 
-from __future__ import annotations
-
-from collections.abc import Sequence
-from pathlib import Path
-
-from jaxal.cli.common import Parser, fail, user_errors, whole
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = Parser(prog="python -m jaxal.plot", description=__doc__)
-    p.add_argument("out_dir", help="a run's out dir (python -m jaxal.run) or a comparison "
-                                   "dir (python -m jaxal.compare)")
-    p.add_argument("--round", type=whole(1), default=None,
-                   help="the AL round of Figure 4 (default: round 1); for a comparison, "
-                        "applied to every run")
-    args = p.parse_args(argv)
-    out = Path(args.out_dir)
-    with user_errors():
-        from jaxal.comparison import plot_comparison
-        from jaxal.plots import plot_run
-
-        if (out / "comparison.json").exists():
-            plot_comparison(out)
-            for run in sorted((out / "runs").iterdir()):
-                if (run / "metrics.jsonl").exists():
-                    plot_run(run, args.round)
-        elif (out / "metrics.jsonl").exists():
-            plot_run(out, args.round)
-        else:
-            fail(f"{out} holds neither a run (metrics.jsonl) nor a comparison "
-                 "(comparison.json); pass the --out dir of jaxal.run or jaxal.compare")
-    print(f"figures redrawn in {out}/")
-
+from jaxal.cli.plot import main
 
 if __name__ == "__main__":
     main()

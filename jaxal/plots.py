@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from jaxal.atomic import write_atomic
 from jaxal.errors import ConfigError, RunDirError
 
 
@@ -55,7 +56,14 @@ def figure5(rows: Sequence[dict], path: str | os.PathLike, title: str,
     ax.set_ylabel("queried points")
     ax.set_title("classes of queried points", fontsize=10)
     fig.suptitle(title)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Save ``fig`` to ``path`` atomically (``jaxal.atomic.write_atomic``), in the format
+    its suffix names (.png, .pdf): a killed run leaves the old figure, not half a new one."""
+    fmt = Path(path).suffix.lstrip(".").lower() or None   # None: savefig.format (png)
+    write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
 
 
 def _save(fig, path: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")) -> None:
@@ -63,7 +71,7 @@ def _save(fig, path: str | os.PathLike, formats: Sequence[str] = ("png", "pdf"))
     path = str(path)
     stem = path.rsplit(".", 1)[0] if path.endswith((".png", ".pdf")) else path
     for fmt in formats:
-        fig.savefig(f"{stem}.{fmt}", dpi=110)
+        save_figure(fig, f"{stem}.{fmt}")
 
 
 def figure5_bands(curves: dict[str, dict], path: str | os.PathLike, title: str) -> None:

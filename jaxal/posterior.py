@@ -13,6 +13,8 @@ N(θ_MAP, (curvature + prior_precision I)⁻¹) over all weights or the last lay
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -22,9 +24,22 @@ from jax.flatten_util import ravel_pytree
 
 from jaxal.config import VALIDATION_GRID as VALIDATION_GRID  # re-exported
 from jaxal.config import LaplaceConfig as LaplaceConfig
-from jaxal.curvature import CURVATURES, linear_head_ggn
-from jaxal.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
-from jaxal.model import Classifier, apply_head
+from jaxal.curvature import (
+    CURVATURES,
+    CurvatureTooLargeError,
+    check_dense_fits,
+    linear_head_ggn,
+)
+from jaxal.errors import ConfigError
+from jaxal.layerwise import (
+    diagonal_layer_variance,
+    ggn_diagonal_layerwise,
+    kfac_factors,
+    kfac_layer_variance,
+    logit_variance_layerwise,
+    sampled_factors,
+)
+from jaxal.model import Classifier, apply_head, init_params
 from jaxal.objective import log_likelihood
 
 
@@ -290,4 +305,180 @@ def prior_precision_of(posterior) -> jax.Array | None:
     return None if inner is None else inner.prior_precision
 
 
-POSTERIORS = {"plugin": fit_point_mass, "laplace": fit_laplace}
+# --- What a fitted Laplace posterior offers the predictives (``Posterior`` record) ------
+
+
+def posterior_samples(key: jax.Array, posterior, num_samples: int) -> jax.Array:
+    """[S, P_subset] draws from a Laplace posterior (vmapped over a key array)."""
+    inner = posterior.head if isinstance(posterior, LastLayerLaplace) else posterior.weights
+    keys = jax.random.split(key, num_samples)
+    return jax.vmap(sample_laplace, in_axes=(0, None))(keys, inner)
+
+
+def laplace_sample_probs(key: jax.Array, model: Classifier, posterior, x: jax.Array,
+                         config) -> jax.Array:
+    """softmax(f(x; θ_s)) [S, n, C] for S = ``config.laplace.samples`` draws θ_s ~ N(θ_MAP, Σ).
+
+    Samples are drawn vmapped over a key array. Last layer: the features are computed once
+    from θ_MAP and only the head is sampled (vmapped). All weights: one forward pass per
+    sample (``lax.map``), so memory is one chunk's activations whatever S is.
+    The same key gives the same S samples for every chunk of a pool.
+    """
+    samples = posterior_samples(key, posterior, config.laplace.samples)
+    if config.laplace.subset == "last-layer":
+        head = head_params(posterior.params)
+        unravel = ravel_pytree(head)[1]
+        features = model.apply(posterior.params, x, method=model.features)
+        logits = jax.vmap(lambda t: apply_head(unravel(t), features))(samples)
+        return jax.nn.softmax(logits)
+    # One plain forward pass of the chunk per sample, in sequence: vmapping over the
+    # weights turns every convolution into a grouped one, ~9x slower on XLA:CPU.
+    unravel = ravel_pytree(posterior.params)[1]
+    return jax.lax.map(lambda t: jax.nn.softmax(model.apply(unravel(t), x)), samples)
+
+
+def last_layer_logit_variance(posterior: LastLayerLaplace, features: jax.Array
+                              ) -> jax.Array:
+    """diag(J_n Σ J_nᵀ) [n, C] for the linear head, J_n = ∂f_n/∂θ_head.
+
+    Logit c depends only on kernel[:, c] and bias[c], so with φ̃_n = [φ_n, 1] its variance
+    is φ̃_nᵀ Σ_c φ̃_n, Σ_c the (d+1) x (d+1) covariance block of those parameters.
+    """
+    head = head_params(posterior.params)
+    flat, unravel = ravel_pytree(head)
+    position = unravel(jnp.arange(flat.size, dtype=jnp.float32))["params"]["head"]
+    index = jnp.concatenate([position["kernel"], position["bias"][None]]).astype(jnp.int32)
+    cov = posterior_covariance(posterior.head)                 # [P, P], P = (d+1) C
+    blocks = cov[index.T[:, :, None], index.T[:, None, :]]      # [C, d+1, d+1]
+    phi = jnp.concatenate([features, jnp.ones_like(features[:, :1])], axis=1)
+    return jnp.einsum("ni,cij,nj->nc", phi, blocks, phi)
+
+
+def weights_logit_variance(model: Classifier, posterior: WeightsLaplace, x: jax.Array
+                           ) -> jax.Array:
+    """diag(J_n Σ J_nᵀ) [n, C] for an all-weights diag, iso or KFAC posterior.
+
+    Σ is block-diagonal over layers for all three, so the variance is a sum of per-layer
+    terms from the layer inputs and the logit Jacobian's output gradients
+    (``jaxal.layerwise.logit_variance_layerwise``): diag/iso weight J² by σ²; KFAC rotates
+    both sides into the Kronecker eigenbasis and weights by 1 / (e_A e_Gᵀ + λ).
+    """
+    inner = posterior.weights
+    if isinstance(inner, KFACLaplace):
+        layer_variance = kfac_layer_variance(inner.layers, inner.prior_precision)
+    else:
+        variance = 1.0 / (jnp.broadcast_to(inner.curvature, inner.mean.shape)
+                          + inner.prior_precision)
+        variance_tree = ravel_pytree(posterior.params)[1](variance)
+        layer_variance = diagonal_layer_variance(variance_tree)
+    return logit_variance_layerwise(model, posterior.params, x, layer_variance)
+
+
+def laplace_logit_variance(model: Classifier, posterior, x: jax.Array, config
+                           ) -> tuple[jax.Array, jax.Array]:
+    """(f(x; θ_MAP), diag(J Σ Jᵀ)) [n, C] each: the linearised (GLM) logits' mean and
+    variance, for the last layer (any structure) and all weights with diag, iso or KFAC."""
+    if config.laplace.subset == "last-layer":
+        features = model.apply(posterior.params, x, method=model.features)
+        logits = apply_head(head_params(posterior.params), features)
+        return logits, last_layer_logit_variance(posterior, features)
+    return model.apply(posterior.params, x), weights_logit_variance(model, posterior, x)
+
+
+
+
+# --- The registry: one record per posterior family ---------------------------------------
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_laplace(config) -> None:
+    """The Laplace posterior's own rules on ``config.laplace`` (and the predictive)."""
+    lc = config.laplace
+    _need((lc.curvature, lc.structure) in CURVATURES or lc.structure == "kfac"
+          or lc.curvature == "ggn-mc",
+          f"unknown curvature {lc.curvature!r} / structure {lc.structure!r}; choose from "
+          f"{sorted(CURVATURES)}, ('ggn', 'kfac') or 'ggn-mc' with diag/iso/kfac")
+    _need(lc.structure != "kfac" or lc.curvature in ("ggn", "ggn-mc"),
+          "KFAC factorises the GGN; use --curvature ggn (or ggn-mc) with --structure kfac")
+    _need(lc.structure != "kfac" or lc.subset == "all",
+          "KFAC is for all weights; on the last layer (1,290 parameters) use "
+          "--structure full, which is exact and cheap")
+    _need(lc.subset in SUBSETS, f"unknown subset {lc.subset!r}; choose one of {SUBSETS}")
+    _need(lc.samples > 0, f"samples must be > 0 (got {lc.samples})")
+    _need(lc.prior_precision is None or (math.isfinite(lc.prior_precision)
+                                          and lc.prior_precision > 0),
+          f"Laplace prior precision must be a finite number > 0 (got {lc.prior_precision})")
+    # With λ = 0 the posterior precision is the curvature alone, singular whenever there
+    # are fewer labels than weights: the covariance is infinite.
+    _need(lc.prior_fit != "none" or (lc.prior_precision or config.train.prior_precision) > 0,
+          "the Laplace posterior needs a prior precision > 0 (got 0: its covariance would "
+          "be infinite); use --prior-precision 1, val-nll or auto")
+    _need(config.predictive != "probit" or lc.subset == "last-layer"
+          or lc.structure in ("diag", "iso", "kfac"),
+          "the probit predictive over all weights needs a layer-block covariance; use "
+          "--structure diag, iso or kfac, or --subset last-layer, or --predictive mc")
+    _need(lc.curvature != "ggn-mc" or (lc.subset == "all" and lc.structure != "full"),
+          "the sampled GGN (ggn-mc) is for all weights with --structure diag, iso or "
+          "kfac; elsewhere use --curvature ggn, which is exact and cheap there")
+    _need(lc.prior_fit in PRIOR_FITS,
+          f"unknown prior fit {lc.prior_fit!r}; choose one of {list(PRIOR_FITS)}")
+    _need(lc.prior_fit != "val-nll" or (
+              len(lc.prior_precision_grid) > 0
+              and all(math.isfinite(v) and v > 0 for v in lc.prior_precision_grid)),
+          f"the val-nll prior fit needs a grid of values > 0 (got "
+          f"{lc.prior_precision_grid}); pass prior_precision_grid or another prior_fit")
+    _need(lc.subset == "last-layer" or lc.curvature != "hessian" or lc.structure == "full",
+          "the Hessian diag/iso forms need the dense Hessian, which does not fit for all "
+          "weights; use --curvature ggn or --subset last-layer")
+
+
+def check_laplace_fits(model: Classifier, config, input_shape: tuple[int, ...]) -> None:
+    """Refuse, before training, a dense curvature the parameter subset makes too large."""
+    if config.laplace.structure != "full":
+        return
+    params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), input_shape))
+    if config.laplace.subset == "last-layer":
+        params = head_params(params)
+    try:
+        check_dense_fits(sum(p.size for p in jax.tree.leaves(params)))
+    except CurvatureTooLargeError as e:
+        raise ConfigError(f"--structure full on subset {config.laplace.subset!r}: {e}") from e
+
+
+def laplace_default_predictive(config, needs_samples: bool) -> str:
+    """mc when the acquisition needs samples or the subset is all weights, else probit
+    (last layer: measured best, ``benchmarks/laplace_curves.py``)."""
+    return "mc" if needs_samples or config.laplace.subset != "last-layer" else "probit"
+
+
+class Posterior(NamedTuple):
+    """A posterior family: its fit, and what its fitted state offers the predictives.
+
+    A fitted state is a pytree with θ_MAP as ``state.params``. A capability the family
+    lacks is None, and the predictives that need it (``jaxal.predictive.Predictive.needs``)
+    are refused with it before any work. Adding a posterior is one fit function (and
+    whichever capabilities it has) plus one entry in ``POSTERIORS``.
+    """
+
+    fit: Callable                   # (key, model, params, x, y, weights, config) -> state
+    sample_probs: Callable | None = None    # (key, model, state, x, config) -> [s, n, c]
+    logit_variance: Callable | None = None  # (model, state, x, config) -> (f, var) [n, c]
+    prior_precision: Callable = lambda state: None          # state -> λ (None: no prior)
+    with_prior_precision: Callable | None = None             # (state, λ) -> state
+    check: Callable = lambda config: None                    # raises ConfigError
+    check_model: Callable = lambda model, config, input_shape: None   # before training
+    default_predictive: Callable = lambda config, needs_samples: "plugin"
+
+
+POSTERIORS: dict[str, Posterior] = {
+    "plugin": Posterior(fit_point_mass),
+    "laplace": Posterior(
+        fit_laplace, sample_probs=laplace_sample_probs, logit_variance=laplace_logit_variance,
+        prior_precision=prior_precision_of, with_prior_precision=with_prior_precision,
+        check=check_laplace, check_model=check_laplace_fits,
+        default_predictive=laplace_default_predictive),
+}

@@ -23,13 +23,10 @@ empty, corrupt or foreign file, never a traceback.
 from __future__ import annotations
 
 import csv
-import errno
 import hashlib
 import io
 import json
 import os
-import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal import __version__
+from jaxal.atomic import TEMP_NAME, write_atomic
 from jaxal.errors import JaxalError, RunDirError
 from jaxal.loop import (
     ActiveLearner,
@@ -66,29 +64,11 @@ METRIC_COLUMNS = ("round", "num_labels", "train_loss", "test_loss", "test_accura
 EXTREMES_KEYS = ("round", *(f"{side}_{what}" for side in ("top", "bottom")
                             for what in ("index", "score", "label", "image")))
 
-# The names of half-written files a killed write leaves: ``write_bytes_atomic``'s
-# .<name>.<8 chars of tempfile's alphabet>.tmp, and the figures' .<name>.tmp.<png|pdf>.
-_TEMP_NAME = re.compile(r"\..+\.(?:[a-z0-9_]{8}\.tmp|tmp\.(?:png|pdf))")
-
 _REWRITE = "rerun the run's command, which rewrites it from the checkpoint"
 
 
 def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"
-
-
-def _umask() -> int:
-    """The process umask, read from /proc (Linux) or else set and restored at once."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -101,30 +81,9 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same dir and ``os.replace``.
-
-    The file gets mode 0o666 & ~umask like any new file (a figure, say), not mkstemp's
-    0600. A full disk raises RunDirError; the old file and no temp file remain.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RunDirError(f"disk full writing {path}; free space and rerun the same "
-                              "command: the run resumes after the last finished round") from e
-        raise
+    """Write ``data`` to ``path`` via a temp file in the same dir and ``os.replace``
+    (``jaxal.atomic.write_atomic``: umask mode; a full disk is a RunDirError)."""
+    write_atomic(path, lambda f: f.write(data))
 
 
 def remove_temp_files(out_dir: str | os.PathLike) -> list[Path]:
@@ -135,7 +94,7 @@ def remove_temp_files(out_dir: str | os.PathLike) -> list[Path]:
         return []
     removed = []
     for path in sorted(out_dir.iterdir()):
-        if _TEMP_NAME.fullmatch(path.name) and path.is_file():
+        if TEMP_NAME.fullmatch(path.name) and path.is_file():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -20,14 +20,22 @@ Two families:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxal.acquisition import ScoreFn, bald, entropy, select_top_k
+from jaxal.acquisition import (
+    ACQUISITIONS,
+    Acquisition,
+    entropy,
+    finite_scores,
+    select_top_k,
+)
 from jaxal.chunks import map_chunks
+from jaxal.errors import ConfigError
 
 _TINY = 1e-12
 # Pool rows per block when comparing the pool with the labelled set ([block, |L|] floats).
@@ -60,17 +68,23 @@ class Pool(NamedTuple):
         return self.labelled.sum()
 
 
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
 class Selector(NamedTuple):
+    """How a batch is picked, and what it reads and checks.
+
+    A batch selector (``score`` None) turns any acquisition score into a batch
+    (``--batch``); a strategy brings the score of its own pool pass (``--acq``).
+    """
+
     select: Callable            # (key, pool, config) -> (indices [k], scores [k])
     needs_features: bool = False
-    needs_samples: bool = False
-    score: ScoreFn | None = None   # strategies: the score of their pool pass (or none)
-
-
-def _finite(scores: jax.Array) -> jax.Array:
-    """NaN and -inf raised to the lowest finite float, so they rank last but still rank."""
-    lowest = jnp.finfo(scores.dtype).min
-    return jnp.nan_to_num(scores, nan=lowest, neginf=lowest)
+    needs_samples: bool = False   # reads pool.sample_probs_of
+    score: Acquisition | None = None   # strategies: the score of their pool pass
+    check: Callable = lambda config: None   # its own hyperparameters; raises ConfigError
 
 
 def top_k(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]:
@@ -83,15 +97,15 @@ def top_k(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]:
 
 def _gumbel_top_k(key: jax.Array, log_weights: jax.Array, labelled: jax.Array, k: int):
     """k distinct draws without replacement, P(i) ∝ exp(log_weights_i) (Gumbel-top-k)."""
-    perturbed = _finite(log_weights) + jax.random.gumbel(key, log_weights.shape,
-                                                         log_weights.dtype)
+    perturbed = finite_scores(log_weights) + jax.random.gumbel(key, log_weights.shape,
+                                                               log_weights.dtype)
     _, idx = jax.lax.top_k(jnp.where(labelled, -jnp.inf, perturbed), k)
     return idx
 
 
 def _stochastic(log_weights_of: Callable[[jax.Array, float], jax.Array]) -> Callable:
     def select(key, pool: Pool, config):
-        log_weights = log_weights_of(_finite(pool.scores), config.stochastic_beta)
+        log_weights = log_weights_of(finite_scores(pool.scores), config.stochastic_beta)
         idx = _gumbel_top_k(key, log_weights, pool.labelled, config.query_size)
         return idx, pool.scores[idx]
     return select
@@ -156,7 +170,7 @@ def hybrid(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]:
     """
     del key
     beta, k = config.hybrid_beta, config.query_size
-    scores = _finite(pool.scores)
+    scores = finite_scores(pool.scores)
     lo = jnp.where(pool.labelled, jnp.inf, scores).min()
     hi = jnp.where(pool.labelled, -jnp.inf, scores).max()
     uncertainty = (scores - lo) / jnp.maximum(hi - lo, _TINY)
@@ -352,15 +366,38 @@ def _no_score(key, out):
     return jnp.zeros(out.probs.shape[:1], out.probs.dtype)
 
 
+def _check_hybrid(config) -> None:
+    _need(0.0 <= config.hybrid_beta <= 1.0,
+          f"hybrid beta must be in [0, 1] (got {config.hybrid_beta}): 0 is pure "
+          "uncertainty, 1 pure diversity")
+
+
+def _check_stochastic(config) -> None:
+    # inf passes a "> 0" check, and an infinite coldness makes the weights NaN (the
+    # selectors then picked pool indices 0..k-1).
+    _need(math.isfinite(config.stochastic_beta) and config.stochastic_beta > 0,
+          f"stochastic beta must be a finite number > 0 (got {config.stochastic_beta}); "
+          "large values (e.g. 100) approach top-k")
+
+
+def _check_batchbald(config) -> None:
+    _need(config.batchbald_configs > 0,
+          f"batchbald configs must be > 0 (got {config.batchbald_configs})")
+    _need(config.batchbald_candidates >= config.query_size,
+          f"batchbald candidates ({config.batchbald_candidates}) must be >= the query size "
+          f"({config.query_size}); raise --batchbald-candidates")
+
+
 SELECTORS: dict[str, Selector] = {
     "topk": Selector(top_k),
-    "hybrid": Selector(hybrid, needs_features=True),
-    "power": Selector(_stochastic(_power_log_weights)),
-    "softmax": Selector(_stochastic(_softmax_log_weights)),
-    "softrank": Selector(_stochastic(_softrank_log_weights)),
-    "kcenter": Selector(k_center, needs_features=True, score=_no_score),
-    "badge": Selector(badge, needs_features=True, score=_no_score),
-    "batchbald": Selector(batchbald, needs_samples=True, score=bald),
+    "hybrid": Selector(hybrid, needs_features=True, check=_check_hybrid),
+    "power": Selector(_stochastic(_power_log_weights), check=_check_stochastic),
+    "softmax": Selector(_stochastic(_softmax_log_weights), check=_check_stochastic),
+    "softrank": Selector(_stochastic(_softrank_log_weights), check=_check_stochastic),
+    "kcenter": Selector(k_center, needs_features=True, score=Acquisition(_no_score)),
+    "badge": Selector(badge, needs_features=True, score=Acquisition(_no_score)),
+    "batchbald": Selector(batchbald, needs_samples=True, score=ACQUISITIONS["bald"],
+                          check=_check_batchbald),
 }
 
 # Selectors that turn any score into a batch (``--batch``); the others are strategies

@@ -8,6 +8,7 @@ training function therefore serves every round.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 
 from jaxal.config import TrainConfig as TrainConfig  # re-exported
+from jaxal.errors import ConfigError
 from jaxal.model import Classifier
 from jaxal.objective import log_likelihood, minibatch_objective
 
@@ -24,6 +26,23 @@ OPTIMIZERS = {
     "adam": optax.adam,
     "sgd": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
 }
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """Raise ConfigError, naming the fix, for a training config that cannot work."""
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
+
+    need(config.steps > 0, f"training steps must be > 0 (got {config.steps})")
+    need(config.batch_size > 0, f"batch size must be > 0 (got {config.batch_size})")
+    # inf passes a "> 0" check and trains to NaN.
+    need(math.isfinite(config.learning_rate) and config.learning_rate > 0,
+         f"learning rate must be a finite number > 0 (got {config.learning_rate})")
+    need(math.isfinite(config.prior_precision) and config.prior_precision >= 0,
+         f"prior precision must be a finite number >= 0 (got {config.prior_precision})")
+    need(config.optimizer in OPTIMIZERS,
+         f"unknown optimizer {config.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
 
 
 class TrainInfo(NamedTuple):

@@ -41,9 +41,10 @@ from jaxal.posterior import (
     LaplaceConfig,
     PointMass,
     fit_laplace,
+    posterior_samples,
     prior_precision_of,
 )
-from jaxal.predictive import PREDICTIVES, posterior_samples
+from jaxal.predictive import PREDICTIVES
 from jaxal.train import TrainConfig, make_trainer, train_map
 
 QUICK = os.environ.get("JAXAL_NOTEBOOK_QUICK", "") not in ("", "0")
@@ -150,12 +151,12 @@ def predictive(title: str, posterior, inputs):
     """The figure's predictive of one column (all columns but the plugin are Laplace)."""
     if title == "last layer":
         config = laplace_config(*POSTERIORS[title], "mc")
-        return PREDICTIVES["mc"](key_predict, model, posterior, inputs, config).probs
+        return PREDICTIVES["mc"].predict(key_predict, model, posterior, inputs, config).probs
     return linearised_mc(key_predict, posterior, inputs)
 
 
 plugin = PointMass(params)
-predictions = {"plugin (MAP)": PREDICTIVES["plugin"](key_predict, model, plugin, grid,
+predictions = {"plugin (MAP)": PREDICTIVES["plugin"].predict(key_predict, model, plugin, grid,
                                                      ALConfig()).probs}
 for title, posterior in posteriors.items():
     predictions[title] = predictive(title, posterior, grid)
@@ -216,7 +217,7 @@ if not QUICK:
 distance = np.min(np.linalg.norm(np.asarray(grid)[:, None] - x_np[None], axis=-1), axis=1)
 far = distance > 1.0
 print(f"{far.sum()} of {far.size} grid points are more than 1 unit from the data")
-at_data = {"plugin (MAP)": PREDICTIVES["plugin"](key_predict, model, plugin, x,
+at_data = {"plugin (MAP)": PREDICTIVES["plugin"].predict(key_predict, model, plugin, x,
                                                  ALConfig()).probs}
 for title, posterior in posteriors.items():
     at_data[title] = predictive(title, posterior, x)
@@ -254,7 +255,7 @@ network_mc = {}
 for title, posterior in posteriors.items():
     config = laplace_config(*POSTERIORS[title], "mc")
     predict = jax.jit(lambda key, post, inputs, c=config:
-                      PREDICTIVES["mc"](key, model, post, inputs, c).probs)
+                      PREDICTIVES["mc"].predict(key, model, post, inputs, c).probs)
     network_mc[title] = predict(key_predict, posterior, grid)
     on_data = predict(key_predict, posterior, x)
     print(f"{title:>10}, mc with {SAMPLES} samples: training accuracy "
@@ -289,7 +290,7 @@ for title, posterior in posteriors.items():
     if title == "full":
         continue
     config = laplace_config(*POSTERIORS[title], "probit")
-    probs = PREDICTIVES["probit"](key_predict, model, posterior, grid, config).probs
+    probs = PREDICTIVES["probit"].predict(key_predict, model, posterior, grid, config).probs
     gap = float(jnp.abs(probs[:, 1] - predictions[title][:, 1]).max())
     print(f"{title:>10}  {gap:34.3f}  {float(entropy(probs)[far].mean()):12.3f} / "
           f"{far_entropy[title]:.3f}")

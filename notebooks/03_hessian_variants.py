@@ -43,9 +43,10 @@ from jaxal.posterior import (
     LaplaceConfig,
     fit_laplace,
     head_params,
+    last_layer_logit_variance,
     posterior_covariance,
+    weights_logit_variance,
 )
-from jaxal.predictive import last_layer_logit_variance, weights_logit_variance
 from jaxal.train import TrainConfig, make_trainer, train_map
 
 QUICK = os.environ.get("JAXAL_NOTEBOOK_QUICK", "") not in ("", "0")
@@ -312,7 +313,7 @@ if not QUICK:
 # over classes, which is what the predictive probabilities see. It is computed from the
 # dense covariances above, and checked against the posteriors jaxal fits (`fit_laplace`, λ
 # fixed) and, for the diagonal, isotropic and KFAC ones, against jaxal's layerwise logit
-# variance (`predictive.weights_logit_variance`, which never forms Σ).
+# variance (`posterior.weights_logit_variance`, which never forms Σ).
 
 # %%
 def relative_error(approx: np.ndarray, exact: np.ndarray) -> float:

@@ -11,7 +11,6 @@ from jaxal.acquisition import (
     ACQUISITIONS,
     entropy,
     map_chunks,
-    requires_samples,
     score_pool,
     select_top_k,
 )
@@ -75,13 +74,13 @@ def sample_output(sample_probs) -> PredictiveOutput:
 def test_every_acquisition_has_a_test():
     """A new registry entry must get hand-computed values here (or be random)."""
     assert set(ACQUISITIONS) == {"random", *EXPECTED, *SAMPLE_EXPECTED}
-    assert {n for n in ACQUISITIONS if requires_samples(ACQUISITIONS[n])} == set(
+    assert {n for n in ACQUISITIONS if ACQUISITIONS[n].needs_samples} == set(
         SAMPLE_EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLE_EXPECTED))
 def test_sample_scores_match_hand_computed_values(name):
-    scores = jax.jit(ACQUISITIONS[name])(jax.random.key(0), sample_output(SAMPLE_PROBS))
+    scores = jax.jit(ACQUISITIONS[name].score)(jax.random.key(0), sample_output(SAMPLE_PROBS))
     assert scores.shape == (3,)
     np.testing.assert_allclose(scores, SAMPLE_EXPECTED[name], rtol=1e-6, atol=1e-6)
 
@@ -91,10 +90,10 @@ def test_sample_scores_are_zero_when_samples_agree_and_refuse_without_samples(na
     """Identical samples carry no epistemic uncertainty; no samples is an error."""
     probs = jnp.asarray(PROBS)
     same = jnp.broadcast_to(probs, (5, *probs.shape))
-    np.testing.assert_allclose(ACQUISITIONS[name](jax.random.key(0), sample_output(same)),
+    np.testing.assert_allclose(ACQUISITIONS[name].score(jax.random.key(0), sample_output(same)),
                                np.zeros(4), atol=1e-6)
     with pytest.raises(ValueError, match="needs per-sample probabilities"):
-        ACQUISITIONS[name](jax.random.key(0), PredictiveOutput(probs))
+        ACQUISITIONS[name].score(jax.random.key(0), PredictiveOutput(probs))
 
 
 def test_bald_is_the_mutual_information_of_a_monte_carlo_table():
@@ -103,13 +102,13 @@ def test_bald_is_the_mutual_information_of_a_monte_carlo_table():
     joint = np.asarray(sample_probs, np.float64).transpose(1, 0, 2) / 7.0   # [n, s, c]
     p_y = joint.sum(1, keepdims=True)
     mi = (joint * np.log(joint / (p_y * (1.0 / 7.0)))).sum((1, 2))
-    np.testing.assert_allclose(ACQUISITIONS["bald"](None, sample_output(sample_probs)), mi,
+    np.testing.assert_allclose(ACQUISITIONS["bald"].score(None, sample_output(sample_probs)), mi,
                                rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_scores_match_hand_computed_values(name):
-    scores = ACQUISITIONS[name](jax.random.key(0), PredictiveOutput(jnp.asarray(PROBS)))
+    scores = ACQUISITIONS[name].score(jax.random.key(0), PredictiveOutput(jnp.asarray(PROBS)))
     assert scores.shape == (4,)
     np.testing.assert_allclose(scores, EXPECTED[name], rtol=1e-6, atol=1e-6)
 
@@ -129,24 +128,24 @@ def test_scores_are_finite_for_saturated_predictions(name):
     probs = jnp.concatenate([jnp.eye(3), jax.nn.softmax(jnp.array([[200.0, 0.0, -200.0]]))])
     # Samples: the rows, and the rows rolled by a class (saturated disagreement).
     out = sample_output(jnp.stack([probs, jnp.roll(probs, 1, axis=1)]))
-    scores = jax.jit(ACQUISITIONS[name])(jax.random.key(0), out)
+    scores = jax.jit(ACQUISITIONS[name].score)(jax.random.key(0), out)
     assert scores.shape == (4,)
     assert bool(jnp.isfinite(scores).all())
-    if requires_samples(ACQUISITIONS[name]):
+    if ACQUISITIONS[name].needs_samples:
         assert bool((scores > 0).all()), "confident disagreement is maximally informative"
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_uncertain_rows_score_higher(name):
     """Higher = query first: uniform above a generic row, above a one-hot row."""
-    scores = ACQUISITIONS[name](jax.random.key(0), PredictiveOutput(jnp.asarray(PROBS)))
+    scores = ACQUISITIONS[name].score(jax.random.key(0), PredictiveOutput(jnp.asarray(PROBS)))
     assert scores[1] > scores[2] > scores[0]
     assert scores[1] > scores[3] > scores[0]
 
 
 def test_random_score():
     out = PredictiveOutput(jnp.full((1000, 3), 1 / 3))
-    random_score = ACQUISITIONS["random"]
+    random_score = ACQUISITIONS["random"].score
     scores = random_score(jax.random.key(0), out)
     assert scores.shape == (1000,)
     assert bool(((scores >= 0) & (scores < 1)).all())
@@ -259,7 +258,7 @@ def plugin(model, params):
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_score_pool_equals_scoring_the_whole_pool(tiny_mlp, name):
     model, params, x_pool = tiny_mlp
-    score = ACQUISITIONS[name]
+    score = ACQUISITIONS[name].score
     probs = jax.nn.softmax(model.apply(params, x_pool))
     expected = score(jax.random.key(0), PredictiveOutput(probs))
     run = jax.jit(lambda key, chunk_size: score_pool(key, plugin(model, params), score, x_pool,
@@ -273,11 +272,11 @@ def test_score_pool_equals_scoring_the_whole_pool(tiny_mlp, name):
 def test_score_pool_random_scores_differ_across_chunks():
     out = lambda key, x: PredictiveOutput(jnp.full((x.shape[0], 3), 1 / 3))
     x_pool = jnp.zeros((100, 2))
-    scores = score_pool(jax.random.key(0), out, ACQUISITIONS["random"], x_pool, 10)
+    scores = score_pool(jax.random.key(0), out, ACQUISITIONS["random"].score, x_pool, 10)
     assert scores.shape == (100,)
     assert len(np.unique(scores)) == 100  # no chunk repeats another's scores
     np.testing.assert_array_equal(
-        scores, score_pool(jax.random.key(0), out, ACQUISITIONS["random"], x_pool, 10))
+        scores, score_pool(jax.random.key(0), out, ACQUISITIONS["random"].score, x_pool, 10))
 
 
 def test_score_pool_gives_every_chunk_the_same_predictive_key():
@@ -287,6 +286,6 @@ def test_score_pool_gives_every_chunk_the_same_predictive_key():
         row = jax.nn.softmax(jax.random.normal(key, (4,)))
         return PredictiveOutput(jnp.broadcast_to(row, (x.shape[0], 4)))
 
-    scores = score_pool(jax.random.key(0), key_dependent_predict, ACQUISITIONS["entropy"],
+    scores = score_pool(jax.random.key(0), key_dependent_predict, ACQUISITIONS["entropy"].score,
                         jnp.zeros((30, 2)), 7)
     np.testing.assert_allclose(scores, np.full(30, float(scores[0])), rtol=1e-6)

@@ -13,14 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from test_resume import CONFIG
 
+from jaxal.atomic import write_atomic
 from jaxal.comparison import plot_comparison
 from jaxal.errors import RunDirError
 from jaxal.experiment import load_split, run_experiment, to_device
 from jaxal.loop import make_learner
 from jaxal.model import mlp
-from jaxal.plots import plot_run
+from jaxal.plots import FIGURE5_PANELS, figure5, plot_run, save_figure, subplots
 from jaxal.results import (
     CHECKPOINT,
     PICKLE_CHECKPOINT,
@@ -262,40 +264,73 @@ def test_result_files_get_the_umask_mode_of_a_figure(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
         write_text_atomic(tmp_path / "metrics.csv", "round\n0\n")
+        save_figure(subplots(1, 1, figsize=(1, 1))[0], tmp_path / "figure5.png")
         (tmp_path / "figure.png").write_bytes(b"png")
     finally:
         os.umask(old)
     assert (tmp_path / "metrics.csv").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "figure5.png").stat().st_mode & 0o777 == mode
     assert (tmp_path / "figure.png").stat().st_mode & 0o777 == mode
     assert os.umask(old) == old, "the umask is left as it was"
 
 
+def full_disk(code):
+    """A ``write`` for ``write_atomic`` that gets part of the file out, then finds the
+    disk full."""
+    def write(f):
+        f.write(b"ne")
+        f.flush()
+        raise OSError(code, os.strerror(code))
+    return write
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
-def test_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, code):
+def test_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, code):
     path = tmp_path / "metrics.csv"
     path.write_text("old\n")
-
-    def full(fd, data):
-        raise OSError(code, os.strerror(code))
-
-    monkeypatch.setattr(os, "write", full)
     with pytest.raises(RunDirError, match=rf"^disk full writing {path}; free space and "
                                           "rerun the same command: the run resumes"):
-        write_bytes_atomic(path, b"new\n")
-    monkeypatch.undo()
+        write_atomic(path, full_disk(code))
     assert path.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
 
 
-def test_other_write_errors_propagate(tmp_path, monkeypatch):
-    def broken(fd, data):
+def test_full_disk_while_saving_a_figure_keeps_the_old_figure(tmp_path, monkeypatch):
+    path = tmp_path / "figure5.png"
+    path.write_bytes(b"old figure")
+    monkeypatch.setattr(Figure, "savefig", lambda self, f, **kwargs:
+                        full_disk(errno.ENOSPC)(f))
+    rows = [{"num_labels": 4, **{key: 0.5 for key, _ in FIGURE5_PANELS}}]
+    with pytest.raises(RunDirError, match=rf"^disk full writing {path}; free space"):
+        figure5(rows, path, "title", [0, 1], 2)
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure5.png"]
+
+
+def test_full_disk_under_an_optional_file_stays_an_os_error(tmp_path):
+    """The dataset cache's case: its caller warns and goes on without it."""
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(tmp_path / "x.npz", full_disk(errno.ENOSPC), full_disk_fix=None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_write_errors_propagate(tmp_path):
+    def broken(f):
+        f.write(b"x")
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(os, "write", broken)
     with pytest.raises(OSError, match="I/O error"):
-        write_bytes_atomic(tmp_path / "x", b"x")
-    monkeypatch.undo()
+        write_atomic(tmp_path / "x", broken)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_bytes_atomic_replaces_the_whole_file(tmp_path):
+    path = tmp_path / "extremes.npz"
+    path.write_bytes(b"old and longer than the new content")
+    write_bytes_atomic(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extremes.npz"]
 
 
 def test_remove_temp_files_removes_only_jaxals_leftovers(tmp_path):

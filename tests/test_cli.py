@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxal import data as datasets
-from jaxal.run import main
+from jaxal.cli.run import main
 
 TINY = ["--dataset", "mnist", "--acq", "margin", "--rounds", "2", "--query-size", "5",
         "--init-per-class", "1", "--pool-size", "600", "--val-size", "100", "--steps", "20",

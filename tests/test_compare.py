@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxal.compare import main as compare_main
+from jaxal.cli.compare import main as compare_main
+from jaxal.cli.plot import main as plot_main
 from jaxal.comparison import NOT_REACHED, aubc, labels_to_reach, median_labels
-from jaxal.plot import main as plot_main
 from jaxal.results import read_metrics
 
 ARGS = ["--dataset", "moons", "--acq", "random", "entropy", "bald", "--posterior", "plugin",

@@ -106,8 +106,29 @@ def test_ggn_equals_hessian_for_linear_softmax():
     np.testing.assert_allclose(ggn, reference, atol=1e-9)
 
 
-def test_hessian_of_network_differs_from_ggn(problem):
-    """Away from a linear model the Hessian carries the residual term the GGN drops."""
+def test_hessian_is_ggn_plus_the_residual_term(problem, request):
+    """H = G + Σ_n Σ_c (p_nc - [y_n = c]) ∇²_θ f_c(x_n; θ): the GGN drops the residual
+    term, which vanishes only where the logits are linear in θ (the last layer)."""
+    fn, params, x, y, ggn = problem
+    with jax.enable_x64(True):
+        hess = np.asarray(hessian_full(fn, params, x, y))
+        flat, unravel = ravel_pytree(params)
+        logits = fn(params, x)
+        weights = jax.nn.softmax(logits) - jax.nn.one_hot(y, logits.shape[-1],
+                                                           dtype=logits.dtype)
+        # ∇²_θ of Σ w_nc f_c(x_n; θ) with the weights held fixed: the residual term.
+        residual = np.asarray(jax.hessian(lambda t: (weights * fn(unravel(t), x)).sum())(flat))
+    np.testing.assert_allclose(hess, ggn + residual, atol=1e-9)
+    gap = np.linalg.norm(hess - ggn) / np.linalg.norm(ggn)
+    if request.node.callspec.params["problem"] == "last-layer":
+        assert gap < 1e-12, f"a linear model's Hessian is its GGN (relative gap {gap:.1e})"
+    else:
+        assert gap > 0.1, f"the network's Hessian is its GGN (relative gap {gap:.1e})"
+        # The GGN is positive semi-definite; the residual term makes the Hessian indefinite.
+        assert np.linalg.eigvalsh(hess).min() < -0.1
+
+
+def test_hessian_full_matches_finite_differences_of_the_gradient(problem):
     fn, params, x, y, _ = problem
     with jax.enable_x64(True):
         hess = np.asarray(hessian_full(fn, params, x, y))

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.testing import mocking
 
 from jaxal import data
+from jaxal.cli import data as data_cli
 from jaxal.errors import ConfigError
 
 REPO_ROOT = Path(__file__).parents[1]
@@ -160,14 +161,14 @@ def test_second_load_does_not_decode(mnist, mnist_data_dir, monkeypatch, empty_m
 
 
 def test_cli_info_prints_counts(mnist, mnist_data_dir, capsys):
-    data.main(["info", "mnist", "--data-dir", str(mnist_data_dir)])
+    data_cli.main(["info", "mnist", "--data-dir", str(mnist_data_dir)])
     out = capsys.readouterr().out
     assert "mnist 3.0.1" in out and "uint8[60000, 28, 28, 1]" in out and "[980, 1135," in out
 
 
 def test_cli_help():
     with pytest.raises(SystemExit) as exit_info:
-        data.main(["--help"])
+        data_cli.main(["--help"])
     assert exit_info.value.code == 0
 
 
@@ -394,7 +395,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(
     argv = _cli_case(case, tmp_path, mnist_copy)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        data.main(argv)
+        data_cli.main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     lines = [line for line in err.splitlines() if line.startswith("error: ")]

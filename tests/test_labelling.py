@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from jaxal.cli.label import main as label_main
 from jaxal.errors import ConfigError, JaxalError
 from jaxal.experiment import ExperimentConfig, load_split
-from jaxal.label import main as label_main
 from jaxal.labelling import (
     LabelError,
     parse_label_csv,

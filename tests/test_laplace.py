@@ -1,4 +1,5 @@
-"""Laplace posteriors: evidence against closed forms, prior scaling, sample moments."""
+"""Laplace posteriors: evidence against closed forms, prior scaling, sample moments, and
+the all-weights MC predictive against a loop over weight samples."""
 
 import jax
 import jax.numpy as jnp
@@ -6,16 +7,20 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from jaxal.config import ALConfig, LaplaceConfig
 from jaxal.curvature import ggn_full
-from jaxal.model import apply_head
+from jaxal.model import apply_head, cnn, init_params, mlp
 from jaxal.objective import map_objective
 from jaxal.posterior import (
     LAPLACE_STRUCTURES,
+    WeightsLaplace,
+    fit_laplace,
     fit_prior_precision,
     log_marginal_likelihood,
     posterior_covariance,
     sample_laplace,
 )
+from jaxal.predictive import mc_predictive
 
 
 def linear_regression(seed=0, n=30, p=4, noise=0.5):
@@ -122,3 +127,40 @@ def test_indefinite_hessian_is_clipped_not_nan():
     assert np.isfinite(np.asarray(sample_laplace(jax.random.key(0), post))).all()
     diag = LAPLACE_STRUCTURES["diag"](jnp.zeros(2), jnp.asarray([2.0, -5.0]), 0.5)
     np.testing.assert_allclose(np.asarray(diag.curvature), [2.0, 0.0])
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("structure", ["diag", "iso"])
+def test_all_weights_mc_predictive_equals_a_loop_over_weight_samples(name, structure):
+    """``mc_predictive`` of an all-weights posterior against a plain loop over samples:
+
+        θ_s = θ_MAP + z_s / √(d + λ),  z_s ~ N(0, I) from the s-th key of split(key, S),
+        p_s = softmax(f(x; θ_s)),  p = 1/S Σ_s p_s.
+    """
+    model = mlp(3, hidden=(4, 5)) if name == "mlp" else cnn(3, channels=(2, 3, 2), hidden=4)
+    shape = (2,) if name == "mlp" else (8, 8, 1)
+    rng = np.random.default_rng(0)
+    params = init_params(model, jax.random.key(1), shape)
+    x = jnp.asarray(rng.normal(size=(6, *shape)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, 6))
+    num_samples = 8
+    config = ALConfig(posterior="laplace", predictive="mc", laplace=LaplaceConfig(
+        structure=structure, subset="all", samples=num_samples, prior_precision=0.5,
+        prior_fit="none"))
+    posterior = fit_laplace(jax.random.key(2), model, params, x, y, jnp.ones(6), config)
+    assert isinstance(posterior, WeightsLaplace)
+    key = jax.random.key(4)
+    out = jax.jit(lambda k: mc_predictive(k, model, posterior, x, config))(key)
+
+    mean, unravel = ravel_pytree(params)
+    precision = posterior.weights.curvature + posterior.weights.prior_precision
+    expected = []
+    for key_s in jax.random.split(key, num_samples):
+        theta = mean + jax.random.normal(key_s, mean.shape, mean.dtype) / jnp.sqrt(precision)
+        expected.append(np.asarray(jax.nn.softmax(model.apply(unravel(theta), x))))
+    expected = np.stack(expected)
+    np.testing.assert_allclose(np.asarray(out.sample_probs), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.probs), expected.mean(0), atol=1e-5)
+    # The samples move the predictive: this is no plugin compared with itself.
+    plugin = np.asarray(jax.nn.softmax(model.apply(params, x)))
+    assert np.abs(expected - plugin).max() > 1e-2

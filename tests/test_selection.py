@@ -51,8 +51,32 @@ def assert_valid(idx, labelled, k):
 
 
 def test_registry_split():
-    assert set(BATCH_SELECTORS) | set(STRATEGIES) == set(SELECTORS)
-    assert set(STRATEGIES) == {"kcenter", "badge", "batchbald"}
+    """``--batch`` selectors turn whatever score they are given into a batch; strategies
+    (``--acq``) bring their own criterion, and the score of their pool pass with it."""
+    assert sorted(BATCH_SELECTORS) == ["hybrid", "power", "softmax", "softrank", "topk"]
+    assert sorted(STRATEGIES) == ["badge", "batchbald", "kcenter"]
+    rng = np.random.default_rng(0)
+    n, k = 40, 5
+    scores = rng.uniform(0.1, 1.0, n)          # >= 0, as the power selector needs
+    probs = jax.nn.softmax(jnp.asarray(rng.normal(size=(n, 3))), -1)
+    features = rng.normal(size=(n, 4))
+    labelled = np.zeros(n, bool)
+    labelled[:3] = True
+
+    def batch(name, s):
+        pool = make_pool(s, probs, features, labelled)
+        return set(np.asarray(run_selector(name, jax.random.key(0), pool,
+                                           query_size=k)[0]).tolist())
+
+    for name in BATCH_SELECTORS:
+        assert batch(name, scores) != batch(name, scores[::-1]), f"{name} ignores the score"
+    for name in ("kcenter", "badge"):
+        assert batch(name, scores) == batch(name, scores[::-1]), f"{name} reads the score"
+        no_score = SELECTORS[name].score.score(None, PredictiveOutput(probs, None))
+        np.testing.assert_array_equal(no_score, np.zeros(n))
+    # Its candidates: the top BALD points, and it needs the samples BALD reads.
+    assert SELECTORS["batchbald"].score.score is bald
+    assert SELECTORS["batchbald"].score.needs_samples
 
 
 # --- every selector: distinct unlabelled indices, reproducible --------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from jaxal import data as datasets
 from jaxal.acquisition import ACQUISITIONS
+from jaxal.cli.run import config_from_args, main, parser
 from jaxal.experiment import to_device
 from jaxal.loop import (
     ALConfig,
@@ -17,10 +18,10 @@ from jaxal.loop import (
     make_learner,
     run_rounds,
     validate_config,
+    validate_data,
 )
 from jaxal.model import init_params, mlp
 from jaxal.posterior import LaplaceConfig
-from jaxal.run import config_from_args, main, parser
 from jaxal.selection import BATCH_SELECTORS, STRATEGIES
 from jaxal.train import TrainConfig, make_trainer, train_map
 
@@ -47,7 +48,8 @@ CHOICES = ([(a, "topk") for a in [*ACQUISITIONS, *STRATEGIES]]
 @pytest.mark.parametrize("acquisition, batch", CHOICES, ids="-".join)
 def test_every_strategy_runs_in_the_loop(toy, acquisition, batch):
     config = strategy_config(acquisition, batch)
-    validate_config(config, 80, np.asarray(toy.pool_y), 2)
+    validate_config(config)
+    validate_data(config, 80, np.asarray(toy.pool_y), 2)
     learner = make_learner(mlp(2, hidden=(8,)), config, (2,), 2)
     labelled = None
     for state, info in run_rounds(jax.random.key(0), learner, toy):
@@ -141,13 +143,14 @@ def test_train_map_fits_the_pseudo_labels():
 
 @pytest.mark.parametrize("change, message", [
     (dict(acquisition="bald", posterior="plugin", predictive="plugin"),
-     "every sample of the plugin posterior is the MAP network"),
+     "the 'plugin' posterior gives none (every sample of a point mass is the MAP"),
     (dict(acquisition="mean_std", predictive="probit"), "use --predictive mc"),
     (dict(acquisition="batchbald", predictive="probit"), "use --predictive mc"),
     (dict(acquisition="kcenter", batch="hybrid"), "--acq kcenter picks its batch itself"),
     (dict(batch="sample"), "unknown batch selector 'sample'"),
-    (dict(hybrid_beta=1.5), "hybrid beta must be in [0, 1]"),
-    (dict(stochastic_beta=0.0), "stochastic beta must be > 0"),
+    # Each selector checks its own hyperparameters (Selector.check), when it is used.
+    (dict(batch="hybrid", hybrid_beta=1.5), "hybrid beta must be in [0, 1]"),
+    (dict(batch="power", stochastic_beta=0.0), "stochastic beta must be a finite number > 0"),
     (dict(acquisition="batchbald", batchbald_candidates=3), "must be >= the query size"),
     (dict(pseudo_label=1.5), "pseudo-label threshold 1.5 is out of range"),
     (dict(pseudo_label=0.0, pseudo_label_by="entropy"), "entropy needs t > 0"),
@@ -156,7 +159,8 @@ def test_train_map_fits_the_pseudo_labels():
 def test_bad_strategy_configs_name_the_fix(change, message):
     config = strategy_config("bald")._replace(**change)
     with pytest.raises(ConfigError) as err:
-        validate_config(config, num_pool=80, pool_labels=None, num_classes=2)
+        validate_config(config)
+        validate_data(config, num_pool=80, pool_labels=None, num_classes=2)
     assert message in str(err.value)
 
 
@@ -173,8 +177,9 @@ def test_cli_lists_every_strategy_and_picks_mc_for_sample_scores():
         "probit", "hybrid", 0.3, 0.95)
 
 
-def test_cli_refuses_bald_with_the_plugin_before_loading_data(tmp_path):
+def test_cli_refuses_bald_with_the_plugin_before_loading_data(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["--acq", "bald", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert "--posterior laplace --predictive mc" in str(err.value)
+    assert err.value.code == 2
+    assert "--posterior laplace --predictive mc" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import count_compilations
 from jax.flatten_util import ravel_pytree
 
 from jaxal.model import init_params, mlp
@@ -15,8 +16,6 @@ from jaxal.train import TrainConfig, labelled_indices, make_trainer, train_map
 POOL_SIZE = 200
 CAPACITY = 64
 MODEL = mlp(2)
-# jax._src.dispatch.BACKEND_COMPILE_EVENT: recorded once per XLA compilation.
-BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 def blobs(num_points=POOL_SIZE, seed=0):
@@ -173,28 +172,16 @@ def test_more_labels_do_not_recompile(trainer, fitted, params0):
     """
     x_pool, y_pool = jnp.asarray(X_POOL), jnp.asarray(Y_POOL)
     compiles = []
-    listening = [True]
-
-    def listener(event, duration, **kwargs):
-        del duration, kwargs
-        if listening[0] and event == BACKEND_COMPILE_EVENT:
-            compiles[-1] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        compiles.append(0)
-        jax.jit(lambda a: a * 3 + 1)(x_pool)  # a fresh function: the listener must see it
-        for per_class in (15, 20):  # 30, 40 labels
-            labelled = jnp.asarray(labelled_mask(per_class))  # device_put: no compilation
-            compiles.append(0)
+    with count_compilations() as fresh:
+        jax.jit(lambda a: a * 3 + 1)(x_pool)  # a fresh function: the counter must see it
+    compiles.append(fresh.count)
+    for per_class in (15, 20):  # 30, 40 labels
+        labelled = jnp.asarray(labelled_mask(per_class))  # device_put: no compilation
+        with count_compilations() as compiled:
             params, info = train_map(jax.random.key(per_class), trainer, params0, x_pool,
                                      y_pool, labelled)
             jax.block_until_ready(params)
-            assert np.isfinite(info.train_nll)
-    finally:
-        listening[0] = False
-        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
-        if unregister is not None:
-            unregister(listener)
+        compiles.append(compiled.count)
+        assert np.isfinite(info.train_nll)
 
     assert compiles == [1, 0, 0]

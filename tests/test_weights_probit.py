@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from jaxal.config import ALConfig, LaplaceConfig
 from jaxal.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
 from jaxal.model import cnn, init_params, mlp
 from jaxal.posterior import (
@@ -14,8 +15,9 @@ from jaxal.posterior import (
     iso_laplace,
     kfac_laplace,
     posterior_covariance,
+    weights_logit_variance,
 )
-from jaxal.predictive import probit_predictive, weights_logit_variance
+from jaxal.predictive import probit_predictive
 
 
 def layer_index(params, path):
@@ -62,7 +64,9 @@ def test_all_weights_logit_variance_equals_dense(name, structure):
         want = np.einsum("ncp,pq,ncq->nc", jac, cov, jac)
         got = np.asarray(weights_logit_variance(model, post, x))
         np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
-        probs = probit_predictive(None, model, post, x, None).probs
+        config = ALConfig(posterior="laplace", predictive="probit",
+                          laplace=LaplaceConfig(structure=structure, subset="all"))
+        probs = probit_predictive(None, model, post, x, config).probs
         logits = model.apply(params, x)
         np.testing.assert_allclose(
             np.asarray(probs), np.asarray(jax.nn.softmax(logits / jnp.sqrt(1 + jnp.pi / 8 * want))),

@@ -1,0 +1,190 @@
+"""Command line: ``python -m jaxal.run --dataset mnist --acq entropy``. Parses; no logic.
+
+Arguments, ranges and the out dir are checked before JAX is imported (an invalid command
+fails in well under a second); see ``jaxal.cli.common``. The work is
+``jaxal.experiment.run_experiment``; ``jaxal/run.py`` is the shim behind ``python -m``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from jaxal.cli.common import (
+    SEED_MAX,
+    Parser,
+    RegistryChoices,
+    check_registry_choices,
+    number,
+    user_errors,
+    whole,
+)
+from jaxal.config import TOY_DATASETS, ALConfig, ExperimentConfig, LaplaceConfig, TrainConfig
+from jaxal.data import DATASETS
+from jaxal.errors import ConfigError
+from jaxal.rundir import lock_out_dir
+
+_AL, _TRAIN, _LAPLACE = ALConfig(), TrainConfig(), LaplaceConfig()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="python -m jaxal.run", description="Simulated active learning with jaxal.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="mnist", choices=[*DATASETS, *TOY_DATASETS])
+    p.add_argument("--acq", default=_AL.acquisition,
+                   choices=RegistryChoices("acquisition:ACQUISITIONS", "selection:STRATEGIES"),
+                   help="a score (higher = queried first; bald, variation_ratios and "
+                        "mean_std need posterior samples: --posterior laplace --predictive "
+                        "mc) batched by --batch, or a batch strategy: kcenter (core-set "
+                        "greedy in feature space), badge (k-means++ on last-layer gradient "
+                        "embeddings), batchbald (greedy joint BALD over the "
+                        "--batchbald-candidates points of highest BALD with --samples "
+                        "posterior samples; cost per pick ~ configs x samples x candidates "
+                        "x classes, ~1 s a pick at the defaults on MNIST)")
+    p.add_argument("--batch", default=_AL.batch,
+                   choices=RegistryChoices("selection:BATCH_SELECTORS"),
+                   help="how a score becomes a batch: topk; hybrid (greedy, score and "
+                        "1 - redundancy, the max cosine similarity of penultimate features "
+                        "to the labelled and already chosen points, weighted by "
+                        "--hybrid-beta); power / softmax / softrank (stochastic batch "
+                        "acquisition, sampling ∝ score^β, exp(β score), rank^-β)")
+    p.add_argument("--hybrid-beta", type=number(0.0, maximum=1.0), default=_AL.hybrid_beta,
+                   help="--batch hybrid: weight of diversity; 0 = pure uncertainty")
+    p.add_argument("--stochastic-beta", type=number(0.0, exclusive=True),
+                   default=_AL.stochastic_beta,
+                   help="--batch power/softmax/softrank: coldness β (large = top-k)")
+    p.add_argument("--batchbald-candidates", type=whole(1), default=_AL.batchbald_candidates,
+                   help="--acq batchbald: pool subset, the points of highest BALD")
+    p.add_argument("--batchbald-configs", type=whole(1), default=_AL.batchbald_configs,
+                   help="--acq batchbald: label configurations M of the joint entropy "
+                        "(exact while C^(picks) <= M, then sampled)")
+    p.add_argument("--pseudo-label", type=number(0.0, exclusive=True), default=None,
+                   metavar="THRESHOLD",
+                   help="CEAL: each round, also train on the model's labels of confident "
+                        "pool points (never counted as labels, never added to the labelled "
+                        "set); confident: max prob >= THRESHOLD (e.g. 0.99) or, with "
+                        "--pseudo-label-by entropy, entropy <= THRESHOLD nats")
+    p.add_argument("--pseudo-label-by", default=_AL.pseudo_label_by,
+                   choices=RegistryChoices("selection:PSEUDO_LABEL_CRITERIA"))
+    p.add_argument("--posterior", default=_AL.posterior,
+                   choices=RegistryChoices("posterior:POSTERIORS"))
+    p.add_argument("--predictive", default=None, choices=RegistryChoices("predictive:PREDICTIVES"),
+                   help="default: plugin for --posterior plugin; for laplace, mc when the "
+                        "acquisition needs samples or --subset all, else probit")
+    p.add_argument("--curvature", default=_LAPLACE.curvature, choices=["ggn", "hessian", "ggn-mc"],
+                   help="Laplace: generalised Gauss-Newton, exact Hessian, or the GGN "
+                        "sampled with one label per example (ggn-mc: all weights, "
+                        "diag/iso/kfac; ~C times cheaper, unbiased, approximate)")
+    p.add_argument("--structure", default=_LAPLACE.structure,
+                   choices=["full", "diag", "iso", "kfac"],
+                   help="Laplace: how the curvature is stored (full needs P x P memory; "
+                        "kfac: Kronecker factors per layer, all weights)")
+    p.add_argument("--subset", default=_LAPLACE.subset,
+                   choices=RegistryChoices("posterior:SUBSETS"),
+                   help="Laplace: parameters with a posterior (the rest stay at the MAP)")
+    p.add_argument("--samples", type=whole(1), default=_LAPLACE.samples,
+                   help="Laplace: posterior samples S of the mc predictive")
+    p.add_argument("--rounds", type=whole(0), default=_AL.rounds, help="acquisition rounds")
+    p.add_argument("--query-size", type=whole(1), default=_AL.query_size,
+                   help="points labelled per round")
+    p.add_argument("--init-per-class", type=whole(1), default=_AL.init_per_class,
+                   help="balanced initial labelled set: this many per class")
+    p.add_argument("--steps", type=whole(1), default=_TRAIN.steps,
+                   help="optimiser steps per MAP fit (one fit per round)")
+    p.add_argument("--batch-size", type=whole(1), default=_TRAIN.batch_size,
+                   help="minibatch size, drawn with replacement from the labelled set")
+    p.add_argument("--lr", type=number(0.0, exclusive=True), default=_TRAIN.learning_rate,
+                   help="learning rate")
+    p.add_argument("--optimizer", default=_TRAIN.optimizer,
+                   choices=RegistryChoices("train:OPTIMIZERS"))
+    p.add_argument("--prior-precision", type=_float_or_auto, default=None,
+                   help="precision of the Gaussian prior on all weights (sum-scaled "
+                        "objective; see jaxal.objective), used for training and the "
+                        "posterior. 'auto' and 'val-nll' (Laplace only) train with "
+                        f"{_TRAIN.prior_precision} and refit the posterior's every round: "
+                        "'auto' maximises the Laplace evidence, 'val-nll' takes the value of "
+                        "lowest validation NLL of the predictive on a half-decade grid "
+                        "1e-2..1e4. Default: val-nll for --posterior laplace (measured "
+                        f"best, see benchmarks/laplace_curves.py), {_TRAIN.prior_precision} "
+                        "for plugin")
+    p.add_argument("--warm-start", action="store_true",
+                   help="start each round's MAP fit from the previous round's weights "
+                        "instead of the initial weights")
+    p.add_argument("--chunk-size", type=whole(1), default=_AL.chunk_size,
+                   help="pool points scored per chunk (bounds memory)")
+    p.add_argument("--seed", type=whole(0, SEED_MAX), default=0)
+    p.add_argument("--val-size", type=whole(1), default=1000,
+                   help="validation points held out of the train split")
+    p.add_argument("--pool-size", type=whole(1), default=None,
+                   help="use a seeded random subset of the pool of this size")
+    p.add_argument("--data-dir", default=None,
+                   help="TFDS data dir with prepared datasets (default: $TFDS_DATA_DIR, "
+                        "else TFDS's default); see `python -m jaxal.data prepare --help`")
+    p.add_argument("--out", default=None,
+                   help="output dir (default: runs/<dataset>-<acq>-<posterior>-seed<seed>)")
+    return p
+
+
+def _float_or_auto(value: str) -> float | str:
+    if value in ("auto", "val-nll"):
+        return value
+    try:
+        return number(0.0)(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number >= 0, 'auto' or 'val-nll', got {value!r}") from None
+
+
+# --prior-precision value -> LaplaceConfig.prior_fit (a number: "none").
+PRIOR_FIT_OF = {"auto": "evidence", "val-nll": "val-nll"}
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    if args.prior_precision is None:
+        args.prior_precision = "val-nll" if args.posterior == "laplace" else \
+            _TRAIN.prior_precision
+    auto = args.prior_precision in PRIOR_FIT_OF
+    if auto and args.posterior != "laplace":
+        raise ConfigError(f"--prior-precision {args.prior_precision} fits the Laplace "
+                          "posterior's prior; add --posterior laplace or give a number")
+    train = TrainConfig(steps=args.steps, batch_size=args.batch_size,
+                        learning_rate=args.lr, optimizer=args.optimizer,
+                        prior_precision=_TRAIN.prior_precision if auto else args.prior_precision)
+    laplace = LaplaceConfig(curvature=args.curvature, structure=args.structure,
+                            subset=args.subset, samples=args.samples,
+                            prior_fit=PRIOR_FIT_OF.get(args.prior_precision, "none"))
+    from jaxal.loop import default_predictive
+
+    predictive = args.predictive or default_predictive(args.posterior, args.subset, args.acq)
+    al = ALConfig(acquisition=args.acq, batch=args.batch, hybrid_beta=args.hybrid_beta,
+                  stochastic_beta=args.stochastic_beta,
+                  batchbald_candidates=args.batchbald_candidates,
+                  batchbald_configs=args.batchbald_configs, pseudo_label=args.pseudo_label,
+                  pseudo_label_by=args.pseudo_label_by,
+                  posterior=args.posterior, predictive=predictive,
+                  rounds=args.rounds, query_size=args.query_size,
+                  init_per_class=args.init_per_class, warm_start=args.warm_start,
+                  chunk_size=args.chunk_size, train=train, laplace=laplace)
+    return ExperimentConfig(dataset=args.dataset, seed=args.seed, val_size=args.val_size,
+                            pool_size=args.pool_size, data_dir=args.data_dir, al=al)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser()
+    args = p.parse_args(argv)
+    out = args.out or f"runs/{args.dataset}-{args.acq}-{args.posterior}-seed{args.seed}"
+    with user_errors(out), lock_out_dir(out):
+        from jaxal.runtime import configure_cpu
+
+        configure_cpu()   # before JAX's first computation
+        check_registry_choices(p, args)
+        from jaxal.experiment import run_experiment
+
+        run_experiment(config_from_args(args), out,
+                       progress=lambda line: print(line, flush=True))
+    print(f"outputs in {out}/ (metrics.csv, metrics.jsonl, queries.jsonl, figure5.png)")
+
+
+if __name__ == "__main__":
+    main()
