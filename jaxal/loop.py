@@ -27,12 +27,12 @@ from jaxal.model import Classifier, init_params
 from jaxal.posterior import POSTERIORS, with_prior_precision
 from jaxal.predictive import PREDICTIVES, works_with
 from jaxal.selection import (
-    BATCH_SELECTORS,
     PSEUDO_LABEL_CRITERIA,
     SELECTORS,
-    STRATEGIES,
     Pool,
+    batch_selectors,
     pseudo_labels,
+    strategies,
 )
 from jaxal.train import check_train_config, labelled_indices, make_trainer, train_map
 
@@ -142,7 +142,7 @@ def query_strategy(config: ALConfig):
     """(``Acquisition``, ``Selector``) of a run: the ``--acq`` score with the ``--batch``
     selector, or a strategy (``kcenter``, ``badge``, ``batchbald``) with the score it
     brings."""
-    if config.acquisition in STRATEGIES:
+    if config.acquisition in strategies():
         selector = SELECTORS[config.acquisition]
         return selector.score, selector
     return ACQUISITIONS[config.acquisition], SELECTORS[config.batch]
@@ -176,12 +176,12 @@ def validate_config(config: ALConfig) -> None:
     its ``Selector.check``, the posterior's in ``Posterior.check``; which predictive works
     with which posterior and acquisition follows from what their records declare.
     """
-    _need(config.acquisition in ACQUISITIONS or config.acquisition in STRATEGIES,
+    _need(config.acquisition in ACQUISITIONS or config.acquisition in strategies(),
           f"unknown acquisition {config.acquisition!r}; choose one of "
-          f"{sorted(ACQUISITIONS) + list(STRATEGIES)}")
-    _need(config.batch in BATCH_SELECTORS,
-          f"unknown batch selector {config.batch!r}; choose one of {list(BATCH_SELECTORS)}")
-    _need(config.acquisition not in STRATEGIES or config.batch == "topk",
+          f"{sorted(ACQUISITIONS) + list(strategies())}")
+    _need(config.batch in batch_selectors(),
+          f"unknown batch selector {config.batch!r}; choose one of {list(batch_selectors())}")
+    _need(config.acquisition not in strategies() or config.batch == "topk",
           f"--acq {config.acquisition} picks its batch itself; drop --batch {config.batch} "
           f"(--batch applies to the scores {sorted(ACQUISITIONS)})")
     _need(config.posterior in POSTERIORS,

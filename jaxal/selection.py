@@ -400,10 +400,14 @@ SELECTORS: dict[str, Selector] = {
                           check=_check_batchbald),
 }
 
-# Selectors that turn any score into a batch (``--batch``); the others are strategies
-# with their own criterion, chosen with ``--acq`` like a score.
-BATCH_SELECTORS = tuple(name for name, sel in SELECTORS.items() if sel.score is None)
-STRATEGIES = tuple(name for name, sel in SELECTORS.items() if sel.score is not None)
+def batch_selectors() -> tuple[str, ...]:
+    """Selectors that turn any score into a batch (``--batch``), as registered now."""
+    return tuple(name for name, sel in SELECTORS.items() if sel.score is None)
+
+
+def strategies() -> tuple[str, ...]:
+    """Strategies with their own criterion, chosen with ``--acq`` like a score."""
+    return tuple(name for name, sel in SELECTORS.items() if sel.score is not None)
 
 
 # --- pseudo-labelling (CEAL, Wang et al. 2017) ------------------------------------------

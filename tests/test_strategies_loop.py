@@ -22,7 +22,7 @@ from jaxal.loop import (
 )
 from jaxal.model import init_params, mlp
 from jaxal.posterior import LaplaceConfig
-from jaxal.selection import BATCH_SELECTORS, STRATEGIES
+from jaxal.selection import batch_selectors, strategies
 from jaxal.train import TrainConfig, make_trainer, train_map
 
 
@@ -41,8 +41,8 @@ def strategy_config(acquisition, batch="topk", **kw):
     return ALConfig(**{**fields, **kw})
 
 
-CHOICES = ([(a, "topk") for a in [*ACQUISITIONS, *STRATEGIES]]
-           + [("entropy", b) for b in BATCH_SELECTORS if b != "topk"] + [("bald", "power")])
+CHOICES = ([(a, "topk") for a in [*ACQUISITIONS, *strategies()]]
+           + [("entropy", b) for b in batch_selectors() if b != "topk"] + [("bald", "power")])
 
 
 @pytest.mark.parametrize("acquisition, batch", CHOICES, ids="-".join)
@@ -166,7 +166,7 @@ def test_bad_strategy_configs_name_the_fix(change, message):
 
 def test_cli_lists_every_strategy_and_picks_mc_for_sample_scores():
     text = parser().format_help()
-    for name in [*ACQUISITIONS, *STRATEGIES, *BATCH_SELECTORS]:
+    for name in [*ACQUISITIONS, *strategies(), *batch_selectors()]:
         assert name in text
     args = parser().parse_args(["--acq", "bald", "--posterior", "laplace"])
     assert config_from_args(args).al.predictive == "mc"

@@ -61,7 +61,9 @@ class RegistryChoices(Sequence[str]):
     (``--help``, or ``check_registry_choices`` after the fast checks)."""
 
     def __init__(self, *registries: str):
-        self._registries = registries     # "module:ATTRIBUTE", e.g. "acquisition:ACQUISITIONS"
+        # "module:attribute", e.g. "acquisition:ACQUISITIONS" (its keys) or
+        # "selection:strategies" (a function returning the names).
+        self._registries = registries
         self._names: list[str] | None = None
 
     @property
@@ -70,8 +72,8 @@ class RegistryChoices(Sequence[str]):
             self._names = []
             for spec in self._registries:
                 module, attribute = spec.split(":")
-                self._names += list(getattr(importlib.import_module(f"jaxal.{module}"),
-                                            attribute))
+                names = getattr(importlib.import_module(f"jaxal.{module}"), attribute)
+                self._names += list(names() if callable(names) else names)
         return self._names
 
     def __getitem__(self, i):

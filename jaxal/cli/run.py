@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="mnist", choices=[*DATASETS, *TOY_DATASETS])
     p.add_argument("--acq", default=_AL.acquisition,
-                   choices=RegistryChoices("acquisition:ACQUISITIONS", "selection:STRATEGIES"),
+                   choices=RegistryChoices("acquisition:ACQUISITIONS", "selection:strategies"),
                    help="a score (higher = queried first; bald, variation_ratios and "
                         "mean_std need posterior samples: --posterior laplace --predictive "
                         "mc) batched by --batch, or a batch strategy: kcenter (core-set "
@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
                         "posterior samples; cost per pick ~ configs x samples x candidates "
                         "x classes, ~1 s a pick at the defaults on MNIST)")
     p.add_argument("--batch", default=_AL.batch,
-                   choices=RegistryChoices("selection:BATCH_SELECTORS"),
+                   choices=RegistryChoices("selection:batch_selectors"),
                    help="how a score becomes a batch: topk; hybrid (greedy, score and "
                         "1 - redundancy, the max cosine similarity of penultimate features "
                         "to the labelled and already chosen points, weighted by "

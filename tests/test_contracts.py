@@ -1,0 +1,216 @@
+"""Contracts every registry entry keeps, over every valid (posterior, predictive,
+acquisition, selector) combination, enumerated from the records (never a hand-kept list);
+and: a new component is one function plus one registry entry.
+
+Per (posterior, predictive) pair: probabilities finite and summing to 1, per-sample
+probabilities exactly when the predictive declares them, the same key giving the same
+output, two rounds of the loop without recompiling. Per combination: the query's indices
+are unlabelled, distinct and reproducible, and a second round's query does not recompile.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import count_compilations
+
+from jaxal import data as datasets
+from jaxal.acquisition import ACQUISITIONS, Acquisition
+from jaxal.config import ALConfig, LaplaceConfig, TrainConfig
+from jaxal.errors import ConfigError
+from jaxal.experiment import to_device
+from jaxal.loop import make_learner, run_rounds, train_and_fit, validate_config
+from jaxal.model import mlp
+from jaxal.posterior import POSTERIORS, PointMass, Posterior
+from jaxal.predictive import PREDICTIVES, works_with
+from jaxal.selection import SELECTORS, Selector, batch_selectors, strategies, top_k
+
+MODEL = mlp(2, hidden=(8,))
+
+
+def base_config(posterior: str, predictive: str, acquisition: str = "entropy",
+                batch: str = "topk") -> ALConfig:
+    return ALConfig(acquisition=acquisition, batch=batch, posterior=posterior,
+                    predictive=predictive, rounds=2, query_size=4, init_per_class=2,
+                    batchbald_candidates=16, batchbald_configs=32,
+                    train=TrainConfig(steps=20, batch_size=8),
+                    laplace=LaplaceConfig(samples=6, prior_fit="none"))
+
+
+def pairs() -> list[tuple[str, str]]:
+    """Every (posterior, predictive) the records say work together."""
+    return [(p, q) for p, post in POSTERIORS.items() for q, pred in PREDICTIVES.items()
+            if works_with(pred, post)]
+
+
+def combinations() -> list[ALConfig]:
+    """Every valid (posterior, predictive, acquisition, selector), from the records."""
+    found = []
+    for (posterior, predictive), acquisition in itertools.product(
+            pairs(), [*ACQUISITIONS, *strategies()]):
+        for batch in (batch_selectors() if acquisition in ACQUISITIONS else ("topk",)):
+            config = base_config(posterior, predictive, acquisition, batch)
+            try:
+                validate_config(config)
+            except ConfigError:
+                continue
+            found.append(config)
+    return found
+
+
+def name(config: ALConfig) -> str:
+    return f"{config.posterior}-{config.predictive}-{config.acquisition}-{config.batch}"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return to_device(datasets.toy_al_split(0, n_pool=80, n_val=20, n_test=40))
+
+
+@pytest.fixture(scope="module")
+def fitted(toy):
+    """Per (posterior, predictive): a θ_MAP and posterior on the initial labels."""
+    out = {}
+    labelled = jnp.zeros(80, bool).at[jnp.arange(0, 80, 10)].set(True)
+    for posterior, predictive in pairs():
+        learner = make_learner(MODEL, base_config(posterior, predictive), (2,), 2)
+        key_train, key_fit = jax.random.split(jax.random.key(0))
+        _, _, state, _ = train_and_fit(key_train, key_fit, learner, toy,
+                                       learner.init(jax.random.key(1)), labelled)
+        out[posterior, predictive] = state, labelled
+    return out
+
+
+def test_every_component_takes_part_in_some_combination():
+    configs = combinations()
+    assert {c.posterior for c in configs} == set(POSTERIORS)
+    assert {c.predictive for c in configs} == set(PREDICTIVES)
+    assert {c.acquisition for c in configs} == {*ACQUISITIONS, *strategies()}
+    assert {c.batch for c in configs} == set(batch_selectors())
+    # Sample-reading scores only ever meet sampling predictives, and vice versa not.
+    for c in configs:
+        reads_samples = (ACQUISITIONS[c.acquisition].needs_samples
+                         if c.acquisition in ACQUISITIONS
+                         else SELECTORS[c.acquisition].needs_samples)
+        assert not reads_samples or PREDICTIVES[c.predictive].gives_samples, name(c)
+
+
+@pytest.mark.parametrize("posterior, predictive", pairs(), ids=[f"{p}-{q}" for p, q in pairs()])
+def test_predictive_contract(posterior, predictive, toy, fitted):
+    state, _ = fitted[posterior, predictive]
+    config = base_config(posterior, predictive)
+    record = PREDICTIVES[predictive]
+    predict = jax.jit(lambda k: record.predict(k, MODEL, state, toy.test_x, config))
+    out = predict(jax.random.key(3))
+    n, c = toy.test_x.shape[0], toy.num_classes
+    assert out.probs.shape == (n, c)
+    assert np.isfinite(out.probs).all()
+    np.testing.assert_allclose(np.asarray(out.probs).sum(-1), 1.0, atol=1e-5)
+    if record.gives_samples:
+        assert out.sample_probs.shape == (config.laplace.samples, n, c)
+        np.testing.assert_allclose(np.asarray(out.sample_probs).sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(out.sample_probs.mean(0), out.probs, atol=1e-6)
+    else:
+        assert out.sample_probs is None
+    again = predict(jax.random.key(3))
+    np.testing.assert_array_equal(np.asarray(again.probs), np.asarray(out.probs))
+    if record.gives_samples:   # another key, other samples
+        assert not np.array_equal(np.asarray(predict(jax.random.key(4)).sample_probs),
+                                  np.asarray(out.sample_probs))
+
+
+@pytest.mark.parametrize("posterior, predictive", pairs(), ids=[f"{p}-{q}" for p, q in pairs()])
+def test_two_rounds_of_the_loop_compile_once(posterior, predictive, toy):
+    config = base_config(posterior, predictive, "random")
+    learner = make_learner(MODEL, config, (2,), 2)
+    rounds = run_rounds(jax.random.key(0), learner, toy)
+    with count_compilations() as first:
+        next(rounds)
+        next(rounds)
+    with count_compilations() as second:
+        _, info = next(rounds)
+    assert first.count > 0, "the counter saw no compilation at all"
+    assert second.count == 0, f"round 2 recompiled {second.count} functions"
+    assert info.round == 2 and math.isfinite(info.metrics.test_loss)
+
+
+@pytest.mark.parametrize("config", combinations(), ids=name)
+def test_query_contract(config, toy, fitted):
+    state, labelled = fitted[config.posterior, config.predictive]
+    learner = make_learner(MODEL, config, (2,), 2)
+    key = jax.random.key(4)
+    query = learner.query(key, state, toy.pool_x, labelled)
+    idx = np.asarray(query.indices)
+    assert idx.shape == (config.query_size,) and query.scores.shape == idx.shape
+    assert len(set(idx.tolist())) == idx.size, "an index was queried twice"
+    assert not np.asarray(labelled)[idx].any(), "a labelled point was queried"
+    assert ((0 <= idx) & (idx < toy.pool_x.shape[0])).all()
+    again = learner.query(key, state, toy.pool_x, labelled)
+    np.testing.assert_array_equal(np.asarray(again.indices), idx)
+    # The next round: a larger labelled set, the same shapes, no recompilation.
+    with count_compilations() as compiled:
+        nxt = learner.query(jax.random.key(5), state, toy.pool_x, labelled.at[idx].set(True))
+    assert compiled.count == 0
+    assert not np.isin(np.asarray(nxt.indices), idx).any()
+
+
+# --- a new component is one function plus one registry entry -----------------------------
+
+def max_prob_gap(key, out):
+    """A new score: the negative margin between the top two classes, doubled."""
+    del key
+    top2 = jax.lax.top_k(out.probs, 2)[0]
+    return 2.0 * (top2[:, 1] - top2[:, 0])
+
+
+def jitter_sample_probs(key, model, state, x, config):
+    """A new posterior's samples: θ_MAP plus isotropic noise of std 0.05."""
+    from jax.flatten_util import ravel_pytree
+
+    flat, unravel = ravel_pytree(state.params)
+    noise = 0.05 * jax.random.normal(key, (config.laplace.samples, flat.size))
+    return jax.vmap(lambda e: jax.nn.softmax(model.apply(unravel(flat + e), x)))(noise)
+
+
+def bottom_k(key, pool, config):
+    """A new selector: the lowest-scoring points (reversed top-k)."""
+    return top_k(key, pool._replace(scores=-pool.scores), config)
+
+
+def test_new_components_are_one_entry_each(monkeypatch, toy):
+    monkeypatch.setitem(ACQUISITIONS, "gap", Acquisition(max_prob_gap))
+    monkeypatch.setitem(POSTERIORS, "jitter", Posterior(
+        lambda key, model, params, x, y, weights, config: PointMass(params),
+        sample_probs=jitter_sample_probs,
+        default_predictive=lambda config, needs_samples: "mc"))
+    monkeypatch.setitem(SELECTORS, "bottomk", Selector(bottom_k))
+
+    # Validation follows the records: the new posterior gives samples, so BALD works with
+    # the mc predictive, and it has no logit variance, so probit is refused with the fix.
+    validate_config(base_config("jitter", "mc", "bald"))
+    with pytest.raises(ConfigError, match=r"does not work with posterior 'jitter'; use one "
+                                          r"of \['plugin', 'mc'\]"):
+        validate_config(base_config("jitter", "probit"))
+    from jaxal.loop import default_predictive
+    assert default_predictive("jitter", "last-layer", "bald") == "mc"
+
+    for config in (base_config("jitter", "mc", "bald"), base_config("plugin", "plugin", "gap"),
+                   base_config("jitter", "mc", "gap", "bottomk")):
+        validate_config(config)
+        learner = make_learner(MODEL, config, (2,), 2)
+        infos = [info for _, info in run_rounds(jax.random.key(0), learner, toy)]
+        assert [i.round for i in infos] == [0, 1, 2]
+        queried = np.concatenate([i.queried for i in infos[1:]])
+        assert len(set(queried.tolist())) == queried.size
+        assert np.isfinite(np.asarray(infos[-1].scores)).all()
+
+    # The command line's choices are the registries' keys, read when needed.
+    from jaxal.cli.run import parser
+    p = parser()
+    choices = {a.dest: list(a.choices) for a in p._actions if a.choices is not None}
+    assert "gap" in choices["acq"] and "jitter" in choices["posterior"]
