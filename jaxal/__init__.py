@@ -2,8 +2,8 @@
 
 The package follows the pipeline, one module per stage:
 
-    data -> model -> objective/train (MAP) -> posterior -> predictive -> acquisition
-         -> selection -> loop -> results / plots, cli/ (the command lines)
+    data -> model -> objective/train (MAP) -> curvature/ -> posterior -> predictive
+         -> acquisition -> selection -> loop -> results / plots, cli/ (the command lines)
 
 Importing jaxal changes nothing in the process, and imports JAX only when a name below
 is first used (so the command-line tools can check their arguments before that slow

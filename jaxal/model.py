@@ -56,8 +56,8 @@ def _layer(module: nn.Module, name: str, layer: nn.Module, x: jax.Array) -> jax.
     collection (as ``<name>_in``, ``name`` the layer's parameter name) when that is
     mutable, and a zero ``perturbations`` entry (``<name>_out``) is added to the
     output when one is passed, so that the gradient with respect to it is the gradient
-    with respect to the layer's output (``jaxal.layerwise`` needs both for per-layer
-    curvature: diagonal GGN and KFAC).
+    with respect to the layer's output (``jaxal.curvature.layerwise`` needs both for
+    per-layer curvature: diagonal GGN and KFAC).
     """
     module.sow("layer_inputs", f"{name}_in", x, reduce_fn=lambda _, new: new)
     return module.perturb(f"{name}_out", layer(x))
@@ -71,8 +71,9 @@ def relu_max_pool_2x2(x: jax.Array) -> jax.Array:
     but its JVP selects the tangent with one precomputed mask, relu'(x) · [x is its
     window's max], and divides by the number of such maxima. Both sit behind an
     optimisation barrier: otherwise XLA fuses the comparisons that define them into
-    every consumer, and in the (C-1)-cotangent backward pass of ``jaxal.layerwise`` they
-    were recomputed once per cotangent (measured: exact KFAC fit 1.80 -> 1.68 s).
+    every consumer, and in the (C-1)-cotangent backward pass of
+    ``jaxal.curvature.layerwise`` they were recomputed once per cotangent (measured: exact
+    KFAC fit 1.80 -> 1.68 s).
     """
     return jax.nn.relu(max_pool_2x2(x))
 

@@ -5,7 +5,7 @@
 # log-likelihood at θ_MAP. jaxal offers the exact Hessian and the generalised Gauss-Newton
 # (GGN), stored in several structures:
 #
-# | structure | stores | numbers stored | jaxal (`curvature`, `layerwise`) |
+# | structure | stores | numbers stored | jaxal (`jaxal.curvature`) |
 # |---|---|---|---|
 # | full | the dense P x P matrix | P² | `ggn_full`, `hessian_full` |
 # | diagonal | its diagonal | P | `ggn_diagonal_layerwise`, `ggn_diagonal` |
@@ -35,8 +35,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from matplotlib.colors import SymLogNorm
 
-from jaxal.curvature import ggn_diagonal, ggn_full, hessian_full, linear_head_ggn
-from jaxal.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
+from jaxal.curvature.ggn import ggn_diagonal, ggn_full, hessian_full
+from jaxal.curvature.last_layer import linear_head_ggn
+from jaxal.curvature.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
 from jaxal.loop import ALConfig
 from jaxal.model import apply_head, init_params, mlp, num_params
 from jaxal.posterior import (
@@ -112,10 +113,10 @@ def layer_index(path: tuple[str, ...]) -> np.ndarray:
 #
 # The GGN forms need C - 1 backward passes per example (the softmax Hessian has rank
 # C - 1); the diagonal comes either from per-example vector-Jacobian products over all
-# parameters (`curvature.ggn_diagonal`) or layer by layer from layer inputs and output
-# gradients (`layerwise.ggn_diagonal_layerwise`, what `fit_laplace` uses); "sampled"
-# replaces the C - 1 exact columns by one sampled label per example (`ggn-mc`). The exact
-# Hessian is `jax.hessian` of the loss: P forward-over-reverse passes.
+# parameters (`curvature.ggn.ggn_diagonal`) or layer by layer from layer inputs and
+# output gradients (`curvature.layerwise.ggn_diagonal_layerwise`, what `fit_laplace` uses);
+# "sampled" replaces the C - 1 exact columns by one sampled label per example (`ggn-mc`).
+# The exact Hessian is `jax.hessian` of the loss: P forward-over-reverse passes.
 
 # %%
 def features_of(p, inputs):

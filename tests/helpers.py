@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Iterator
 
 import jax
+import numpy as np
+from jax.flatten_util import ravel_pytree
 
 # jax._src.dispatch.BACKEND_COMPILE_EVENT: recorded once per XLA compilation, never for a
 # call served from the jit cache.
@@ -38,3 +40,17 @@ def count_compilations() -> Iterator[Compilations]:
         yield compiled
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def dense_ggn(logits_fn, params, x):
+    """Σ_n J_nᵀ (diag p_n - p_n p_nᵀ) J_n from dense per-example Jacobians."""
+    flat, unravel = ravel_pytree(params)
+    f = lambda theta, x_n: logits_fn(unravel(theta), x_n[None])[0]
+    jacobian = jax.jit(jax.jacrev(f))
+    probs = jax.jit(lambda theta, x_n: jax.nn.softmax(f(theta, x_n)))
+    total = np.zeros((flat.size, flat.size))
+    for x_n in x:
+        jac = np.asarray(jacobian(flat, x_n), np.float64)
+        p = np.asarray(probs(flat, x_n), np.float64)
+        total += jac.T @ (np.diag(p) - np.outer(p, p)) @ jac
+    return total

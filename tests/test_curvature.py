@@ -4,33 +4,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import dense_ggn
 from jax.flatten_util import ravel_pytree
 
-from jaxal.curvature import (
-    CURVATURES,
+from jaxal.curvature.ggn import (
     CurvatureTooLargeError,
     check_dense_fits,
     ggn_diagonal,
     ggn_full,
     ggn_isotropic,
+    hessian_diagonal,
     hessian_full,
+    hessian_isotropic,
     output_hessian_sqrt,
 )
+from jaxal.curvature.last_layer import linear_head_ggn
+from jaxal.curvature.layerwise import ggn_diagonal_layerwise
 from jaxal.model import apply_head, cnn, init_params, mlp
 
-
-def dense_ggn(logits_fn, params, x):
-    """Σ_n J_nᵀ (diag p_n - p_n p_nᵀ) J_n from dense per-example Jacobians."""
-    flat, unravel = ravel_pytree(params)
-    f = lambda theta, x_n: logits_fn(unravel(theta), x_n[None])[0]
-    jacobian = jax.jit(jax.jacrev(f))
-    probs = jax.jit(lambda theta, x_n: jax.nn.softmax(f(theta, x_n)))
-    total = np.zeros((flat.size, flat.size))
-    for x_n in x:
-        jac = np.asarray(jacobian(flat, x_n), np.float64)
-        p = np.asarray(probs(flat, x_n), np.float64)
-        total += jac.T @ (np.diag(p) - np.outer(p, p)) @ jac
-    return total
+# The generic forms, by (source, stored form).
+GENERIC_FORMS = {
+    ("ggn", "full"): ggn_full, ("ggn", "diag"): ggn_diagonal, ("ggn", "iso"): ggn_isotropic,
+    ("hessian", "full"): hessian_full, ("hessian", "diag"): hessian_diagonal,
+    ("hessian", "iso"): hessian_isotropic,
+}
 
 
 def tiny_models():
@@ -151,13 +148,8 @@ def test_dense_forms_refuse_what_does_not_fit():
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
     for source in ("ggn", "hessian"):
         with pytest.raises(CurvatureTooLargeError, match="use structure 'diag'"):
-            CURVATURES[(source, "full")](net.apply, params, jnp.zeros((2, 28, 28, 1)),
-                                         jnp.zeros(2, jnp.int32))
-
-
-def test_registry_is_complete():
-    assert set(CURVATURES) == {(s, t) for s in ("ggn", "hessian")
-                               for t in ("full", "diag", "iso")}
+            GENERIC_FORMS[(source, "full")](net.apply, params, jnp.zeros((2, 28, 28, 1)),
+                                            jnp.zeros(2, jnp.int32))
 
 
 def test_weights_drop_padded_examples(problem):
@@ -168,7 +160,7 @@ def test_weights_drop_padded_examples(problem):
         padded = jnp.concatenate([x, jnp.zeros_like(x[:2])])
         y_pad = jnp.concatenate([y, jnp.zeros(2, y.dtype)])
         w = jnp.asarray(np.concatenate([keep, [False, False]]))
-        for form in CURVATURES.values():
+        for form in GENERIC_FORMS.values():
             form = jax.jit(form, static_argnums=0, static_argnames="chunk_size")
             got = np.asarray(form(fn, params, padded, y_pad, w, chunk_size=3))
             want = np.asarray(form(fn, params, x[keep], y[keep]))
@@ -178,8 +170,6 @@ def test_weights_drop_padded_examples(problem):
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_layerwise_diagonal_equals_generic(name):
     """The per-layer GGN diagonal (one C-cotangent backward pass) equals the generic one."""
-    from jaxal.layerwise import ggn_diagonal_layerwise
-
     model = mlp(3, hidden=(4, 5)) if name == "mlp" else cnn(3, channels=(2, 3, 2), hidden=4)
     shape = (2,) if name == "mlp" else (8, 8, 1)
     rng = np.random.default_rng(4)
@@ -195,8 +185,6 @@ def test_layerwise_diagonal_equals_generic(name):
 
 def test_linear_head_ggn_equals_dense_jacobian_form():
     """The Kronecker form Σ_n φ̃φ̃ᵀ ⊗ Λ_n of the head's GGN against J_nᵀ Λ_n J_n, weighted."""
-    from jaxal.curvature import linear_head_ggn
-
     rng = np.random.default_rng(5)
     with jax.enable_x64(True):
         head = {"params": {"head": {"kernel": jnp.asarray(rng.normal(size=(5, 4))),

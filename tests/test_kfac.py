@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxal.curvature import ggn_full
-from jaxal.layerwise import _patch_gram, _patch_moments, kfac_factors
+from jaxal.curvature import kfac
+from jaxal.curvature.ggn import ggn_full
+from jaxal.curvature.layerwise import _patch_gram, _patch_moments, kfac_factors
 from jaxal.model import cnn, init_params, mlp
-from jaxal.posterior import kfac_laplace, log_det_precision, sample_laplace
+from jaxal.posterior import log_det_precision, posterior_covariance, sample_laplace
 
 
 def layer_block(params, dense, path):
@@ -67,7 +68,7 @@ def test_kfac_posterior_samples_and_log_det_match_dense_kronecker_form():
     rng = np.random.default_rng(1)
     params = init_params(model, jax.random.key(0), (2,))
     factors = kfac_factors(model, params, jnp.asarray(rng.normal(size=(20, 2)), jnp.float32))
-    post = kfac_laplace(params, factors, 0.5)
+    post = kfac.build(params, factors, 0.5)
     a, g = factors[("head",)]
     precision = np.kron(np.asarray(a, np.float64), np.asarray(g, np.float64)) + 0.5 * np.eye(6)
     np.testing.assert_allclose(float(log_det_precision(post)),
@@ -78,6 +79,8 @@ def test_kfac_posterior_samples_and_log_det_match_dense_kronecker_form():
     index = layer_block(params, np.arange(36.0).reshape(6, 6), ("head",))[:, 0] / 6
     cov = np.zeros((6, 6))
     cov[np.ix_(index.astype(int), index.astype(int))] = np.linalg.inv(precision)
+    np.testing.assert_allclose(np.asarray(posterior_covariance(post), np.float64), cov,
+                               rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(samples.mean(0), np.asarray(post.mean),
                                atol=4 * np.sqrt(cov.diagonal().max() / 40_000))
     np.testing.assert_allclose(np.cov(samples.T), cov,
@@ -113,7 +116,7 @@ def test_conv_kfac_factors_equal_their_definitions(scanned, monkeypatch):
     """A_l = Σ w p̃ p̃ᵀ / (N T) and G_l = Σ_n w_n Σ_t J_ntᵀ Λ_n J_nt, with J_nt the dense
     Jacobian of the logits by the layer's output at position t: odd, non-square inputs,
     zero weights, a padded last chunk, and groups of chunks scanned or unrolled."""
-    from jaxal import layerwise
+    from jaxal.curvature import layerwise
 
     if scanned:   # one 2-example chunk per group: 3 groups in a scan
         monkeypatch.setattr(layerwise, "examples_per_group", lambda *args, **kwargs: 2)

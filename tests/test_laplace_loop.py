@@ -10,7 +10,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxal import data as datasets
 from jaxal.cli.run import main
-from jaxal.curvature import ggn_full
+from jaxal.curvature.ggn import ggn_full
 from jaxal.experiment import to_device
 from jaxal.loop import ALConfig, ConfigError, make_learner, run_rounds, validate_config
 from jaxal.model import apply_head, cnn, init_params, mlp

@@ -7,16 +7,10 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from jaxal.config import ALConfig, LaplaceConfig
-from jaxal.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
+from jaxal.curvature import STRUCTURES
+from jaxal.curvature.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
 from jaxal.model import cnn, init_params, mlp
-from jaxal.posterior import (
-    WeightsLaplace,
-    diag_laplace,
-    iso_laplace,
-    kfac_laplace,
-    posterior_covariance,
-    weights_logit_variance,
-)
+from jaxal.posterior import WeightsLaplace, posterior_covariance, weights_logit_variance
 from jaxal.predictive import probit_predictive
 
 
@@ -48,7 +42,7 @@ def test_all_weights_logit_variance_equals_dense(name, structure):
         lam = 0.7
         if structure == "kfac":
             factors = kfac_factors(model, params, x)
-            inner = kfac_laplace(params, factors, lam)
+            inner = STRUCTURES["kfac"].build(params, factors, lam)
             cov = np.zeros((flat.size, flat.size))
             for path, (a, g) in factors.items():
                 idx = layer_index(params, path)
@@ -56,8 +50,8 @@ def test_all_weights_logit_variance_equals_dense(name, structure):
                 cov[np.ix_(idx, idx)] = np.linalg.inv(block)
         else:
             diagonal = ggn_diagonal_layerwise(model, params, x)
-            inner = (diag_laplace(flat, diagonal, lam) if structure == "diag"
-                     else iso_laplace(flat, diagonal.mean(), lam))
+            inner = STRUCTURES[structure].build(
+                flat, diagonal if structure == "diag" else diagonal.mean(), lam)
             cov = np.asarray(posterior_covariance(inner))
         post = WeightsLaplace(params, inner)
         jac = np.asarray(jax.jacrev(lambda t: model.apply(unravel(t), x))(flat))  # [n, C, P]
@@ -98,7 +92,7 @@ def test_sampled_ggn_diagonal_averages_to_the_exact_one(name):
 
 def test_many_examples_scan_over_groups_and_match_one_chunk(monkeypatch):
     """Beyond a group's memory budget groups of chunks are scanned, with the same result."""
-    from jaxal import layerwise
+    from jaxal.curvature import layerwise
 
     model = mlp(3, hidden=(4,))
     rng = np.random.default_rng(9)

@@ -72,12 +72,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--predictive", default=None, choices=RegistryChoices("predictive:PREDICTIVES"),
                    help="default: plugin for --posterior plugin; for laplace, mc when the "
                         "acquisition needs samples or --subset all, else probit")
-    p.add_argument("--curvature", default=_LAPLACE.curvature, choices=["ggn", "hessian", "ggn-mc"],
+    p.add_argument("--curvature", default=_LAPLACE.curvature,
+                   choices=RegistryChoices("curvature:sources"),
                    help="Laplace: generalised Gauss-Newton, exact Hessian, or the GGN "
                         "sampled with one label per example (ggn-mc: all weights, "
                         "diag/iso/kfac; ~C times cheaper, unbiased, approximate)")
     p.add_argument("--structure", default=_LAPLACE.structure,
-                   choices=["full", "diag", "iso", "kfac"],
+                   choices=RegistryChoices("curvature:STRUCTURES"),
                    help="Laplace: how the curvature is stored (full needs P x P memory; "
                         "kfac: Kronecker factors per layer, all weights)")
     p.add_argument("--subset", default=_LAPLACE.subset,

@@ -1,4 +1,4 @@
-"""Curvature of the summed negative log-likelihood at θ_MAP, in several stored forms.
+"""The generalised Gauss-Newton and the Hessian of the summed NLL, for any ``logits_fn``.
 
 For logits f(x_n; θ) ∈ R^C and softmax probabilities p_n, the generalised Gauss-Newton is
 
@@ -9,16 +9,16 @@ has rank C-1), so with B_n = A_nᵀ J_n [C-1, P] (C-1 vector-Jacobian products p
 never P matrix-vector products) the GGN is Σ_n B_nᵀ B_n and its exact diagonal is
 Σ_n Σ_k B_n[k]².
 
-Every function here has one signature,
+Every form here has one signature,
 
-    curvature(logits_fn, params, x, y, weights, chunk_size) -> dense [P, P] | [P] | scalar
+    form(logits_fn, params, x, y, weights, chunk_size) -> dense [P, P] | [P] | scalar
 
 where ``weights`` [n] (0/1, or None for all ones) lets a padded, static-size buffer of
 labelled points stand for the labelled set, and ``logits_fn(params, x) -> [n, C]`` is the
-model restricted to the chosen parameter
-subset (all weights, or the last layer applied to cached features). The registry
-``CURVATURES`` maps ``(source, structure)`` to it; the prior is added in
-``jaxal.posterior``, with exactly the ``prior_precision`` of the MAP objective.
+model restricted to the chosen parameter subset (all weights, or the last layer applied to
+cached features). These are the generic forms, over raveled parameters; the structures
+(``jaxal.curvature.STRUCTURES``) call them where no faster form applies, and the prior is
+added there, with exactly the ``prior_precision`` of the MAP objective.
 """
 
 from __future__ import annotations
@@ -109,27 +109,6 @@ def ggn_full(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = No
     return _sum_over_chunks(chunk, x, example_weights(x, weights), chunk_size)
 
 
-def linear_head_ggn(head_params, features: jax.Array, weights: jax.Array | None = None
-                    ) -> jax.Array:
-    """Dense GGN [P, P] of a linear softmax head f_n = Wᵀφ_n + b, P = (d+1) C.
-
-    J_n = I_C ⊗ φ̃_nᵀ with φ̃_n = (1, φ_n), so Σ_n w_n J_nᵀ Λ_n J_n = Σ_n w_n φ̃_n φ̃_nᵀ ⊗ Λ_n:
-    one einsum instead of C backward passes per example (~5x faster than ``ggn_full`` for
-    the seed CNN's head). ``head_params`` is ``{"params": {"head": {"kernel", "bias"}}}``;
-    rows and columns follow its ``ravel_pytree`` order (bias, then kernel row-major), which
-    is φ̃ ⊗ class with the constant 1 first.
-    """
-    check_dense_fits((features.shape[-1] + 1) * head_params["params"]["head"]["bias"].size)
-    head = head_params["params"]["head"]
-    probs = jax.nn.softmax(features @ head["kernel"] + head["bias"])
-    w = example_weights(features, weights)
-    lam = (jnp.einsum("nc,cd->ncd", probs, jnp.eye(probs.shape[-1], dtype=probs.dtype))
-           - probs[:, :, None] * probs[:, None, :]) * w[:, None, None]
-    phi = jnp.concatenate([jnp.ones_like(features[:, :1]), features], axis=1)
-    ggn = jnp.einsum("ni,nj,ncd->icjd", phi, phi, lam)
-    return ggn.reshape(phi.shape[1] * probs.shape[1], -1)
-
-
 def ggn_diagonal(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array | None = None,
                  weights: jax.Array | None = None, chunk_size: int = 256) -> jax.Array:
     """Exact diagonal of the GGN, Σ_n w_n Σ_k (A_nᵀ J_n)_{kp}² [P], from C VJPs per example."""
@@ -152,9 +131,9 @@ def hessian_full(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array,
                  weights: jax.Array | None = None, chunk_size: int = 256) -> jax.Array:
     """Dense Hessian of -Σ_n w_n log p(y_n | x_n, θ) over raveled θ, with ``jax.hessian``.
 
-    The Hessian of a network is indefinite away from a strict minimum; the posterior
-    clips its negative eigenvalues to zero before adding the prior (see
-    ``jaxal.posterior``), so the precision stays positive definite by construction.
+    The Hessian of a network is indefinite away from a strict minimum; the structures
+    clip its negative eigenvalues to zero before adding the prior (see
+    ``jaxal.curvature.dense``), so the precision stays positive definite by construction.
     """
     del chunk_size
     flat, unravel = ravel_pytree(params)
@@ -175,12 +154,3 @@ def hessian_isotropic(logits_fn: LogitsFn, params, x: jax.Array, y: jax.Array,
     """trace(H) / P."""
     return hessian_diagonal(logits_fn, params, x, y, weights, chunk_size).mean()
 
-
-CURVATURES: dict[tuple[str, str], Callable] = {
-    ("ggn", "full"): ggn_full,
-    ("ggn", "diag"): ggn_diagonal,
-    ("ggn", "iso"): ggn_isotropic,
-    ("hessian", "full"): hessian_full,
-    ("hessian", "diag"): hessian_diagonal,
-    ("hessian", "iso"): hessian_isotropic,
-}

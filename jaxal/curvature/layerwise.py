@@ -2,7 +2,7 @@
 
 For a Dense or Conv layer with input a and output z = W a + b, every per-example GGN
 quantity is built from the layer input a_n and the gradients g_nk = ∂(A_nᵀ f_n)_k / ∂z_n,
-k = 1..C-1, of the C-1 square-root factors of the softmax Hessian (``jaxal.curvature``):
+k = 1..C-1, of the C-1 square-root factors of the softmax Hessian (``jaxal.curvature.ggn``):
 
     ∂(A_nᵀ f_n)_k / ∂W = a_n ⊗ g_nk   (Dense),   Σ_positions patch_n ⊗ g_nk   (Conv).
 
@@ -26,7 +26,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxal.chunks import chunk_array
-from jaxal.curvature import example_weights, output_hessian_sqrt
+from jaxal.curvature.ggn import example_weights, output_hessian_sqrt
 from jaxal.model import Classifier
 
 
@@ -177,7 +177,7 @@ def ggn_diagonal_layerwise(model: Classifier, params, x: jax.Array,
                            factors_fn: Callable | None = None) -> jax.Array:
     """Exact GGN diagonal of all weights [P], raveled as ``ravel_pytree(params)``.
 
-    Equals ``jaxal.curvature.ggn_diagonal(model.apply, ...)`` but costs one (C-1)-cotangent
+    Equals ``jaxal.curvature.ggn.ggn_diagonal(model.apply, ...)`` but costs one (C-1)-cotangent
     backward pass per chunk plus one batched matmul per Conv layer. With
     ``factors_fn=sampled_factors(key, M)`` it is the Monte-Carlo GGN diagonal instead.
     """
@@ -220,7 +220,7 @@ def diagonal_layer_variance(variance_tree) -> Callable:
 
 
 def kfac_layer_variance(layers: dict, prior_precision: jax.Array) -> Callable:
-    """``layer_variance`` of a KFAC covariance (``jaxal.posterior.KFACLaplace.layers``).
+    """``layer_variance`` of a KFAC covariance (``jaxal.curvature.kfac.KFACLaplace.layers``).
 
     With A = Q_A diag(e_A) Q_Aᵀ, G = Q_G diag(e_G) Q_Gᵀ, the covariance of layer l's
     [K+1, out] block is Σ_ij (q_A,i ⊗ q_G,j)(q_A,i ⊗ q_G,j)ᵀ / (e_A,i e_G,j + λ), so with
