@@ -41,11 +41,11 @@ LAM = 0.7
 NUM_SAMPLES = 20_000
 
 
-def layer_index(params, path: str) -> np.ndarray:
+def layer_index(params, path: tuple[str, ...]) -> np.ndarray:
     """Raveled positions of one layer's [kernel; bias] block, row-major [K+1, out]."""
     flat, unravel = ravel_pytree(params)
     node = unravel(jnp.arange(flat.size, dtype=flat.dtype))["params"]
-    for part in path.split("/"):
+    for part in path:
         node = node[part]
     kernel = np.asarray(node["kernel"]).reshape(-1, node["bias"].size)
     return np.concatenate([kernel, np.asarray(node["bias"])[None]]).astype(int).ravel()
@@ -61,7 +61,7 @@ def kfac_dense(factors, theta) -> np.ndarray:
     p = ravel_pytree(theta)[0].size
     dense = np.zeros((p, p))
     for path, (a, g) in factors.items():
-        index = layer_index(theta, "/".join(path))
+        index = layer_index(theta, path)
         dense[np.ix_(index, index)] = np.kron(clipped(a), clipped(g))
     return dense
 

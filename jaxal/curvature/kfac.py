@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxal.curvature.layerwise import kfac_factors, kfac_layer_variance, sampled_factors
+from jaxal.curvature.layerwise import (
+    get_layer,
+    kfac_factors,
+    kfac_layer_variance,
+    sampled_factors,
+    set_layer,
+)
 from jaxal.curvature.structure import CurvatureProblem, Structure
 from jaxal.curvature.structure import replace_prior_precision as with_prior_precision
 
@@ -25,7 +31,7 @@ from jaxal.curvature.structure import replace_prior_precision as with_prior_prec
 class KFACLaplace(NamedTuple):
     """Per layer l: precision block A_l ⊗ G_l + λ I, kept as eigendecompositions.
 
-    ``layers`` maps a layer path ("body/Conv_0") to (Q_A, e_A, Q_G, e_G); the precision's
+    ``layers`` maps a layer path (("body", "Conv_0")) to (Q_A, e_A, Q_G, e_G); the precision's
     eigenvalues are e_A,i e_G,j + λ with eigenvectors Q_A[:, i] ⊗ Q_G[:, j].
     """
 
@@ -57,7 +63,7 @@ def build(theta, factors: dict, prior_precision) -> KFACLaplace:
     for path, (a, g) in factors.items():
         ea, qa = jnp.linalg.eigh(0.5 * (a + a.T))
         eg, qg = jnp.linalg.eigh(0.5 * (g + g.T))
-        layers["/".join(path)] = (qa, jnp.maximum(ea, 0.0), qg, jnp.maximum(eg, 0.0))
+        layers[path] = (qa, jnp.maximum(ea, 0.0), qg, jnp.maximum(eg, 0.0))
     return KFACLaplace(ravel_pytree(theta)[0], theta, layers, jnp.asarray(prior_precision))
 
 
@@ -79,26 +85,18 @@ def sample(key: jax.Array, state: KFACLaplace) -> jax.Array:
     for key_l, (name, (qa, _, qg, _)) in zip(keys, sorted(state.layers.items()), strict=True):
         z = jax.random.normal(key_l, spectra[name].shape, state.mean.dtype)
         d = qa @ (z / jnp.sqrt(spectra[name])) @ qg.T                  # [K+1, out]
-        node = delta["params"]
-        for part in name.split("/"):
-            node = node[part]
-        node["kernel"] = d[:-1].reshape(node["kernel"].shape)
-        node["bias"] = d[-1]
+        set_layer(delta["params"], name, d)
     return state.mean + ravel_pytree(delta)[0]
 
 
-def _layer_positions(params, name: str) -> np.ndarray:
+def _layer_positions(params, name: tuple[str, ...]) -> np.ndarray:
     """Raveled positions [(K+1) out] of layer ``name``'s [kernel; bias], row-major."""
     leaves, treedef = jax.tree.flatten(params)
     starts = np.cumsum([0] + [np.size(leaf) for leaf in leaves])[:-1]   # ravel_pytree's order
     positions = jax.tree.unflatten(treedef, [
         start + np.arange(np.size(leaf)).reshape(np.shape(leaf))
         for start, leaf in zip(starts, leaves, strict=True)])
-    node = positions["params"]
-    for part in name.split("/"):
-        node = node[part]
-    kernel = node["kernel"].reshape(-1, node["bias"].size)
-    return np.concatenate([kernel, node["bias"][None]]).ravel()
+    return np.asarray(get_layer(positions["params"], name)).ravel()
 
 
 def covariance(state: KFACLaplace) -> jax.Array:

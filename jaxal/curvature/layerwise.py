@@ -153,7 +153,11 @@ def _conv_variance(rows: jax.Array, g: jax.Array, var: jax.Array) -> jax.Array:
     return _scan_per_example_grads(rows, g, step, None)[1]
 
 
-def _set_layer(tree, path: tuple[str, ...], kernel_and_bias: jax.Array) -> None:
+# A layer is named by its path in the "params" collection, a tuple such as ("body",
+# "Conv_0") (``_by_layer``); these two are the only walks down such a path.
+
+
+def set_layer(tree, path: tuple[str, ...], kernel_and_bias: jax.Array) -> None:
     """Write a [K+1, out] block into ``tree[path]`` as its kernel (reshaped) and bias."""
     node = tree
     for p in path[:-1]:
@@ -163,8 +167,8 @@ def _set_layer(tree, path: tuple[str, ...], kernel_and_bias: jax.Array) -> None:
                       "bias": kernel_and_bias[-1]}
 
 
-def _get_layer(tree, path: tuple[str, ...]) -> jax.Array:
-    """A layer's [kernel; bias] as one [K+1, out] block (the inverse of ``_set_layer``)."""
+def get_layer(tree, path: tuple[str, ...]) -> jax.Array:
+    """A layer's [kernel; bias] as one [K+1, out] block (the inverse of ``set_layer``)."""
     node = tree
     for p in path:
         node = node[p]
@@ -185,7 +189,7 @@ def ggn_diagonal_layerwise(model: Classifier, params, x: jax.Array,
         inputs, grads = layer_inputs_and_factor_grads(model, params, x_chunk, factors_fn, i)
         diag = jax.tree.map(jnp.zeros_like, params["params"])
         for path, a in inputs.items():
-            _set_layer(diag, path, _layer_diagonal(a, grads[path], w_chunk))
+            set_layer(diag, path, _layer_diagonal(a, grads[path], w_chunk))
         return ravel_pytree({"params": diag})[0]
 
     return _chunked_sum(chunk, x, weights, chunk_size, examples_per_group(model, params, x))
@@ -212,7 +216,7 @@ def diagonal_layer_variance(variance_tree) -> Callable:
     Dense: Σ_ij ã_i² σ²_ij g_cj²; Conv: Σ_ij (Σ_t ã_ti g_ctj)² σ²_ij.
     """
     def layer_variance(path, rows, g):
-        var = _get_layer(variance_tree["params"], path)               # [K+1, out]
+        var = get_layer(variance_tree["params"], path)               # [K+1, out]
         if rows.shape[1] == 1:
             return jnp.einsum("ni,io,cno->nc", rows[:, 0]**2, var, g[:, :, 0]**2)
         return _conv_variance(rows, g, var)
@@ -227,7 +231,7 @@ def kfac_layer_variance(layers: dict, prior_precision: jax.Array) -> Callable:
     rows and gradients rotated (ã Q_A, g Q_G) the variance is a weighted sum of squares.
     """
     def layer_variance(path, rows, g):
-        qa, ea, qg, eg = layers["/".join(path)]
+        qa, ea, qg, eg = layers[path]
         inv = 1.0 / (jnp.outer(ea, eg) + prior_precision)              # [K+1, out]
         rows, g = rows @ qa, g @ qg
         if rows.shape[1] == 1:
