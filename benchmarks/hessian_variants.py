@@ -155,7 +155,7 @@ def run_variant(name: str, params, model, arrays, repeats: int, predictives=None
                  else x_test.shape[0])
         cfg = config._replace(predictive=predictive)
         predict = jax.jit(lambda post, xs, predictive=predictive, chunk=chunk, cfg=cfg:
-                          map_chunks(lambda i, xc: PREDICTIVES[predictive](
+                          map_chunks(lambda i, xc: PREDICTIVES[predictive].predict(
                               jax.random.key(1), model, post, xc, cfg).probs, xs, chunk))
         out[predictive], probs = timed(lambda predict=predict: predict(post, x_test), repeats)
         out[predictive] |= quality(probs, y_test)
@@ -172,7 +172,7 @@ def run_variant(name: str, params, model, arrays, repeats: int, predictives=None
     if "val-nll" in prior_fits:
         predictive = predictives[0]
         cfg = config._replace(predictive=predictive)
-        predict = lambda key, m, p, xs: PREDICTIVES[predictive](key, m, p, xs, cfg)
+        predict = lambda key, m, p, xs: PREDICTIVES[predictive].predict(key, m, p, xs, cfg)
         grid = jax.jit(lambda post: tune_prior_precision(
             jax.random.key(2), model, predict, post, x_val, y_val, VALIDATION_GRID,
             x_val.shape[0]))
