@@ -27,7 +27,7 @@ from jaxal.experiment import to_device
 from jaxal.loop import make_learner, run_rounds, train_and_fit, validate_config
 from jaxal.model import mlp
 from jaxal.posterior import POSTERIORS, PointMass, Posterior
-from jaxal.predictive import PREDICTIVES, works_with
+from jaxal.predictive import PREDICTIVES, Predictive, works_with
 from jaxal.selection import SELECTORS, Selector, batch_selectors, strategies, top_k
 
 MODEL = mlp(2, hidden=(8,))
@@ -177,6 +177,15 @@ def jitter_sample_probs(key, model, state, x, config):
     return jax.vmap(lambda e: jax.nn.softmax(model.apply(unravel(flat + e), x)))(noise)
 
 
+def sharpened_mc(key, model, state, x, config):
+    """A new predictive: each posterior sample's probabilities squared and renormalised."""
+    from jaxal.predictive import PredictiveOutput
+
+    sample_probs = POSTERIORS[config.posterior].sample_probs(key, model, state, x, config)
+    sample_probs = sample_probs**2 / (sample_probs**2).sum(-1, keepdims=True)
+    return PredictiveOutput(sample_probs.mean(0), sample_probs)
+
+
 def bottom_k(key, pool, config):
     """A new selector: the lowest-scoring points (reversed top-k)."""
     return top_k(key, pool._replace(scores=-pool.scores), config)
@@ -189,18 +198,25 @@ def test_new_components_are_one_entry_each(monkeypatch, toy):
         sample_probs=jitter_sample_probs,
         default_predictive=lambda config, needs_samples: "mc"))
     monkeypatch.setitem(SELECTORS, "bottomk", Selector(bottom_k))
+    monkeypatch.setitem(PREDICTIVES, "sharp", Predictive(sharpened_mc, gives_samples=True,
+                                                         needs=("sample_probs",)))
 
     # Validation follows the records: the new posterior gives samples, so BALD works with
     # the mc predictive, and it has no logit variance, so probit is refused with the fix.
     validate_config(base_config("jitter", "mc", "bald"))
     with pytest.raises(ConfigError, match=r"does not work with posterior 'jitter'; use one "
-                                          r"of \['plugin', 'mc'\]"):
+                                          r"of \['plugin', 'mc', 'sharp'\]"):
         validate_config(base_config("jitter", "probit"))
+    # The new predictive needs samples, so the plugin posterior cannot serve it.
+    with pytest.raises(ConfigError, match=r"predictive 'sharp' does not work with posterior "
+                                          r"'plugin'"):
+        validate_config(base_config("plugin", "sharp"))
     from jaxal.loop import default_predictive
     assert default_predictive("jitter", "last-layer", "bald") == "mc"
 
     for config in (base_config("jitter", "mc", "bald"), base_config("plugin", "plugin", "gap"),
-                   base_config("jitter", "mc", "gap", "bottomk")):
+                   base_config("jitter", "mc", "gap", "bottomk"),
+                   base_config("laplace", "sharp", "bald")):
         validate_config(config)
         learner = make_learner(MODEL, config, (2,), 2)
         infos = [info for _, info in run_rounds(jax.random.key(0), learner, toy)]
@@ -214,3 +230,4 @@ def test_new_components_are_one_entry_each(monkeypatch, toy):
     p = parser()
     choices = {a.dest: list(a.choices) for a in p._actions if a.choices is not None}
     assert "gap" in choices["acq"] and "jitter" in choices["posterior"]
+    assert "sharp" in choices["predictive"] and "bottomk" in choices["batch"]
