@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
@@ -54,3 +55,13 @@ def dense_ggn(logits_fn, params, x):
         p = np.asarray(probs(flat, x_n), np.float64)
         total += jac.T @ (np.diag(p) - np.outer(p, p)) @ jac
     return total
+
+
+def layer_index(params, path: tuple[str, ...]) -> np.ndarray:
+    """Raveled positions of one layer's [kernel; bias] block, row-major [K+1, out]."""
+    flat, unravel = ravel_pytree(params)
+    node = unravel(jnp.arange(flat.size, dtype=flat.dtype))["params"]
+    for part in path:
+        node = node[part]
+    kernel = np.asarray(node["kernel"]).reshape(-1, node["bias"].size)
+    return np.concatenate([kernel, np.asarray(node["bias"])[None]]).astype(int).ravel()

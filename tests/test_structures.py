@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import dense_ggn
+from helpers import dense_ggn, layer_index
 from jax.flatten_util import ravel_pytree
 
 from jaxal.config import ALConfig, LaplaceConfig, TrainConfig
@@ -39,16 +39,6 @@ from jaxal.posterior import (
 
 LAM = 0.7
 NUM_SAMPLES = 20_000
-
-
-def layer_index(params, path: tuple[str, ...]) -> np.ndarray:
-    """Raveled positions of one layer's [kernel; bias] block, row-major [K+1, out]."""
-    flat, unravel = ravel_pytree(params)
-    node = unravel(jnp.arange(flat.size, dtype=flat.dtype))["params"]
-    for part in path:
-        node = node[part]
-    kernel = np.asarray(node["kernel"]).reshape(-1, node["bias"].size)
-    return np.concatenate([kernel, np.asarray(node["bias"])[None]]).astype(int).ravel()
 
 
 def clipped(matrix) -> np.ndarray:

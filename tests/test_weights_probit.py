@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import layer_index
 from jax.flatten_util import ravel_pytree
 
 from jaxal.config import ALConfig, LaplaceConfig
@@ -12,16 +13,6 @@ from jaxal.curvature.layerwise import ggn_diagonal_layerwise, kfac_factors, samp
 from jaxal.model import cnn, init_params, mlp
 from jaxal.posterior import WeightsLaplace, posterior_covariance, weights_logit_variance
 from jaxal.predictive import probit_predictive
-
-
-def layer_index(params, path):
-    """Raveled positions of one layer's [kernel; bias] block, row-major [K+1, out]."""
-    flat, unravel = ravel_pytree(params)
-    position = unravel(jnp.arange(flat.size, dtype=flat.dtype))["params"]
-    for part in path:
-        position = position[part]
-    kernel = np.asarray(position["kernel"]).reshape(-1, position["bias"].size)
-    return np.concatenate([kernel, np.asarray(position["bias"])[None]]).astype(int).ravel()
 
 
 def problem(name):
