@@ -17,7 +17,10 @@ validation split, the pool subset and the initial weights. Reported: labels need
 reach 90% and 95% test accuracy (median over seeds; "not reached" within the budget), the
 area under the learning curve (trapezoid over labels, normalised by the label range) and
 the final accuracy. Resumable: finished (strategy, seed) runs are kept in
-``results/acquisition_curves.json``; run outputs in ``results/curves/acq-*``.
+``results/acquisition_curves.json``; run outputs in ``results/curves/acq-*``. With
+``--epochs E [--min-steps m] [--max-steps M]`` each fit trains by epochs
+(``jaxal.train.training_steps``) instead of 500 steps, written to
+``results/acquisition_curves-epochsE-minm-maxM.json`` so schedules can be compared.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from jaxal.loop import ALConfig, default_predictive, init_state, make_learner
 from jaxal.model import cnn
 from jaxal.posterior import LaplaceConfig
 from jaxal.runtime import configure_cpu
+from jaxal.train import TrainConfig
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -136,10 +140,22 @@ def _median_labels(values):
     return "not reached" if mid is None else mid
 
 
+def schedule(args) -> tuple[TrainConfig, str]:
+    """The training schedule asked for, and the suffix of its result files."""
+    if args.epochs is None:
+        return TrainConfig(), ""
+    train = TrainConfig(epochs=args.epochs, min_steps=args.min_steps,
+                        max_steps=args.max_steps)
+    return train, f"-epochs{args.epochs:g}-min{args.min_steps}-max{args.max_steps}"
+
+
 def curves(args) -> None:
-    out = RESULTS / "acquisition_curves.json"
+    train, suffix = schedule(args)
+    out = RESULTS / f"acquisition_curves{suffix}.json"
     setting = {k: getattr(args, k) for k in ("pool_size", "rounds", "query_size",
                                               "init_per_class")}
+    if suffix:   # the fixed 500-step schedule keeps its old setting (and results)
+        setting["train"] = {k: getattr(train, k) for k in ("epochs", "min_steps", "max_steps")}
     result = {"setting": setting, "runs": {}}
     if out.exists():
         old = json.loads(out.read_text())
@@ -153,15 +169,16 @@ def curves(args) -> None:
             config = ExperimentConfig(
                 dataset="mnist", seed=seed, pool_size=args.pool_size, data_dir=args.data_dir,
                 al=al_config(name, rounds=args.rounds, query_size=args.query_size,
-                             init_per_class=args.init_per_class))
+                             init_per_class=args.init_per_class, train=train))
             print(f"== {key}", flush=True)
             start = time.perf_counter()
-            _, infos = run_experiment(config, RESULTS / "curves" / f"acq-{key}",
+            _, infos = run_experiment(config, RESULTS / "curves" / f"acq-{key}{suffix}",
                                       progress=None)
             result["runs"][key] = {
                 "labels": [i.num_labels for i in infos],
                 "test_accuracy": [i.metrics.test_accuracy for i in infos],
                 "query_s": [i.timings.score for i in infos],
+                "train_s": [i.timings.train for i in infos],
                 "seconds": time.perf_counter() - start}
             _write(out, result)
     text = curves_table(result, args.seeds, args.strategies)
@@ -171,12 +188,15 @@ def curves(args) -> None:
 
 def curves_table(result: dict, seeds, strategies) -> str:
     s = result["setting"]
+    train = s.get("train")
+    fit = (f"{train['epochs']:g} epochs a fit, {train['min_steps']}-{train['max_steps']} steps"
+           if train else f"{TrainConfig().steps} steps a fit")
     lines = [f"MNIST, pool {s['pool_size']}, {s['init_per_class']} labels per class to start "
-             f"+ {s['rounds']} rounds x {s['query_size']}; default Laplace posterior "
+             f"+ {s['rounds']} rounds x {s['query_size']}; {fit}; default Laplace posterior "
              "(last-layer full GGN, val-NLL prior precision; probit, or MC-100 for BALD and "
              f"BatchBALD); seeds {list(seeds)}. Labels to reach: median over seeds.", "",
              "| strategy | labels to 90% | labels to 95% | AUBC (mean ± std) | final acc "
-             "(mean ± std) | query s/round |", "|---|---|---|---|---|---|"]
+             "(mean ± std) | query s/round | train s/round |", "|---|---|---|---|---|---|---|"]
     for name in strategies:
         runs = [result["runs"].get(f"{name}-seed{seed}") for seed in seeds]
         runs = [r for r in runs if r is not None]
@@ -187,10 +207,13 @@ def curves_table(result: dict, seeds, strategies) -> str:
         areas = [aubc(r["labels"], r["test_accuracy"]) for r in runs]
         final = [r["test_accuracy"][-1] for r in runs]
         query = statistics.mean(statistics.mean(r["query_s"][1:]) for r in runs)
+        train_s = [statistics.mean(r["train_s"]) for r in runs if "train_s" in r]
+        train_s = f"{statistics.mean(train_s):.1f}" if train_s else "–"
         std = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
         lines.append(f"| {name} ({len(runs)} seeds) | {reach[0]} | {reach[1]} | "
                      f"{statistics.mean(areas):.3f} ± {std(areas):.3f} | "
-                     f"{statistics.mean(final):.3f} ± {std(final):.3f} | {query:.1f} |")
+                     f"{statistics.mean(final):.3f} ± {std(final):.3f} | {query:.1f} | "
+                     f"{train_s} |")
     return "\n".join(lines)
 
 
@@ -216,6 +239,10 @@ def main():
     c.add_argument("--rounds", type=int, default=20)
     c.add_argument("--query-size", type=int, default=10)
     c.add_argument("--init-per-class", type=int, default=2)
+    c.add_argument("--epochs", type=float, default=None,
+                   help="train by epochs (jaxal.train.training_steps) instead of 500 steps")
+    c.add_argument("--min-steps", type=int, default=TrainConfig().min_steps)
+    c.add_argument("--max-steps", type=int, default=TrainConfig().max_steps)
     for s in (t, c):
         s.add_argument("--data-dir", default=None)
     args = p.parse_args()

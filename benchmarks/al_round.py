@@ -1,10 +1,21 @@
-"""Speed of one AL round on real MNIST: training and pool-scoring throughput, full default run.
+"""Speed of one AL round on real MNIST, against PyTorch measured in the same sitting.
 
-    python benchmarks/al_round.py [--data-dir ../shared/data/tfds] [--skip-run]
+    python benchmarks/al_round.py [--data-dir ../shared/data/tfds] \
+        [--torch-python /tmp/lt-venv/bin/python] [--skip-run]
 
-Writes ``benchmarks/results/al_round.json`` and prints a markdown table. Compile time is
-measured apart (first call minus steady state, and XLA's own compile events); the full run
-also counts compilations after round 1, which must be zero.
+jaxal's training throughput (batch 32/64/128), pool-scoring throughput (59,000 images,
+several chunk sizes), one whole AL round with the plugin posterior and entropy (score the
+pool, train 500 steps, evaluate) and the default 20-round MNIST run. With
+``--torch-python`` (a venv with torch, see ``benchmarks/README.md``) the same seed CNN is
+timed in PyTorch by ``benchmarks/torch_reference.py`` before and after jaxal's
+measurements, so drift on a noisy machine shows, and jaxal/PyTorch ratios are printed,
+each against the fastest PyTorch figure (best layout and chunk, before or after).
+
+Writes ``benchmarks/results/al_round.json`` and a markdown table beside it, with the CPU
+model and vector extensions, core count and versions. Compile time is measured apart:
+first call minus steady state for each measurement, and for the default run XLA's compile
+time per jitted function (``compile_s_by_function``) and the number of compilations after
+round 1, which must be zero.
 """
 
 from __future__ import annotations
@@ -12,17 +23,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from collections import defaultdict
+from importlib.metadata import version
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from machine import cpu_info, describe
 
 from jaxal.acquisition import ACQUISITIONS, score_pool
 from jaxal.experiment import ExperimentConfig, load_split, run_experiment, to_device
-from jaxal.loop import ALConfig
+from jaxal.loop import ALConfig, al_round, init_state, make_learner
 from jaxal.model import cnn, init_params
 from jaxal.posterior import PointMass
 from jaxal.predictive import plugin_predictive
@@ -30,9 +46,11 @@ from jaxal.runtime import configure_cpu
 from jaxal.train import TrainConfig, labelled_indices, make_trainer
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-_compiles: list[float] = []
+_compiles: list[tuple[str, float]] = []    # (jitted function, XLA compile seconds)
 jax.monitoring.register_event_duration_secs_listener(
-    lambda event, secs, **kw: _compiles.append(secs) if event == COMPILE_EVENT else None)
+    lambda event, secs, fun_name="?", **kw:
+        _compiles.append((fun_name, secs)) if event == COMPILE_EVENT else None)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def time_calls(fn, repeats: int) -> tuple[float, list[float]]:
@@ -88,21 +106,95 @@ def bench_scoring(data, chunk_size: int) -> dict:
             "compile_s": first - t}
 
 
+def bench_round(split, repeats: int) -> dict:
+    """One whole AL round, plugin posterior and entropy, 500 steps of 32 (as the PyTorch
+    reference's): score the 59,000-image pool and query 10, train, evaluate."""
+    config = ALConfig(posterior="plugin", acquisition="entropy", predictive="plugin",
+                      train=TrainConfig(steps=500, batch_size=32))
+    data = to_device(split)
+    learner = make_learner(cnn(split.num_classes), config, split.pool_x.shape[1:],
+                           split.num_classes)
+    state, _ = init_state(jax.random.key(0), learner, data)
+    times = []
+    for r in range(1 + repeats):
+        start = time.perf_counter()
+        state, info = al_round(jax.random.key(r + 1), state, learner, data)
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times[1:]), "first_call_s": times[0],
+            "steps": 500, "batch_size": 32, "labelled": info.num_labels,
+            "stages_s": dict(zip(("score", "train", "posterior", "evaluate"), info.timings,
+                                 strict=True)),
+            "test_accuracy": info.metrics.test_accuracy}
+
+
+def torch_reference(python: str, threads: int) -> dict:
+    """Run benchmarks/torch_reference.py in its own interpreter; its JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "torch.json"
+        subprocess.run([python, str(ROOT / "benchmarks" / "torch_reference.py"),
+                        "--threads", str(threads), "--out", str(out)],
+                       check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+
+def best(rows, key="images_per_s", **match):
+    """The fastest row of ``rows`` whose fields equal ``match`` (None if there is none)."""
+    rows = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    return max(rows, key=lambda r: r[key]) if rows else None
+
+
+def ratios(result: dict) -> dict:
+    """jaxal / PyTorch for training (per batch size), pool scoring and the whole round,
+    against PyTorch's fastest figure before or after jaxal's (best layout and chunk)."""
+    refs = [result[k] for k in ("torch_before", "torch_after") if k in result]
+    if not refs:
+        return {}
+    out = {}
+    for t in result["training"]:
+        ref = best([r for ref in refs for r in ref["training"]], batch_size=t["batch_size"])
+        if ref:
+            out[f"training_b{t['batch_size']}"] = {
+                "jaxal": t["images_per_s"], "torch": ref["images_per_s"],
+                "torch_layout": ref["layout"], "ratio": t["images_per_s"] / ref["images_per_s"]}
+    mine = best(result["scoring"])
+    ref = best([r for ref in refs for r in ref["scoring"]])
+    out["scoring"] = {"jaxal": mine["images_per_s"], "jaxal_chunk": mine["chunk_size"],
+                      "torch": ref["images_per_s"], "torch_layout": ref["layout"],
+                      "torch_chunk": ref["chunk_size"],
+                      "ratio": mine["images_per_s"] / ref["images_per_s"]}
+    if "round" in result and all("round" in ref for ref in refs):
+        ref = min((r for ref in refs for r in ref["round"]), key=lambda r: r["seconds"])
+        out["round"] = {"jaxal_s": result["round"]["seconds"], "torch_s": ref["seconds"],
+                        "torch_layout": ref["layout"],
+                        "ratio": ref["seconds"] / result["round"]["seconds"]}
+    return out
+
+
 def bench_default_run(data_dir: str | None) -> dict:
     config = ExperimentConfig(dataset="mnist", data_dir=data_dir, al=ALConfig())
     marks = []
+    first = len(_compiles)
 
     def progress(line):
-        marks.append((time.perf_counter(), len(_compiles), sum(_compiles)))
+        marks.append(len(_compiles))
         print("   ", line, flush=True)
 
     start = time.perf_counter()
     _, infos = run_experiment(config, out_dir=None, progress=progress)
     wall = time.perf_counter() - start
-    compiles_after_round1 = marks[-1][1] - marks[1][1]
+    compiles_after_round1 = marks[-1] - marks[1]
+    by_function = defaultdict(lambda: {"count": 0, "total_s": 0.0, "max_s": 0.0})
+    for name, secs in _compiles[first:]:
+        entry = by_function[name]
+        entry["count"] += 1
+        entry["total_s"] += secs
+        entry["max_s"] = max(entry["max_s"], secs)
     final = infos[-1].metrics
     return {
-        "wall_s": wall, "xla_compile_s_total": marks[-1][2],
+        "wall_s": wall, "xla_compile_s_total": sum(s for _, s in _compiles[first:]),
+        "compile_s_by_function": dict(sorted(by_function.items(),
+                                             key=lambda kv: -kv[1]["total_s"])),
+        "train_config": config.al.train._asdict(),
         "compiles_after_round1": compiles_after_round1,
         "rounds": len(infos) - 1, "final_labels": infos[-1].num_labels,
         "final_test_accuracy": final.test_accuracy,
@@ -116,43 +208,99 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("TFDS_DATA_DIR"))
     p.add_argument("--skip-run", action="store_true", help="skip the full 20-round run")
+    p.add_argument("--skip-round", action="store_true", help="skip the whole-round timing")
+    p.add_argument("--torch-python", default=None,
+                   help="python of a venv with torch: time the PyTorch reference "
+                        "(benchmarks/torch_reference.py) before and after jaxal")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "al_round.json"))
     p.add_argument("--no-cpu-settings", action="store_true",
                    help="run without jaxal.runtime.configure_cpu()")
     args = p.parse_args()
-    if not args.no_cpu_settings:
-        configure_cpu()   # as jaxal's CLIs run; before JAX's first computation
+    settings = None if args.no_cpu_settings else configure_cpu()   # as jaxal's CLIs run
+
+    result = {"machine": cpu_info(),
+              "versions": {"python": sys.version.split()[0], "jax": jax.__version__,
+                           **{m: version(m) for m in ("jaxlib", "flax", "optax")}},
+              "backend": jax.default_backend(),
+              "cpu_settings": settings._asdict() if settings else None}
+    if args.torch_python:
+        print("PyTorch reference (before) ...", flush=True)
+        result["torch_before"] = torch_reference(args.torch_python, os.cpu_count())
 
     split = load_split(ExperimentConfig(dataset="mnist", data_dir=args.data_dir))
     data = to_device(split)
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "backend": jax.default_backend(), "jax": jax.__version__},
-              "training": [bench_training(data, b, 100) for b in (32, 64, 128)],
-              "scoring": [bench_scoring(data, c) for c in (1024, 2048, 4096)]}
+    result["training"] = [bench_training(data, b, 100) for b in (32, 64, 128)]
+    result["scoring"] = [bench_scoring(data, c) for c in (256, 512, 1024, 2048, 4096)]
+    if not args.skip_round:
+        result["round"] = bench_round(split, repeats=3)
     if not args.skip_run:
         result["default_run"] = bench_default_run(args.data_dir)
+    if args.torch_python:
+        print("PyTorch reference (after) ...", flush=True)
+        result["torch_after"] = torch_reference(args.torch_python, os.cpu_count())
+    result["ratios"] = ratios(result)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
 
-    lines = ["| measurement | value | compile (s) |", "|---|---|---|"]
+
+def times(r: dict | None) -> str:
+    return f"{r['ratio']:.2f}x" if r else "–"
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"{describe(m)}; jax {result['versions']['jax']}, "
+             + (f"torch {result['torch_before']['versions']['torch']} "
+                f"({result['torch_before']['versions']['cpu_capability']})"
+                if "torch_before" in result else "no PyTorch reference"), "",
+             "| measurement | jaxal | PyTorch before / after (best layout) | jaxal/PyTorch |"
+             " compile (s) |", "|---|---|---|---|---|"]
+    refs = [result.get("torch_before"), result.get("torch_after")]
+    ratio = result["ratios"]
+
+    def torch_figure(section, fmt, key="images_per_s", pick=max, **match):
+        vals = []
+        for ref in refs:
+            rows = [r for r in (ref or {}).get(section, [])
+                    if all(r.get(k) == v for k, v in match.items())]
+            vals.append(fmt(pick(r[key] for r in rows)) if rows else "–")
+        return " / ".join(vals)
+
     for t in result["training"]:
-        lines.append(f"| training, batch {t['batch_size']} | {t['images_per_s']:,.0f} images/s "
-                     f"| {t['compile_s']:.1f} |")
-    for s in result["scoring"]:
-        lines.append(f"| pool scoring ({s['pool']:,} images, chunk {s['chunk_size']}) | "
-                     f"{s['images_per_s']:,.0f} images/s ({s['seconds']:.2f} s) | "
-                     f"{s['compile_s']:.1f} |")
+        b = t["batch_size"]
+        r = ratio.get(f"training_b{b}")
+        lines.append(f"| training, batch {b} (images/s) | {t['images_per_s']:,.0f} | "
+                     f"{torch_figure('training', '{:,.0f}'.format, batch_size=b)} | "
+                     f"{times(r)} | {t['compile_s']:.1f} |")
+    s = best(result["scoring"])
+    r = ratio.get("scoring")
+    lines.append(f"| pool scoring, 59,000 images (images/s; best chunk: jaxal {s['chunk_size']}"
+                 f"{', PyTorch ' + str(r['torch_chunk']) if r else ''}) | "
+                 f"{s['images_per_s']:,.0f} | {torch_figure('scoring', '{:,.0f}'.format)} | "
+                 f"{times(r)} | {s['compile_s']:.1f} |")
+    if "round" in result:
+        rd, r = result["round"], ratio.get("round")
+        lines.append(f"| one AL round: score 59k, train 500 x 32, evaluate (s) | "
+                     f"{rd['seconds']:.2f} | "
+                     f"{torch_figure('round', '{:.2f}'.format, key='seconds', pick=min)} | "
+                     f"{times(r)} | "
+                     f"{rd['first_call_s'] - rd['seconds']:.1f} |")
     if "default_run" in result:
         r = result["default_run"]
         lines.append(f"| default run ({r['rounds']} rounds, {r['final_labels']} labels) | "
-                     f"{r['wall_s']:.0f} s wall, test accuracy {r['final_test_accuracy']:.4f} "
-                     f"| {r['xla_compile_s_total']:.1f} (XLA) |")
-        lines.append(f"| compilations after round 1 | {r['compiles_after_round1']} | |")
-    table = "\n".join(lines)
-    out.with_suffix(".md").write_text(table + "\n")
-    print(table)
+                     f"{r['wall_s']:.0f} s, test accuracy {r['final_test_accuracy']:.4f} | "
+                     f"| | {r['xla_compile_s_total']:.1f} (XLA) |")
+        lines.append(f"| compilations after round 1 | {r['compiles_after_round1']} | | | |")
+        lines += ["", "Default run, XLA compile time per jitted function:", "",
+                  "| function | compilations | total (s) | longest (s) |", "|---|---|---|---|"]
+        lines += [f"| {name} | {c['count']} | {c['total_s']:.2f} | {c['max_s']:.2f} |"
+                  for name, c in r["compile_s_by_function"].items()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,22 @@ TOY_DATASETS = ("moons", "blobs")
 
 
 class TrainConfig(NamedTuple):
-    """How one MAP fit runs. ``steps`` minibatches of ``batch_size`` from the labelled set."""
+    """How one MAP fit runs: minibatches of ``batch_size`` from the labelled set.
+
+    The number of steps per fit is ``steps`` when ``epochs`` is None; otherwise it follows
+    the labelled-set size N, ``clip(ceil(epochs · N / batch_size), min_steps, max_steps)``
+    (see ``jaxal.train.training_steps``): the floor keeps tiny sets trained, the cap bounds
+    a round's time on large ones.
+    """
 
     steps: int = 500
     batch_size: int = 32
     learning_rate: float = 1e-3
     optimizer: str = "adam"
     prior_precision: float = 1.0
+    epochs: float | None = None
+    min_steps: int = 100
+    max_steps: int = 5000
 
 
 class LaplaceConfig(NamedTuple):

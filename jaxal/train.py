@@ -41,12 +41,32 @@ def check_train_config(config: TrainConfig) -> None:
          f"learning rate must be a finite number > 0 (got {config.learning_rate})")
     need(math.isfinite(config.prior_precision) and config.prior_precision >= 0,
          f"prior precision must be a finite number >= 0 (got {config.prior_precision})")
+    if config.epochs is not None:
+        need(math.isfinite(config.epochs) and config.epochs > 0,
+             f"epochs must be a finite number > 0 (got {config.epochs}); or train a fixed "
+             "number of --steps")
+        need(config.min_steps > 0, f"min steps must be > 0 (got {config.min_steps})")
+        need(config.max_steps >= config.min_steps,
+             f"max steps ({config.max_steps}) must be >= min steps ({config.min_steps})")
     need(config.optimizer in OPTIMIZERS,
          f"unknown optimizer {config.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
 
 
+def training_steps(config: TrainConfig, num_train: int) -> int:
+    """Optimiser steps of one MAP fit on ``num_train`` points.
+
+    ``config.steps`` when ``config.epochs`` is None, else
+    ``clip(ceil(epochs · num_train / batch_size), min_steps, max_steps)``.
+    """
+    if config.epochs is None:
+        return config.steps
+    # round() first: 0.1 * 30 is 3.0000000000000004, whose ceil would add a step.
+    steps = math.ceil(round(config.epochs * num_train / config.batch_size, 9))
+    return int(min(max(steps, config.min_steps), config.max_steps))
+
+
 class TrainInfo(NamedTuple):
-    loss: np.ndarray       # [steps] minibatch objective L(θ)/N per step
+    loss: np.ndarray       # [steps] minibatch objective L(θ)/N per step (see training_steps)
     train_nll: float       # mean NLL of the final θ on the whole labelled set (no dropout)
 
 
@@ -141,11 +161,15 @@ def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
         y_train = jnp.where(extra, pseudo_labels, y_pool).astype(y_pool.dtype)
         train_idx = labelled_indices(labelled | extra)
         num_train = num_labelled + extra.sum()
+    # The step count is a Python int (one host read of the set size per fit): the loop
+    # runs in Python, so a round with more steps compiles nothing new.
+    steps = training_steps(trainer.config, int(num_train))
     state = trainer.init(params)
     losses = []
-    for t in range(trainer.config.steps):
+    for t in range(steps):
         state, loss = trainer.step(jax.random.fold_in(key, t), state, x_pool, y_train,
                                    train_idx, num_train)
         losses.append(loss)
     nll = trainer.labelled_nll(state.params, x_pool, y_pool, labelled_idx, num_labelled)
-    return state.params, TrainInfo(np.asarray(jnp.stack(losses)), float(nll))
+    # device_get, not jnp.stack: a stack of a new length would compile a new concatenate.
+    return state.params, TrainInfo(np.asarray(jax.device_get(losses)), float(nll))

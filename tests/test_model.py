@@ -296,3 +296,59 @@ def test_relu_max_pool_equals_the_composition_with_ties(shape):
     np.testing.assert_allclose(y_dot, y_dot_ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(grad, grad_ref, rtol=1e-6, atol=1e-6)
     assert np.abs(np.asarray(grad)).sum() > 0   # not trivially zero
+
+
+@pytest.mark.parametrize("batch", [5, 19])    # one chunk; chunks of 8, 8 and 3
+def test_chunked_filter_grad_conv_matches_plain_conv(batch):
+    """Value, input gradient and filter gradient equal the plain convolution's."""
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (batch, 9, 9, 3))
+    w = jax.random.normal(kw, (3, 3, 3, 4))
+    numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    plain = partial(jax.lax.conv_general_dilated, window_strides=(1, 1), padding="SAME",
+                    dimension_numbers=numbers)
+    chunked = partial(model_lib.conv_chunked_filter_grad, window_strides=(1, 1),
+                      padding="SAME", dimension_numbers=numbers)
+    cotangent = jax.random.normal(kg, (batch, 9, 9, 4))
+    y, vjp = jax.vjp(plain, x, w)
+    y_chunked, vjp_chunked = jax.vjp(chunked, x, w)
+    np.testing.assert_allclose(y_chunked, y, rtol=1e-6, atol=1e-6)
+    for got, want in zip(vjp_chunked(cotangent), vjp(cotangent), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_training_gradient_matches_evaluation_gradient():
+    """Without dropout, train=True (chunked filter gradients) and train=False (plain
+    convolutions) are the same function: equal gradients on a batch of 20."""
+    model = cnn(10, dropout_rate=0.0)
+    params = init_params(model, jax.random.key(0), (28, 28, 1))
+    x = jax.random.normal(jax.random.key(1), (20, 28, 28, 1))
+    y = jnp.arange(20) % 10
+
+    def loss(params, train):
+        logits = model.apply(params, x, train=train)
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1).mean()
+
+    train_grad = ravel_pytree(jax.grad(loss)(params, True))[0]
+    eval_grad = ravel_pytree(jax.grad(loss)(params, False))[0]
+    np.testing.assert_allclose(train_grad, eval_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+def test_reverse_only_relu_max_pool_equals_the_composition_with_ties(shape):
+    """The training form (custom VJP on strided window positions) has the same value and
+    gradient as max_pool_2x2 ∘ relu, on the tie-heavy input above, odd sides included."""
+    rng = np.random.default_rng(3)
+    x = np.round(1.5 * rng.standard_normal(shape)).astype(np.float32)
+    x[0, :2, :2] = 2.0                                # four tied positive maxima
+    x[0, 2:4, :2] = np.array([[0.0, -1.0], [-2.0, 0.0]])[..., None]
+    _, _, w = pool_inputs(shape, seed=5, ties=False)
+    composed = lambda a: max_pool_2x2(jax.nn.relu(a))
+    y, vjp = jax.vjp(model_lib.relu_max_pool_2x2_reverse, jnp.asarray(x))
+    y_ref, vjp_ref = jax.vjp(composed, jnp.asarray(x))
+    np.testing.assert_array_equal(y, y_ref)
+    grad, grad_ref = vjp(jnp.asarray(w))[0], vjp_ref(jnp.asarray(w))[0]
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grad[0, :2, :2], w[0, 0, 0] / 4 * np.ones((2, 2, shape[3])),
+                               rtol=1e-6)            # the tied window's equal shares
+    assert np.abs(np.asarray(grad)).sum() > 0

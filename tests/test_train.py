@@ -1,6 +1,7 @@
 """Tests for jaxal.train: MAP fitting on a labelled subset of a fixed pool, static shapes."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,17 @@ import pytest
 from helpers import count_compilations
 from jax.flatten_util import ravel_pytree
 
+from jaxal.errors import ConfigError
 from jaxal.model import init_params, mlp
 from jaxal.objective import map_objective
-from jaxal.train import TrainConfig, labelled_indices, make_trainer, train_map
+from jaxal.train import (
+    TrainConfig,
+    check_train_config,
+    labelled_indices,
+    make_trainer,
+    train_map,
+    training_steps,
+)
 
 POOL_SIZE = 200
 CAPACITY = 64
@@ -185,3 +194,46 @@ def test_more_labels_do_not_recompile(trainer, fitted, params0):
         assert np.isfinite(info.train_nll)
 
     assert compiles == [1, 0, 0]
+
+
+@pytest.mark.parametrize(("epochs", "num_train", "expected"), [
+    (None, 7, 200),          # no schedule: the fixed step count
+    (10.0, 20, 100),         # ceil(10 * 20 / 16) = 13 -> the floor
+    (50.0, 40, 125),         # ceil(50 * 40 / 16) = 125, inside the bounds
+    (0.1, 30, 100),          # 0.1 * 30 / 16 is not an integer: the floor again
+    (1000.0, 64, 1000),      # 4,000 steps -> the cap
+    (3.0, 80, 100),          # 15 steps -> the floor
+])
+def test_training_steps_follow_epochs(epochs, num_train, expected):
+    config = TrainConfig(steps=200, batch_size=16, epochs=epochs, min_steps=100,
+                         max_steps=1000)
+    assert training_steps(config, num_train) == expected
+
+
+def test_training_steps_exact_epochs_do_not_round_up():
+    # 0.1 * 30 is 3.0000000000000004 in floats: exactly 3 steps, not 4.
+    config = TrainConfig(batch_size=1, epochs=0.1, min_steps=1, max_steps=10)
+    assert training_steps(config, 30) == 3
+
+
+def test_epoch_schedule_grows_with_the_labelled_set_without_recompiling(params0):
+    """Each fit takes ceil(epochs · N / batch) steps; a bigger set compiles nothing new."""
+    trainer = make_jitted_trainer(epochs=40.0, min_steps=20, max_steps=1000)
+    small, large = labelled_mask(4), labelled_mask(20)
+    _, info = train_map(jax.random.key(0), trainer, params0, X_POOL, Y_POOL, small)
+    assert info.loss.shape == (20,)                  # 40 * 8 / 16 = 20 = the floor
+    with count_compilations() as compiled:
+        _, info = train_map(jax.random.key(0), trainer, params0, X_POOL, Y_POOL, large)
+    assert info.loss.shape == (100,)                 # 40 * 40 / 16
+    assert compiled.count == 0
+
+
+@pytest.mark.parametrize(("config", "fix"), [
+    (dict(epochs=0.0), "epochs must be a finite number > 0"),
+    (dict(epochs=math.inf), "epochs must be a finite number > 0"),
+    (dict(epochs=5.0, min_steps=0), "min steps must be > 0"),
+    (dict(epochs=5.0, min_steps=50, max_steps=10), "max steps (10) must be >= min steps"),
+])
+def test_bad_epoch_schedules_are_refused(config, fix):
+    with pytest.raises(ConfigError, match=re.escape(fix)):
+        check_train_config(TrainConfig(**config))

@@ -92,7 +92,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init-per-class", type=whole(1), default=_AL.init_per_class,
                    help="balanced initial labelled set: this many per class")
     p.add_argument("--steps", type=whole(1), default=_TRAIN.steps,
-                   help="optimiser steps per MAP fit (one fit per round)")
+                   help="optimiser steps per MAP fit (one fit per round), unless --epochs "
+                        "is given")
+    p.add_argument("--epochs", type=number(0.0, exclusive=True), default=_TRAIN.epochs,
+                   help="train each round for this many epochs over the labelled set "
+                        "instead: ceil(epochs * labels / batch size) steps, clipped to "
+                        "[--min-steps, --max-steps]")
+    p.add_argument("--min-steps", type=whole(1), default=_TRAIN.min_steps,
+                   help="with --epochs: the fewest steps of a fit")
+    p.add_argument("--max-steps", type=whole(1), default=_TRAIN.max_steps,
+                   help="with --epochs: the most steps of a fit")
     p.add_argument("--batch-size", type=whole(1), default=_TRAIN.batch_size,
                    help="minibatch size, drawn with replacement from the labelled set")
     p.add_argument("--lr", type=number(0.0, exclusive=True), default=_TRAIN.learning_rate,
@@ -149,7 +158,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     if auto and args.posterior != "laplace":
         raise ConfigError(f"--prior-precision {args.prior_precision} fits the Laplace "
                           "posterior's prior; add --posterior laplace or give a number")
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size,
+    train = TrainConfig(steps=args.steps, epochs=args.epochs, min_steps=args.min_steps,
+                        max_steps=args.max_steps, batch_size=args.batch_size,
                         learning_rate=args.lr, optimizer=args.optimizer,
                         prior_precision=_TRAIN.prior_precision if auto else args.prior_precision)
     laplace = LaplaceConfig(curvature=args.curvature, structure=args.structure,
