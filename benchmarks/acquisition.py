@@ -151,6 +151,7 @@ def schedule(args) -> tuple[TrainConfig, str]:
 
 def curves(args) -> None:
     train, suffix = schedule(args)
+    suffix += f"-{args.tag}" if args.tag else ""
     out = RESULTS / f"acquisition_curves{suffix}.json"
     setting = {k: getattr(args, k) for k in ("pool_size", "rounds", "query_size",
                                               "init_per_class")}
@@ -243,6 +244,8 @@ def main():
                    help="train by epochs (jaxal.train.training_steps) instead of 500 steps")
     c.add_argument("--min-steps", type=int, default=TrainConfig().min_steps)
     c.add_argument("--max-steps", type=int, default=TrainConfig().max_steps)
+    c.add_argument("--tag", default="",
+                   help="suffix of the result files, to keep runs of another code version")
     for s in (t, c):
         s.add_argument("--data-dir", default=None)
     args = p.parse_args()

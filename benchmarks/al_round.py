@@ -170,8 +170,11 @@ def ratios(result: dict) -> dict:
     return out
 
 
-def bench_default_run(data_dir: str | None) -> dict:
-    config = ExperimentConfig(dataset="mnist", data_dir=data_dir, al=ALConfig())
+def bench_default_run(data_dir: str | None, train: TrainConfig | None = None) -> dict:
+    """The README's default run (``python -m jaxal.run --dataset mnist --acq entropy``),
+    or the same with another training schedule."""
+    al = ALConfig() if train is None else ALConfig(train=train)
+    config = ExperimentConfig(dataset="mnist", data_dir=data_dir, al=al)
     marks = []
     first = len(_compiles)
 
@@ -212,6 +215,10 @@ def main():
     p.add_argument("--torch-python", default=None,
                    help="python of a venv with torch: time the PyTorch reference "
                         "(benchmarks/torch_reference.py) before and after jaxal")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="also time the default run trained by epochs (jaxal.train)")
+    p.add_argument("--min-steps", type=int, default=TrainConfig().min_steps)
+    p.add_argument("--max-steps", type=int, default=TrainConfig().max_steps)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "al_round.json"))
     p.add_argument("--no-cpu-settings", action="store_true",
                    help="run without jaxal.runtime.configure_cpu()")
@@ -235,6 +242,10 @@ def main():
         result["round"] = bench_round(split, repeats=3)
     if not args.skip_run:
         result["default_run"] = bench_default_run(args.data_dir)
+        if args.epochs:
+            result["epochs_run"] = bench_default_run(
+                args.data_dir, TrainConfig(epochs=args.epochs, min_steps=args.min_steps,
+                                           max_steps=args.max_steps))
     if args.torch_python:
         print("PyTorch reference (after) ...", flush=True)
         result["torch_after"] = torch_reference(args.torch_python, os.cpu_count())
@@ -290,12 +301,21 @@ def markdown(result: dict) -> str:
                      f"{torch_figure('round', '{:.2f}'.format, key='seconds', pick=min)} | "
                      f"{times(r)} | "
                      f"{rd['first_call_s'] - rd['seconds']:.1f} |")
-    if "default_run" in result:
-        r = result["default_run"]
-        lines.append(f"| default run ({r['rounds']} rounds, {r['final_labels']} labels) | "
+    for key in ("default_run", "epochs_run"):
+        if key not in result:
+            continue
+        r = result[key]
+        t = r["train_config"]
+        fit = (f"{t['steps']} steps a fit" if t["epochs"] is None else
+               f"{t['epochs']:g} epochs a fit, {t['min_steps']}-{t['max_steps']} steps")
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in r["seconds_per_stage"].items())
+        lines.append(f"| MNIST default run ({fit}; {r['rounds']} rounds, "
+                     f"{r['final_labels']} labels; s: {stages}) | "
                      f"{r['wall_s']:.0f} s, test accuracy {r['final_test_accuracy']:.4f} | "
                      f"| | {r['xla_compile_s_total']:.1f} (XLA) |")
         lines.append(f"| compilations after round 1 | {r['compiles_after_round1']} | | | |")
+    if "default_run" in result:
+        r = result["default_run"]
         lines += ["", "Default run, XLA compile time per jitted function:", "",
                   "| function | compilations | total (s) | longest (s) |", "|---|---|---|---|"]
         lines += [f"| {name} | {c['count']} | {c['total_s']:.2f} | {c['max_s']:.2f} |"

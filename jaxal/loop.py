@@ -252,11 +252,13 @@ def initial_labelled(key: jax.Array, pool_y: np.ndarray, num_classes: int,
     """A balanced initial labelled set: ``per_class`` random pool points of every class."""
     pool_y = np.asarray(pool_y)
     mask = np.zeros(pool_y.shape[0], bool)
+    # One uniform draw over the pool: each class's per_class members with the smallest
+    # draws are a uniform random subset of it. (A jax.random.choice per class compiled a
+    # program for every class size: 10 compilations of ~0.25 s in every MNIST run.)
+    draws = np.asarray(jax.random.uniform(key, pool_y.shape))
     for c in range(num_classes):
         members = np.flatnonzero(pool_y == c)
-        pick = jax.random.choice(jax.random.fold_in(key, c), members.shape[0], (per_class,),
-                                 replace=False)
-        mask[members[np.asarray(pick)]] = True
+        mask[members[np.argsort(draws[members], kind="stable")[:per_class]]] = True
     return jnp.asarray(mask)
 
 
@@ -375,7 +377,7 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
 
     return ActiveLearner(
         config=config,
-        init=jax.jit(lambda key: init_params(model, key, input_shape)),
+        init=jax.jit(partial(init_params, model, input_shape=input_shape)),
         train=partial(train_map, trainer=trainer),
         fit=jax.jit(fit),
         query=jax.jit(query),

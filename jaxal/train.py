@@ -45,9 +45,10 @@ def check_train_config(config: TrainConfig) -> None:
         need(math.isfinite(config.epochs) and config.epochs > 0,
              f"epochs must be a finite number > 0 (got {config.epochs}); or train a fixed "
              "number of --steps")
-        need(config.min_steps > 0, f"min steps must be > 0 (got {config.min_steps})")
-        need(config.max_steps >= config.min_steps,
-             f"max steps ({config.max_steps}) must be >= min steps ({config.min_steps})")
+    need(config.min_steps > 0, f"min steps must be > 0 (got {config.min_steps})")
+    need(config.max_steps >= config.min_steps,
+         f"max steps ({config.max_steps}) must be >= min steps ({config.min_steps}); raise "
+         "--max-steps or lower --min-steps")
     need(config.optimizer in OPTIMIZERS,
          f"unknown optimizer {config.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
 
@@ -131,6 +132,11 @@ def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Train
     return Trainer(config, init, step, labelled_nll)
 
 
+# Jitted: an eager fold_in costs ~0.2 ms a call (primitive dispatch), 2% of a training
+# step at batch 32; through jit's fast path ~0.03 ms. Same keys.
+_fold_in = jax.jit(jax.random.fold_in)
+
+
 def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
               y_pool: jax.Array, labelled: jax.Array,
               pseudo_labels: jax.Array | None = None) -> tuple[Any, TrainInfo]:
@@ -167,7 +173,7 @@ def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
     state = trainer.init(params)
     losses = []
     for t in range(steps):
-        state, loss = trainer.step(jax.random.fold_in(key, t), state, x_pool, y_train,
+        state, loss = trainer.step(_fold_in(key, t), state, x_pool, y_train,
                                    train_idx, num_train)
         losses.append(loss)
     nll = trainer.labelled_nll(state.params, x_pool, y_pool, labelled_idx, num_labelled)

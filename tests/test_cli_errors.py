@@ -69,6 +69,10 @@ FAST = [
     (["--hybrid-beta", "2"], "argument --hybrid-beta: expected a finite number >= 0 and <= 1"),
     (["--query-size", "0"], "argument --query-size: expected a whole number >= 1"),
     (["--steps", "-5"], "argument --steps: expected a whole number >= 1"),
+    (["--epochs", "0"], "argument --epochs: expected a finite number > 0"),
+    (["--epochs", "inf"], "argument --epochs: expected a finite number > 0"),
+    (["--epochs", "3"], "--steps 30 and --epochs 3 both set how long a fit trains"),
+    (["--min-steps", "0"], "argument --min-steps: expected a whole number >= 1"),
     (["--pool-size", "0"], "argument --pool-size"),
     (["--samples", "3_0"], "argument --samples"),
     (["--acq", "bold"], "argument --acq: invalid choice: 'bold' (choose from random"),
@@ -138,6 +142,8 @@ def test_unwritable_out_dir_is_refused(tmp_path):
 SLOW = [
     (["--posterior", "laplace", "--prior-precision", "0"], "prior precision > 0"),
     (["--init-per-class", "150"], "lower --init-per-class"),
+    (["--min-steps", "50", "--max-steps", "10"],
+     "max steps (10) must be >= min steps (50); raise --max-steps or lower --min-steps"),
 ]
 
 

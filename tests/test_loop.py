@@ -57,6 +57,21 @@ def test_initial_labelled_is_balanced():
     assert not np.array_equal(mask, other)
 
 
+def test_initial_labelled_is_uniform_within_each_class_and_compiles_once():
+    """Every member of a class is picked with probability per_class / class size (Monte
+    Carlo over 400 keys), and classes of 10 different sizes compile one draw, not 10."""
+    y = np.concatenate([np.full(6 + c, c) for c in range(10)])   # class c: 6 + c members
+    draw = lambda k: np.asarray(initial_labelled(jax.random.key(k), y, 10, 2))
+    with count_compilations() as compiled:
+        draw(0)     # a pool length no other test uses: nothing cached
+    assert 0 < compiled.count <= 4   # a choice per class compiled 3 programs per class
+    freq = np.mean([draw(k) for k in range(1, 401)], axis=0)
+    for c in range(10):
+        p = 2 / (6 + c)
+        # 5 standard errors of a frequency over 400 draws.
+        np.testing.assert_allclose(freq[y == c], p, atol=5 * np.sqrt(p * (1 - p) / 400))
+
+
 @pytest.fixture(scope="module")
 def toy():
     return to_device(datasets.toy_al_split(0, n_pool=120, n_val=40, n_test=100))

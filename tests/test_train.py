@@ -232,6 +232,7 @@ def test_epoch_schedule_grows_with_the_labelled_set_without_recompiling(params0)
     (dict(epochs=0.0), "epochs must be a finite number > 0"),
     (dict(epochs=math.inf), "epochs must be a finite number > 0"),
     (dict(epochs=5.0, min_steps=0), "min steps must be > 0"),
+    (dict(min_steps=50, max_steps=10), "max steps (10) must be >= min steps (50)"),
     (dict(epochs=5.0, min_steps=50, max_steps=10), "max steps (10) must be >= min steps"),
 ])
 def test_bad_epoch_schedules_are_refused(config, fix):

@@ -91,13 +91,14 @@ def parser() -> argparse.ArgumentParser:
                    help="points labelled per round")
     p.add_argument("--init-per-class", type=whole(1), default=_AL.init_per_class,
                    help="balanced initial labelled set: this many per class")
-    p.add_argument("--steps", type=whole(1), default=_TRAIN.steps,
-                   help="optimiser steps per MAP fit (one fit per round), unless --epochs "
-                        "is given")
-    p.add_argument("--epochs", type=number(0.0, exclusive=True), default=_TRAIN.epochs,
+    p.add_argument("--steps", type=whole(1), default=None,
+                   help="optimiser steps per MAP fit (one fit per round); default: "
+                        + (f"{_TRAIN.steps}" if _TRAIN.epochs is None else "by --epochs"))
+    p.add_argument("--epochs", type=number(0.0, exclusive=True), default=None,
                    help="train each round for this many epochs over the labelled set "
                         "instead: ceil(epochs * labels / batch size) steps, clipped to "
-                        "[--min-steps, --max-steps]")
+                        "[--min-steps, --max-steps]; default: "
+                        + ("--steps" if _TRAIN.epochs is None else f"{_TRAIN.epochs:g}"))
     p.add_argument("--min-steps", type=whole(1), default=_TRAIN.min_steps,
                    help="with --epochs: the fewest steps of a fit")
     p.add_argument("--max-steps", type=whole(1), default=_TRAIN.max_steps,
@@ -150,6 +151,9 @@ def _float_or_auto(value: str) -> float | str:
 PRIOR_FIT_OF = {"auto": "evidence", "val-nll": "val-nll"}
 
 
+SCHEDULE_CONFLICT = "--steps {} and --epochs {:g} both set how long a fit trains; give one"
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     if args.prior_precision is None:
         args.prior_precision = "val-nll" if args.posterior == "laplace" else \
@@ -158,7 +162,13 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     if auto and args.posterior != "laplace":
         raise ConfigError(f"--prior-precision {args.prior_precision} fits the Laplace "
                           "posterior's prior; add --posterior laplace or give a number")
-    train = TrainConfig(steps=args.steps, epochs=args.epochs, min_steps=args.min_steps,
+    if args.steps is not None and args.epochs is not None:
+        raise ConfigError(SCHEDULE_CONFLICT.format(args.steps, args.epochs))
+    # An explicit --steps trains a fixed number of steps even where epochs are the default.
+    steps = _TRAIN.steps if args.steps is None else args.steps
+    epochs = None if args.steps is not None else (
+        _TRAIN.epochs if args.epochs is None else args.epochs)
+    train = TrainConfig(steps=steps, epochs=epochs, min_steps=args.min_steps,
                         max_steps=args.max_steps, batch_size=args.batch_size,
                         learning_rate=args.lr, optimizer=args.optimizer,
                         prior_precision=_TRAIN.prior_precision if auto else args.prior_precision)
@@ -184,6 +194,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 def main(argv: Sequence[str] | None = None) -> None:
     p = parser()
     args = p.parse_args(argv)
+    if args.steps is not None and args.epochs is not None:   # before JAX, like the rest
+        p.error(SCHEDULE_CONFLICT.format(args.steps, args.epochs))
     out = args.out or f"runs/{args.dataset}-{args.acq}-{args.posterior}-seed{args.seed}"
     with user_errors(out), lock_out_dir(out):
         from jaxal.runtime import configure_cpu
