@@ -6,7 +6,8 @@
 jaxal: each part of the step timed as its own jitted computation (median of 30 calls,
 compile apart): every convolution's forward, input gradient and filter gradient (XLA's
 own, and summed over batch chunks as ``jaxal.model.conv_chunked_filter_grad`` does), the
-fused ReLU + max-pool forward and backward, the Adam update, the minibatch gather, and
+fused ReLU + max-pool forward and backward (the custom-JVP form and the reverse-only form
+that training uses), the Adam update, the minibatch gather, and
 the whole step (``jaxal.train``), so the parts can be set against the whole. PyTorch
 (with ``--torch-python``): ``torch.profiler``'s self CPU time per operator over 20 steps
 (``benchmarks/torch_reference.py --profile``), in both memory layouts.
@@ -30,7 +31,13 @@ import jax.numpy as jnp
 import optax
 from machine import cpu_info, describe
 
-from jaxal.model import cnn, conv_chunked_filter_grad, init_params, relu_max_pool_2x2
+from jaxal.model import (
+    cnn,
+    conv_chunked_filter_grad,
+    init_params,
+    relu_max_pool_2x2,
+    relu_max_pool_2x2_reverse,
+)
 from jaxal.runtime import configure_cpu
 from jaxal.train import TrainConfig, labelled_indices, make_trainer
 
@@ -87,7 +94,12 @@ def other_parts(batch: int) -> dict:
         g = jax.random.normal(jax.random.key(3), (batch, side // 2, side // 2, c_out))
         pooled[name] = {
             "forward_ms": ms(jax.jit(relu_max_pool_2x2), h),
-            "backward_ms": ms(jax.jit(lambda h, g: jax.vjp(relu_max_pool_2x2, h)[1](g)), h, g)}
+            # forward + backward, as a training step runs them: the custom-JVP form
+            # (transposed by JAX) and the reverse-only form the training step uses.
+            "backward_jvp_form_ms": ms(jax.jit(
+                lambda h, g: jax.vjp(relu_max_pool_2x2, h)[1](g)), h, g),
+            "backward_reverse_form_ms": ms(jax.jit(
+                lambda h, g: jax.vjp(relu_max_pool_2x2_reverse, h)[1](g)), h, g)}
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
     adam = jax.jit(lambda g, s, p: optax.apply_updates(p, optimizer.update(g, s, p)[0]))
@@ -124,13 +136,15 @@ def markdown(result: dict) -> str:
         lines += [f"### jaxal, batch {b}: whole step {o['step_ms']:.2f} ms "
                   f"(forward alone {o['forward_ms']:.2f} ms)", "",
                   "| part | forward (ms) | input grad (ms) | filter grad XLA / chunked (ms) |"
-                  " ReLU+pool fwd / bwd (ms) |", "|---|---|---|---|---|"]
+                  " ReLU+pool fwd / fwd+bwd JVP form / reverse form (ms) |",
+                  "|---|---|---|---|---|"]
         for c in part["convs"]:
             p = o["relu_max_pool"][c["layer"]]
             lines.append(f"| {c['layer']} {c['input']} -> {c['output_channels']} | "
                          f"{c['forward_ms']:.2f} | {c['input_grad_ms']:.2f} | "
                          f"{c['filter_grad_xla_ms']:.2f} / {c['filter_grad_chunked_ms']:.2f} | "
-                         f"{p['forward_ms']:.2f} / {p['backward_ms']:.2f} |")
+                         f"{p['forward_ms']:.2f} / {p['backward_jvp_form_ms']:.2f} / "
+                         f"{p['backward_reverse_form_ms']:.2f} |")
         lines += [f"| Adam update | {o['adam_update_ms']:.2f} | | | |",
                   f"| minibatch gather | {o['minibatch_gather_ms']:.2f} | | | |", ""]
     for key, ops in result.get("torch", {}).get("profile", {}).items():

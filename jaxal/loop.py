@@ -485,6 +485,14 @@ def pseudo_label_info(pseudo: jax.Array, pool_y: jax.Array) -> PseudoLabelInfo:
     return PseudoLabelInfo(int(used.sum()), int((pseudo[used] == pool_y[used]).sum()))
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """Whether every float leaf of ``tree`` is finite: one program per tree structure (an
+    eager isfinite and all per leaf compiled 2 programs per leaf shape)."""
+    return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)
+                              if jnp.issubdtype(leaf.dtype, jnp.inexact)] or [True]))
+
+
 def check_finite(state: ALState, info: RoundInfo, config: ALConfig) -> None:
     """Stop a run whose training, posterior, predictive or scores became non-finite.
 
@@ -504,8 +512,7 @@ def check_finite(state: ALState, info: RoundInfo, config: ALConfig) -> None:
         fail(f"the training loss ({m.train_loss})",
              f"lower --lr (now {config.train.learning_rate:g})"
              + (" or use --optimizer adam" if config.train.optimizer == "sgd" else ""))
-    if not all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(state.posterior)
-               if jnp.issubdtype(leaf.dtype, jnp.inexact)):
+    if not bool(_all_finite(state.posterior)):
         fail("the posterior", "use a positive prior precision (--prior-precision 1, "
              "val-nll or auto) or a lower --lr")
     if not all(math.isfinite(v) for v in (m.test_loss, m.val_loss, m.test_entropy)):

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from jaxal.errors import DivergedError, RunDirError
@@ -313,6 +315,28 @@ def test_nan_loss_stops_the_run_at_its_round_and_keeps_the_last_good_checkpoint(
     _, infos = run_experiment(config, out, progress=lines.append)
     assert lines[0] == f"resuming {out} after round 1 of 4"
     assert [i.round for i in infos] == [0, 1, 2, 3, 4]
+
+
+def test_non_finite_posterior_stops_the_run(tmp_path, monkeypatch):
+    """One NaN in one leaf of the posterior is enough (all float leaves are checked)."""
+    import jaxal.loop as loop
+    from jaxal.experiment import ExperimentConfig, run_experiment
+    from jaxal.train import TrainConfig
+
+    config = ExperimentConfig(dataset="moons", seed=1, val_size=50, pool_size=200,
+                              al=loop.ALConfig(rounds=2, query_size=5, init_per_class=2,
+                                               train=TrainConfig(steps=30, batch_size=8)))
+    real_round = loop.al_round
+
+    def round_1_posterior_nan(key, state, learner, data):
+        state, info = real_round(key, state, learner, data)
+        leaves, tree = jax.tree.flatten(state.posterior)
+        leaves[-1] = leaves[-1].at[..., 0].set(jnp.nan)
+        return state._replace(posterior=jax.tree.unflatten(tree, leaves)), info
+
+    monkeypatch.setattr(loop, "al_round", round_1_posterior_nan)
+    with pytest.raises(DivergedError, match=r"^round 1: the posterior is not finite"):
+        run_experiment(config, tmp_path / "run", progress=None)
 
 
 def test_real_divergence_and_a_diverged_flag(tmp_path):
