@@ -284,16 +284,23 @@ def test_run_experiment_refuses_an_out_dir_held_elsewhere(tmp_path):
 
 # --- divergence -------------------------------------------------------------------------
 
+def small_moons_config(rounds: int):
+    from jaxal.experiment import ExperimentConfig
+    from jaxal.loop import ALConfig
+    from jaxal.train import TrainConfig
+
+    return ExperimentConfig(dataset="moons", seed=1, val_size=50, pool_size=200,
+                            al=ALConfig(rounds=rounds, query_size=5, init_per_class=2,
+                                        train=TrainConfig(steps=30, batch_size=8)))
+
+
 def test_nan_loss_stops_the_run_at_its_round_and_keeps_the_last_good_checkpoint(
         tmp_path, monkeypatch):
     import jaxal.loop as loop
-    from jaxal.experiment import ExperimentConfig, run_experiment
+    from jaxal.experiment import run_experiment
     from jaxal.results import read_metrics
-    from jaxal.train import TrainConfig
 
-    config = ExperimentConfig(dataset="moons", seed=1, val_size=50, pool_size=200,
-                              al=loop.ALConfig(rounds=4, query_size=5, init_per_class=2,
-                                               train=TrainConfig(steps=30, batch_size=8)))
+    config = small_moons_config(rounds=4)
     real_round = loop.al_round
 
     def round_2_diverges(key, state, learner, data):
@@ -320,12 +327,9 @@ def test_nan_loss_stops_the_run_at_its_round_and_keeps_the_last_good_checkpoint(
 def test_non_finite_posterior_stops_the_run(tmp_path, monkeypatch):
     """One NaN in one leaf of the posterior is enough (all float leaves are checked)."""
     import jaxal.loop as loop
-    from jaxal.experiment import ExperimentConfig, run_experiment
-    from jaxal.train import TrainConfig
+    from jaxal.experiment import run_experiment
 
-    config = ExperimentConfig(dataset="moons", seed=1, val_size=50, pool_size=200,
-                              al=loop.ALConfig(rounds=2, query_size=5, init_per_class=2,
-                                               train=TrainConfig(steps=30, batch_size=8)))
+    config = small_moons_config(rounds=2)
     real_round = loop.al_round
 
     def round_1_posterior_nan(key, state, learner, data):
