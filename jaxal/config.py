@@ -51,6 +51,16 @@ class LaplaceConfig(NamedTuple):
     chunk_size: int | None = None    # examples per curvature chunk (None: by subset)
 
 
+class ModelConfig(NamedTuple):
+    """Options of the models; the defaults are the seed CNN and the toy MLP themselves."""
+
+    # Dropout after each hidden block: each conv block of the CNN, one mask entry per
+    # channel (spatial dropout, as in Kirsch et al. 2019's MNIST model; the CNN's dropout
+    # before the last layer is always there), each hidden layer of the toy MLP; 0: none.
+    # The MC dropout posterior needs it (0.5: Kirsch et al.).
+    dropout: float = 0.0
+
+
 class ALConfig(NamedTuple):
     """Everything that decides what an AL run computes (apart from data and seed)."""
 
@@ -69,8 +79,18 @@ class ALConfig(NamedTuple):
     init_per_class: int = 2
     warm_start: bool = False
     chunk_size: int = 4096
+    # Score the labelled set and a fresh random K unlabelled pool points each round
+    # (None: the whole pool), so costly posteriors stay affordable (Gal et al. 2017).
+    pool_subset: int | None = None
     train: TrainConfig = TrainConfig()
     laplace: LaplaceConfig = LaplaceConfig()   # used when posterior == "laplace"
+    model: ModelConfig = ModelConfig()
+    ensemble_size: int = 5         # members M of the deep ensemble posterior
+    dropout_samples: int = 100     # masks S of the MC dropout posterior
+    # Posterior samples of the predictive when evaluating (test/validation metrics and the
+    # val-nll prior fit); None: as many as the query uses. Fewer keep costly sampling
+    # posteriors affordable over the 11,000 evaluation images.
+    eval_samples: int | None = None
 
 
 class ExperimentConfig(NamedTuple):
@@ -84,6 +104,6 @@ class ExperimentConfig(NamedTuple):
     def to_dict(self) -> dict:
         d = self._asdict()
         d["al"] = {**self.al._asdict(), "train": self.al.train._asdict(),
-                   "laplace": self.al.laplace._asdict()}
+                   "laplace": self.al.laplace._asdict(), "model": self.al.model._asdict()}
         del d["data_dir"]  # where the data lives does not change the results
         return d

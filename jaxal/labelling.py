@@ -42,7 +42,7 @@ import numpy as np
 from jaxal.errors import ConfigError, JaxalError
 from jaxal.experiment import TOY_DATASETS, ExperimentConfig, check_config, load_split
 from jaxal.loop import ALData, make_learner, train_and_fit, validate_config, validate_data
-from jaxal.model import cnn, mlp
+from jaxal.model import build_model
 from jaxal.results import config_difference, read_json, write_json_atomic, write_text_atomic
 
 LABELS = "labels.csv"
@@ -197,7 +197,7 @@ def _query(key, config: ExperimentConfig, split, labels: dict[int, int], labelle
     al = config.al._replace(init_per_class=per_class, rounds=rounds)
     validate_config(al)
     validate_data(al, n, None, c)
-    model = mlp(c) if config.dataset in TOY_DATASETS else cnn(c)
+    model = build_model("toy" if config.dataset in TOY_DATASETS else "image", c, al)
     learner = make_learner(model, al, split.pool_x.shape[1:], c)
     # Labels the person gave; unlabelled entries are never read (padding repeats a
     # labelled index), so they stay 0.
@@ -213,7 +213,7 @@ def _query(key, config: ExperimentConfig, split, labels: dict[int, int], labelle
     _, _, posterior, _ = train_and_fit(key_train, key_fit, learner, data,
                                        learner.init(key_init), labelled)
     query = learner.query(key_query, posterior, data.pool_x, labelled)
-    _, val_accuracy, _ = learner.evaluate(key_query, posterior, val_x, val_y)
+    val_accuracy = learner.evaluate(key_query, posterior, val_x, val_y)[1]
     return (np.asarray(query.indices), np.asarray(query.scores, np.float64),
             float(val_accuracy))
 

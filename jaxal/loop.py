@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal.acquisition import ACQUISITIONS, entropy, map_chunks, score_pool, select_top_k
+from jaxal.batching import over_members
 from jaxal.config import ALConfig as ALConfig  # re-exported
 from jaxal.errors import ConfigError, DivergedError
 from jaxal.model import Classifier, init_params
@@ -76,6 +77,9 @@ class Metrics(NamedTuple):
     # Training ended no better than a uniform guess on its own labels (mean NLL >= log C):
     # it diverged (e.g. a learning rate far too large), though the loss stayed finite.
     diverged: bool = False
+    # Expected calibration error of the predictive on the test set (ECE_BINS equal-width
+    # confidence bins); NaN in records written before it existed.
+    test_ece: float = float("nan")
 
 
 class Timings(NamedTuple):
@@ -135,7 +139,7 @@ class ActiveLearner(NamedTuple):
                             #   -> (params, TrainInfo)
     fit: Callable           # (key, params, x, y, labelled, x_val, y_val) -> posterior
     query: Callable         # (key, posterior, x_pool, labelled) -> Query
-    evaluate: Callable      # (key, posterior, x, y) -> (nll, accuracy, entropy)
+    evaluate: Callable      # (key, posterior, x, y) -> (nll, accuracy, entropy, ece)
 
 
 def query_strategy(config: ALConfig):
@@ -205,9 +209,14 @@ def validate_config(config: ALConfig) -> None:
               + " or ".join(q for q, pred in PREDICTIVES.items()
                             if pred.gives_samples and works_with(pred, posterior)))
     allowed = [q for q, pred in PREDICTIVES.items() if works_with(pred, posterior)]
+    offering = [p for p, record in POSTERIORS.items()
+                if config.predictive in PREDICTIVES
+                and works_with(PREDICTIVES[config.predictive], record)]
     _need(config.predictive in allowed,
           f"predictive {config.predictive!r} does not work with posterior "
-          f"{config.posterior!r}; use one of {allowed}")
+          f"{config.posterior!r} (it needs {', '.join(PREDICTIVES[config.predictive].needs)}"
+          f", offered by {', '.join(offering)}); use --posterior {' or '.join(offering)}, or "
+          f"with {config.posterior!r} --predictive {' or '.join(allowed)}")
     query_strategy(config)[1].check(config)
     _need(config.pseudo_label_by in PSEUDO_LABEL_CRITERIA,
           f"unknown pseudo-label criterion {config.pseudo_label_by!r}; choose one of "
@@ -223,6 +232,14 @@ def validate_config(config: ALConfig) -> None:
     _need(config.init_per_class > 0,
           f"init-per-class must be > 0 (got {config.init_per_class})")
     _need(config.chunk_size > 0, f"chunk size must be > 0 (got {config.chunk_size})")
+    _need(config.pool_subset is None or config.pool_subset >= config.query_size,
+          f"--pool-subset must be at least the query size {config.query_size} (got "
+          f"{config.pool_subset}); raise it, or drop it to score the whole pool")
+    _need(0.0 <= config.model.dropout < 1.0,
+          f"--dropout must be in [0, 1) (got {config.model.dropout:g})")
+    _need(config.eval_samples is None or config.eval_samples > 0,
+          f"--eval-samples must be > 0 (got {config.eval_samples}); or drop it to evaluate "
+          "with the query's samples")
     posterior.check(config)
     check_train_config(config.train)
 
@@ -245,6 +262,12 @@ def validate_data(config: ALConfig, num_pool: int, pool_labels: np.ndarray | Non
     _need(budget <= num_pool,
           f"{num_init} initial + {config.rounds} rounds x {config.query_size} queries = "
           f"{budget} labels exceeds the pool of {num_pool}; lower --rounds or --query-size")
+    if config.pool_subset is not None and config.rounds > 0:
+        left = num_pool - (budget - config.query_size)   # unlabelled at the last query
+        _need(config.pool_subset <= left,
+              f"--pool-subset {config.pool_subset} exceeds the {left} unlabelled pool points "
+              f"left at the last query (pool {num_pool} - {budget - config.query_size} "
+              f"labelled); lower --pool-subset or drop it to score the whole pool")
 
 
 def initial_labelled(key: jax.Array, pool_y: np.ndarray, num_classes: int,
@@ -262,9 +285,26 @@ def initial_labelled(key: jax.Array, pool_y: np.ndarray, num_classes: int,
     return jnp.asarray(mask)
 
 
+# Confidence bins of the expected calibration error (Guo et al. 2017 use 15).
+ECE_BINS = 15
+
+
+def expected_calibration_error(probs: jax.Array, y: jax.Array, num_bins: int = ECE_BINS
+                               ) -> jax.Array:
+    """ECE = Σ_b |B_b|/n · |acc(B_b) - conf(B_b)| over equal-width bins of the confidence
+    max_c p_c [n] (probs [n, c], y int [n]); empty bins count 0."""
+    confidence = probs.max(-1)
+    correct = (probs.argmax(-1) == y).astype(probs.dtype)
+    bins = jnp.clip((confidence * num_bins).astype(jnp.int32), 0, num_bins - 1)
+    gap = (jax.ops.segment_sum(correct, bins, num_bins)
+           - jax.ops.segment_sum(confidence, bins, num_bins))
+    return jnp.abs(gap).sum() / y.shape[0]
+
+
 def evaluate(key: jax.Array, model: Classifier, predict: Callable, posterior, x: jax.Array,
-             y: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Mean NLL, accuracy and mean predictive entropy of the predictive on (x, y)."""
+             y: jax.Array, chunk_size: int
+             ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Mean NLL, accuracy, mean predictive entropy and ECE of the predictive on (x, y)."""
     def one_chunk(i, x_chunk):
         del i  # same posterior samples for every chunk
         return predict(key, model, posterior, x_chunk).probs
@@ -273,7 +313,7 @@ def evaluate(key: jax.Array, model: Classifier, predict: Callable, posterior, x:
     p_true = jnp.take_along_axis(probs, y[:, None], axis=1)[:, 0]
     nll = -jnp.log(jnp.clip(p_true, 1e-12, 1.0)).mean()
     accuracy = (probs.argmax(-1) == y).mean()
-    return nll, accuracy, entropy(probs).mean()
+    return nll, accuracy, entropy(probs).mean(), expected_calibration_error(probs, y)
 
 
 def tune_prior_precision(key: jax.Array, model: Classifier, predict: Callable, posterior,
@@ -296,9 +336,53 @@ def tune_prior_precision(key: jax.Array, model: Classifier, predict: Callable, p
     return with_prior_precision(posterior, lams[best])
 
 
+def pool_subset_indices(key: jax.Array, labelled: jax.Array, capacity: int, size: int
+                        ) -> jax.Array:
+    """int [capacity + size]: the labelled buffer (padded with its first point), then
+    ``size`` distinct unlabelled pool points drawn uniformly (``--pool-subset``; Gal et al.
+    2017, BaaL's ``max_sample``)."""
+    idx = labelled_indices(labelled)[:capacity]
+    idx = jnp.where(jnp.arange(capacity) < labelled.sum(), idx, idx[0])
+    fresh, _ = select_top_k(jax.random.uniform(key, labelled.shape), labelled, size)
+    return jnp.concatenate([idx, fresh])
+
+
 def label_budget(config: ALConfig, num_classes: int) -> int:
     """Labels at the end of the run: the initial set plus every query."""
     return config.init_per_class * num_classes + config.rounds * config.query_size
+
+
+def evaluation_config(config: ALConfig) -> ALConfig:
+    """``config`` with every posterior's sample count set to ``config.eval_samples``."""
+    if config.eval_samples is None:
+        return config
+    return config._replace(dropout_samples=config.eval_samples,
+                           laplace=config.laplace._replace(samples=config.eval_samples))
+
+
+def stacked(trainer, init_one: Callable, members: int, form: str | None = None):
+    """The trainer and initialiser of ``members`` networks trained as one program over
+    parameters stacked on a leading axis [M, ...] (a deep ensemble): independent
+    initialisations (``split(init_key, M)``), minibatch draws and dropout masks
+    (``split(step_key, M)``), the labelled data shared. The members are unrolled or
+    vmapped by backend (``jaxal.batching``; ``form`` overrides). The reported NLL is the
+    members' mean."""
+    def many(fn, num_data):
+        return over_members(fn, (0,) + (None,) * num_data, members, form)
+
+    def init_many(key):
+        return jax.vmap(init_one)(jax.random.split(key, members))
+
+    def step(key, state, *data):
+        keys = jax.random.split(key, members)
+        return over_members(trainer.step, (0, 0) + (None,) * len(data), members, form)(
+            keys, state, *data)
+
+    def labelled_nll(params, *data):
+        return many(trainer.labelled_nll, len(data))(params, *data).mean()
+
+    return (trainer._replace(init=many(trainer.init, 0), step=step,
+                             labelled_nll=labelled_nll), init_many)
 
 
 def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ...],
@@ -307,12 +391,19 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
     posterior_record = POSTERIORS[config.posterior]
     posterior_record.check_model(model, config, input_shape)
     predict = partial(PREDICTIVES[config.predictive].predict, config=config)
+    # Evaluation (metrics, the val-nll prior fit) may take fewer posterior samples.
+    predict_eval = partial(PREDICTIVES[config.predictive].predict,
+                           config=evaluation_config(config))
     fit_posterior = posterior_record.fit
     acquisition, selector = query_strategy(config)
     # The largest labelled set of the run: a static bound for gathering labelled points.
     capacity = label_budget(config, num_classes)
 
     trainer = make_trainer(model, config.train, capacity)
+    init_one = partial(init_params, model, input_shape=input_shape)
+    members = posterior_record.members(config)
+    if members > 1:
+        trainer, init_one = stacked(trainer, init_one, members)
     trainer = trainer._replace(init=jax.jit(trainer.init),
                                step=jax.jit(trainer.step),
                                labelled_nll=jax.jit(trainer.labelled_nll))
@@ -334,7 +425,7 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
                                   valid.astype(x_pool.dtype), config)
         if (posterior_record.with_prior_precision is not None
                 and config.laplace.prior_fit == "val-nll"):
-            posterior = tune_prior_precision(key_tune, model, predict, posterior, x_val,
+            posterior = tune_prior_precision(key_tune, model, predict_eval, posterior, x_val,
                                              y_val, config.laplace.prior_precision_grid,
                                              chunk_size,
                                              posterior_record.with_prior_precision)
@@ -342,6 +433,13 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
 
     def query(key, posterior, x_pool, labelled):
         key_pool, key_select = jax.random.split(key)
+        subset, num_pool = None, x_pool.shape[0]
+        if config.pool_subset is not None:
+            # Score the labelled buffer (for the diversity selectors' distances) and a
+            # fresh random K of the unlabelled pool: capacity + K rows, a static shape.
+            key_subset, key_pool = jax.random.split(key_pool)
+            subset = pool_subset_indices(key_subset, labelled, capacity, config.pool_subset)
+            x_pool, labelled = x_pool[subset], jnp.arange(subset.shape[0]) < capacity
 
         def predict_chunk(key_predict, x_chunk):
             return predict(key_predict, model, posterior, x_chunk)
@@ -368,16 +466,19 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
             pseudo = pseudo_labels(probs, chosen, config.pseudo_label, config.pseudo_label_by)
         num = min(NUM_EXTREMES, x_pool.shape[0] - capacity)
         top, top_scores = select_top_k(scores, labelled, num)
-        bottom, _ = select_top_k(-scores, labelled, num)
+        bottom, bottom_scores = select_top_k(-scores, labelled, num)
+        if subset is not None:   # back to pool indices
+            indices, top, bottom = subset[indices], subset[top], subset[bottom]
+            pseudo = jnp.full(num_pool, -1, jnp.int32).at[subset].max(pseudo)
         return Query(indices, picked, pseudo, Extremes(top, top_scores, bottom,
-                                                       scores[bottom]))
+                                                       -bottom_scores))
 
     def evaluate_fn(key, posterior, x, y):
-        return evaluate(key, model, predict, posterior, x, y, chunk_size)
+        return evaluate(key, model, predict_eval, posterior, x, y, chunk_size)
 
     return ActiveLearner(
         config=config,
-        init=jax.jit(partial(init_params, model, input_shape=input_shape)),
+        init=jax.jit(init_one),
         train=partial(train_map, trainer=trainer),
         fit=jax.jit(fit),
         query=jax.jit(query),
@@ -430,7 +531,8 @@ def _fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, para
         prior_precision=float(lam if (lam := POSTERIORS[learner.config.posterior]
                                                  .prior_precision(posterior)) is not None
                               else learner.config.train.prior_precision),
-        diverged=bool(train_info.train_nll >= math.log(data.num_classes)))
+        diverged=bool(train_info.train_nll >= math.log(data.num_classes)),
+        test_ece=float(test[3]))
     return params, posterior, metrics, (t_train, t_fit, t_eval)
 
 

@@ -177,36 +177,56 @@ relu_max_pool_2x2_reverse.defvjp(_relu_max_pool_forward, _relu_max_pool_backward
 
 
 class CNNBody(nn.Module):
-    """Three blocks Conv 3x3 (SAME) -> ReLU -> MaxPool 2x2, then Dense -> ReLU -> Dropout."""
+    """Three blocks Conv 3x3 (SAME) -> ReLU -> MaxPool 2x2 [-> spatial Dropout], then
+    Dense -> ReLU -> Dropout.
+
+    Dropout is on when ``train`` (a fresh mask per example) or ``sample`` (consistent MC
+    dropout: one mask per ``dropout`` key, shared by every example of the batch, so the
+    same key gives the same network for every chunk of a pool; Kirsch et al. 2019).
+    """
 
     channels: Sequence[int] = (32, 64, 64)
     hidden: int = 128
     dropout_rate: float = 0.5
+    hidden_dropout_rate: float = 0.0   # after each conv block, per channel; 0: none
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, sample: bool = False) -> jax.Array:
         # Training steps take the reverse-mode-only forms with faster gradients; everything
         # else (curvature, predictives: train=False) the forms with forward-mode rules.
         conv = conv_chunked_filter_grad if train else None
         pool = relu_max_pool_2x2_reverse if train else relu_max_pool_2x2
+        # Axes a dropout mask is shared over: per example in training, over the batch too
+        # when sampling networks.
+        shared = (0,) if sample else ()
         for i, c in enumerate(self.channels):
             layer = nn.Conv(c, (3, 3), padding="SAME", conv_general_dilated=conv)
             x = pool(_layer(self, f"Conv_{i}", layer, x))
+            if self.hidden_dropout_rate > 0:
+                x = nn.Dropout(self.hidden_dropout_rate, broadcast_dims=(*shared, 1, 2),
+                               deterministic=not (train or sample))(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(_layer(self, "Dense_0", nn.Dense(self.hidden), x))
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dropout(self.dropout_rate, broadcast_dims=shared,
+                          deterministic=not (train or sample))(x)
 
 
 class MLPBody(nn.Module):
-    """Dense -> tanh blocks for low-dimensional toy data (smooth, so Laplace is well posed)."""
+    """Dense -> tanh blocks for low-dimensional toy data (smooth, so Laplace is well posed),
+    with optional dropout after each block (off by default: the toy model is for exact
+    posterior figures). Dropout as in ``CNNBody``: ``train`` per example, ``sample`` one
+    mask per key shared by the batch."""
 
     hidden: Sequence[int] = (32, 32)
+    hidden_dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        del train  # no dropout: the toy model is for exact posterior figures
+    def __call__(self, x: jax.Array, train: bool = False, sample: bool = False) -> jax.Array:
         for i, h in enumerate(self.hidden):
             x = nn.tanh(_layer(self, f"Dense_{i}", nn.Dense(h), x))
+            if self.hidden_dropout_rate > 0:
+                x = nn.Dropout(self.hidden_dropout_rate, broadcast_dims=(0,) if sample else (),
+                               deterministic=not (train or sample))(x)
         return x
 
 
@@ -219,22 +239,34 @@ class Classifier(nn.Module):
     def setup(self):
         self.head = nn.Dense(self.num_classes)
 
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return _layer(self, "head", self.head, self.body(x, train))
+    def __call__(self, x: jax.Array, train: bool = False, sample: bool = False
+                 ) -> jax.Array:
+        return _layer(self, "head", self.head, self.body(x, train, sample))
 
-    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return self.body(x, train)
+    def features(self, x: jax.Array, train: bool = False, sample: bool = False
+                 ) -> jax.Array:
+        return self.body(x, train, sample)
 
 
 def cnn(num_classes: int = 10, channels: Sequence[int] = (32, 64, 64), hidden: int = 128,
-        dropout_rate: float = 0.5) -> Classifier:
+        dropout_rate: float = 0.5, hidden_dropout_rate: float = 0.0) -> Classifier:
     """The seed CNN (130,890 parameters for 28x28x1 inputs and 10 classes)."""
-    return Classifier(CNNBody(tuple(channels), hidden, dropout_rate), num_classes)
+    return Classifier(CNNBody(tuple(channels), hidden, dropout_rate, hidden_dropout_rate),
+                      num_classes)
 
 
-def mlp(num_classes: int = 2, hidden: Sequence[int] = (32, 32)) -> Classifier:
+def build_model(kind: str, num_classes: int, config) -> Classifier:
+    """The run's model: the seed CNN with ``config.model``'s options (an ``ALConfig``) for
+    images, the toy MLP for ``kind == "toy"``."""
+    if kind == "toy":
+        return mlp(num_classes, hidden_dropout_rate=config.model.dropout)
+    return cnn(num_classes, hidden_dropout_rate=config.model.dropout)
+
+
+def mlp(num_classes: int = 2, hidden: Sequence[int] = (32, 32),
+        hidden_dropout_rate: float = 0.0) -> Classifier:
     """A small MLP for 2-D toy data."""
-    return Classifier(MLPBody(tuple(hidden)), num_classes)
+    return Classifier(MLPBody(tuple(hidden), hidden_dropout_rate), num_classes)
 
 
 def init_params(model: Classifier, key: jax.Array, input_shape: Sequence[int]) -> Params:

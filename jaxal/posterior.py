@@ -19,9 +19,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxal import ensemble, mc_dropout
 from jaxal.config import VALIDATION_GRID as VALIDATION_GRID  # re-exported
 from jaxal.config import LaplaceConfig as LaplaceConfig
 from jaxal.curvature import STRUCTURES, CurvatureProblem, sources, structure_of
@@ -76,24 +78,45 @@ def log_marginal_likelihood(post, log_likelihood_at_map: jax.Array,
                             prior_precision: jax.Array | None = None) -> jax.Array:
     """Laplace evidence log p(D | λ), differentiable in λ.
 
-        log p(D | λ) ≈ log p(D | θ*) + log p(θ* | λ) + P/2 log 2π - ½ log det(H + λ I)
-                     = log p(D | θ*) - λ/2 ‖θ*‖² + P/2 log λ - ½ log det(H + λ I),
+        log p(D | λ) ≈ log p(D | θ*) + log p(θ* | λ) + P/2 log 2π - ½ log det(H + Λ)
+                     = log p(D | θ*) - ½ θ*ᵀ Λ θ* + ½ Σ_i log λ_i - ½ log det(H + Λ),
 
-    with θ* the MAP of the subset and H the stored curvature. ``prior_precision``
-    overrides the posterior's λ (to fit it), keeping the curvature.
+    with θ* the MAP of the subset, H the stored curvature and Λ = diag(λ): λ a scalar (one
+    prior precision) or [P] (one per weight, e.g. one per layer broadcast to its weights).
+    ``prior_precision`` overrides the posterior's λ (to fit it), keeping the curvature.
     """
     lam = post.prior_precision if prior_precision is None else prior_precision
     post = structure_of(post).with_prior_precision(post, lam)
-    num_params = post.mean.size
-    return (log_likelihood_at_map - 0.5 * lam * jnp.vdot(post.mean, post.mean)
-            + 0.5 * num_params * jnp.log(lam) - 0.5 * log_det_precision(post))
+    lam_p = jnp.broadcast_to(lam, post.mean.shape)
+    return (log_likelihood_at_map - 0.5 * jnp.vdot(post.mean, lam_p * post.mean)
+            + 0.5 * jnp.log(lam_p).sum() - 0.5 * log_det_precision(post))
+
+
+def layer_groups(theta) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(group [P], names [L]): which layer each raveled weight of ``theta`` belongs to (a
+    layer: the kernel and bias of one module), in ``ravel_pytree``'s order; static."""
+    leaves = jax.tree_util.tree_flatten_with_path(theta)[0]
+    names = [jax.tree_util.keystr(path[:-1]) for path, _ in leaves]
+    layers = tuple(dict.fromkeys(names))
+    group = np.concatenate([np.full(np.size(leaf), layers.index(name), np.int32)
+                            for (_, leaf), name in zip(leaves, names, strict=True)])
+    return group, layers
 
 
 def fit_prior_precision(post, log_likelihood_at_map: jax.Array, init: float = 1.0,
-                        steps: int = 300, learning_rate: float = 0.1) -> jax.Array:
-    """argmax_λ of the Laplace evidence, by Adam on log λ (the curvature stays fixed)."""
+                        steps: int = 300, learning_rate: float = 0.1,
+                        groups: np.ndarray | None = None) -> jax.Array:
+    """argmax_λ of the Laplace evidence, by Adam on log λ (the curvature stays fixed), as
+    laplace-torch's ``optimize_prior_precision(method="marglik")``.
+
+    ``groups`` None: one scalar λ. Otherwise an int [P] array of group ids (``layer_groups``:
+    one λ per layer), and the result is the per-weight λ [P] (each group's value broadcast
+    to its weights), which every structure's posterior takes.
+    """
+    size = 1 if groups is None else int(groups.max()) + 1
+    expand = (lambda v: v[0]) if groups is None else (lambda v: v[groups])
     objective = lambda log_lam: -log_marginal_likelihood(post, log_likelihood_at_map,
-                                                         jnp.exp(log_lam))
+                                                         expand(jnp.exp(log_lam)))
     optimizer = optax.adam(learning_rate)
 
     def step(carry, _):
@@ -102,13 +125,13 @@ def fit_prior_precision(post, log_likelihood_at_map: jax.Array, init: float = 1.
         updates, opt_state = optimizer.update(grad, opt_state)
         return (optax.apply_updates(log_lam, updates), opt_state), None
 
-    log_lam = jnp.log(jnp.asarray(init, post.mean.dtype))
+    log_lam = jnp.full(size, jnp.log(jnp.asarray(init, post.mean.dtype)))
     (log_lam, _), _ = jax.lax.scan(step, (log_lam, optimizer.init(log_lam)), None, steps)
-    return jnp.exp(log_lam)
+    return expand(jnp.exp(log_lam))
 
 
 SUBSETS = ("last-layer", "all")
-PRIOR_FITS = ("val-nll", "evidence", "none")
+PRIOR_FITS = ("val-nll", "evidence", "evidence-layerwise", "none")
 
 
 class LastLayerLaplace(NamedTuple):
@@ -168,9 +191,11 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config
     lam = config.train.prior_precision if lc.prior_precision is None else lc.prior_precision
     lam = jnp.asarray(lam, x.dtype)
     post = structure.build(problem.theta, form(key, problem), lam)
-    if lc.prior_fit == "evidence":
+    if lc.prior_fit in ("evidence", "evidence-layerwise"):
         ll = log_likelihood(problem.logits_fn(problem.theta, problem.inputs), y, weights)
-        post = structure.with_prior_precision(post, fit_prior_precision(post, ll, init=lam))
+        groups = layer_groups(problem.theta)[0] if lc.prior_fit == "evidence-layerwise" else None
+        post = structure.with_prior_precision(
+            post, fit_prior_precision(post, ll, init=lam, groups=groups))
     if lc.subset == "last-layer":
         return LastLayerLaplace(params, post)
     return WeightsLaplace(params, post)
@@ -188,9 +213,25 @@ def with_prior_precision(posterior, prior_precision: jax.Array):
 
 
 def prior_precision_of(posterior) -> jax.Array | None:
-    """The posterior's prior precision (None for the plugin)."""
+    """The posterior's prior precision (None for the plugin); for one λ per layer, their
+    geometric mean over the weights."""
     inner = getattr(posterior, "head", None) or getattr(posterior, "weights", None)
-    return None if inner is None else inner.prior_precision
+    if inner is None:
+        return None
+    lam = inner.prior_precision
+    return lam if jnp.ndim(lam) == 0 else jnp.exp(jnp.log(lam).mean())
+
+
+def prior_precision_by_layer(model: Classifier, posterior, config, input_shape
+                             ) -> dict[str, float]:
+    """{layer: λ} of a fitted Laplace posterior (one entry per layer of its subset)."""
+    inner = posterior.head if isinstance(posterior, LastLayerLaplace) else posterior.weights
+    params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), input_shape))
+    if config.laplace.subset == "last-layer":
+        params = head_params(params)
+    group, layers = layer_groups(params)
+    lam = np.broadcast_to(np.asarray(inner.prior_precision), group.shape)
+    return {name: float(lam[group == i][0]) for i, name in enumerate(layers)}
 
 
 # --- What a fitted Laplace posterior offers the predictives (``Posterior`` record) ------
@@ -223,6 +264,27 @@ def laplace_sample_probs(key: jax.Array, model: Classifier, posterior, x: jax.Ar
     # weights turns every convolution into a grouped one, ~9x slower on XLA:CPU.
     unravel = ravel_pytree(posterior.params)[1]
     return jax.lax.map(lambda t: jax.nn.softmax(model.apply(unravel(t), x)), samples)
+
+
+def laplace_glm_sample_probs(key: jax.Array, model: Classifier, posterior, x: jax.Array,
+                             config) -> jax.Array:
+    """softmax(f_lin(x; θ_s)) [S, n, C] of the linearised (GLM) network
+
+        f_lin(x; θ) = f(x; θ*) + J(x) (θ - θ*),   θ_s ~ N(θ*, Σ),  S = ``config.laplace.samples``,
+
+    the predictive consistent with the GGN's linearisation (Immer et al. 2021). Last layer:
+    the head is linear in its weights, so f_lin = f and this is the MC predictive. All
+    weights: one linearisation of the chunk (``jax.linearize``: the forward pass once),
+    then one Jacobian-vector product per sample in sequence (``lax.map``). The same key
+    gives the same samples for every chunk of a pool (BatchBALD's joint entropies).
+    """
+    if config.laplace.subset == "last-layer":
+        return laplace_sample_probs(key, model, posterior, x, config)
+    samples = posterior_samples(key, posterior, config.laplace.samples)
+    unravel = ravel_pytree(posterior.params)[1]
+    logits, jvp = jax.linearize(lambda p: model.apply(p, x), posterior.params)
+    mean = posterior.weights.mean
+    return jax.lax.map(lambda t: jax.nn.softmax(logits + jvp(unravel(t - mean))), samples)
 
 
 def last_layer_logit_variance(posterior: LastLayerLaplace, features: jax.Array
@@ -329,6 +391,9 @@ def check_laplace(config) -> None:
         raise ConfigError(probit_fix())
     _need(lc.prior_fit in PRIOR_FITS,
           f"unknown prior fit {lc.prior_fit!r}; choose one of {list(PRIOR_FITS)}")
+    _need(lc.prior_fit != "evidence-layerwise" or lc.subset != "last-layer",
+          "a layerwise prior needs more than one layer, and the last layer is one: use "
+          "--prior-fit evidence (one λ), or --subset all for one λ per layer")
     _need(lc.prior_fit != "val-nll" or (
               len(lc.prior_precision_grid) > 0
               and all(math.isfinite(v) and v > 0 for v in lc.prior_precision_grid)),
@@ -369,19 +434,30 @@ class Posterior(NamedTuple):
 
     fit: Callable                   # (key, model, params, x, y, weights, config) -> state
     sample_probs: Callable | None = None    # (key, model, state, x, config) -> [s, n, c]
+    # The same for the linearised network f(x; θ*) + J(x)(θ - θ*) (the GLM predictive).
+    glm_sample_probs: Callable | None = None
     logit_variance: Callable | None = None  # (model, state, x, config) -> (f, var) [n, c]
     prior_precision: Callable = lambda state: None          # state -> λ (None: no prior)
     with_prior_precision: Callable | None = None             # (state, λ) -> state
     check: Callable = lambda config: None                    # raises ConfigError
     check_model: Callable = lambda model, config, input_shape: None   # before training
     default_predictive: Callable = lambda config, needs_samples: "plugin"
+    # Networks the loop trains at once, stacked (a deep ensemble's M); 1: one θ_MAP.
+    members: Callable = lambda config: 1
 
 
 POSTERIORS: dict[str, Posterior] = {
     "plugin": Posterior(fit_point_mass),
     "laplace": Posterior(
-        fit_laplace, sample_probs=laplace_sample_probs, logit_variance=laplace_logit_variance,
+        fit_laplace, sample_probs=laplace_sample_probs,
+        glm_sample_probs=laplace_glm_sample_probs, logit_variance=laplace_logit_variance,
         prior_precision=prior_precision_of, with_prior_precision=with_prior_precision,
         check=check_laplace, check_model=check_laplace_fits,
         default_predictive=laplace_default_predictive),
+    "mc-dropout": Posterior(
+        mc_dropout.fit, sample_probs=mc_dropout.sample_probs, check=mc_dropout.check,
+        default_predictive=lambda config, _: "mc"),
+    "ensemble": Posterior(
+        ensemble.fit, sample_probs=ensemble.sample_probs, check=ensemble.check,
+        default_predictive=lambda config, _: "mc", members=ensemble.members),
 }

@@ -61,6 +61,15 @@ def probit_predictive(key: jax.Array, model: Classifier, posterior, x: jax.Array
     return PredictiveOutput(jax.nn.softmax(logits / jnp.sqrt(1.0 + jnp.pi / 8.0 * var)))
 
 
+def glm_predictive(key: jax.Array, model: Classifier, posterior, x: jax.Array,
+                   config) -> PredictiveOutput:
+    """p(y | x, D) ≈ 1/S Σ_s softmax(f(x; θ*) + J(x)(θ_s - θ*)), the linearised (GLM)
+    network's Monte Carlo predictive (its ``glm_sample_probs``); same samples per chunk."""
+    sample_probs = POSTERIORS[config.posterior].glm_sample_probs(key, model, posterior, x,
+                                                                config)
+    return PredictiveOutput(sample_probs.mean(0), sample_probs)
+
+
 class Predictive(NamedTuple):
     """A predictive: its function and what it declares.
 
@@ -84,4 +93,5 @@ PREDICTIVES: dict[str, Predictive] = {
     "plugin": Predictive(plugin_predictive),
     "mc": Predictive(mc_predictive, gives_samples=True, needs=("sample_probs",)),
     "probit": Predictive(probit_predictive, needs=("logit_variance",)),
+    "glm": Predictive(glm_predictive, gives_samples=True, needs=("glm_sample_probs",)),
 }

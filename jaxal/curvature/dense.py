@@ -53,22 +53,42 @@ def build(theta, curvature: jax.Array, prior_precision) -> FullLaplace:
                        jnp.asarray(prior_precision))
 
 
+# A scalar λ keeps the eigenbasis of H: the precision's eigenvalues are e + λ. A per-weight
+# λ [P] (one per layer) does not: the precision V diag(e) Vᵀ + diag(λ) is then factorised by
+# Cholesky, O(P³) per evaluation (the last layer, or small models).
+
+
+def _cholesky(state: FullLaplace) -> jax.Array:
+    """L with L Lᵀ = V diag(e) Vᵀ + diag(λ), for a per-weight λ [P]."""
+    precision = (state.eigenvectors * state.eigenvalues) @ state.eigenvectors.T
+    return jnp.linalg.cholesky(precision + jnp.diag(state.prior_precision))
+
+
 def log_det_precision(state: FullLaplace) -> jax.Array:
-    """log det(H + λ I) = Σ_i log(e_i + λ)."""
-    return jnp.log(state.eigenvalues + state.prior_precision).sum()
+    """log det(H + Λ): Σ_i log(e_i + λ) for a scalar λ, else 2 Σ log diag(L)."""
+    if jnp.ndim(state.prior_precision) == 0:
+        return jnp.log(state.eigenvalues + state.prior_precision).sum()
+    return 2.0 * jnp.log(jnp.diagonal(_cholesky(state))).sum()
 
 
 def covariance(state: FullLaplace) -> jax.Array:
-    """V diag(1 / (e + λ)) Vᵀ [P, P]."""
-    inv = 1.0 / (state.eigenvalues + state.prior_precision)
-    return (state.eigenvectors * inv) @ state.eigenvectors.T
+    """(H + Λ)⁻¹ [P, P]: V diag(1 / (e + λ)) Vᵀ for a scalar λ, else by Cholesky."""
+    if jnp.ndim(state.prior_precision) == 0:
+        inv = 1.0 / (state.eigenvalues + state.prior_precision)
+        return (state.eigenvectors * inv) @ state.eigenvectors.T
+    return jax.scipy.linalg.cho_solve((_cholesky(state), True),
+                                      jnp.eye(state.mean.size, dtype=state.mean.dtype))
 
 
 def sample(key: jax.Array, state: FullLaplace) -> jax.Array:
-    """θ_MAP + V diag((e + λ)^-½) z, z ~ N(0, I): the covariance's symmetric square root."""
+    """θ_MAP + V diag((e + λ)^-½) z, z ~ N(0, I) (the covariance's symmetric square root);
+    for a per-weight λ, θ_MAP + L⁻ᵀ z (covariance L⁻ᵀ L⁻¹)."""
     z = jax.random.normal(key, state.mean.shape, state.mean.dtype)
-    scaled = z / jnp.sqrt(state.eigenvalues + state.prior_precision)
-    return state.mean + state.eigenvectors @ scaled
+    if jnp.ndim(state.prior_precision) == 0:
+        scaled = z / jnp.sqrt(state.eigenvalues + state.prior_precision)
+        return state.mean + state.eigenvectors @ scaled
+    return state.mean + jax.scipy.linalg.solve_triangular(_cholesky(state), z, trans="T",
+                                                          lower=True)
 
 
 # Σ couples the layers: no per-layer logit variance (the all-weights probit needs one).

@@ -67,10 +67,20 @@ def build(theta, factors: dict, prior_precision) -> KFACLaplace:
     return KFACLaplace(ravel_pytree(theta)[0], theta, layers, jnp.asarray(prior_precision))
 
 
+def layer_prior_precision(state: KFACLaplace) -> dict:
+    """{layer: λ_l}: the scalar λ, or each layer's own for a per-weight λ [P] (one per
+    layer, ``jaxal.posterior.layer_groups``; the Kronecker eigenbasis stays exact only
+    for a λ that is constant over the layer, so its first weight's value is taken)."""
+    lam = state.prior_precision
+    if jnp.ndim(lam) == 0:
+        return dict.fromkeys(state.layers, lam)
+    return {k: lam[_layer_positions(state.params, k)[0]] for k in state.layers}
+
+
 def _spectra(state: KFACLaplace) -> dict:
-    """{layer: e_A e_Gᵀ + λ [K+1, out]}, the precision's eigenvalues per layer."""
-    return {k: jnp.outer(ea, eg) + state.prior_precision
-            for k, (_, ea, _, eg) in state.layers.items()}
+    """{layer: e_A e_Gᵀ + λ_l [K+1, out]}, the precision's eigenvalues per layer."""
+    lam = layer_prior_precision(state)
+    return {k: jnp.outer(ea, eg) + lam[k] for k, (_, ea, _, eg) in state.layers.items()}
 
 
 def log_det_precision(state: KFACLaplace) -> jax.Array:
@@ -96,7 +106,8 @@ def _layer_positions(params, name: tuple[str, ...]) -> np.ndarray:
     positions = jax.tree.unflatten(treedef, [
         start + np.arange(np.size(leaf)).reshape(np.shape(leaf))
         for start, leaf in zip(starts, leaves, strict=True)])
-    return np.asarray(get_layer(positions["params"], name)).ravel()
+    with jax.ensure_compile_time_eval():   # static positions, also while tracing
+        return np.asarray(get_layer(positions["params"], name)).ravel()
 
 
 def covariance(state: KFACLaplace) -> jax.Array:
@@ -114,7 +125,7 @@ def covariance(state: KFACLaplace) -> jax.Array:
 def layer_variance(state: KFACLaplace, params) -> Callable:
     """Per-layer logit variance in each layer's Kronecker eigenbasis."""
     del params   # the state knows its layers
-    return kfac_layer_variance(state.layers, state.prior_precision)
+    return kfac_layer_variance(state.layers, layer_prior_precision(state))
 
 
 def why_not(source: str, subset: str) -> str:

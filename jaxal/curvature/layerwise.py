@@ -223,7 +223,7 @@ def diagonal_layer_variance(variance_tree) -> Callable:
     return layer_variance
 
 
-def kfac_layer_variance(layers: dict, prior_precision: jax.Array) -> Callable:
+def kfac_layer_variance(layers: dict, prior_precision: dict) -> Callable:
     """``layer_variance`` of a KFAC covariance (``jaxal.curvature.kfac.KFACLaplace.layers``).
 
     With A = Q_A diag(e_A) Q_Aᵀ, G = Q_G diag(e_G) Q_Gᵀ, the covariance of layer l's
@@ -232,7 +232,7 @@ def kfac_layer_variance(layers: dict, prior_precision: jax.Array) -> Callable:
     """
     def layer_variance(path, rows, g):
         qa, ea, qg, eg = layers[path]
-        inv = 1.0 / (jnp.outer(ea, eg) + prior_precision)              # [K+1, out]
+        inv = 1.0 / (jnp.outer(ea, eg) + prior_precision[path])        # [K+1, out]
         rows, g = rows @ qa, g @ qg
         if rows.shape[1] == 1:
             return jnp.einsum("ni,io,cno->nc", rows[:, 0]**2, inv, g[:, :, 0]**2)

@@ -1,0 +1,47 @@
+"""MC dropout posterior (Gal & Ghahramani 2016): the network trained with dropout, and
+predicted with dropout on, one network per mask.
+
+"Consistent" MC dropout (Kirsch et al. 2019): sample s draws its masks from one key and
+shares them across every example, so sample s is the same network for every point and every
+chunk of the pool, as BALD's and BatchBALD's joint entropies need. The masks come from the
+model's own dropout layers: ``ModelConfig.dropout`` after each hidden block (the CNN's conv
+blocks, spatially; the toy MLP's layers), and the CNN's dropout before the last layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+from jaxal.errors import ConfigError
+from jaxal.model import Classifier
+
+
+class MCDropout(NamedTuple):
+    params: Any          # the weights trained with dropout (θ_MAP of the dropout net)
+
+
+def fit(key: jax.Array, model: Classifier, params, x, y, weights, config) -> MCDropout:
+    del key, model, x, y, weights, config   # the posterior is the trained network itself
+    return MCDropout(params)
+
+
+def sample_probs(key: jax.Array, model: Classifier, state: MCDropout, x: jax.Array,
+                 config) -> jax.Array:
+    """softmax(f(x; θ ⊙ m_s)) [S, n, C] for S = ``config.dropout_samples`` mask draws, one
+    network per draw (``lax.map``: memory is one chunk's activations whatever S is). The
+    same key gives the same S networks for every chunk."""
+    keys = jax.random.split(key, config.dropout_samples)
+    return jax.lax.map(lambda k: jax.nn.softmax(
+        model.apply(state.params, x, sample=True, rngs={"dropout": k})), keys)
+
+
+def check(config) -> None:
+    if config.dropout_samples < 1:
+        raise ConfigError(f"MC dropout needs --dropout-samples >= 1 (got "
+                          f"{config.dropout_samples}); 100 is Kirsch et al.'s")
+    rate = config.model.dropout
+    if not 0.0 < rate < 1.0:
+        raise ConfigError(f"MC dropout needs a dropout rate in (0, 1) after each hidden "
+                          f"block (got --dropout {rate:g}); use --dropout 0.5 (Kirsch et al.)")
