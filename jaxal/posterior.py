@@ -393,7 +393,7 @@ def check_laplace(config) -> None:
           f"unknown prior fit {lc.prior_fit!r}; choose one of {list(PRIOR_FITS)}")
     _need(lc.prior_fit != "evidence-layerwise" or lc.subset != "last-layer",
           "a layerwise prior needs more than one layer, and the last layer is one: use "
-          "--prior-fit evidence (one λ), or --subset all for one λ per layer")
+          "--prior-precision auto (one λ), or --subset all for one λ per layer")
     _need(lc.prior_fit != "val-nll" or (
               len(lc.prior_precision_grid) > 0
               and all(math.isfinite(v) and v > 0 for v in lc.prior_precision_grid)),

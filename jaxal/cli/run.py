@@ -19,12 +19,21 @@ from jaxal.cli.common import (
     user_errors,
     whole,
 )
-from jaxal.config import TOY_DATASETS, ALConfig, ExperimentConfig, LaplaceConfig, TrainConfig
+from jaxal.config import (
+    TOY_DATASETS,
+    ALConfig,
+    ExperimentConfig,
+    LaplaceConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from jaxal.data import DATASETS
 from jaxal.errors import ConfigError
 from jaxal.rundir import lock_out_dir
 
 _AL, _TRAIN, _LAPLACE = ALConfig(), TrainConfig(), LaplaceConfig()
+# --posterior mc-dropout without --dropout: Kirsch et al. 2019's rate.
+MC_DROPOUT_RATE = 0.5
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,7 +94,24 @@ def parser() -> argparse.ArgumentParser:
                    choices=RegistryChoices("posterior:SUBSETS"),
                    help="Laplace: parameters with a posterior (the rest stay at the MAP)")
     p.add_argument("--samples", type=whole(1), default=_LAPLACE.samples,
-                   help="Laplace: posterior samples S of the mc predictive")
+                   help="Laplace: posterior samples S of the mc and glm predictives (glm: "
+                        "the linearised network f(x; θ*) + J(x)(θ - θ*), the predictive "
+                        "consistent with the GGN)")
+    p.add_argument("--dropout", type=number(0.0, maximum=1.0), default=None,
+                   help="dropout rate after each conv block (spatial) of the CNN, each "
+                        "hidden layer of the toy MLP; default: 0.5 for --posterior "
+                        "mc-dropout (Kirsch et al. 2019), else 0")
+    p.add_argument("--dropout-samples", type=whole(1), default=_AL.dropout_samples,
+                   help="--posterior mc-dropout: dropout masks S, each shared by the whole "
+                        "pool (consistent MC dropout)")
+    p.add_argument("--ensemble-size", type=whole(1), default=_AL.ensemble_size,
+                   help="--posterior ensemble: members M, trained together in one program")
+    p.add_argument("--eval-samples", type=whole(1), default=None,
+                   help="posterior samples of the test/validation metrics (default: as "
+                        "many as the query); fewer keep sampling posteriors affordable")
+    p.add_argument("--pool-subset", type=whole(1), default=None, metavar="K",
+                   help="score the labelled set and a fresh random K unlabelled pool "
+                        "points each round instead of the whole pool (K >= --query-size)")
     p.add_argument("--rounds", type=whole(0), default=_AL.rounds, help="acquisition rounds")
     p.add_argument("--query-size", type=whole(1), default=_AL.query_size,
                    help="points labelled per round")
@@ -112,9 +138,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-precision", type=_float_or_auto, default=None,
                    help="precision of the Gaussian prior on all weights (sum-scaled "
                         "objective; see jaxal.objective), used for training and the "
-                        "posterior. 'auto' and 'val-nll' (Laplace only) train with "
-                        f"{_TRAIN.prior_precision} and refit the posterior's every round: "
-                        "'auto' maximises the Laplace evidence, 'val-nll' takes the value of "
+                        "posterior. 'auto', 'auto-layerwise' and 'val-nll' (Laplace only) "
+                        f"train with {_TRAIN.prior_precision} and refit the posterior's every "
+                        "round: 'auto' maximises the Laplace evidence, 'auto-layerwise' too "
+                        "with one value per layer (--subset all), 'val-nll' takes the value of "
                         "lowest validation NLL of the predictive on a half-decade grid "
                         "1e-2..1e4. Default: val-nll for --posterior laplace (measured "
                         f"best, see benchmarks/laplace_curves.py), {_TRAIN.prior_precision} "
@@ -137,18 +164,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# --prior-precision value -> LaplaceConfig.prior_fit (a number: "none").
+PRIOR_FIT_OF = {"auto": "evidence", "auto-layerwise": "evidence-layerwise",
+                "val-nll": "val-nll"}
+
+
 def _float_or_auto(value: str) -> float | str:
-    if value in ("auto", "val-nll"):
+    if value in PRIOR_FIT_OF:
         return value
     try:
         return number(0.0)(value)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"expected a finite number >= 0, 'auto' or 'val-nll', got {value!r}") from None
-
-
-# --prior-precision value -> LaplaceConfig.prior_fit (a number: "none").
-PRIOR_FIT_OF = {"auto": "evidence", "val-nll": "val-nll"}
+            f"expected a finite number >= 0, 'auto', 'auto-layerwise' or 'val-nll', got "
+            f"{value!r}") from None
 
 
 SCHEDULE_CONFLICT = "--steps {} and --epochs {:g} both set how long a fit trains; give one"
@@ -178,6 +207,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     from jaxal.loop import default_predictive
 
     predictive = args.predictive or default_predictive(args.posterior, args.subset, args.acq)
+    dropout = args.dropout if args.dropout is not None else (
+        MC_DROPOUT_RATE if args.posterior == "mc-dropout" else ModelConfig().dropout)
     al = ALConfig(acquisition=args.acq, batch=args.batch, hybrid_beta=args.hybrid_beta,
                   stochastic_beta=args.stochastic_beta,
                   batchbald_candidates=args.batchbald_candidates,
@@ -186,7 +217,10 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
                   posterior=args.posterior, predictive=predictive,
                   rounds=args.rounds, query_size=args.query_size,
                   init_per_class=args.init_per_class, warm_start=args.warm_start,
-                  chunk_size=args.chunk_size, train=train, laplace=laplace)
+                  chunk_size=args.chunk_size, train=train, laplace=laplace,
+                  model=ModelConfig(dropout=dropout), ensemble_size=args.ensemble_size,
+                  dropout_samples=args.dropout_samples, eval_samples=args.eval_samples,
+                  pool_subset=args.pool_subset)
     return ExperimentConfig(dataset=args.dataset, seed=args.seed, val_size=args.val_size,
                             pool_size=args.pool_size, data_dir=args.data_dir, al=al)
 
