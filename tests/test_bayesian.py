@@ -104,7 +104,8 @@ def _blr(seed=0, n=40, sizes=(3, 4), noise=0.5):
     rng = np.random.default_rng(seed)
     p = sum(sizes)
     x = rng.normal(size=(n, p))
-    w = np.concatenate([rng.normal(size=s) * scale for s, scale in zip(sizes, (3.0, 0.1))])
+    scales = (3.0, 0.1)
+    w = np.concatenate([rng.normal(size=s) * c for s, c in zip(sizes, scales, strict=True)])
     y = x @ w + noise * rng.normal(size=n)
     groups = np.repeat(np.arange(len(sizes)), sizes)
     return x, y, noise, groups
@@ -270,7 +271,7 @@ def test_ensemble_run_samples_are_its_members():
                       query_size=3, ensemble_size=3, train=TrainConfig(steps=30))
     model = mlp(2, hidden=(6,))
     learner = make_learner(model, config, (2,), 2)
-    (state, _), (state1, info) = list(run_rounds(jax.random.key(0), learner, toy))
+    (_state, _), (state1, _info) = list(run_rounds(jax.random.key(0), learner, toy))
     members = state1.posterior.members
     assert jax.tree.leaves(members)[0].shape[0] == 3
     probs = [jax.nn.softmax(model.apply(jax.tree.map(lambda p, m=m: p[m], members),
