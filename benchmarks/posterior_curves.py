@@ -28,6 +28,7 @@ import json
 import os
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,78 @@ def table(result: dict, seeds, names) -> str:
     return "\n".join(lines)
 
 
+def timing(args) -> None:
+    """Seconds of one query (pool pass + selection of 10 by BALD) on a 2,000-point pool
+    subset for every posterior after one fit on 20 labels, compile apart (median of 3);
+    and the ensemble's training against one network's (500 steps each, same sitting)."""
+    import jax
+    from machine import cpu_info
+
+    from jaxal.experiment import load_split, to_device
+    from jaxal.loop import init_state, make_learner
+    from jaxal.model import build_model
+
+    rows = {}
+    for name in [f"{p}-bald" for p in POSTERIORS if p != "plugin"]:
+        al = al_config(name, args)._replace(rounds=1)
+        split = load_split(ExperimentConfig(dataset="mnist", seed=0, pool_size=args.pool_size,
+                                            data_dir=args.data_dir, al=al))
+        data = to_device(split)
+        model = build_model("image", split.num_classes, al)
+        learner = make_learner(model, al, split.pool_x.shape[1:], split.num_classes)
+        start = time.perf_counter()
+        state, info = init_state(jax.random.key(0), learner, data)
+        first = time.perf_counter() - start
+        query = partial(learner.query, jax.random.key(1), state.posterior, data.pool_x,
+                        state.labelled)
+        start = time.perf_counter()
+        jax.block_until_ready(query())
+        compile_and_run = time.perf_counter() - start
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            jax.block_until_ready(query())
+            times.append(time.perf_counter() - start)
+        rows[name] = {"query_s": statistics.median(times),
+                      "query_compile_s": compile_and_run - statistics.median(times),
+                      "pool_scored": (al.pool_subset or args.pool_size),
+                      "round0_train_s": info.timings.train, "round0_s": first}
+        print(name, rows[name], flush=True)
+    # Training: one network against M stacked ones, 500 steps on 20 labels each.
+    train = {}
+    for name, fields in (("one network", {}), ("ensemble", {"posterior": "ensemble",
+                                                             "predictive": "mc"})):
+        al = ALConfig(rounds=0, **fields)
+        split = load_split(ExperimentConfig(dataset="mnist", seed=0, pool_size=args.pool_size,
+                                            data_dir=args.data_dir, al=al))
+        data = to_device(split)
+        learner = make_learner(build_model("image", 10, al), al, split.pool_x.shape[1:], 10)
+        init_state(jax.random.key(0), learner, data)          # compiles
+        params0 = learner.init(jax.random.key(1))
+        labelled = init_state(jax.random.key(2), learner, data)[0].labelled
+        times = []
+        for r in range(3):
+            start = time.perf_counter()
+            jax.block_until_ready(learner.train(jax.random.key(r), params=params0,
+                                                x_pool=data.pool_x, y_pool=data.pool_y,
+                                                labelled=labelled))
+            times.append(time.perf_counter() - start)
+        train[name] = statistics.median(times)
+    train["ratio"] = train["ensemble"] / train["one network"]
+    result = {"machine": cpu_info(), "queries": rows, "training_s": train,
+              "ensemble_size": ALConfig().ensemble_size}
+    _write(RESULTS / "posterior_timing.json", result)
+    lines = ["One BALD query of 10 after one fit on 20 labels (median of 3, compile apart), "
+             "and 500 training steps of one network vs the ensemble (median of 3).", "",
+             "| posterior | points scored | query s | query compile s |", "|---|---|---|---|"]
+    lines += [f"| {n} | {r['pool_scored']:,} | {r['query_s']:.2f} | "
+              f"{r['query_compile_s']:.1f} |" for n, r in rows.items()]
+    lines += ["", f"Training 500 steps: one network {train['one network']:.2f} s, ensemble of "
+              f"{result['ensemble_size']} {train['ensemble']:.2f} s: {train['ratio']:.2f}x."]
+    (RESULTS / "posterior_timing.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def _write(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -219,8 +292,14 @@ def main():
     p.add_argument("--query-size", type=int, default=10)
     p.add_argument("--init-per-class", type=int, default=2)
     p.add_argument("--table-only", action="store_true", help="rewrite the table, run nothing")
+    p.add_argument("--timing", action="store_true",
+                   help="time one query per posterior and the ensemble's training instead "
+                        "(needs a quiet machine)")
     args = p.parse_args()
     configure_cpu()
+    if args.timing:
+        timing(args)
+        return
     names = args.variants or (STAGE1 if args.stage == 1 else stage2(args.stage2_posteriors))
     result = run(args, names)
     every = [n for n in VARIANTS if any(k.startswith(f"{n}-seed") for k in result["runs"])]
