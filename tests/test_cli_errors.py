@@ -146,6 +146,10 @@ SLOW = [
     (["--init-per-class", "150"], "lower --init-per-class"),
     (["--min-steps", "50", "--max-steps", "10"],
      "max steps (10) must be >= min steps (50); raise --max-steps or lower --min-steps"),
+    (["--posterior", "ensemble", "--ensemble-size", "1"], "--ensemble-size >= 2"),
+    (["--predictive", "glm"], "use --posterior laplace"),
+    (["--pool-subset", "3"], "--pool-subset must be at least the query size"),
+    (["--posterior", "mc-dropout", "--dropout", "0"], "use --dropout 0.5"),
 ]
 
 

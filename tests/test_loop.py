@@ -161,7 +161,8 @@ def test_warm_start_starts_from_previous_params(toy):
     (dict(acquisition="bold"), "unknown acquisition 'bold'; choose one of"),
     (dict(init_per_class=500), "exceeds the pool of 1000"),
     (dict(rounds=100, query_size=10), "lower --rounds or --query-size"),
-    (dict(predictive="mc"), "use one of ['plugin']"),
+    (dict(predictive="mc"), "use --posterior laplace or mc-dropout or ensemble, or with 'plugin' "
+                              "--predictive plugin"),
     (dict(train=TrainConfig(steps=0)), "training steps must be > 0"),
     (dict(train=TrainConfig(prior_precision=-1.0)), "prior precision must be a finite number >= 0"),
 ])
