@@ -31,7 +31,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-import numpy as np
+from acquisition import _median_labels, aubc, labels_to_reach
 
 from jaxal.config import LaplaceConfig, ModelConfig
 from jaxal.experiment import ExperimentConfig, run_experiment
@@ -108,24 +108,6 @@ def stage2(posteriors) -> list[str]:
 def al_config(name: str, args) -> ALConfig:
     return ALConfig(rounds=args.rounds, query_size=args.query_size,
                     init_per_class=args.init_per_class, **VARIANTS[name])
-
-
-def labels_to_reach(labels, accuracy, target: float):
-    hit = [n for n, a in zip(labels, accuracy, strict=True) if a >= target]
-    return hit[0] if hit else None
-
-
-def aubc(labels, accuracy) -> float:
-    """Trapezoid area under accuracy vs labels, divided by the label range (in [0, 1])."""
-    labels = np.asarray(labels, float)
-    return float(np.trapezoid(accuracy, labels) / (labels[-1] - labels[0]))
-
-
-def _median_labels(values):
-    """Median over seeds with "not reached" (None) counted as larger than any budget."""
-    keyed = sorted(values, key=lambda v: float("inf") if v is None else v)
-    mid = keyed[len(keyed) // 2]
-    return "not reached" if mid is None else mid
 
 
 def run(args, names) -> dict:
