@@ -199,7 +199,7 @@ def timing(args) -> None:
         split = load_split(ExperimentConfig(dataset="mnist", seed=0, pool_size=args.pool_size,
                                             data_dir=args.data_dir, al=al))
         data = to_device(split)
-        model = build_model("image", split.num_classes, al)
+        model = build_model("mnist", split.num_classes, al)
         learner = make_learner(model, al, split.pool_x.shape[1:], split.num_classes)
         start = time.perf_counter()
         state, info = init_state(jax.random.key(0), learner, data)
@@ -227,7 +227,7 @@ def timing(args) -> None:
         split = load_split(ExperimentConfig(dataset="mnist", seed=0, pool_size=args.pool_size,
                                             data_dir=args.data_dir, al=al))
         data = to_device(split)
-        learner = make_learner(build_model("image", 10, al), al, split.pool_x.shape[1:], 10)
+        learner = make_learner(build_model("mnist", 10, al), al, split.pool_x.shape[1:], 10)
         init_state(jax.random.key(0), learner, data)          # compiles
         params0 = learner.init(jax.random.key(1))
         labelled = init_state(jax.random.key(2), learner, data)[0].labelled

@@ -1,8 +1,9 @@
 """Deep ensemble posterior (Lakshminarayanan et al. 2017; for AL, Beluch et al. 2018): M
 networks trained from independent initialisations and minibatch orders, each one sample.
 
-The members are trained together as one vmapped program over stacked parameters (one
-compilation, not M; ``jaxal.loop.make_learner`` with ``Posterior.members``), so the loop's
+The members are trained together as one jitted program over stacked parameters (one
+compilation, not M; ``jaxal.loop.make_learner`` with ``Posterior.members``; unrolled on
+CPU, vmapped elsewhere: ``jaxal.batching``), so the loop's
 θ_MAP *is* the stack [M, ...]; member 0 stands in wherever one network is read (features
 for the diversity selectors, the plugin predictive).
 """
@@ -13,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from jaxal.batching import over_members
 from jaxal.errors import ConfigError
 from jaxal.model import Classifier
 
@@ -30,10 +32,11 @@ def fit(key: jax.Array, model: Classifier, params, x, y, weights, config) -> Ens
 
 def sample_probs(key: jax.Array, model: Classifier, state: Ensemble, x: jax.Array,
                  config) -> jax.Array:
-    """softmax(f(x; θ_m)) [M, n, C], one forward pass per member in sequence (``lax.map``:
-    a vmap over weights makes every convolution a grouped one, slow on XLA:CPU)."""
-    del key, config
-    return jax.lax.map(lambda p: jax.nn.softmax(model.apply(p, x)), state.members)
+    """softmax(f(x; θ_m)) [M, n, C], one forward pass per member (unrolled on CPU, where a
+    vmap over weights makes every convolution a grouped one; ``jaxal.batching``)."""
+    del key
+    predict = lambda p: jax.nn.softmax(model.apply(p, x))
+    return over_members(predict, (0,), config.ensemble_size)(state.members)
 
 
 def members(config) -> int:

@@ -126,8 +126,7 @@ def _run_experiment(config: ExperimentConfig, out_dir: Path | None,
                    "jax_version": jax.__version__, "backend": jax.default_backend(),
                    "num_pool": int(split.pool_x.shape[0]), "num_val": int(split.val_y.size),
                    "num_test": int(split.test_y.size), "started": time.strftime("%F %T")}
-    model = build_model("toy" if config.dataset in TOY_DATASETS else "image",
-                        split.num_classes, config.al)
+    model = build_model(config.dataset, split.num_classes, config.al)
     learner = make_learner(model, config.al, split.pool_x.shape[1:], split.num_classes)
     if out_dir is not None:
         _prepare_out_dir(out_dir, config_dict)

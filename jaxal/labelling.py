@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal.errors import ConfigError, JaxalError
-from jaxal.experiment import TOY_DATASETS, ExperimentConfig, check_config, load_split
+from jaxal.experiment import ExperimentConfig, check_config, load_split
 from jaxal.loop import ALData, make_learner, train_and_fit, validate_config, validate_data
 from jaxal.model import build_model
 from jaxal.results import config_difference, read_json, write_json_atomic, write_text_atomic
@@ -197,7 +197,7 @@ def _query(key, config: ExperimentConfig, split, labels: dict[int, int], labelle
     al = config.al._replace(init_per_class=per_class, rounds=rounds)
     validate_config(al)
     validate_data(al, n, None, c)
-    model = build_model("toy" if config.dataset in TOY_DATASETS else "image", c, al)
+    model = build_model(config.dataset, c, al)
     learner = make_learner(model, al, split.pool_x.shape[1:], c)
     # Labels the person gave; unlabelled entries are never read (padding repeats a
     # labelled index), so they stay 0.

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxal.config import TOY_DATASETS
+
 Params = Any
 
 
@@ -255,18 +257,18 @@ def cnn(num_classes: int = 10, channels: Sequence[int] = (32, 64, 64), hidden: i
                       num_classes)
 
 
-def build_model(kind: str, num_classes: int, config) -> Classifier:
-    """The run's model: the seed CNN with ``config.model``'s options (an ``ALConfig``) for
-    images, the toy MLP for ``kind == "toy"``."""
-    if kind == "toy":
-        return mlp(num_classes, hidden_dropout_rate=config.model.dropout)
-    return cnn(num_classes, hidden_dropout_rate=config.model.dropout)
-
-
 def mlp(num_classes: int = 2, hidden: Sequence[int] = (32, 32),
         hidden_dropout_rate: float = 0.0) -> Classifier:
     """A small MLP for 2-D toy data."""
     return Classifier(MLPBody(tuple(hidden), hidden_dropout_rate), num_classes)
+
+
+def build_model(dataset: str, num_classes: int, config) -> Classifier:
+    """The run's model: the toy MLP for the 2-D toy datasets, else the seed CNN, with
+    ``config.model``'s options (``config`` an ``ALConfig``)."""
+    if dataset in TOY_DATASETS:
+        return mlp(num_classes, hidden_dropout_rate=config.model.dropout)
+    return cnn(num_classes, hidden_dropout_rate=config.model.dropout)
 
 
 def init_params(model: Classifier, key: jax.Array, input_shape: Sequence[int]) -> Params:
