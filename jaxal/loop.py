@@ -208,6 +208,15 @@ def validate_config(config: ALConfig) -> None:
               f"{config.predictive!r} predictive does not give; use --predictive "
               + " or ".join(q for q, pred in PREDICTIVES.items()
                             if pred.gives_samples and works_with(pred, posterior)))
+    selector = query_strategy(config)[1]
+    if selector.needs_samples and config.predictive in PREDICTIVES:
+        _need(PREDICTIVES[config.predictive].joint_samples,
+              f"{config.acquisition} scores a batch jointly, so it needs the same posterior "
+              f"sample for every pool point, and the {config.predictive!r} predictive draws "
+              "each point's samples alone; use --predictive "
+              + " or ".join(q for q, pred in PREDICTIVES.items()
+                            if pred.gives_samples and pred.joint_samples
+                            and works_with(pred, posterior)))
     allowed = [q for q, pred in PREDICTIVES.items() if works_with(pred, posterior)]
     offering = [p for p, record in POSTERIORS.items()
                 if config.predictive in PREDICTIVES

@@ -28,7 +28,10 @@ from jaxal.config import VALIDATION_GRID as VALIDATION_GRID  # re-exported
 from jaxal.config import LaplaceConfig as LaplaceConfig
 from jaxal.curvature import STRUCTURES, CurvatureProblem, sources, structure_of
 from jaxal.curvature.ggn import CurvatureTooLargeError
-from jaxal.curvature.last_layer import linear_head_logit_variance
+from jaxal.curvature.last_layer import (
+    linear_head_logit_covariance,
+    linear_head_logit_variance,
+)
 from jaxal.curvature.layerwise import logit_variance_layerwise
 from jaxal.errors import ConfigError
 from jaxal.model import Classifier, apply_head, init_params
@@ -295,22 +298,22 @@ def last_layer_logit_variance(posterior: LastLayerLaplace, features: jax.Array
                                       posterior_covariance(posterior.head), features)
 
 
-def weights_logit_variance(model: Classifier, posterior: WeightsLaplace, x: jax.Array
-                           ) -> jax.Array:
+def weights_logit_variance(model: Classifier, posterior: WeightsLaplace, x: jax.Array,
+                           full: bool = False) -> jax.Array:
     """diag(J_n Σ J_nᵀ) [n, C] for an all-weights posterior whose Σ is block-diagonal over
     layers (diag, iso, KFAC: its structure's ``layer_variance``).
 
     The variance is then a sum of per-layer terms from the layer inputs and the logit
     Jacobian's output gradients (``jaxal.curvature.layerwise.logit_variance_layerwise``):
     diag/iso weight J² by σ²; KFAC rotates both sides into the Kronecker eigenbasis and
-    weights by 1 / (e_A e_Gᵀ + λ).
+    weights by 1 / (e_A e_Gᵀ + λ). ``full``: the whole J_n Σ J_nᵀ [n, C, C].
     """
     inner = posterior.weights
     structure = structure_of(inner)
     if structure.layer_variance is None:
         raise ConfigError(probit_fix())
     layer_variance = structure.layer_variance(inner, posterior.params)
-    return logit_variance_layerwise(model, posterior.params, x, layer_variance)
+    return logit_variance_layerwise(model, posterior.params, x, layer_variance, full)
 
 
 def laplace_logit_variance(model: Classifier, posterior, x: jax.Array, config
@@ -323,6 +326,19 @@ def laplace_logit_variance(model: Classifier, posterior, x: jax.Array, config
         logits = apply_head(head_params(posterior.params), features)
         return logits, last_layer_logit_variance(posterior, features)
     return model.apply(posterior.params, x), weights_logit_variance(model, posterior, x)
+
+
+def laplace_logit_covariance(model: Classifier, posterior, x: jax.Array, config
+                             ) -> tuple[jax.Array, jax.Array]:
+    """(f(x; θ_MAP) [n, C], J Σ Jᵀ [n, C, C]): the linearised (GLM) logits' mean and their
+    whole covariance per point, for the structures ``laplace_logit_variance`` serves."""
+    if config.laplace.subset == "last-layer":
+        features = model.apply(posterior.params, x, method=model.features)
+        logits = apply_head(head_params(posterior.params), features)
+        return logits, linear_head_logit_covariance(
+            head_params(posterior.params), posterior_covariance(posterior.head), features)
+    return (model.apply(posterior.params, x),
+            weights_logit_variance(model, posterior, x, full=True))
 
 
 
@@ -356,11 +372,17 @@ def refusal(structure: str, source: str, subset: str) -> str:
             f"{subset!r}; use {', or '.join(fixes)}")
 
 
-def probit_fix() -> str:
-    """The all-weights probit needs a structure with a per-layer logit variance."""
+# The predictives that read the logits' per-point (co)variance J Σ Jᵀ.
+PER_POINT_PREDICTIVES = ("probit", "glm-logits")
+
+
+def probit_fix(predictive: str = "probit") -> str:
+    """The all-weights probit (and glm-logits) needs a structure with per-layer logit
+    (co)variance terms."""
     layered = [name for name, s in STRUCTURES.items() if s.layer_variance is not None]
-    return ("the probit predictive over all weights needs a layer-block covariance; use "
-            f"--structure {_one_of(layered)}, or --subset last-layer, or --predictive mc")
+    return (f"the {predictive} predictive over all weights needs a layer-block covariance; "
+            f"use --structure {_one_of(layered)}, or --subset last-layer, or --predictive "
+            + ("glm" if predictive == "glm-logits" else "mc"))
 
 
 def check_laplace(config) -> None:
@@ -386,9 +408,9 @@ def check_laplace(config) -> None:
     _need(lc.prior_fit != "none" or (lc.prior_precision or config.train.prior_precision) > 0,
           "the Laplace posterior needs a prior precision > 0 (got 0: its covariance would "
           "be infinite); use --prior-precision 1, val-nll or auto")
-    if (config.predictive == "probit" and lc.subset != "last-layer"
+    if (config.predictive in PER_POINT_PREDICTIVES and lc.subset != "last-layer"
             and structure.layer_variance is None):
-        raise ConfigError(probit_fix())
+        raise ConfigError(probit_fix(config.predictive))
     _need(lc.prior_fit in PRIOR_FITS,
           f"unknown prior fit {lc.prior_fit!r}; choose one of {list(PRIOR_FITS)}")
     _need(lc.prior_fit != "evidence-layerwise" or lc.subset != "last-layer",
@@ -437,6 +459,8 @@ class Posterior(NamedTuple):
     # The same for the linearised network f(x; θ*) + J(x)(θ - θ*) (the GLM predictive).
     glm_sample_probs: Callable | None = None
     logit_variance: Callable | None = None  # (model, state, x, config) -> (f, var) [n, c]
+    # (model, state, x, config) -> (f [n, c], J Σ Jᵀ [n, c, c]): the GLM logits per point.
+    logit_covariance: Callable | None = None
     prior_precision: Callable = lambda state: None          # state -> λ (None: no prior)
     with_prior_precision: Callable | None = None             # (state, λ) -> state
     check: Callable = lambda config: None                    # raises ConfigError
@@ -451,6 +475,7 @@ POSTERIORS: dict[str, Posterior] = {
     "laplace": Posterior(
         fit_laplace, sample_probs=laplace_sample_probs,
         glm_sample_probs=laplace_glm_sample_probs, logit_variance=laplace_logit_variance,
+        logit_covariance=laplace_logit_covariance,
         prior_precision=prior_precision_of, with_prior_precision=with_prior_precision,
         check=check_laplace, check_model=check_laplace_fits,
         default_predictive=laplace_default_predictive),

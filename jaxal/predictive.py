@@ -70,6 +70,29 @@ def glm_predictive(key: jax.Array, model: Classifier, posterior, x: jax.Array,
     return PredictiveOutput(sample_probs.mean(0), sample_probs)
 
 
+def glm_logits_predictive(key: jax.Array, model: Classifier, posterior, x: jax.Array,
+                          config) -> PredictiveOutput:
+    """The linearised (GLM) predictive sampled per point in logit space:
+
+        f_s(x) = f(x; θ*) + L(x) ε_s,   L Lᵀ = J(x) Σ J(x)ᵀ [C, C],   ε_s ~ N(0, I_C),
+
+    S = ``config.laplace.samples``, from the posterior's ``logit_covariance`` (the per-layer
+    Jacobian terms the probit reads). It costs one C-cotangent backward pass per chunk
+    instead of ``glm``'s S Jacobian-vector products, but each point's samples are drawn
+    alone: right for per-point scores (BALD, entropy, ...), not for BatchBALD's joint
+    entropies over a batch (``joint_samples=False``; use ``glm``).
+    """
+    logits, cov = POSTERIORS[config.posterior].logit_covariance(model, posterior, x, config)
+    # A symmetric square root by eigendecomposition: J Σ Jᵀ is PSD but may be singular
+    # to rounding (Cholesky would fail there).
+    w, v = jnp.linalg.eigh(cov)                                       # [n, C], [n, C, C]
+    root = v * jnp.sqrt(jnp.clip(w, 0.0))[:, None, :]
+    eps = jax.random.normal(key, (config.laplace.samples, logits.shape[-1]), logits.dtype)
+    sample_logits = logits + jnp.einsum("ncd,sd->snc", root, eps)
+    sample_probs = jax.nn.softmax(sample_logits)
+    return PredictiveOutput(sample_probs.mean(0), sample_probs)
+
+
 class Predictive(NamedTuple):
     """A predictive: its function and what it declares.
 
@@ -81,6 +104,9 @@ class Predictive(NamedTuple):
 
     predict: Callable
     gives_samples: bool = False     # PredictiveOutput.sample_probs [s, n, c] is set
+    # Sample s is one model for every point (BatchBALD's joint entropies need that); False:
+    # each point's samples are drawn from its own marginal.
+    joint_samples: bool = True
     needs: tuple[str, ...] = ()     # Posterior record fields it calls
 
 
@@ -94,4 +120,6 @@ PREDICTIVES: dict[str, Predictive] = {
     "mc": Predictive(mc_predictive, gives_samples=True, needs=("sample_probs",)),
     "probit": Predictive(probit_predictive, needs=("logit_variance",)),
     "glm": Predictive(glm_predictive, gives_samples=True, needs=("glm_sample_probs",)),
+    "glm-logits": Predictive(glm_logits_predictive, gives_samples=True, joint_samples=False,
+                             needs=("logit_covariance",)),
 }

@@ -28,11 +28,13 @@ from jaxal.posterior import (
     fit_laplace,
     fit_prior_precision,
     laplace_glm_sample_probs,
+    laplace_logit_covariance,
     laplace_sample_probs,
     layer_groups,
     log_marginal_likelihood,
     posterior_covariance,
 )
+from jaxal.predictive import glm_logits_predictive
 from jaxal.train import make_trainer
 
 
@@ -93,6 +95,66 @@ def test_glm_equals_mc_for_the_linear_head():
     key = jax.random.key(3)
     np.testing.assert_allclose(laplace_glm_sample_probs(key, model, post, x, config),
                                laplace_sample_probs(key, model, post, x, config), atol=1e-6)
+
+
+def test_last_layer_logit_covariance_equals_dense():
+    """J Σ Jᵀ [n, C, C] of the linear head against the dense Jacobian of its raveled
+    weights (the full GGN's covariance has cross-class blocks)."""
+    with jax.enable_x64(True):
+        model = cnn(4, channels=(3,), hidden=6)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                              init_params(model, jax.random.key(0), (8, 8, 1)))
+        x = jax.random.normal(jax.random.key(1), (10, 8, 8, 1), jnp.float64)
+        y = jnp.arange(10) % 4
+        config = ALConfig(posterior="laplace", laplace=LaplaceConfig(prior_fit="none",
+                                                                     prior_precision=0.5))
+        post = fit_laplace(jax.random.key(2), model, params, x, y, jnp.ones(10), config)
+        head = {"params": {"head": params["params"]["head"]}}
+        flat, unravel = ravel_pytree(head)
+        jac = np.asarray(jax.jacobian(
+            lambda t: model.apply({"params": {**params["params"], **unravel(t)["params"]}},
+                                  x))(flat))                              # [n, C, P]
+        cov = np.asarray(posterior_covariance(post.head))
+        logits, got = laplace_logit_covariance(model, post, x, config)
+        np.testing.assert_allclose(np.asarray(got), np.einsum("ncp,pq,ndq->ncd", jac, cov, jac),
+                                   rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(logits), np.asarray(model.apply(params, x)),
+                                   rtol=1e-10)
+
+
+@pytest.mark.parametrize("structure", ["kfac", "diag"])
+def test_glm_logits_samples_have_the_linearised_mean_and_covariance(structure):
+    """glm-logits: per-point logit samples with mean f(x; θ*) and covariance J Σ Jᵀ (dense
+    Jacobians), within Monte Carlo error; its predictive mean agrees with glm's (the same
+    distribution, sampled per point instead of in weight space)."""
+    toy = _toy()
+    model = mlp(3, hidden=(5,))
+    params = init_params(model, jax.random.key(0), (2,))
+    x, y = toy.pool_x[:40], toy.pool_y[:40] % 3
+    samples = 4000
+    config = ALConfig(posterior="laplace", predictive="glm-logits", laplace=LaplaceConfig(
+        structure=structure, subset="all", samples=samples, prior_fit="none",
+        prior_precision=2.0))
+    post = fit_laplace(jax.random.key(1), model, params, x, y, jnp.ones(40), config)
+    xs = toy.test_x[:3]
+    out = glm_logits_predictive(jax.random.key(5), model, post, xs, config)
+    logp = np.log(np.asarray(out.sample_probs))
+    logits = logp - logp.mean(-1, keepdims=True)                     # [S, n, C], centred
+    theta, unravel = ravel_pytree(params)
+    centre = lambda f: f - f.mean(-1, keepdims=True)
+    jac = np.asarray(jax.jacobian(lambda t: centre(model.apply(unravel(t), xs)))(theta))
+    cov = np.einsum("ncp,pq,ndq->ncd", jac, np.asarray(posterior_covariance(post.weights)),
+                    jac)
+    sd = np.sqrt(np.einsum("ncc->nc", cov))
+    mean = np.asarray(centre(model.apply(params, xs)))
+    np.testing.assert_allclose(logits.mean(0), mean,
+                               atol=5 * sd.max() / np.sqrt(samples) + 1e-5)
+    for n in range(xs.shape[0]):
+        np.testing.assert_allclose(np.cov(logits[:, n].T), cov[n],
+                                   atol=6 * sd.max()**2 * np.sqrt(2 / samples) + 1e-6)
+    glm = laplace_glm_sample_probs(jax.random.key(6), model, post, xs,
+                                   config._replace(predictive="glm")).mean(0)
+    np.testing.assert_allclose(np.asarray(out.probs), np.asarray(glm), atol=0.03)
 
 
 # --- Layerwise evidence -------------------------------------------------------------------
@@ -337,6 +399,12 @@ def test_new_options_are_refused_with_the_fix():
                   laplace=LaplaceConfig(prior_fit="evidence-layerwise")),
          "--prior-precision auto .*--subset all"),
         (ALConfig(eval_samples=0), "--eval-samples"),
+        # BatchBALD's joint entropies need one model per sample across the pool.
+        (ALConfig(posterior="laplace", predictive="glm-logits", acquisition="batchbald"),
+         "draws each point's samples alone; use --predictive mc or glm$"),
+        (ALConfig(posterior="laplace", predictive="glm-logits",
+                  laplace=LaplaceConfig(structure="full", subset="all")),
+         "glm-logits predictive over all weights .*--predictive glm$"),
     ]
     for config, match in cases:
         with pytest.raises(ConfigError, match=match):

@@ -163,6 +163,12 @@ def test_structure_contract(name, source, subset, toy):
                                            structure.layer_variance(state, params))
             np.testing.assert_allclose(np.asarray(got), np.einsum("ncp,pq,ncq->nc", jac, cov, jac),
                                        rtol=1e-8, atol=1e-12)
+            # The whole per-point logit covariance (glm-logits), cross-class terms included.
+            full = logit_variance_layerwise(model, params, x,
+                                            structure.layer_variance(state, params), full=True)
+            np.testing.assert_allclose(np.asarray(full),
+                                       np.einsum("ncp,pq,ndq->ncd", jac, cov, jac),
+                                       rtol=1e-8, atol=1e-12)
 
         if source != "ggn-mc" and EXACT[name] is not None:
             reference = exact_reference(source, problem, np.asarray(weights) > 0)

@@ -49,6 +49,10 @@ def test_all_weights_logit_variance_equals_dense(name, structure):
         want = np.einsum("ncp,pq,ncq->nc", jac, cov, jac)
         got = np.asarray(weights_logit_variance(model, post, x))
         np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
+        # The whole per-point covariance (the glm-logits predictive), cross-class terms too.
+        full = np.asarray(weights_logit_variance(model, post, x, full=True))
+        np.testing.assert_allclose(full, np.einsum("ncp,pq,ndq->ncd", jac, cov, jac),
+                                   rtol=1e-8, atol=1e-12)
         config = ALConfig(posterior="laplace", predictive="probit",
                           laplace=LaplaceConfig(structure=structure, subset="all"))
         probs = probit_predictive(None, model, post, x, config).probs

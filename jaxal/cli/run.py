@@ -80,7 +80,10 @@ def parser() -> argparse.ArgumentParser:
                    choices=RegistryChoices("posterior:POSTERIORS"))
     p.add_argument("--predictive", default=None, choices=RegistryChoices("predictive:PREDICTIVES"),
                    help="default: plugin for --posterior plugin; for laplace, mc when the "
-                        "acquisition needs samples or --subset all, else probit")
+                        "acquisition needs samples or --subset all, else probit. glm: "
+                        "samples of the linearised network; glm-logits: the same predictive "
+                        "sampled per point from N(f(x), J Σ Jᵀ) (cheaper over all weights; "
+                        "not for batchbald)")
     p.add_argument("--curvature", default=_LAPLACE.curvature,
                    choices=RegistryChoices("curvature:sources"),
                    help="Laplace: generalised Gauss-Newton, exact Hessian, or the GGN "
@@ -94,7 +97,8 @@ def parser() -> argparse.ArgumentParser:
                    choices=RegistryChoices("posterior:SUBSETS"),
                    help="Laplace: parameters with a posterior (the rest stay at the MAP)")
     p.add_argument("--samples", type=whole(1), default=_LAPLACE.samples,
-                   help="Laplace: posterior samples S of the mc and glm predictives (glm: "
+                   help="Laplace: posterior samples S of the mc, glm and glm-logits "
+                        "predictives (glm: "
                         "the linearised network f(x; θ*) + J(x)(θ - θ*), the predictive "
                         "consistent with the GGN)")
     p.add_argument("--dropout", type=number(0.0, maximum=1.0), default=None,

@@ -51,3 +51,18 @@ def linear_head_logit_variance(head_params, covariance: jax.Array, features: jax
     blocks = covariance[index.T[:, :, None], index.T[:, None, :]]   # [C, d+1, d+1]
     phi = jnp.concatenate([features, jnp.ones_like(features[:, :1])], axis=1)
     return jnp.einsum("ni,cij,nj->nc", phi, blocks, phi)
+
+
+def linear_head_logit_covariance(head_params, covariance: jax.Array, features: jax.Array
+                                 ) -> jax.Array:
+    """J_n Σ J_nᵀ [n, C, C] for the linear head (``linear_head_logit_variance``'s diagonal
+    and the cross-class terms): entry (c, d) is φ̃_nᵀ Σ_cd φ̃_n, Σ_cd the (d+1) x (d+1)
+    covariance block between the parameters of logits c and d.
+    """
+    flat, unravel = ravel_pytree(head_params)
+    position = unravel(jnp.arange(flat.size, dtype=jnp.float32))["params"]["head"]
+    index = jnp.concatenate([position["kernel"], position["bias"][None]]).astype(jnp.int32)
+    index = index.T                                                   # [C, d+1]
+    blocks = covariance[index[:, None, :, None], index[None, :, None, :]]  # [C, C, d+1, d+1]
+    phi = jnp.concatenate([features, jnp.ones_like(features[:, :1])], axis=1)
+    return jnp.einsum("ni,cdij,nj->ncd", phi, blocks, phi)

@@ -147,10 +147,22 @@ def _layer_diagonal(a: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
                                    jnp.zeros((rows.shape[-1], g.shape[-1]), g.dtype))[0]
 
 
-def _conv_variance(rows: jax.Array, g: jax.Array, var: jax.Array) -> jax.Array:
-    """Σ_io (Σ_t rows_nti g_nctj)² var_io for every example: [n, C] (Conv layers)."""
-    step = lambda carry, p, i: (carry, jnp.einsum("ico,io->c", p * p, var))
+def _conv_variance(rows: jax.Array, g: jax.Array, var: jax.Array, full: bool = False
+                   ) -> jax.Array:
+    """Σ_io (Σ_t rows_nti g_nctj)² var_io for every example: [n, C] (Conv layers); with
+    ``full``, Σ_io (Σ_t rows_nti g_nctj)(Σ_t rows_nti g_ndtj) var_io: [n, C, C]."""
+    if full:
+        step = lambda carry, p, i: (carry, jnp.einsum("ico,ido,io->cd", p, p, var))
+    else:
+        step = lambda carry, p, i: (carry, jnp.einsum("ico,io->c", p * p, var))
     return _scan_per_example_grads(rows, g, step, None)[1]
+
+
+def _dense_variance(a2: jax.Array, var: jax.Array, g: jax.Array, full: bool) -> jax.Array:
+    """Σ_io ã_ni² var_io g_nco g_ndo (Dense layers): its diagonal [n, C], or [n, C, C]."""
+    if full:
+        return jnp.einsum("ni,io,cno,dno->ncd", a2, var, g, g)
+    return jnp.einsum("ni,io,cno->nc", a2, var, g**2)
 
 
 # A layer is named by its path in the "params" collection, a tuple such as ("body",
@@ -196,17 +208,18 @@ def ggn_diagonal_layerwise(model: Classifier, params, x: jax.Array,
 
 
 def logit_variance_layerwise(model: Classifier, params, x: jax.Array,
-                             layer_variance: Callable[[tuple[str, ...], jax.Array, jax.Array],
-                                                      jax.Array]) -> jax.Array:
-    """diag(J_n Σ J_nᵀ) [n, C] for a covariance Σ that is block-diagonal over layers.
+                             layer_variance: Callable, full: bool = False) -> jax.Array:
+    """diag(J_n Σ J_nᵀ) [n, C] for a covariance Σ that is block-diagonal over layers; with
+    ``full``, the whole logit covariance J_n Σ J_nᵀ [n, C, C].
 
-    ``layer_variance(path, rows [n, t, K+1], g [C, n, t, out]) -> [n, C]`` gives one layer's
-    term from its inputs and the plain Jacobian's output gradients; the terms add up
-    because Σ has no cross-layer blocks (diagonal, isotropic, KFAC). One C-cotangent
-    backward pass over x, no per-example weight gradient except the Conv layers'.
+    ``layer_variance(path, rows [n, t, K+1], g [C, n, t, out], full) -> [n, C] | [n, C, C]``
+    gives one layer's term from its inputs and the plain Jacobian's output gradients; the
+    terms add up because Σ has no cross-layer blocks (diagonal, isotropic, KFAC). One
+    C-cotangent backward pass over x, no per-example weight gradient except the Conv layers'.
     """
     inputs, grads = layer_inputs_and_factor_grads(model, params, x, jacobian_factors)
-    return sum(layer_variance(path, _augmented_rows(a), _positions(grads[path], a.shape[0]))
+    return sum(layer_variance(path, _augmented_rows(a), _positions(grads[path], a.shape[0]),
+                              full)
                for path, a in inputs.items())
 
 
@@ -215,11 +228,11 @@ def diagonal_layer_variance(variance_tree) -> Callable:
 
     Dense: Σ_ij ã_i² σ²_ij g_cj²; Conv: Σ_ij (Σ_t ã_ti g_ctj)² σ²_ij.
     """
-    def layer_variance(path, rows, g):
+    def layer_variance(path, rows, g, full=False):
         var = get_layer(variance_tree["params"], path)               # [K+1, out]
         if rows.shape[1] == 1:
-            return jnp.einsum("ni,io,cno->nc", rows[:, 0]**2, var, g[:, :, 0]**2)
-        return _conv_variance(rows, g, var)
+            return _dense_variance(rows[:, 0]**2, var, g[:, :, 0], full)
+        return _conv_variance(rows, g, var, full)
     return layer_variance
 
 
@@ -230,13 +243,13 @@ def kfac_layer_variance(layers: dict, prior_precision: dict) -> Callable:
     [K+1, out] block is Σ_ij (q_A,i ⊗ q_G,j)(q_A,i ⊗ q_G,j)ᵀ / (e_A,i e_G,j + λ), so with
     rows and gradients rotated (ã Q_A, g Q_G) the variance is a weighted sum of squares.
     """
-    def layer_variance(path, rows, g):
+    def layer_variance(path, rows, g, full=False):
         qa, ea, qg, eg = layers[path]
         inv = 1.0 / (jnp.outer(ea, eg) + prior_precision[path])        # [K+1, out]
         rows, g = rows @ qa, g @ qg
         if rows.shape[1] == 1:
-            return jnp.einsum("ni,io,cno->nc", rows[:, 0]**2, inv, g[:, :, 0]**2)
-        return _conv_variance(rows, g, inv)
+            return _dense_variance(rows[:, 0]**2, inv, g[:, :, 0], full)
+        return _conv_variance(rows, g, inv, full)
     return layer_variance
 
 
