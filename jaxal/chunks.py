@@ -7,6 +7,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxal.sharding import data_parallel, pad_axis, padded_rows
+
 
 def chunk_array(x: jax.Array, chunk_size: int) -> jax.Array:
     """[n, ...] -> [ceil(n / chunk), chunk, ...], the last chunk zero-padded."""
@@ -22,9 +24,16 @@ def map_chunks(fn: Callable, x: jax.Array, chunk_size: int):
 
     Memory is bounded by one chunk's intermediates (e.g. s x chunk x c per-sample
     probabilities instead of s x n x c). The last chunk is zero-padded and the padding
-    dropped from the outputs, which must have the chunk as leading axis.
+    dropped from the outputs, which must have the chunk as leading axis and depend on
+    each row alone.
+
+    Under a mesh with a data axis (``jaxal.sharding.use_devices``) each chunk's rows are
+    split over its devices: the chunk is padded to a multiple of the device count, so the
+    chunks, and the rows of each, are the same on any number of devices.
     """
     n = x.shape[0]
-    xs = chunk_array(x, min(chunk_size, n))
+    chunk = min(chunk_size, n)
+    xs = chunk_array(x, chunk)                                   # [k, chunk, ...]
+    xs = data_parallel(pad_axis(xs, 1, padded_rows(chunk)), axis=1)
     out = jax.lax.map(lambda args: fn(*args), (jnp.arange(xs.shape[0]), xs))
-    return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:n], out)
+    return jax.tree.map(lambda o: o[:, :chunk].reshape(-1, *o.shape[2:])[:n], out)

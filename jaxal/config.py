@@ -100,10 +100,15 @@ class ExperimentConfig(NamedTuple):
     pool_size: int | None = None      # a seeded subset of the pool (None: all of it)
     data_dir: str | None = None       # TFDS data dir (None: $TFDS_DATA_DIR or TFDS default)
     al: ALConfig = ALConfig()
+    # Local devices the pool passes are split over (None: all; ``jaxal.sharding``).
+    devices: int | None = None
 
     def to_dict(self) -> dict:
         d = self._asdict()
         d["al"] = {**self.al._asdict(), "train": self.al.train._asdict(),
                    "laplace": self.al.laplace._asdict(), "model": self.al.model._asdict()}
-        del d["data_dir"]  # where the data lives does not change the results
+        # Neither where the data lives nor how many devices share the work changes the
+        # results (a run resumes on another device count); config.json records the devices
+        # apart.
+        del d["data_dir"], d["devices"]
         return d

@@ -39,6 +39,7 @@ from jaxal.results import (
     write_rounds,
 )
 from jaxal.rundir import lock_out_dir
+from jaxal.sharding import check_devices, use_devices
 
 
 def load_split(config: ExperimentConfig) -> datasets.ALSplit:
@@ -62,6 +63,7 @@ def check_config(config: ExperimentConfig) -> None:
     if config.pool_size is not None and config.pool_size < 1:
         raise ConfigError(f"pool size must be >= 1 (got {config.pool_size})")
     validate_config(config.al)
+    check_devices(config.devices)
 
 
 def to_device(split: datasets.ALSplit) -> ALData:
@@ -120,10 +122,17 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike | None =
 def _run_experiment(config: ExperimentConfig, out_dir: Path | None,
                     progress: Callable[[str], None] | None):
     check_config(config)
+    with use_devices(config.devices) as devices:
+        return _run_on_devices(config, out_dir, progress, devices)
+
+
+def _run_on_devices(config: ExperimentConfig, out_dir: Path | None,
+                    progress: Callable[[str], None] | None, devices: list):
     split = load_split(config)
     validate_data(config.al, split.pool_x.shape[0], split.pool_y, split.num_classes)
     config_dict = {"experiment": config.to_dict(), "jaxal_version": __version__,
                    "jax_version": jax.__version__, "backend": jax.default_backend(),
+                   "devices": [f"{d.platform}:{d.id}" for d in devices],
                    "num_pool": int(split.pool_x.shape[0]), "num_val": int(split.val_y.size),
                    "num_test": int(split.test_y.size), "started": time.strftime("%F %T")}
     model = build_model(config.dataset, split.num_classes, config.al)

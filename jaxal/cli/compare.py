@@ -47,7 +47,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_registry_choices(p, args)
         from jaxal.comparison import Run, run_comparison, summary_table
         from jaxal.experiment import check_config
+        from jaxal.sharding import devices_line
 
+        print(devices_line(args.devices), flush=True)   # a bad --devices: one fix, no skips
         runs, skipped = [], []
         for acq in dict.fromkeys(args.acq):
             for posterior in dict.fromkeys(args.posterior):

@@ -163,6 +163,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="TFDS data dir with prepared datasets (default: $TFDS_DATA_DIR, "
                         "else TFDS's default); see `python -m jaxal.data prepare --help`")
+    p.add_argument("--devices", type=whole(0), default=None,
+                   help="local devices (GPUs, TPU cores, host devices) the pool passes are "
+                        "split over; default: all. Results do not depend on it, and a run "
+                        "resumes on another count")
     p.add_argument("--out", default=None,
                    help="output dir (default: runs/<dataset>-<acq>-<posterior>-seed<seed>)")
     return p
@@ -226,7 +230,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
                   dropout_samples=args.dropout_samples, eval_samples=args.eval_samples,
                   pool_subset=args.pool_subset)
     return ExperimentConfig(dataset=args.dataset, seed=args.seed, val_size=args.val_size,
-                            pool_size=args.pool_size, data_dir=args.data_dir, al=al)
+                            pool_size=args.pool_size, data_dir=args.data_dir, al=al,
+                            devices=args.devices)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -240,9 +245,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         configure_cpu()   # before JAX's first computation
         check_registry_choices(p, args)
-        from jaxal.experiment import run_experiment
+        from jaxal.experiment import check_config, run_experiment
+        from jaxal.sharding import devices_line
 
-        run_experiment(config_from_args(args), out,
+        config = config_from_args(args)
+        check_config(config)              # before the devices line: a bad --devices fails
+        print(devices_line(args.devices), flush=True)
+        run_experiment(config, out,
                        progress=lambda line: print(line, flush=True))
     print(f"outputs in {out}/ (metrics.csv, metrics.jsonl, queries.jsonl, figure5.png)")
 

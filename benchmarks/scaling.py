@@ -1,0 +1,160 @@
+"""Pool passes on 1, 2, 4, 8 devices: what the data-parallel path (``jaxal.sharding``) costs
+or gains.
+
+    python benchmarks/scaling.py [--data-dir ../shared/data/tfds] [--devices 1 2 4 8]
+
+Each device count runs in its own process (JAX fixes the count when it starts): on a CPU
+with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` host devices, which split the
+same cores, so the CPU figures show the sharded path's overhead, not a speed-up; on a GPU
+machine pass ``--gpu`` to use its devices as they are. Measured per count (median of 3,
+compile apart):
+
+- pool scoring: entropy of the plugin predictive over the whole MNIST pool (59,000);
+- MC-100: BALD with the last-layer Laplace posterior, 100 samples, over the same pool;
+- one AL round on a 10,000-image pool (entropy, plugin): query, 500 training steps,
+  evaluation of the 11,000 test and validation images. Training is not split over
+  devices (every device runs it whole), so on host devices its share grows with N.
+
+The 1-device row runs the code path of a run without ``--devices``: no mesh and no
+sharding constraint, the same program as before ``jaxal.sharding`` existed.
+Writes ``results/scaling.json`` and ``results/scaling.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import cpu_info, describe
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _median_time(fn, repeats: int = 3) -> tuple[float, float]:
+    """(median seconds of ``repeats`` calls after a first one, first call's extra)."""
+    import jax
+
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), first - statistics.median(times)
+
+
+def child(args) -> dict:
+    """The measurements on this process's devices (run under the count's XLA_FLAGS)."""
+    import jax
+
+    from jaxal.config import ALConfig, ExperimentConfig, LaplaceConfig, TrainConfig
+    from jaxal.experiment import load_split, to_device
+    from jaxal.loop import al_round, init_state, make_learner
+    from jaxal.model import build_model
+    from jaxal.runtime import configure_cpu
+    from jaxal.sharding import use_devices
+
+    configure_cpu()
+    out = {"devices": len(jax.local_devices()), "backend": jax.default_backend()}
+    with use_devices() as devices:
+        out["names"] = [f"{d.platform}:{d.id}" for d in devices]
+        quick = TrainConfig(steps=20)
+        for name, al in (
+                ("pool_scoring", ALConfig(acquisition="entropy", train=quick)),
+                ("mc100_bald", ALConfig(acquisition="bald", posterior="laplace",
+                                        predictive="mc", train=quick,
+                                        laplace=LaplaceConfig(samples=100)))):
+            split = load_split(ExperimentConfig(dataset="mnist", data_dir=args.data_dir, al=al))
+            data = to_device(split)
+            learner = make_learner(build_model("mnist", 10, al), al, split.pool_x.shape[1:], 10)
+            state, _ = init_state(jax.random.key(0), learner, data)
+            query = partial(learner.query, jax.random.key(1), state.posterior, data.pool_x,
+                            state.labelled)
+            seconds, compile_s = _median_time(query)
+            out[name] = {"s": seconds, "compile_s": compile_s,
+                         "images_per_s": data.pool_x.shape[0] / seconds,
+                         "pool": int(data.pool_x.shape[0])}
+            print(name, out[name], file=sys.stderr, flush=True)
+        al = ALConfig(acquisition="entropy", rounds=3)
+        split = load_split(ExperimentConfig(dataset="mnist", data_dir=args.data_dir,
+                                            pool_size=10_000, al=al))
+        data = to_device(split)
+        learner = make_learner(build_model("mnist", 10, al), al, split.pool_x.shape[1:], 10)
+        state, _ = init_state(jax.random.key(0), learner, data)      # compiles
+        state, _ = al_round(jax.random.key(1), state, learner, data)   # compiles the round
+        rounds = []
+        for r in range(2):
+            start = time.perf_counter()
+            state, info = al_round(jax.random.key(2 + r), state, learner, data)
+            rounds.append({"s": time.perf_counter() - start, "query_s": info.timings.score,
+                           "train_s": info.timings.train, "eval_s": info.timings.evaluate})
+        out["al_round"] = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+        print("al_round", out["al_round"], file=sys.stderr, flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--devices", type=int, nargs="*", default=[1, 2, 4, 8])
+    p.add_argument("--gpu", action="store_true",
+                   help="use the machine's devices (one process, --devices ignored)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    rows = []
+    counts = [None] if args.gpu else args.devices
+    for n in counts:
+        env = dict(os.environ)
+        if n is not None:
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                                f" --xla_force_host_platform_device_count={n}").strip()
+            env["JAX_PLATFORMS"] = "cpu"
+        cmd = [sys.executable, __file__, "--child"] + (
+            ["--data-dir", args.data_dir] if args.data_dir else [])
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{n} devices failed:\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    machine = cpu_info()
+    result = {"machine": machine, "rows": rows}
+    RESULTS.mkdir(exist_ok=True)
+    tmp = RESULTS / "scaling.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(RESULTS / "scaling.json")
+    base = rows[0]
+    kind = "GPU" if args.gpu else ("forced host devices sharing the same cores: overhead, "
+                                   "not speed-up")
+    lines = [f"Pool passes split over devices ({describe(machine)}; {kind}). "
+             "Median of 3, compile apart; x: time relative to the first row.", "",
+             "| devices | pool scoring img/s (x) | MC-100 BALD img/s (x) | AL round s (x) | "
+             "query / train / eval s |", "|---|---|---|---|---|"]
+    for r in rows:
+        a = r["al_round"]
+        lines.append(
+            f"| {r['devices']} {r['backend']} | {r['pool_scoring']['images_per_s']:,.0f} "
+            f"({r['pool_scoring']['s'] / base['pool_scoring']['s']:.2f}) | "
+            f"{r['mc100_bald']['images_per_s']:,.0f} "
+            f"({r['mc100_bald']['s'] / base['mc100_bald']['s']:.2f}) | "
+            f"{a['s']:.1f} ({a['s'] / base['al_round']['s']:.2f}) | "
+            f"{a['query_s']:.1f} / {a['train_s']:.1f} / {a['eval_s']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "scaling.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Data parallelism over devices with ``jax.sharding``: the pool passes split over a mesh.
+
+A run on N devices runs under a 1-D mesh over N local devices whose one axis is
+``DATA_AXIS`` (``use_devices``, which enters ``jax.set_mesh``). The functions that evaluate
+rows independently, the chunked passes of ``jaxal.chunks.map_chunks`` (pool scoring,
+predictive evaluation of the test and validation sets, features for k-center, BADGE and
+hybrid, the selectors' distance blocks), constrain each chunk's rows to that axis
+(``data_parallel``); parameters and posterior stay replicated, and XLA's SPMD partitioner
+splits the work and gathers the results. Each chunk is padded to a multiple of the device
+count, so the chunks themselves, and with them every random draw, are the same on any
+number of devices (JAX's random bits do not depend on sharding, and a draw of n rows is a
+prefix of a draw of n + pad rows).
+
+Nothing here runs on import. With no mesh, or a mesh of one device, every function here
+returns its input: a one-device run is the code path it always was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, Mesh
+from jax.sharding import PartitionSpec as P
+
+from jaxal.errors import ConfigError
+
+DATA_AXIS = "data"
+
+
+def describe(devices) -> str:
+    """'cpu:0, cpu:1' for a list of devices."""
+    return ", ".join(f"{d.platform}:{d.id}" for d in devices)
+
+
+def check_devices(devices: int | None) -> None:
+    """Refuse a device count this process cannot give, naming the devices it has."""
+    have = jax.local_devices()
+    if devices is not None and not 1 <= devices <= len(have):
+        raise ConfigError(
+            f"--devices {devices}: this process has {len(have)} device(s) ({describe(have)});"
+            f" pass a number from 1 to {len(have)}, or leave it out to use all (CPU: more host "
+            "devices with XLA_FLAGS=--xla_force_host_platform_device_count=N, set before JAX "
+            "starts)")
+
+
+def devices_line(devices: int | None = None) -> str:
+    """'devices: 2 (cpu:0, cpu:1)': what a run on ``devices`` (None: all) will use."""
+    check_devices(devices)
+    chosen = jax.local_devices()[:devices]
+    return f"devices: {len(chosen)} ({describe(chosen)})"
+
+
+def data_mesh(devices: int | None = None) -> Mesh:
+    """A 1-D mesh ``(DATA_AXIS,)`` over the first ``devices`` local devices (None: all)."""
+    check_devices(devices)
+    chosen = jax.local_devices()[:devices]
+    return jax.make_mesh((len(chosen),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                         devices=chosen)
+
+
+@contextlib.contextmanager
+def use_devices(devices: int | None = None) -> Iterator[list]:
+    """Run the block on ``devices`` local devices (None: all); yields the devices used.
+
+    More than one: the block runs under ``jax.set_mesh(data_mesh(devices))`` and the pool
+    passes split over them. One: nothing is set.
+    """
+    mesh = data_mesh(devices)
+    if mesh.size == 1:
+        yield list(mesh.devices.flat)
+        return
+    with jax.set_mesh(mesh):
+        yield list(mesh.devices.flat)
+
+
+def data_axis_size() -> int:
+    """Devices along ``DATA_AXIS`` of the mesh in effect (1: none, or no such axis)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or DATA_AXIS not in mesh.axis_names:
+        return 1
+    return mesh.shape[DATA_AXIS]
+
+
+def padded_rows(rows: int) -> int:
+    """``rows`` rounded up to a multiple of the data-axis size."""
+    d = data_axis_size()
+    return -(-rows // d) * d
+
+
+def data_parallel(x: jax.Array, axis: int = 0) -> jax.Array:
+    """``x`` with ``axis`` split over the data axis of the mesh in effect (other axes
+    replicated); unchanged without one. ``x.shape[axis]`` must be a multiple of its size
+    (``padded_rows``)."""
+    if data_axis_size() == 1:
+        return x
+    spec = [None] * x.ndim
+    spec[axis] = DATA_AXIS
+    return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
+def pad_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
+    """``x`` zero-padded along ``axis`` to ``size``."""
+    if x.shape[axis] == size:
+        return x
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, pad)

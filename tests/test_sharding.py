@@ -1,0 +1,168 @@
+"""Data parallelism (``jaxal.sharding``): the same queries and metrics on 1 and on 4 forced
+host devices, a run resumed on another device count, pools smaller than the device count,
+and ``--devices`` refused with the devices listed.
+
+The device count of a process is fixed when JAX starts, so the 4-device side runs in a
+subprocess (``XLA_FLAGS=--xla_force_host_platform_device_count=4``) and this process is
+the 1-device reference.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxal.config import ALConfig, ExperimentConfig, LaplaceConfig, TrainConfig
+from jaxal.experiment import run_experiment
+from jaxal.results import read_metrics, read_queries
+
+HERE = Path(__file__).parent
+FOUR = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu"}
+TIMINGS = ("score_s", "train_s", "posterior_s", "eval_s")
+
+
+def configs(mnist_dir: str) -> dict[str, ExperimentConfig]:
+    """Runs whose pool passes cover scoring with posterior samples, random scores,
+    features (BADGE) and BatchBALD; pools and chunks that are not multiples of 4."""
+    train = TrainConfig(steps=30, batch_size=8)
+    small = dict(rounds=2, query_size=5, init_per_class=2, chunk_size=50, train=train)
+    return {
+        "moons-bald": ExperimentConfig(
+            dataset="moons", seed=1, val_size=50, pool_size=203, al=ALConfig(
+                acquisition="bald", posterior="laplace", predictive="mc",
+                laplace=LaplaceConfig(samples=16, prior_fit="val-nll",
+                                      prior_precision_grid=(0.1, 1.0, 10.0)), **small)),
+        "moons-random": ExperimentConfig(dataset="moons", seed=2, val_size=50, pool_size=203,
+                                         al=ALConfig(acquisition="random", **small)),
+        "moons-batchbald": ExperimentConfig(
+            dataset="moons", seed=3, val_size=50, pool_size=203, al=ALConfig(
+                acquisition="batchbald", posterior="laplace", predictive="mc",
+                laplace=LaplaceConfig(samples=16, prior_fit="none", prior_precision=1.0),
+                **small)),
+        "mnist-badge": ExperimentConfig(
+            dataset="mnist", seed=0, val_size=60, pool_size=150, data_dir=mnist_dir,
+            al=ALConfig(acquisition="badge", **{**small, "rounds": 1, "chunk_size": 70})),
+    }
+
+
+def results(out: Path):
+    metrics = [{k: v for k, v in row.items() if k not in TIMINGS} for row in read_metrics(out)]
+    return metrics, read_queries(out)
+
+
+def assert_same(records_a: list[dict], records_b: list[dict]) -> None:
+    """Equal records: integers, strings and index lists exactly, floats to 1e-5."""
+    assert len(records_a) == len(records_b)
+    for a, b in zip(records_a, records_b, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            floats = isinstance(a[k], float) or (
+                isinstance(a[k], list) and any(isinstance(v, float) for v in a[k]))
+            if floats:
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+            else:
+                assert a[k] == b[k], k
+
+
+class Killed(Exception):
+    pass
+
+
+def _four_devices(out_root: str, mnist_dir: str) -> dict:
+    """What the subprocess runs (on 4 devices): every config, a run killed after round 1,
+    and map_chunks over fewer rows than devices."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxal.chunks import map_chunks
+    from jaxal.sharding import data_parallel, pad_axis, padded_rows, use_devices
+
+    assert len(jax.local_devices()) == 4
+    root = Path(out_root)
+    for name, config in configs(mnist_dir).items():
+        run_experiment(config, root / name, progress=None)
+
+    def kill_after_round_1(line):
+        if line.startswith("round   1/"):
+            raise Killed
+
+    try:
+        run_experiment(configs(mnist_dir)["moons-bald"], root / "killed",
+                       progress=kill_after_round_1)
+    except Killed:
+        pass
+    x = jnp.arange(15.0).reshape(3, 5)
+    with use_devices() as devices:
+        small = map_chunks(lambda i, c: jnp.tanh(c).sum(-1) + i, x, 4096)
+        # The chunk's 3 rows, padded to 4, one per device.
+        split = jax.jit(lambda x: data_parallel(pad_axis(x[None], 1, padded_rows(3)), 1))(x)
+    return {"devices": len(devices), "small": np.asarray(small).tolist(),
+            "direct": np.asarray(jnp.tanh(x).sum(-1)).tolist(),
+            "shards": sorted({s.data.shape for s in split.addressable_shards}),
+            "shard_devices": len({s.device for s in split.addressable_shards})}
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory, mnist_data_dir):
+    root = tmp_path_factory.mktemp("four")
+    code = (f"import sys, json; sys.path.insert(0, {str(HERE)!r}); "
+            "from test_sharding import _four_devices; "
+            f"print(json.dumps(_four_devices({str(root)!r}, {str(mnist_data_dir)!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], env=FOUR, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["moons-bald", "moons-random", "moons-batchbald",
+                                  "mnist-badge"])
+def test_queries_and_metrics_do_not_depend_on_the_device_count(four, tmp_path, name,
+                                                                mnist_data_dir):
+    root, _ = four
+    run_experiment(configs(str(mnist_data_dir))[name], tmp_path / name, progress=None)
+    metrics_1, queries_1 = results(tmp_path / name)
+    metrics_4, queries_4 = results(root / name)
+    # The same points queried in the same order; scores and metrics to float rounding
+    # (the devices see other batch sizes, and sums run in another order).
+    assert_same(queries_4, queries_1)
+    assert_same(metrics_4, metrics_1)
+    config = json.loads((root / name / "config.json").read_text())
+    assert config["devices"] == ["cpu:0", "cpu:1", "cpu:2", "cpu:3"]
+
+
+def test_a_run_killed_on_four_devices_resumes_on_one(four, tmp_path, mnist_data_dir):
+    root, _ = four
+    killed = root / "killed"
+    assert [r["round"] for r in read_metrics(killed)] == [0, 1]
+    lines = []
+    run_experiment(configs(str(mnist_data_dir))["moons-bald"], killed, progress=lines.append)
+    assert lines[0] == f"resuming {killed} after round 1 of 2"
+    assert_same(read_queries(killed), read_queries(root / "moons-bald"))
+    assert json.loads((killed / "config.json").read_text())["devices"] == ["cpu:0"]
+
+
+def test_a_pool_smaller_than_the_device_count_is_padded(four):
+    _, out = four
+    assert out["devices"] == 4
+    np.testing.assert_allclose(out["small"], out["direct"], rtol=1e-6)
+    assert out["shards"] == [[1, 1, 5]] and out["shard_devices"] == 4
+
+
+def test_devices_beyond_those_present_are_refused_with_them_listed(tmp_path):
+    for count in ("5", "0"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "jaxal.run", "--dataset", "moons", "--devices", count,
+             "--out", str(tmp_path / count)],
+            env=FOUR, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"error: --devices {count}: this process has 4 device(s) (cpu:0, cpu:1, cpu:2, "
+            "cpu:3); pass a number from 1 to 4, or leave it out to use all (CPU: more host "
+            "devices with XLA_FLAGS=--xla_force_host_platform_device_count=N, set before "
+            "JAX starts)"]
+        assert "Traceback" not in proc.stderr
