@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from jaxal.batching import over_samples
 from jaxal.errors import ConfigError
 from jaxal.model import Classifier
 
@@ -30,10 +31,11 @@ def fit(key: jax.Array, model: Classifier, params, x, y, weights, config) -> MCD
 def sample_probs(key: jax.Array, model: Classifier, state: MCDropout, x: jax.Array,
                  config) -> jax.Array:
     """softmax(f(x; θ ⊙ m_s)) [S, n, C] for S = ``config.dropout_samples`` mask draws, one
-    network per draw (``lax.map``: memory is one chunk's activations whatever S is). The
-    same key gives the same S networks for every chunk."""
+    network per draw (``jaxal.batching.over_samples``: one at a time on CPU, vmapped in
+    groups elsewhere; memory is one chunk's activations, or a group's, whatever S is).
+    The same key gives the same S networks for every chunk."""
     keys = jax.random.split(key, config.dropout_samples)
-    return jax.lax.map(lambda k: jax.nn.softmax(
+    return over_samples(lambda k: jax.nn.softmax(
         model.apply(state.params, x, sample=True, rngs={"dropout": k})), keys)
 
 

@@ -24,6 +24,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxal import ensemble, mc_dropout
+from jaxal.batching import over_samples
 from jaxal.config import VALIDATION_GRID as VALIDATION_GRID  # re-exported
 from jaxal.config import LaplaceConfig as LaplaceConfig
 from jaxal.curvature import STRUCTURES, CurvatureProblem, sources, structure_of
@@ -253,7 +254,8 @@ def laplace_sample_probs(key: jax.Array, model: Classifier, posterior, x: jax.Ar
 
     Samples are drawn vmapped over a key array. Last layer: the features are computed once
     from θ_MAP and only the head is sampled (vmapped). All weights: one forward pass per
-    sample (``lax.map``), so memory is one chunk's activations whatever S is.
+    sample (``jaxal.batching.over_samples``: in sequence on CPU, in vmapped groups
+    elsewhere), so memory is one chunk's (or group's) activations whatever S is.
     The same key gives the same S samples for every chunk of a pool.
     """
     samples = posterior_samples(key, posterior, config.laplace.samples)
@@ -263,10 +265,11 @@ def laplace_sample_probs(key: jax.Array, model: Classifier, posterior, x: jax.Ar
         features = model.apply(posterior.params, x, method=model.features)
         logits = jax.vmap(lambda t: apply_head(unravel(t), features))(samples)
         return jax.nn.softmax(logits)
-    # One plain forward pass of the chunk per sample, in sequence: vmapping over the
-    # weights turns every convolution into a grouped one, ~9x slower on XLA:CPU.
+    # On CPU one plain forward pass of the chunk per sample, in sequence: vmapping over
+    # the weights turns every convolution into a grouped one, ~9x slower on XLA:CPU.
+    # Elsewhere vmapped in groups (``jaxal.batching.over_samples``).
     unravel = ravel_pytree(posterior.params)[1]
-    return jax.lax.map(lambda t: jax.nn.softmax(model.apply(unravel(t), x)), samples)
+    return over_samples(lambda t: jax.nn.softmax(model.apply(unravel(t), x)), samples)
 
 
 def laplace_glm_sample_probs(key: jax.Array, model: Classifier, posterior, x: jax.Array,
@@ -278,7 +281,8 @@ def laplace_glm_sample_probs(key: jax.Array, model: Classifier, posterior, x: ja
     the predictive consistent with the GGN's linearisation (Immer et al. 2021). Last layer:
     the head is linear in its weights, so f_lin = f and this is the MC predictive. All
     weights: one linearisation of the chunk (``jax.linearize``: the forward pass once),
-    then one Jacobian-vector product per sample in sequence (``lax.map``). The same key
+    then one Jacobian-vector product per sample (``jaxal.batching.over_samples``: in
+    sequence on CPU, vmapped in groups elsewhere). The same key
     gives the same samples for every chunk of a pool (BatchBALD's joint entropies).
     """
     if config.laplace.subset == "last-layer":
@@ -287,7 +291,7 @@ def laplace_glm_sample_probs(key: jax.Array, model: Classifier, posterior, x: ja
     unravel = ravel_pytree(posterior.params)[1]
     logits, jvp = jax.linearize(lambda p: model.apply(p, x), posterior.params)
     mean = posterior.weights.mean
-    return jax.lax.map(lambda t: jax.nn.softmax(logits + jvp(unravel(t - mean))), samples)
+    return over_samples(lambda t: jax.nn.softmax(logits + jvp(unravel(t - mean))), samples)
 
 
 def last_layer_logit_variance(posterior: LastLayerLaplace, features: jax.Array

@@ -300,6 +300,38 @@ def test_over_members_forms_agree():
                                over_members(fn, (0, None), 3, "vmap")(w, x), rtol=1e-6)
 
 
+def test_sample_forms_agree(monkeypatch):
+    """Posterior samples in sequence (CPU's form) or vmapped in groups (GPU/TPU's) give the
+    same probabilities: all-weights MC and GLM of a tiny CNN's KFAC Laplace, MC dropout;
+    20 samples, so the last group of 16 is partial."""
+    import jaxal.batching
+    from jaxal import mc_dropout
+
+    model = cnn(10, channels=(3,), hidden=6, hidden_dropout_rate=0.3)
+    params = init_params(model, jax.random.key(0), (8, 8, 1))
+    x = jax.random.normal(jax.random.key(1), (12, 8, 8, 1))
+    y = jnp.arange(12) % 10
+    config = ALConfig(posterior="laplace", predictive="mc", dropout_samples=20,
+                      laplace=LaplaceConfig(structure="kfac", subset="all", samples=20,
+                                            prior_fit="none", prior_precision=1.0))
+    post = fit_laplace(jax.random.key(2), model, params, x, y, jnp.ones(12), config)
+    key = jax.random.key(3)
+    fns = {"mc": lambda: laplace_sample_probs(key, model, post, x, config),
+           "glm": lambda: laplace_glm_sample_probs(key, model, post, x, config),
+           "dropout": lambda: mc_dropout.sample_probs(key, model, mc_dropout.MCDropout(params),
+                                                      x, config)}
+    got = {}
+    for form in jaxal.batching.SAMPLE_FORMS:
+        monkeypatch.setattr(jaxal.batching, "default_sample_form", lambda f=form: f)
+        got[form] = {name: np.asarray(fn()) for name, fn in fns.items()}
+    for name in fns:
+        assert got["map"][name].shape == (20, 12, 10)
+        np.testing.assert_allclose(got["map"][name], got["vmap"][name], rtol=1e-5,
+                                   atol=1e-6, err_msg=name)
+    # Different samples differ (the forms do not both collapse to one network).
+    assert np.abs(got["map"]["dropout"][0] - got["map"]["dropout"][1]).max() > 1e-3
+
+
 def test_stacked_training_is_the_same_unrolled_or_vmapped():
     """One step of M stacked networks: the CPU form (unrolled) and the GPU form (vmap)
     give the same members, each as if trained alone with its key."""
