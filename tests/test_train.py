@@ -238,3 +238,30 @@ def test_epoch_schedule_grows_with_the_labelled_set_without_recompiling(params0)
 def test_bad_epoch_schedules_are_refused(config, fix):
     with pytest.raises(ConfigError, match=re.escape(fix)):
         check_train_config(TrainConfig(**config))
+
+
+@pytest.mark.parametrize("epochs", [None, 40.0])
+def test_python_loop_and_one_fori_loop_train_the_same(params0, monkeypatch, epochs):
+    """CPU's form (Python loop around the jitted step) and GPU/TPU's (one lax.fori_loop
+    program) take the same steps with the same keys: the same θ_MAP and losses; the loop
+    form serves a new step count of the epoch schedule without compiling again."""
+    import jaxal.batching
+
+    config = {"steps": 60} if epochs is None else {"epochs": epochs, "min_steps": 20,
+                                                   "max_steps": 1000}
+    trainer = make_jitted_trainer(prior_precision=1.0, **config)
+    got = {}
+    for form in jaxal.batching.TRAIN_FORMS:
+        monkeypatch.setattr(jaxal.batching, "default_train_form", lambda f=form: f)
+        got[form] = train_map(jax.random.key(3), trainer, params0, X_POOL, Y_POOL,
+                              labelled_mask(4))
+    (p_py, info_py), (p_loop, info_loop) = got["python"], got["loop"]
+    assert info_loop.loss.shape == info_py.loss.shape == ((60,) if epochs is None else (20,))
+    np.testing.assert_allclose(info_loop.loss, info_py.loss, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(flat(p_loop), flat(p_py), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(info_loop.train_nll, info_py.train_nll, rtol=1e-4)
+    if epochs is not None:
+        with count_compilations() as compiled:
+            _, info = train_map(jax.random.key(3), trainer, params0, X_POOL, Y_POOL,
+                                labelled_mask(20))
+        assert info.loss.shape == (100,) and compiled.count == 0
