@@ -399,6 +399,8 @@ def test_ctrl_c_says_where_to_resume_and_the_rerun_finishes(tmp_path):
     assert not (out / LOCK_NAME).exists()
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith(f"resuming {out} after round {done} of 30")
+    # The devices it runs on first, then where it resumes.
+    assert again.stdout.startswith(f"devices: 1 (cpu:0)\nresuming {out} after round {done} "
+                                   "of 30")
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(row)["round"] for row in rows] == list(range(31))
