@@ -157,6 +157,38 @@ def run(args, names) -> dict:
     return result
 
 
+def figure(result: dict, seeds, names, path: Path) -> None:
+    """Test accuracy against labels, mean over the seeds with ± 1 std shaded, one line per
+    variant (the README's figure)."""
+    import matplotlib
+    matplotlib.use("Agg")   # no display; this script owns its figure
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name in names:
+        runs = [r for seed in seeds if (r := result["runs"].get(f"{name}-seed{seed}"))]
+        if not runs:
+            continue
+        labels = np.asarray(runs[0]["labels"])
+        acc = np.asarray([r["test_accuracy"] for r in runs])
+        mean, std = acc.mean(0), acc.std(0)
+        dashed = name in ("random", "margin")
+        (line,) = ax.plot(labels, mean, "--" if dashed else "-",
+                          label=f"{name} ({len(runs)})")
+        ax.fill_between(labels, mean - std, mean + std, color=line.get_color(), alpha=0.12)
+    s = result["setting"]
+    ax.set(xlabel="labels", ylabel="test accuracy", ylim=(0.5, 1.0),
+           title=f"MNIST, pool {s['pool_size']:,}, {s['query_size']} a round (seeds)")
+    ax.axhline(0.9, color="grey", lw=0.5)
+    ax.axhline(0.95, color="grey", lw=0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def table(result: dict, seeds, names) -> str:
     s = result["setting"]
     lines = [f"MNIST, pool {s['pool_size']}, {s['init_per_class']} labels per class to start "
@@ -299,6 +331,7 @@ def main():
     every = [n for n in VARIANTS if any(k.startswith(f"{n}-seed") for k in result["runs"])]
     text = table(result, args.seeds, every)
     (RESULTS / "posterior_curves.md").write_text(text + "\n")
+    figure(result, args.seeds, every, RESULTS / "posterior_curves.png")
     print(text)
 
 

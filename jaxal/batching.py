@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxal.sharding import data_axis_size, data_parallel, samples_may_split
+
 FORMS = ("unroll", "vmap")
 SAMPLE_FORMS = ("map", "vmap")
 # Samples vmapped at once off CPU: bounds memory to this many samples' activations.
@@ -35,14 +37,38 @@ def default_form() -> str:
     return "unroll" if jax.default_backend() == "cpu" else "vmap"
 
 
+def _split_members(tree, members: int):
+    """``tree``'s [M, ...] leaves split over the data axis of the mesh in effect, when M
+    is a multiple of its size (else as they are: replicated)."""
+    size = data_axis_size()
+    if size == 1 or members % size:
+        return tree
+    return jax.tree.map(lambda a: data_parallel(a, 0), tree)
+
+
 def over_members(fn: Callable, in_axes: Sequence[int | None], members: int,
-                 form: str | None = None) -> Callable:
+                 form: str | None = None, split: bool = False) -> Callable:
     """``fn`` mapped over axis 0 of the arguments whose ``in_axes`` entry is 0 (pytrees
     of [M, ...] leaves), the others passed as they are; outputs stacked on axis 0, as
-    ``jax.vmap(fn, in_axes)``. ``form``: one of ``FORMS`` (None: ``default_form()``)."""
+    ``jax.vmap(fn, in_axes)``. ``form``: one of ``FORMS`` (None: ``default_form()``).
+
+    ``split``: in the vmap form, under a mesh with a data axis (``jaxal.sharding``), the
+    members are split over its devices (M / devices each; M a multiple of the device
+    count, else replicated). The ensemble's training asks for it; its pool passes do not,
+    as their rows are split over the same axis already.
+    """
     form = form or default_form()
     if form == "vmap":
-        return jax.vmap(fn, in_axes=tuple(in_axes))
+        mapped = jax.vmap(fn, in_axes=tuple(in_axes))
+        if not split:
+            return mapped
+
+        def split_mapped(*args):
+            args = [_split_members(a, members) if axis == 0 else a
+                    for a, axis in zip(args, in_axes, strict=True)]
+            return _split_members(mapped(*args), members)
+
+        return split_mapped
 
     def unrolled(*args):
         outs = [fn(*(jax.tree.map(lambda a, m=m: a[m], arg) if axis == 0 else arg
@@ -73,8 +99,22 @@ def over_samples(fn: Callable, xs, form: str | None = None):
     """``fn`` over the leading axis of the pytree ``xs`` (one posterior sample, key or
     mask each), outputs stacked, as ``jax.lax.map(fn, xs)``. ``form``: one of
     ``SAMPLE_FORMS`` (None: ``default_sample_form()``); ``vmap`` maps groups of
-    ``SAMPLE_GROUP`` samples with ``vmap`` inside the ``lax.map``."""
+    ``SAMPLE_GROUP`` samples with ``vmap`` inside the ``lax.map``, and under a mesh of
+    several devices whose rows are not split (``jaxal.sharding.samples_may_split``) splits
+    each group's samples over them (sample-parallel)."""
     form = form or default_sample_form()
-    if form == "vmap":
+    if form == "map":
+        return jax.lax.map(fn, xs)
+    if not samples_may_split(SAMPLE_GROUP):
         return jax.lax.map(fn, xs, batch_size=SAMPLE_GROUP)
-    return jax.lax.map(fn, xs)
+    # Sample-parallel: each group's samples split over the devices of the mesh (its rows
+    # were too few to split). Padding samples repeat the first; their outputs are dropped.
+    s = jax.tree.leaves(xs)[0].shape[0]
+    groups = -(-s // SAMPLE_GROUP)
+
+    def grouped(a):
+        a = jnp.concatenate([a, jnp.repeat(a[:1], groups * SAMPLE_GROUP - s, axis=0)])
+        return data_parallel(a.reshape(groups, SAMPLE_GROUP, *a.shape[1:]), 1)
+
+    out = jax.lax.map(lambda g: data_parallel(jax.vmap(fn)(g), 0), jax.tree.map(grouped, xs))
+    return jax.tree.map(lambda o: o.reshape(groups * SAMPLE_GROUP, *o.shape[2:])[:s], out)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxal.sharding import data_parallel, pad_axis, padded_rows
+from jaxal.sharding import data_parallel, pad_axis, padded_rows, rows_split, split_rows
 
 
 def chunk_array(x: jax.Array, chunk_size: int) -> jax.Array:
@@ -28,12 +28,19 @@ def map_chunks(fn: Callable, x: jax.Array, chunk_size: int):
     each row alone.
 
     Under a mesh with a data axis (``jaxal.sharding.use_devices``) each chunk's rows are
-    split over its devices: the chunk is padded to a multiple of the device count, so the
-    chunks, and the rows of each, are the same on any number of devices.
+    split over its devices when each gets ``MIN_ROWS_PER_DEVICE`` or more: the chunk is
+    padded to a multiple of the device count, so the chunks, and the rows of each, are the
+    same on any number of devices. Smaller chunks leave the devices to the samples.
     """
     n = x.shape[0]
     chunk = min(chunk_size, n)
     xs = chunk_array(x, chunk)                                   # [k, chunk, ...]
-    xs = data_parallel(pad_axis(xs, 1, padded_rows(chunk)), axis=1)
-    out = jax.lax.map(lambda args: fn(*args), (jnp.arange(xs.shape[0]), xs))
+    if split_rows(padded_rows(chunk)):
+        xs = data_parallel(pad_axis(xs, 1, padded_rows(chunk)), axis=1)
+        with rows_split():   # traced here: the samples inside keep to their rows' device
+            out = jax.lax.map(lambda args: fn(*args), (jnp.arange(xs.shape[0]), xs))
+    else:
+        # Too few rows to split (a small pool): the devices take the posterior samples
+        # (``jaxal.batching.over_samples``), the rows stay whole.
+        out = jax.lax.map(lambda args: fn(*args), (jnp.arange(xs.shape[0]), xs))
     return jax.tree.map(lambda o: o[:, :chunk].reshape(-1, *o.shape[2:])[:n], out)

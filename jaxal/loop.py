@@ -374,18 +374,18 @@ def stacked(trainer, init_one: Callable, members: int, form: str | None = None):
     parameters stacked on a leading axis [M, ...] (a deep ensemble): independent
     initialisations (``split(init_key, M)``), minibatch draws and dropout masks
     (``split(step_key, M)``), the labelled data shared. The members are unrolled or
-    vmapped by backend (``jaxal.batching``; ``form`` overrides). The reported NLL is the
-    members' mean."""
+    vmapped by backend (``jaxal.batching``; ``form`` overrides); vmapped under a mesh of
+    several devices, they are split over them. The reported NLL is the members' mean."""
     def many(fn, num_data):
-        return over_members(fn, (0,) + (None,) * num_data, members, form)
+        return over_members(fn, (0,) + (None,) * num_data, members, form, split=True)
 
     def init_many(key):
         return jax.vmap(init_one)(jax.random.split(key, members))
 
     def step(key, state, *data):
         keys = jax.random.split(key, members)
-        return over_members(trainer.step, (0, 0) + (None,) * len(data), members, form)(
-            keys, state, *data)
+        return over_members(trainer.step, (0, 0) + (None,) * len(data), members, form,
+                            split=True)(keys, state, *data)
 
     def labelled_nll(params, *data):
         return many(trainer.labelled_nll, len(data))(params, *data).mean()

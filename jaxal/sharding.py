@@ -18,6 +18,7 @@ returns its input: a one-device run is the code path it always was.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import jax
@@ -28,6 +29,12 @@ from jax.sharding import PartitionSpec as P
 from jaxal.errors import ConfigError
 
 DATA_AXIS = "data"
+# A chunk's rows are split over the devices only when each gets at least this many; a
+# smaller chunk (a small pool) leaves the devices to the posterior samples instead.
+MIN_ROWS_PER_DEVICE = 32
+# True while tracing a function whose rows are split already (``map_chunks``): the data
+# axis is taken, so the posterior samples inside stay whole on each device.
+_ROWS_SPLIT = contextvars.ContextVar("jaxal_rows_split", default=False)
 
 
 def describe(devices) -> str:
@@ -108,3 +115,27 @@ def pad_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
     pad = [(0, 0)] * x.ndim
     pad[axis] = (0, size - x.shape[axis])
     return jnp.pad(x, pad)
+
+
+def split_rows(rows: int) -> bool:
+    """Whether a chunk of ``rows`` rows is split over the data axis (each device gets at
+    least ``MIN_ROWS_PER_DEVICE``); False without a mesh."""
+    d = data_axis_size()
+    return d > 1 and rows >= d * MIN_ROWS_PER_DEVICE
+
+
+@contextlib.contextmanager
+def rows_split() -> Iterator[None]:
+    """Mark the block's tracing as inside a row-split pass (see ``samples_may_split``)."""
+    token = _ROWS_SPLIT.set(True)
+    try:
+        yield
+    finally:
+        _ROWS_SPLIT.reset(token)
+
+
+def samples_may_split(group: int) -> bool:
+    """Whether a group of ``group`` posterior samples may be split over the data axis: a
+    mesh of several devices, a group they divide, and no row split around it."""
+    d = data_axis_size()
+    return d > 1 and group % d == 0 and not _ROWS_SPLIT.get()

@@ -96,15 +96,81 @@ def _four_devices(out_root: str, mnist_dir: str) -> dict:
                        progress=kill_after_round_1)
     except Killed:
         pass
+    vmapped = _vmapped_forms(mnist_dir, root)
     x = jnp.arange(15.0).reshape(3, 5)
     with use_devices() as devices:
         small = map_chunks(lambda i, c: jnp.tanh(c).sum(-1) + i, x, 4096)
         # The chunk's 3 rows, padded to 4, one per device.
         split = jax.jit(lambda x: data_parallel(pad_axis(x[None], 1, padded_rows(3)), 1))(x)
-    return {"devices": len(devices), "small": np.asarray(small).tolist(),
+    return {**vmapped, "devices": len(devices), "small": np.asarray(small).tolist(),
             "direct": np.asarray(jnp.tanh(x).sum(-1)).tolist(),
             "shards": sorted({s.data.shape for s in split.addressable_shards}),
             "shard_devices": len({s.device for s in split.addressable_shards})}
+
+
+ENSEMBLE = ExperimentConfig(
+    dataset="moons", seed=5, val_size=50, pool_size=203, al=ALConfig(
+        acquisition="bald", posterior="ensemble", predictive="mc", ensemble_size=4,
+        rounds=2, query_size=5, init_per_class=2, train=TrainConfig(steps=30, batch_size=8)))
+
+
+def _dropout_probs(rows: int):
+    """(MC dropout predictive [rows, C] through map_chunks, the jitted program's text)."""
+    import jax
+
+    from jaxal import mc_dropout
+    from jaxal.chunks import map_chunks
+    from jaxal.model import cnn, init_params
+
+    model = cnn(10, channels=(3,), hidden=6, hidden_dropout_rate=0.3)
+    params = init_params(model, jax.random.key(0), (8, 8, 1))
+    x = jax.random.normal(jax.random.key(1), (rows, 8, 8, 1))
+    config = ALConfig(dropout_samples=20)
+    f = jax.jit(lambda x: map_chunks(lambda i, c: mc_dropout.sample_probs(
+        jax.random.key(3), model, mc_dropout.MCDropout(params), c, config).mean(0), x, 4096))
+    return np.asarray(f(x)), f.lower(x).as_text()
+
+
+def _member_splits() -> int:
+    """Sharding constraints on the member axis in one stacked training step of 4 MLPs."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxal.loop import stacked
+    from jaxal.model import init_params, mlp
+    from jaxal.train import make_trainer
+
+    model = mlp(2)
+    many, init_many = stacked(make_trainer(model, TrainConfig(steps=3, batch_size=4), 16),
+                              lambda k: init_params(model, k, (2,)), 4)
+    key = jax.random.key(0)
+    state = many.init(init_many(key))
+    x, y = jnp.ones((16, 2)), jnp.zeros(16, jnp.int32)
+    text = jax.jit(many.step).lower(key, state, x, y, jnp.arange(16), jnp.asarray(16)).as_text()
+    return sum("sdy.sharding_constraint" in line and '[{"data"}' in line
+               for line in text.splitlines())
+
+
+def _vmapped_forms(mnist_dir: str, root: Path) -> dict:
+    """GPU/TPU's forms on these host devices: an ensemble's members vmapped (split over
+    the devices) and MC dropout's samples vmapped in groups, split over the devices when
+    the pool is too small to split its rows."""
+    import jaxal.batching
+    from jaxal.sharding import use_devices
+
+    jaxal.batching.default_form = lambda: "vmap"
+    jaxal.batching.default_sample_form = lambda: "vmap"
+    with use_devices():
+        run_experiment(ENSEMBLE, root / "ensemble", progress=None)
+        member_splits = _member_splits()
+        small, small_text = _dropout_probs(8)       # 8 rows: 2 a device, under the floor
+        _, big_text = _dropout_probs(256)           # 64 rows a device: the rows split
+    # The 20 dropout keys, padded to 2 groups of 16, split along the group: [{}, {"data"}].
+    key_split = lambda text: sum('[{}, {"data"}, {}]> : tensor<2x16x2xui32>' in line
+                                 for line in text.splitlines())
+    return {"member_splits": member_splits,
+            "dropout_small": small.tolist(), "small_key_splits": key_split(small_text),
+            "big_key_splits": key_split(big_text)}
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +232,25 @@ def test_devices_beyond_those_present_are_refused_with_them_listed(tmp_path):
             "devices with XLA_FLAGS=--xla_force_host_platform_device_count=N, set before "
             "JAX starts)"]
         assert "Traceback" not in proc.stderr
+
+
+def test_vmapped_members_and_samples_split_over_devices_give_the_same_numbers(
+        four, tmp_path, monkeypatch):
+    """GPU/TPU's forms, forced here: an ensemble of 4 with its members split over the 4
+    devices queries what it queries on one; MC dropout's samples split over the devices
+    (a pool too small to split its rows) give the one-device probabilities, and a pool
+    large enough keeps its samples whole and splits its rows instead."""
+    import jaxal.batching
+
+    root, out = four
+    monkeypatch.setattr(jaxal.batching, "default_form", lambda: "vmap")
+    monkeypatch.setattr(jaxal.batching, "default_sample_form", lambda: "vmap")
+    run_experiment(ENSEMBLE, tmp_path / "ensemble", progress=None)
+    metrics_1, queries_1 = results(tmp_path / "ensemble")
+    metrics_4, queries_4 = results(root / "ensemble")
+    assert_same(queries_4, queries_1)
+    assert_same(metrics_4, metrics_1)
+    small, _ = _dropout_probs(8)
+    np.testing.assert_allclose(out["dropout_small"], small, rtol=1e-5, atol=1e-6)
+    assert out["small_key_splits"] == 1 and out["big_key_splits"] == 0
+    assert out["member_splits"] > 0
