@@ -41,7 +41,9 @@ def _split_members(tree, members: int):
     """``tree``'s [M, ...] leaves split over the data axis of the mesh in effect, when M
     is a multiple of its size (else as they are: replicated)."""
     size = data_axis_size()
-    if size == 1 or members % size:
+    # Several processes: members stay whole on every device, so that every process can
+    # read (checkpoint) the trained stack.
+    if size == 1 or members % size or jax.process_count() > 1:
         return tree
     return jax.tree.map(lambda a: data_parallel(a, 0), tree)
 

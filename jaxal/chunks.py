@@ -7,7 +7,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxal.sharding import data_parallel, pad_axis, padded_rows, rows_split, split_rows
+from jaxal.sharding import (
+    data_parallel,
+    pad_axis,
+    padded_rows,
+    replicated,
+    rows_split,
+    split_rows,
+)
 
 
 def chunk_array(x: jax.Array, chunk_size: int) -> jax.Array:
@@ -43,4 +50,5 @@ def map_chunks(fn: Callable, x: jax.Array, chunk_size: int):
         # Too few rows to split (a small pool): the devices take the posterior samples
         # (``jaxal.batching.over_samples``), the rows stay whole.
         out = jax.lax.map(lambda args: fn(*args), (jnp.arange(xs.shape[0]), xs))
-    return jax.tree.map(lambda o: o[:, :chunk].reshape(-1, *o.shape[2:])[:n], out)
+    # Replicated: every process of a multi-process run reads the whole result.
+    return replicated(jax.tree.map(lambda o: o[:, :chunk].reshape(-1, *o.shape[2:])[:n], out))

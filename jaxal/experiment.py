@@ -39,7 +39,7 @@ from jaxal.results import (
     write_rounds,
 )
 from jaxal.rundir import lock_out_dir
-from jaxal.sharding import check_devices, use_devices
+from jaxal.sharding import check_devices, device_name, is_writer, use_devices
 
 
 def load_split(config: ExperimentConfig) -> datasets.ALSplit:
@@ -107,56 +107,65 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike | None =
     """Run the AL experiment; write outputs after every round when ``out_dir`` is given.
 
     The out dir is held exclusively for the whole run (``jaxal.rundir.lock_out_dir``): a
-    second writer is refused at once.
+    second writer is refused at once. In a multi-process run (``jax.distributed``) process
+    0 holds it and writes; the others compute the same rounds, resume from its
+    checkpoint, and write nothing.
 
     Returns:
       (final ALState, list of RoundInfo).
     """
     if out_dir is None:
         return _run_experiment(config, None, progress)
+    if not is_writer():
+        return _run_experiment(config, Path(out_dir), None, write=False)
     with lock_out_dir(out_dir):
         remove_temp_files(out_dir)   # of a write killed midway; only the holder may
         return _run_experiment(config, Path(out_dir), progress)
 
 
 def _run_experiment(config: ExperimentConfig, out_dir: Path | None,
-                    progress: Callable[[str], None] | None):
+                    progress: Callable[[str], None] | None, write: bool = True):
     check_config(config)
     with use_devices(config.devices) as devices:
-        return _run_on_devices(config, out_dir, progress, devices)
+        return _run_on_devices(config, out_dir, progress, devices, write)
 
 
 def _run_on_devices(config: ExperimentConfig, out_dir: Path | None,
-                    progress: Callable[[str], None] | None, devices: list):
+                    progress: Callable[[str], None] | None, devices: list, write: bool):
+    """The run; with ``write`` False (a multi-process run's other processes) ``out_dir``
+    is only read: its checkpoint, to resume where process 0 resumes."""
     split = load_split(config)
     validate_data(config.al, split.pool_x.shape[0], split.pool_y, split.num_classes)
     config_dict = {"experiment": config.to_dict(), "jaxal_version": __version__,
                    "jax_version": jax.__version__, "backend": jax.default_backend(),
-                   "devices": [f"{d.platform}:{d.id}" for d in devices],
+                   "devices": [device_name(d) for d in devices],
+                   "processes": jax.process_count(),
                    "num_pool": int(split.pool_x.shape[0]), "num_val": int(split.val_y.size),
                    "num_test": int(split.test_y.size), "started": time.strftime("%F %T")}
     model = build_model(config.dataset, split.num_classes, config.al)
     learner = make_learner(model, config.al, split.pool_x.shape[1:], split.num_classes)
-    if out_dir is not None:
+    if out_dir is not None and write:
         _prepare_out_dir(out_dir, config_dict)
+    writes = out_dir if write else None
     data = to_device(split)
     state, infos = None, []
     if out_dir is not None and (resumed := load_checkpoint(
             out_dir, state_template(learner, data), config_dict["experiment"])) is not None:
         state, infos = resumed
-        write_rounds(out_dir, infos, split.pool_index, split.num_classes)
-        write_extremes(out_dir, infos, split.pool_x, split.pool_y)
+        if writes is not None:
+            write_rounds(writes, infos, split.pool_index, split.num_classes)
+            write_extremes(writes, infos, split.pool_x, split.pool_y)
         if progress is not None:
             progress(f"resuming {out_dir} after round {state.round} of {config.al.rounds}")
     for step in run_rounds(jax.random.key(config.seed), learner, data, state):
         state, info = step
         infos.append(info)
-        if out_dir is not None:
-            write_rounds(out_dir, infos, split.pool_index, split.num_classes)
-            write_extremes(out_dir, infos, split.pool_x, split.pool_y)
-            save_checkpoint(out_dir, state, infos, config_dict["experiment"])
+        if writes is not None:
+            write_rounds(writes, infos, split.pool_index, split.num_classes)
+            write_extremes(writes, infos, split.pool_x, split.pool_y)
+            save_checkpoint(writes, state, infos, config_dict["experiment"])
         if progress is not None:
             progress(progress_line(info, config.al.rounds))
-    if out_dir is not None:
-        plot_run(out_dir)
+    if writes is not None:
+        plot_run(writes)
     return state, infos

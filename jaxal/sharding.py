@@ -11,6 +11,12 @@ count, so the chunks themselves, and with them every random draw, are the same o
 number of devices (JAX's random bits do not depend on sharding, and a draw of n rows is a
 prefix of a draw of n + pad rows).
 
+Several processes (hosts) join one run through ``jax.distributed``
+(``initialize_distributed``, an explicit call the user or the CLI makes): the mesh then
+spans every process's devices, each process runs the same program on the same data (the
+split is seeded), the pool passes' results are replicated to every process, and process 0
+alone writes the outputs (``is_writer``).
+
 Nothing here runs on import. With no mesh, or a mesh of one device, every function here
 returns its input: a one-device run is the code path it always was.
 """
@@ -39,12 +45,41 @@ _ROWS_SPLIT = contextvars.ContextVar("jaxal_rows_split", default=False)
 
 def describe(devices) -> str:
     """'cpu:0, cpu:1' for a list of devices."""
-    return ", ".join(f"{d.platform}:{d.id}" for d in devices)
+    return ", ".join(device_name(d) for d in devices)
+
+
+def device_name(device) -> str:
+    """'cpu:0'."""
+    return f"{device.platform}:{device.id}"
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Join this process to a multi-process run (``jax.distributed.initialize``), before
+    JAX's first computation. Unset values are detected from the cluster (SLURM, Open MPI,
+    Kubernetes, Cloud TPU; ``JAX_COORDINATOR_ADDRESS``). On CPU, collectives between
+    processes go through gloo (``jax_cpu_collectives_implementation``)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    except (ValueError, TypeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"cannot join the multi-process run ({first}); outside a detected cluster pass "
+            "--coordinator HOST:PORT --num-processes N --process-id I to every process"
+        ) from None
+
+
+def is_writer() -> bool:
+    """Whether this process writes a run's outputs: process 0 of a multi-process run (the
+    others compute the same and read its checkpoint); always, in one process."""
+    return jax.process_index() == 0
 
 
 def check_devices(devices: int | None) -> None:
-    """Refuse a device count this process cannot give, naming the devices it has."""
-    have = jax.local_devices()
+    """Refuse a device count this run cannot give, naming the devices it has (every
+    process's, in a multi-process run)."""
+    have = jax.devices()
     if devices is not None and not 1 <= devices <= len(have):
         raise ConfigError(
             f"--devices {devices}: this process has {len(have)} device(s) ({describe(have)});"
@@ -56,14 +91,16 @@ def check_devices(devices: int | None) -> None:
 def devices_line(devices: int | None = None) -> str:
     """'devices: 2 (cpu:0, cpu:1)': what a run on ``devices`` (None: all) will use."""
     check_devices(devices)
-    chosen = jax.local_devices()[:devices]
-    return f"devices: {len(chosen)} ({describe(chosen)})"
+    chosen = jax.devices()[:devices]
+    processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    return f"devices: {len(chosen)} ({describe(chosen)}{processes})"
 
 
 def data_mesh(devices: int | None = None) -> Mesh:
-    """A 1-D mesh ``(DATA_AXIS,)`` over the first ``devices`` local devices (None: all)."""
+    """A 1-D mesh ``(DATA_AXIS,)`` over the first ``devices`` devices (None: all; every
+    process's in a multi-process run)."""
     check_devices(devices)
-    chosen = jax.local_devices()[:devices]
+    chosen = jax.devices()[:devices]
     return jax.make_mesh((len(chosen),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
                          devices=chosen)
 
@@ -106,6 +143,14 @@ def data_parallel(x: jax.Array, axis: int = 0) -> jax.Array:
     spec = [None] * x.ndim
     spec[axis] = DATA_AXIS
     return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
+def replicated(x):
+    """``x`` (a pytree) replicated on every device of the mesh in effect, so that every
+    process can read it; unchanged without a mesh of several devices."""
+    if data_axis_size() == 1:
+        return x
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, P()), x)
 
 
 def pad_axis(x: jax.Array, axis: int, size: int) -> jax.Array:

@@ -254,3 +254,70 @@ def test_vmapped_members_and_samples_split_over_devices_give_the_same_numbers(
     np.testing.assert_allclose(out["dropout_small"], small, rtol=1e-5, atol=1e-6)
     assert out["small_key_splits"] == 1 and out["big_key_splits"] == 0
     assert out["member_splits"] > 0
+
+
+# --- Several processes (jax.distributed), simulated with two local CPU processes ---------
+
+MOONS_ARGS = ["--dataset", "moons", "--rounds", "2", "--query-size", "5", "--pool-size", "203",
+              "--val-size", "50", "--acq", "bald", "--posterior", "laplace", "--predictive",
+              "mc", "--samples", "16", "--steps", "30", "--chunk-size", "50"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(out: Path) -> tuple[subprocess.CompletedProcess, str]:
+    """The same command in processes 0 and 1 of one run; (process 0, process 1's stdout)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    base = [sys.executable, "-m", "jaxal.run", *MOONS_ARGS, "--out", str(out),
+            "--coordinator", f"localhost:{_free_port()}", "--num-processes", "2"]
+    other = subprocess.Popen([*base, "--process-id", "1"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.run([*base, "--process-id", "0"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    stdout, stderr = other.communicate(timeout=120)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert other.returncode == 0, stderr[-3000:]
+    return first, stdout
+
+
+def test_two_processes_run_as_one_and_process_0_alone_writes(tmp_path):
+    """Two processes joined by jax.distributed (gloo collectives on CPU) run one experiment
+    over their 2 devices: the same queries and metrics as one process; process 0 prints
+    and writes, process 1 prints nothing; rerun, both resume from the checkpoint."""
+    single = tmp_path / "single"
+    proc = subprocess.run([sys.executable, "-m", "jaxal.run", *MOONS_ARGS, "--out", str(single)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "two"
+    first, other = _two_processes(out)
+    assert first.stdout.startswith("devices: 2 (cpu:0, cpu:")
+    assert "2 processes)" in first.stdout.splitlines()[0]
+    assert other == ""
+    assert_same(results(out)[1], results(single)[1])
+    assert_same(results(out)[0], results(single)[0])
+    config = json.loads((out / "config.json").read_text())
+    assert config["processes"] == 2 and len(config["devices"]) == 2
+    before = results(out)
+    first, other = _two_processes(out)
+    assert f"resuming {out} after round 2 of 2" in first.stdout and other == ""
+    assert results(out) == before
+
+
+def test_distributed_without_a_cluster_or_coordinator_is_refused(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COORDINATOR_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "jaxal.run", "--dataset", "moons",
+                           "--distributed", "--out", str(tmp_path / "d")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: cannot join the multi-process run (coordinator_address should be defined.); "
+        "outside a detected cluster pass --coordinator HOST:PORT --num-processes N "
+        "--process-id I to every process"]

@@ -40,6 +40,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     p = parser()
     args = p.parse_args(argv)
+    from jaxal.cli.run import distributed
+
+    if distributed(args):
+        fail("python -m jaxal.compare runs in one process (its devices: --devices); for a "
+             "run over several processes use python -m jaxal.run --distributed per seed")
     with user_errors(), lock_out_dir(args.out):
         from jaxal.runtime import configure_cpu
 

@@ -8,6 +8,7 @@ fails in well under a second); see ``jaxal.cli.common``. The work is
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Sequence
 
 from jaxal.cli.common import (
@@ -167,6 +168,17 @@ def parser() -> argparse.ArgumentParser:
                    help="local devices (GPUs, TPU cores, host devices) the pool passes are "
                         "split over; default: all. Results do not depend on it, and a run "
                         "resumes on another count")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a run over several processes/hosts (jax.distributed): start "
+                        "the same command in every process; process 0 writes --out. "
+                        "SLURM, Open MPI, Kubernetes and Cloud TPU are detected, else give "
+                        "--coordinator, --num-processes and --process-id")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="with --distributed: process 0's address, the same for all")
+    p.add_argument("--num-processes", type=whole(1), default=None,
+                   help="with --distributed: processes in the run")
+    p.add_argument("--process-id", type=whole(0), default=None,
+                   help="with --distributed: this process's index, 0 to N-1")
     p.add_argument("--out", default=None,
                    help="output dir (default: runs/<dataset>-<acq>-<posterior>-seed<seed>)")
     return p
@@ -240,20 +252,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.steps is not None and args.epochs is not None:   # before JAX, like the rest
         p.error(SCHEDULE_CONFLICT.format(args.steps, args.epochs))
     out = args.out or f"runs/{args.dataset}-{args.acq}-{args.posterior}-seed{args.seed}"
-    with user_errors(out), lock_out_dir(out):
+    # One process: the out dir is held before JAX starts. Several: only process 0 holds
+    # it, and which one this is is known once it has joined (run_experiment locks then).
+    with user_errors(out), (contextlib.nullcontext() if distributed(args)
+                            else lock_out_dir(out)):
         from jaxal.runtime import configure_cpu
 
         configure_cpu()   # before JAX's first computation
+        from jaxal.sharding import devices_line, initialize_distributed, is_writer
+
+        if distributed(args):
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         check_registry_choices(p, args)
         from jaxal.experiment import check_config, run_experiment
-        from jaxal.sharding import devices_line
 
         config = config_from_args(args)
         check_config(config)              # before the devices line: a bad --devices fails
-        print(devices_line(args.devices), flush=True)
+        writer = is_writer()
+        if writer:
+            print(devices_line(args.devices), flush=True)
         run_experiment(config, out,
-                       progress=lambda line: print(line, flush=True))
-    print(f"outputs in {out}/ (metrics.csv, metrics.jsonl, queries.jsonl, figure5.png)")
+                       progress=(lambda line: print(line, flush=True)) if writer else None)
+    if writer:
+        print(f"outputs in {out}/ (metrics.csv, metrics.jsonl, queries.jsonl, figure5.png)")
+
+
+def distributed(args) -> bool:
+    """Whether the command joins a multi-process run (``jax.distributed``)."""
+    return bool(args.distributed or args.coordinator or args.num_processes is not None
+                or args.process_id is not None)
 
 
 if __name__ == "__main__":
