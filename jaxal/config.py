@@ -93,6 +93,48 @@ class ALConfig(NamedTuple):
     eval_samples: int | None = None
 
 
+class Protocol(NamedTuple):
+    """A dataset's active-learning protocol: the defaults a run on it gets (each one
+    overridable), with where they come from."""
+
+    init_per_class: int = 2        # balanced initial labels per class
+    query_size: int = 10           # labels per round
+    rounds: int = 20
+    train: TrainConfig = TrainConfig()
+    source: str = ""
+
+
+# MNIST-like data keep the protocol of Gal et al. 2017 and Kirsch et al. 2019 (20
+# labels, 10 a round, 20 rounds). CIFAR-10 gets the scale of its literature: 1,000
+# initial labels and 1,000 a round (Beluch et al. 2018; Sener & Savarese 2018; Ash et al.
+# 2020 start from 1,000-5,000 and query 1,000+), trained by epochs: 30 over the labelled
+# set, at least 500 and at most 3,000 steps of 128 (provisional: the CIFAR-10 benchmark
+# decides them).
+PROTOCOLS: dict[str, Protocol] = {
+    "mnist": Protocol(source="Gal et al. 2017; Kirsch et al. 2019"),
+    "fashion_mnist": Protocol(source="as MNIST"),
+    "cifar10": Protocol(100, 1000, 10, TrainConfig(batch_size=128, epochs=30.0, min_steps=500,
+                                                   max_steps=3000),
+                        source="Beluch et al. 2018; Sener & Savarese 2018; Ash et al. 2020"),
+}
+
+
+def protocol_of(dataset: str) -> Protocol:
+    """The dataset's protocol; others (toy data, new datasets) get MNIST's."""
+    return PROTOCOLS.get(dataset, Protocol(source="the default"))
+
+
+def describe_protocol(dataset: str) -> str:
+    """'cifar10: 100 labels per class to start, 1000 a round, 10 rounds, 30 epochs a fit
+    (500-3000 steps of 128)'."""
+    p = protocol_of(dataset)
+    t = p.train
+    fit = (f"{t.steps} steps of {t.batch_size}" if t.epochs is None else
+           f"{t.epochs:g} epochs a fit ({t.min_steps}-{t.max_steps} steps of {t.batch_size})")
+    return (f"{dataset}: {p.init_per_class} labels per class to start, {p.query_size} a "
+            f"round, {p.rounds} rounds, {fit}")
+
+
 class ExperimentConfig(NamedTuple):
     dataset: str = "mnist"
     seed: int = 0
@@ -102,6 +144,8 @@ class ExperimentConfig(NamedTuple):
     al: ALConfig = ALConfig()
     # Local devices the pool passes are split over (None: all; ``jaxal.sharding``).
     devices: int | None = None
+    # Which fields the dataset's protocol set (the others were given); config.json says so.
+    from_protocol: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         d = self._asdict()
@@ -110,5 +154,5 @@ class ExperimentConfig(NamedTuple):
         # Neither where the data lives nor how many devices share the work changes the
         # results (a run resumes on another device count); config.json records the devices
         # apart.
-        del d["data_dir"], d["devices"]
+        del d["data_dir"], d["devices"], d["from_protocol"]
         return d

@@ -15,6 +15,7 @@ from jaxal import __version__
 from jaxal import data as datasets
 from jaxal.config import TOY_DATASETS as TOY_DATASETS  # re-exported
 from jaxal.config import ExperimentConfig as ExperimentConfig
+from jaxal.config import protocol_of
 from jaxal.errors import RunDirError
 from jaxal.loop import (
     ALData,
@@ -140,6 +141,10 @@ def _run_on_devices(config: ExperimentConfig, out_dir: Path | None,
                    "jax_version": jax.__version__, "backend": jax.default_backend(),
                    "devices": [device_name(d) for d in devices],
                    "processes": jax.process_count(),
+                   # The dataset's protocol set these (the command gave the rest).
+                   "from_protocol": {"dataset": config.dataset,
+                                     "source": protocol_of(config.dataset).source,
+                                     "fields": list(config.from_protocol)},
                    "num_pool": int(split.pool_x.shape[0]), "num_val": int(split.val_y.size),
                    "num_test": int(split.test_y.size), "started": time.strftime("%F %T")}
     model = build_model(config.dataset, split.num_classes, config.al)

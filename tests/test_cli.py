@@ -44,6 +44,10 @@ def test_cli_writes_every_output(tiny_run, mnist_data_dir):
     assert exp["al"]["train"]["steps"] == 20
     assert config["num_pool"] == 600 and config["num_val"] == 100
     assert config["num_test"] == 10000
+    # TINY gives everything but the epoch schedule's, which MNIST's protocol leaves unused.
+    assert config["from_protocol"] == {"dataset": "mnist",
+                                       "source": "Gal et al. 2017; Kirsch et al. 2019",
+                                       "fields": ["min_steps", "max_steps"]}
 
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -152,3 +156,43 @@ def test_missing_dataset_names_the_fix(tmp_path, capsys):
     assert err.value.code == 2
     message = capsys.readouterr().err
     assert str(tmp_path) in message and "jaxal.data prepare" in message
+
+
+def _config(*args):
+    from jaxal.cli.run import config_from_args, parser
+
+    return config_from_args(parser().parse_args(list(args)))
+
+
+def test_each_dataset_gets_its_protocol_and_a_given_value_wins():
+    """MNIST keeps 20 labels, 10 a round, 20 rounds, 500 steps; CIFAR-10 gets 1,000
+    labels, 1,000 a round, 10 rounds, by epochs; what the command gives overrides the
+    protocol and is not listed as the protocol's."""
+    mnist = _config("--dataset", "mnist")
+    assert (mnist.al.init_per_class, mnist.al.query_size, mnist.al.rounds) == (2, 10, 20)
+    assert (mnist.al.train.steps, mnist.al.train.epochs, mnist.al.train.batch_size) == (
+        500, None, 32)
+    assert set(mnist.from_protocol) == {"init_per_class", "query_size", "rounds", "steps",
+                                        "epochs", "min_steps", "max_steps", "batch_size"}
+    cifar = _config("--dataset", "cifar10")
+    assert (cifar.al.init_per_class, cifar.al.query_size, cifar.al.rounds) == (100, 1000, 10)
+    t = cifar.al.train
+    assert (t.epochs, t.min_steps, t.max_steps, t.batch_size) == (30.0, 500, 3000, 128)
+    given = _config("--dataset", "cifar10", "--rounds", "3", "--epochs", "5",
+                    "--batch-size", "64")
+    assert given.al.rounds == 3 and given.al.train.epochs == 5.0
+    assert given.al.train.batch_size == 64 and given.al.query_size == 1000
+    assert {"rounds", "epochs", "batch_size"}.isdisjoint(given.from_protocol)
+    fixed = _config("--dataset", "cifar10", "--steps", "100")
+    assert fixed.al.train.steps == 100 and fixed.al.train.epochs is None
+    # Only the experiment is compared on resume: the record of defaults is not part of it.
+    assert "from_protocol" not in cifar.to_dict()
+
+
+def test_help_shows_every_protocol(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("cifar10: 100 labels per class to start, 1000 a round, 10 rounds, 30 epochs a "
+            "fit (500-3000 steps of 128)") in text
+    assert "mnist: 2 labels per class to start, 10 a round, 20 rounds, 500 steps of 32" in text

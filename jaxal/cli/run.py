@@ -21,12 +21,15 @@ from jaxal.cli.common import (
     whole,
 )
 from jaxal.config import (
+    PROTOCOLS,
     TOY_DATASETS,
     ALConfig,
     ExperimentConfig,
     LaplaceConfig,
     ModelConfig,
     TrainConfig,
+    describe_protocol,
+    protocol_of,
 )
 from jaxal.data import DATASETS
 from jaxal.errors import ConfigError
@@ -41,7 +44,11 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m jaxal.run", description="Simulated active learning with jaxal.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="mnist", choices=[*DATASETS, *TOY_DATASETS])
+    p.add_argument("--dataset", default="mnist", choices=[*DATASETS, *TOY_DATASETS],
+                   help="the dataset; its protocol sets --init-per-class, --query-size, "
+                        "--rounds and the training schedule unless given: "
+                        + "; ".join(describe_protocol(d) for d in PROTOCOLS)
+                        + "; others as mnist")
     p.add_argument("--acq", default=_AL.acquisition,
                    choices=RegistryChoices("acquisition:ACQUISITIONS", "selection:strategies"),
                    help="a score (higher = queried first; bald, variation_ratios and "
@@ -117,25 +124,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-subset", type=whole(1), default=None, metavar="K",
                    help="score the labelled set and a fresh random K unlabelled pool "
                         "points each round instead of the whole pool (K >= --query-size)")
-    p.add_argument("--rounds", type=whole(0), default=_AL.rounds, help="acquisition rounds")
-    p.add_argument("--query-size", type=whole(1), default=_AL.query_size,
-                   help="points labelled per round")
-    p.add_argument("--init-per-class", type=whole(1), default=_AL.init_per_class,
-                   help="balanced initial labelled set: this many per class")
+    p.add_argument("--rounds", type=whole(0), default=None,
+                   help="acquisition rounds; default: the dataset's protocol")
+    p.add_argument("--query-size", type=whole(1), default=None,
+                   help="points labelled per round; default: the dataset's protocol")
+    p.add_argument("--init-per-class", type=whole(1), default=None,
+                   help="balanced initial labelled set: this many per class; default: the "
+                        "dataset's protocol")
     p.add_argument("--steps", type=whole(1), default=None,
-                   help="optimiser steps per MAP fit (one fit per round); default: "
-                        + (f"{_TRAIN.steps}" if _TRAIN.epochs is None else "by --epochs"))
+                   help="optimiser steps per MAP fit (one fit per round); default: the "
+                        "dataset's protocol (mnist: 500)")
     p.add_argument("--epochs", type=number(0.0, exclusive=True), default=None,
                    help="train each round for this many epochs over the labelled set "
                         "instead: ceil(epochs * labels / batch size) steps, clipped to "
-                        "[--min-steps, --max-steps]; default: "
-                        + ("--steps" if _TRAIN.epochs is None else f"{_TRAIN.epochs:g}"))
-    p.add_argument("--min-steps", type=whole(1), default=_TRAIN.min_steps,
-                   help="with --epochs: the fewest steps of a fit")
-    p.add_argument("--max-steps", type=whole(1), default=_TRAIN.max_steps,
-                   help="with --epochs: the most steps of a fit")
-    p.add_argument("--batch-size", type=whole(1), default=_TRAIN.batch_size,
-                   help="minibatch size, drawn with replacement from the labelled set")
+                        "[--min-steps, --max-steps]; default: the dataset's protocol "
+                        "(cifar10: 30)")
+    p.add_argument("--min-steps", type=whole(1), default=None,
+                   help="with --epochs: the fewest steps of a fit; default: the protocol's")
+    p.add_argument("--max-steps", type=whole(1), default=None,
+                   help="with --epochs: the most steps of a fit; default: the protocol's")
+    p.add_argument("--batch-size", type=whole(1), default=None,
+                   help="minibatch size, drawn with replacement from the labelled set; "
+                        "default: the protocol's")
     p.add_argument("--lr", type=number(0.0, exclusive=True), default=_TRAIN.learning_rate,
                    help="learning rate")
     p.add_argument("--optimizer", default=_TRAIN.optimizer,
@@ -213,12 +223,23 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
                           "posterior's prior; add --posterior laplace or give a number")
     if args.steps is not None and args.epochs is not None:
         raise ConfigError(SCHEDULE_CONFLICT.format(args.steps, args.epochs))
+    # What the command leaves unset comes from the dataset's protocol (recorded).
+    protocol, from_protocol = protocol_of(args.dataset), []
+
+    def given(name: str, value, default):
+        if value is None:
+            from_protocol.append(name)
+            return default
+        return value
+
     # An explicit --steps trains a fixed number of steps even where epochs are the default.
-    steps = _TRAIN.steps if args.steps is None else args.steps
-    epochs = None if args.steps is not None else (
-        _TRAIN.epochs if args.epochs is None else args.epochs)
-    train = TrainConfig(steps=steps, epochs=epochs, min_steps=args.min_steps,
-                        max_steps=args.max_steps, batch_size=args.batch_size,
+    schedule = protocol.train
+    steps = given("steps", args.steps, schedule.steps)
+    epochs = None if args.steps is not None else given("epochs", args.epochs, schedule.epochs)
+    train = TrainConfig(steps=steps, epochs=epochs,
+                        min_steps=given("min_steps", args.min_steps, schedule.min_steps),
+                        max_steps=given("max_steps", args.max_steps, schedule.max_steps),
+                        batch_size=given("batch_size", args.batch_size, schedule.batch_size),
                         learning_rate=args.lr, optimizer=args.optimizer,
                         prior_precision=_TRAIN.prior_precision if auto else args.prior_precision)
     laplace = LaplaceConfig(curvature=args.curvature, structure=args.structure,
@@ -235,15 +256,18 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
                   batchbald_configs=args.batchbald_configs, pseudo_label=args.pseudo_label,
                   pseudo_label_by=args.pseudo_label_by,
                   posterior=args.posterior, predictive=predictive,
-                  rounds=args.rounds, query_size=args.query_size,
-                  init_per_class=args.init_per_class, warm_start=args.warm_start,
+                  rounds=given("rounds", args.rounds, protocol.rounds),
+                  query_size=given("query_size", args.query_size, protocol.query_size),
+                  init_per_class=given("init_per_class", args.init_per_class,
+                                       protocol.init_per_class),
+                  warm_start=args.warm_start,
                   chunk_size=args.chunk_size, train=train, laplace=laplace,
                   model=ModelConfig(dropout=dropout), ensemble_size=args.ensemble_size,
                   dropout_samples=args.dropout_samples, eval_samples=args.eval_samples,
                   pool_subset=args.pool_subset)
     return ExperimentConfig(dataset=args.dataset, seed=args.seed, val_size=args.val_size,
                             pool_size=args.pool_size, data_dir=args.data_dir, al=al,
-                            devices=args.devices)
+                            devices=args.devices, from_protocol=tuple(from_protocol))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
