@@ -31,6 +31,9 @@ class TrainConfig(NamedTuple):
     epochs: float | None = None
     min_steps: int = 100
     max_steps: int = 5000
+    # Random crop (zero padding 4) and horizontal flip of each training minibatch, keyed
+    # per step (``jaxal.train.random_crop_flip``); never for scoring or the curvature.
+    augment: bool = False
 
 
 class LaplaceConfig(NamedTuple):
@@ -114,7 +117,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "mnist": Protocol(source="Gal et al. 2017; Kirsch et al. 2019"),
     "fashion_mnist": Protocol(source="as MNIST"),
     "cifar10": Protocol(100, 1000, 10, TrainConfig(batch_size=128, epochs=30.0, min_steps=500,
-                                                   max_steps=3000),
+                                                   max_steps=3000, augment=True),
                         source="Beluch et al. 2018; Sener & Savarese 2018; Ash et al. 2020"),
 }
 
@@ -132,7 +135,7 @@ def describe_protocol(dataset: str) -> str:
     fit = (f"{t.steps} steps of {t.batch_size}" if t.epochs is None else
            f"{t.epochs:g} epochs a fit ({t.min_steps}-{t.max_steps} steps of {t.batch_size})")
     return (f"{dataset}: {p.init_per_class} labels per class to start, {p.query_size} a "
-            f"round, {p.rounds} rounds, {fit}")
+            f"round, {p.rounds} rounds, {fit}" + (", augmented" if t.augment else ""))
 
 
 class ExperimentConfig(NamedTuple):

@@ -399,6 +399,9 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
     """Bundle and jit the functions of one run. Shapes are static, so each compiles once."""
     posterior_record = POSTERIORS[config.posterior]
     posterior_record.check_model(model, config, input_shape)
+    _need(not config.train.augment or len(input_shape) == 3,
+          f"--augment crops and flips images, and these inputs have shape {input_shape}; "
+          "drop --augment (use --no-augment)")
     predict = partial(PREDICTIVES[config.predictive].predict, config=config)
     # Evaluation (metrics, the val-nll prior fit) may take fewer posterior samples.
     predict_eval = partial(PREDICTIVES[config.predictive].predict,

@@ -97,6 +97,21 @@ def labelled_indices(labelled: jax.Array) -> jax.Array:
     return jnp.nonzero(labelled, size=labelled.shape[0], fill_value=0)[0]
 
 
+def random_crop_flip(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
+    """The standard CIFAR augmentation of a minibatch x [n, H, W, C]: each image zero-padded
+    by ``pad`` on every side, cropped back to H x W at a uniform offset in [0, 2 pad]², and
+    flipped left-right with probability 1/2. Static shapes; one key for the batch."""
+    n, h, w, c = x.shape
+    key_y, key_x, key_flip = jax.random.split(key, 3)
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dy = jax.random.randint(key_y, (n,), 0, 2 * pad + 1)
+    dx = jax.random.randint(key_x, (n,), 0, 2 * pad + 1)
+    crops = jax.vmap(lambda img, i, j: jax.lax.dynamic_slice(img, (i, j, 0), (h, w, c)))(
+        padded, dy, dx)
+    flip = jax.random.bernoulli(key_flip, 0.5, (n,))
+    return jnp.where(flip[:, None, None, None], crops[:, :, ::-1], crops)
+
+
 def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Trainer:
     """MAP training functions for ``model``; ``capacity`` bounds the labelled-set size.
 
@@ -112,10 +127,12 @@ def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Train
         key_batch, key_dropout = jax.random.split(key)
         pick = jax.random.randint(key_batch, (config.batch_size,), 0, num_labelled)
         idx = labelled_idx[pick]
+        x = x_pool[idx]
+        if config.augment:   # its own key: runs without augmentation draw as before
+            x = random_crop_flip(jax.random.fold_in(key, 2), x)
 
         def loss_fn(params):
-            logits = model.apply(params, x_pool[idx], train=True,
-                                 rngs={"dropout": key_dropout})
+            logits = model.apply(params, x, train=True, rngs={"dropout": key_dropout})
             return minibatch_objective(params, logits, y_pool[idx], config.prior_precision,
                                        num_labelled.astype(logits.dtype))
 

@@ -47,7 +47,7 @@ def test_cli_writes_every_output(tiny_run, mnist_data_dir):
     # TINY gives everything but the epoch schedule's, which MNIST's protocol leaves unused.
     assert config["from_protocol"] == {"dataset": "mnist",
                                        "source": "Gal et al. 2017; Kirsch et al. 2019",
-                                       "fields": ["min_steps", "max_steps"]}
+                                       "fields": ["min_steps", "max_steps", "augment"]}
 
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -173,11 +173,14 @@ def test_each_dataset_gets_its_protocol_and_a_given_value_wins():
     assert (mnist.al.train.steps, mnist.al.train.epochs, mnist.al.train.batch_size) == (
         500, None, 32)
     assert set(mnist.from_protocol) == {"init_per_class", "query_size", "rounds", "steps",
-                                        "epochs", "min_steps", "max_steps", "batch_size"}
+                                        "epochs", "min_steps", "max_steps", "batch_size",
+                                        "augment"}
+    assert not mnist.al.train.augment
     cifar = _config("--dataset", "cifar10")
     assert (cifar.al.init_per_class, cifar.al.query_size, cifar.al.rounds) == (100, 1000, 10)
     t = cifar.al.train
     assert (t.epochs, t.min_steps, t.max_steps, t.batch_size) == (30.0, 500, 3000, 128)
+    assert t.augment and not _config("--dataset", "cifar10", "--no-augment").al.train.augment
     given = _config("--dataset", "cifar10", "--rounds", "3", "--epochs", "5",
                     "--batch-size", "64")
     assert given.al.rounds == 3 and given.al.train.epochs == 5.0
@@ -194,5 +197,5 @@ def test_help_shows_every_protocol(capsys):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert ("cifar10: 100 labels per class to start, 1000 a round, 10 rounds, 30 epochs a "
-            "fit (500-3000 steps of 128)") in text
+            "fit (500-3000 steps of 128), augmented") in text
     assert "mnist: 2 labels per class to start, 10 a round, 20 rounds, 500 steps of 32" in text

@@ -265,3 +265,48 @@ def test_python_loop_and_one_fori_loop_train_the_same(params0, monkeypatch, epoc
             _, info = train_map(jax.random.key(3), trainer, params0, X_POOL, Y_POOL,
                                 labelled_mask(20))
         assert info.loss.shape == (100,) and compiled.count == 0
+
+
+def test_random_crop_flip_is_a_padded_crop_flipped_or_not():
+    """Each output image is the zero-padded input cropped at some offset in [0, 8]², then
+    flipped left-right or not; offsets and flips vary over the batch; keyed."""
+    from jaxal.train import random_crop_flip
+
+    x = jax.random.normal(jax.random.key(0), (64, 6, 5, 2))
+    out = np.asarray(random_crop_flip(jax.random.key(1), x))
+    assert out.shape == x.shape
+    padded = np.pad(np.asarray(x), ((0, 0), (4, 4), (4, 4), (0, 0)))
+    found = []
+    for n in range(64):
+        matches = [(i, j, f) for i in range(9) for j in range(9) for f in (False, True)
+                   if np.array_equal(out[n], (lambda c: c[:, ::-1] if f else c)(
+                       padded[n, i:i + 6, j:j + 5]))]
+        assert matches, n
+        found.append(matches[0])
+    assert {f for *_, f in found} == {False, True}
+    assert len({(i, j) for i, j, _ in found}) > 10
+    np.testing.assert_array_equal(np.asarray(random_crop_flip(jax.random.key(1), x)), out)
+    assert not np.array_equal(np.asarray(random_crop_flip(jax.random.key(2), x)), out)
+
+
+def test_augmented_training_steps_see_other_images_and_toy_inputs_refuse_it():
+    """The same step key trains on other (augmented) images with augment on; a run on
+    non-image inputs refuses augmentation before any training, naming the fix."""
+    from jaxal.config import ALConfig
+    from jaxal.loop import ConfigError as LoopConfigError
+    from jaxal.loop import make_learner
+    from jaxal.model import cnn
+
+    model = cnn(3, channels=(2,), hidden=4)
+    params = init_params(model, jax.random.key(0), (8, 8, 1))
+    x = jax.random.normal(jax.random.key(1), (20, 8, 8, 1))
+    y = jnp.arange(20) % 3
+    steps = {}
+    for augment in (False, True):
+        trainer = make_trainer(model, TrainConfig(batch_size=8, augment=augment), 20)
+        state, _ = trainer.step(jax.random.key(2), trainer.init(params), x, y,
+                                jnp.arange(20), jnp.asarray(20))
+        steps[augment] = flat(state.params)
+    assert not np.allclose(steps[False], steps[True])
+    with pytest.raises(LoopConfigError, match=r"--augment crops and flips images.*\(2,\)"):
+        make_learner(mlp(2), ALConfig(train=TrainConfig(augment=True)), (2,), 2)

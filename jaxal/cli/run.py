@@ -146,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=whole(1), default=None,
                    help="minibatch size, drawn with replacement from the labelled set; "
                         "default: the protocol's")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on randomly cropped (padding 4) and flipped minibatches "
+                        "(never for scoring or the posterior); default: the protocol's "
+                        "(cifar10: on). Flips digits on MNIST-like data: not advised there")
     p.add_argument("--lr", type=number(0.0, exclusive=True), default=_TRAIN.learning_rate,
                    help="learning rate")
     p.add_argument("--optimizer", default=_TRAIN.optimizer,
@@ -240,6 +244,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
                         min_steps=given("min_steps", args.min_steps, schedule.min_steps),
                         max_steps=given("max_steps", args.max_steps, schedule.max_steps),
                         batch_size=given("batch_size", args.batch_size, schedule.batch_size),
+                        augment=given("augment", args.augment, schedule.augment),
                         learning_rate=args.lr, optimizer=args.optimizer,
                         prior_precision=_TRAIN.prior_precision if auto else args.prior_precision)
     laplace = LaplaceConfig(curvature=args.curvature, structure=args.structure,
