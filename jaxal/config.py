@@ -62,6 +62,10 @@ class ModelConfig(NamedTuple):
     # before the last layer is always there), each hidden layer of the toy MLP; 0: none.
     # The MC dropout posterior needs it (0.5: Kirsch et al.).
     dropout: float = 0.0
+    # The CNN's conv channels per block and hidden width (the seed CNN's by default; wider
+    # for 32x32x3 images, e.g. --channels 64 128 128 --hidden 256).
+    channels: tuple[int, ...] = (32, 64, 64)
+    hidden: int = 128
 
 
 class ALConfig(NamedTuple):
@@ -138,6 +142,16 @@ def describe_protocol(dataset: str) -> str:
             f"round, {p.rounds} rounds, {fit}" + (", augmented" if t.augment else ""))
 
 
+# Fields added after run dirs were written with this config format: ``to_dict`` leaves
+# each out at its default, which computes what runs before it computed, so the config
+# (and the checkpoint's digest of it) of an existing run dir still matches and it resumes.
+ADDED_LATER: dict[tuple[str, ...], object] = {
+    ("al", "train", "augment"): False,
+    ("al", "model", "channels"): (32, 64, 64),
+    ("al", "model", "hidden"): 128,
+}
+
+
 class ExperimentConfig(NamedTuple):
     dataset: str = "mnist"
     seed: int = 0
@@ -158,4 +172,10 @@ class ExperimentConfig(NamedTuple):
         # results (a run resumes on another device count); config.json records the devices
         # apart.
         del d["data_dir"], d["devices"], d["from_protocol"]
+        for *parents, name in ADDED_LATER:
+            node = d
+            for key in parents:
+                node = node[key]
+            if node[name] == ADDED_LATER[(*parents, name)]:
+                del node[name]
         return d

@@ -15,7 +15,7 @@ from jaxal import __version__
 from jaxal import data as datasets
 from jaxal.config import TOY_DATASETS as TOY_DATASETS  # re-exported
 from jaxal.config import ExperimentConfig as ExperimentConfig
-from jaxal.config import protocol_of
+from jaxal.config import ModelConfig, protocol_of
 from jaxal.errors import RunDirError
 from jaxal.loop import (
     ALData,
@@ -64,6 +64,11 @@ def check_config(config: ExperimentConfig) -> None:
     if config.pool_size is not None and config.pool_size < 1:
         raise ConfigError(f"pool size must be >= 1 (got {config.pool_size})")
     validate_config(config.al)
+    model = config.al.model
+    if config.dataset in TOY_DATASETS and (model.channels, model.hidden) != (
+            ModelConfig().channels, ModelConfig().hidden):
+        raise ConfigError(f"--channels and --hidden shape the CNN, and {config.dataset} "
+                          "trains the toy MLP; drop them")
     check_devices(config.devices)
 
 

@@ -268,7 +268,8 @@ def build_model(dataset: str, num_classes: int, config) -> Classifier:
     ``config.model``'s options (``config`` an ``ALConfig``)."""
     if dataset in TOY_DATASETS:
         return mlp(num_classes, hidden_dropout_rate=config.model.dropout)
-    return cnn(num_classes, hidden_dropout_rate=config.model.dropout)
+    return cnn(num_classes, channels=tuple(config.model.channels), hidden=config.model.hidden,
+               hidden_dropout_rate=config.model.dropout)
 
 
 def init_params(model: Classifier, key: jax.Array, input_shape: Sequence[int]) -> Params:

@@ -199,3 +199,20 @@ def test_help_shows_every_protocol(capsys):
     assert ("cifar10: 100 labels per class to start, 1000 a round, 10 rounds, 30 epochs a "
             "fit (500-3000 steps of 128), augmented") in text
     assert "mnist: 2 labels per class to start, 10 a round, 20 rounds, 500 steps of 32" in text
+
+
+def test_wider_cnn_options_and_fields_added_later_keep_old_run_dirs_resumable(tmp_path):
+    """--channels/--hidden reach the model config (and are refused for the toy MLP); the
+    fields added since run dirs were written leave the compared config unchanged at their
+    defaults, so those dirs still resume, and appear when set."""
+    from jaxal.experiment import check_config
+
+    wide = _config("--dataset", "cifar10", "--channels", "64", "128", "128", "--hidden", "256")
+    assert wide.al.model.channels == (64, 128, 128) and wide.al.model.hidden == 256
+    assert wide.to_dict()["al"]["model"]["channels"] == (64, 128, 128)
+    assert wide.to_dict()["al"]["train"]["augment"] is True
+    plain = _config("--dataset", "mnist").to_dict()["al"]
+    assert "augment" not in plain["train"]
+    assert set(plain["model"]) == {"dropout"}
+    with pytest.raises(Exception, match="--channels and --hidden shape the CNN"):
+        check_config(_config("--dataset", "moons", "--hidden", "64"))

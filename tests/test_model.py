@@ -85,6 +85,20 @@ def test_cnn_parameter_count_mnist(cnn_and_params):
     assert bool(jnp.isfinite(logits).all())
 
 
+def test_build_model_keeps_the_seed_cnn_and_widens_on_request():
+    """build_model: the seed CNN by default (130,890 on MNIST); --channels 64 128 128
+    --hidden 256 on CIFAR-shaped inputs: 1,792 + 73,856 + 147,584 conv, 4*4*128*256 + 256
+    = 524,544 dense, 2,570 head = 750,346."""
+    from jaxal.config import ALConfig, ModelConfig
+    from jaxal.model import build_model
+
+    count = lambda model, shape: num_params(jax.eval_shape(
+        lambda key: init_params(model, key, shape), jax.random.key(0)))
+    assert count(build_model("mnist", 10, ALConfig()), (28, 28, 1)) == 130_890
+    wide = ALConfig(model=ModelConfig(channels=(64, 128, 128), hidden=256))
+    assert count(build_model("cifar10", 10, wide), (32, 32, 3)) == 750_346
+
+
 def test_cnn_parameter_count_and_logits_cifar_shaped():
     model = cnn(10)
     shapes = jax.eval_shape(lambda key: init_params(model, key, (32, 32, 3)), jax.random.key(0))

@@ -35,7 +35,7 @@ from jaxal.data import DATASETS
 from jaxal.errors import ConfigError
 from jaxal.rundir import lock_out_dir
 
-_AL, _TRAIN, _LAPLACE = ALConfig(), TrainConfig(), LaplaceConfig()
+_AL, _TRAIN, _LAPLACE, _MODEL = ALConfig(), TrainConfig(), LaplaceConfig(), ModelConfig()
 # --posterior mc-dropout without --dropout: Kirsch et al. 2019's rate.
 MC_DROPOUT_RATE = 0.5
 
@@ -109,6 +109,11 @@ def parser() -> argparse.ArgumentParser:
                         "predictives (glm: "
                         "the linearised network f(x; θ*) + J(x)(θ - θ*), the predictive "
                         "consistent with the GGN)")
+    p.add_argument("--channels", type=whole(1), nargs="+", default=list(_MODEL.channels),
+                   help="the CNN's conv channels, one per block (the seed CNN's by default; "
+                        "wider for 32x32x3 images, e.g. 64 128 128)")
+    p.add_argument("--hidden", type=whole(1), default=_MODEL.hidden,
+                   help="the CNN's hidden width before the last layer")
     p.add_argument("--dropout", type=number(0.0, maximum=1.0), default=None,
                    help="dropout rate after each conv block (spatial) of the CNN, each "
                         "hidden layer of the toy MLP; default: 0.5 for --posterior "
@@ -267,7 +272,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
                                        protocol.init_per_class),
                   warm_start=args.warm_start,
                   chunk_size=args.chunk_size, train=train, laplace=laplace,
-                  model=ModelConfig(dropout=dropout), ensemble_size=args.ensemble_size,
+                  model=ModelConfig(dropout=dropout, channels=tuple(args.channels),
+                                    hidden=args.hidden), ensemble_size=args.ensemble_size,
                   dropout_samples=args.dropout_samples, eval_samples=args.eval_samples,
                   pool_subset=args.pool_subset)
     return ExperimentConfig(dataset=args.dataset, seed=args.seed, val_size=args.val_size,
