@@ -99,6 +99,10 @@ class ImageDataset(NamedTuple):
     test_images: np.ndarray
     test_labels: np.ndarray
     num_classes: int
+    # Per channel, of pixel/255 over the train split: the table's for the datasets of
+    # `DATASETS`, computed from the train images for any other.
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
 
 class ALSplit(NamedTuple):
@@ -127,6 +131,52 @@ def get_spec(name: str) -> DatasetSpec:
         raise UnknownDatasetError(
             f"Unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}."
         ) from None
+
+
+def spec_from_info(name: str, builder: Any) -> DatasetSpec:
+    """The spec of any TFDS image-classification dataset, read from its builder's info:
+    an ``image`` feature of fixed shape, a ``label`` class feature, ``train`` and ``test``
+    splits (checked once prepared). Its mean and std are left empty: `load_dataset`
+    computes them.
+
+    Raises:
+      UnknownDatasetError: the dataset is not one, naming what it lacks.
+    """
+    features = builder.info.features
+    keys = set(features.keys()) if hasattr(features, "keys") else set()
+    image, label = features["image"] if "image" in keys else None, (
+        features["label"] if "label" in keys else None)
+    shape = tuple(getattr(image, "shape", ()) or ())
+    if (image is None or len(shape) != 3 or None in shape or label is None
+            or getattr(label, "num_classes", None) is None):
+        raise UnknownDatasetError(
+            f"{name!r} is not an image-classification dataset jaxal can read (it needs an "
+            f"'image' feature of fixed shape [h, w, c] and a 'label' class feature; it has "
+            f"{sorted(keys) or 'no features'}); choose another, or one of "
+            f"{', '.join(sorted(DATASETS))}")
+    # The splits are known once the dataset is prepared (before, the load fails anyway).
+    splits = builder.info.splits
+    missing = [s for s in ("train", "test") if s not in splits]
+    if len(splits) and missing:
+        raise UnknownDatasetError(
+            f"{name!r} has no {' or '.join(missing)} split (it has "
+            f"{', '.join(sorted(builder.info.splits)) or 'none'}); jaxal's pool and test "
+            "sets come from train and test")
+    return DatasetSpec(name, int(label.num_classes), shape, (), (), "", ())
+
+
+def _builder_or_unknown(name: str, data_dir: Path) -> Any:
+    """``tfds.builder(name)`` for a name outside `DATASETS`; an unknown name raises
+    `UnknownDatasetError` with the fix."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name, data_dir=str(data_dir))
+    except Exception as err:   # TFDS raises DatasetNotFoundError and others
+        raise UnknownDatasetError(
+            f"Unknown dataset {name!r} ({_one_line(err)}); known datasets: "
+            f"{', '.join(sorted(DATASETS))}, or any TFDS image-classification dataset "
+            "(e.g. svhn_cropped, emnist/letters)") from None
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -176,11 +226,11 @@ def load_dataset(
       DatasetCorruptError: prepared, but a prepared file is missing, unreadable or corrupt.
       ChecksumError: a downloaded original file has the wrong checksum.
     """
-    spec = get_spec(name)
     data_dir = resolve_data_dir(data_dir)
     # Imported here so that `import jaxal` (and toy-data users) need not pay for TFDS.
     import tensorflow_datasets as tfds
 
+    spec = DATASETS.get(name) or spec_from_info(name, _builder_or_unknown(name, data_dir))
     try:  # reads dataset_info.json when the dataset is (partly) prepared
         builder = tfds.builder(spec.tfds_name, data_dir=str(data_dir))
         prepared = builder.is_prepared()
@@ -190,7 +240,9 @@ def load_dataset(
             raise  # nothing prepared to blame: a bug, which keeps its traceback
         raise DatasetCorruptError(_corrupt_message(name, data_dir, dataset_dir, err)) from err
     if not prepared:
-        reachable = download and _host_reachable(spec.download_url)
+        # A dataset of the table is downloaded when its host answers; any other is left
+        # to TFDS (`python -m jaxal.data prepare`), whose hosts we do not know.
+        reachable = download and bool(spec.download_url) and _host_reachable(spec.download_url)
         if not reachable:
             reason = "download=False" if not download else f"{spec.download_url} is unreachable"
             raise DatasetNotPreparedError(_not_prepared_message(name, data_dir, builder, reason))
@@ -233,8 +285,10 @@ def load_dataset(
     arrays = _read_cache(cache_dir, key, meta)
     if arrays is None:
         start = time.perf_counter()
-        train_images, train_labels = _read_prepared_split(name, data_dir, builder, "train", train)
-        test_images, test_labels = _read_prepared_split(name, data_dir, builder, "test", test)
+        train_images, train_labels = _read_prepared_split(
+            name, data_dir, builder, "train", train, spec.image_shape)
+        test_images, test_labels = _read_prepared_split(
+            name, data_dir, builder, "test", test, spec.image_shape)
         logger.info("Decoded %s in %.1f s", name, time.perf_counter() - start)
         arrays = {
             "train_images": train_images, "train_labels": train_labels,
@@ -243,9 +297,29 @@ def load_dataset(
         _write_cache(cache_dir, key, meta, arrays)
     for array in arrays.values():
         array.flags.writeable = False
-    ds = ImageDataset(name=name, version=version, num_classes=spec.num_classes, **arrays)
+    mean, std = spec.mean, spec.std
+    if not mean:   # a dataset read from its info: its own statistics, per channel
+        pixels = arrays["train_images"].reshape(-1, arrays["train_images"].shape[-1])
+        mean, std = channel_statistics(pixels)
+    ds = ImageDataset(name=name, version=version, num_classes=spec.num_classes, mean=mean,
+                      std=std, **arrays)
     _MEMORY_CACHE[key] = ds
     return ds
+
+
+def channel_statistics(pixels: np.ndarray, block: int = 1 << 20
+                       ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel of uint8 pixels [m, c] scaled to [0, 1], in float64 blocks
+    (a 50,000-image train split does not fit in memory as floats at once)."""
+    total = np.zeros(pixels.shape[-1])
+    squares = np.zeros(pixels.shape[-1])
+    for start in range(0, len(pixels), block):
+        x = pixels[start:start + block].astype(np.float64) / 255.0
+        total += x.sum(0)
+        squares += (x * x).sum(0)
+    mean = total / len(pixels)
+    std = np.sqrt(np.maximum(squares / len(pixels) - mean**2, 1e-12))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def prepared_fingerprint(version_dir: Path, num_examples: Sequence[int]) -> str:
@@ -320,11 +394,12 @@ def _check_shards(name: str, data_dir: Path, version_dir: Path, builder: Any) ->
 
 
 def _read_prepared_split(
-    name: str, data_dir: Path, builder: Any, split: str, source: Any
+    name: str, data_dir: Path, builder: Any, split: str, source: Any,
+    image_shape: tuple[int, ...],
 ) -> tuple[np.ndarray, np.ndarray]:
     """`_read_split`, failing with the split's file(s) and the fix when records are corrupt."""
     try:
-        return _read_split(source, get_spec(name).image_shape)
+        return _read_split(source, image_shape)
     # array_record reports truncated files, bad hashes and open() failures as RuntimeError,
     # naming no file; the split's shards are the files to blame.
     except (RuntimeError, OSError, ValueError) as err:
@@ -544,18 +619,23 @@ def prepare_dataset(
     return Path(builder.data_dir)
 
 
-def normalise(images: np.ndarray, name: str) -> np.ndarray:
-    """Scales uint8 images to float32, standardised per channel: (x/255 - mean) / std."""
-    spec = get_spec(name)
-    if images.dtype != np.uint8 or images.shape[-1] != len(spec.mean):
+def normalise(images: np.ndarray, name: str, mean: tuple[float, ...] | None = None,
+              std: tuple[float, ...] | None = None) -> np.ndarray:
+    """Scales uint8 images to float32, standardised per channel: (x/255 - mean) / std,
+    with the table's statistics of dataset ``name`` unless ``mean`` and ``std`` are given
+    (`ImageDataset.mean`/`std`)."""
+    if mean is None or std is None:
+        spec = get_spec(name)
+        mean, std = spec.mean, spec.std
+    if images.dtype != np.uint8 or images.shape[-1] != len(mean):
         raise ValueError(
-            f"normalise expects uint8 images [..., {len(spec.mean)}] for {name!r}; "
+            f"normalise expects uint8 images [..., {len(mean)}] for {name!r}; "
             f"got {images.dtype} {images.shape}."
         )
     x = images.astype(np.float32)
     x /= 255.0
-    x -= np.asarray(spec.mean, np.float32)
-    x /= np.asarray(spec.std, np.float32)
+    x -= np.asarray(mean, np.float32)
+    x /= np.asarray(std, np.float32)
     return x
 
 
@@ -599,12 +679,13 @@ def make_al_split(
     if pool_size is not None:
         pool_index = rng.choice(pool_index, size=pool_size, replace=False)
     pool_index = np.sort(pool_index)
+    stats = (ds.mean, ds.std) if ds.mean else (None, None)
     return ALSplit(
-        pool_x=normalise(ds.train_images[pool_index], ds.name),
+        pool_x=normalise(ds.train_images[pool_index], ds.name, *stats),
         pool_y=ds.train_labels[pool_index].astype(np.int32),
-        val_x=normalise(ds.train_images[val_index], ds.name),
+        val_x=normalise(ds.train_images[val_index], ds.name, *stats),
         val_y=ds.train_labels[val_index].astype(np.int32),
-        test_x=normalise(ds.test_images, ds.name),
+        test_x=normalise(ds.test_images, ds.name, *stats),
         test_y=ds.test_labels.astype(np.int32),
         pool_index=pool_index,
         val_index=val_index,

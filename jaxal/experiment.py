@@ -57,8 +57,11 @@ def load_split(config: ExperimentConfig) -> datasets.ALSplit:
 def check_config(config: ExperimentConfig) -> None:
     """Checks that need no data: fail before the (slow) first load."""
     known = (*datasets.DATASETS, *TOY_DATASETS)
-    if config.dataset not in known:
-        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {list(known)}")
+    # Other names are TFDS datasets, read from their info when loaded (a name that is
+    # none fails there, at once); here only what cannot be a TFDS name at all.
+    if not config.dataset or not all(c.isalnum() or c in "_/.-:" for c in config.dataset):
+        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {list(known)} "
+                          "or a TFDS image-classification dataset (e.g. svhn_cropped)")
     if config.val_size < 1:
         raise ConfigError(f"val size must be >= 1 (got {config.val_size})")
     if config.pool_size is not None and config.pool_size < 1:

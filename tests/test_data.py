@@ -536,3 +536,59 @@ def test_toy_al_split():
     assert split.test_x.shape == (20, 2) and split.num_classes == 2
     assert np.intersect1d(split.pool_index, split.val_index).size == 0
     assert set(np.unique(split.pool_y)) == {0, 1}
+
+
+# Any TFDS image-classification dataset, read from its info (mocked records).
+
+
+def test_any_tfds_image_dataset_by_its_info(mock_tfds, tmp_path):
+    """svhn_cropped is not in jaxal's table: its shape and classes come from the builder's
+    info, its normalisation from its own train images; a run trains the CNN on it."""
+    from jaxal.config import ALConfig, ExperimentConfig, TrainConfig
+    from jaxal.experiment import run_experiment
+
+    assert "svhn_cropped" not in data.DATASETS
+    with mock_tfds(num_examples=80):
+        ds = data.load_dataset("svhn_cropped", tmp_path / "tfds", download=False)
+        assert ds.train_images.shape[1:] == (32, 32, 3) and ds.num_classes == 10
+        pixels = ds.train_images.reshape(-1, 3) / 255.0
+        np.testing.assert_allclose(ds.mean, pixels.mean(0), rtol=1e-9)
+        np.testing.assert_allclose(ds.std, pixels.std(0), rtol=1e-6)
+        split = data.make_al_split(ds, seed=0, val_size=10, pool_size=40)
+        np.testing.assert_allclose(split.pool_x * np.float32(ds.std) + np.float32(ds.mean),
+                                   ds.train_images[split.pool_index] / 255.0, atol=1e-5)
+        config = ExperimentConfig(dataset="svhn_cropped", val_size=10, pool_size=60,
+                                  data_dir=str(tmp_path / "tfds"), al=ALConfig(
+                                      rounds=1, query_size=5, init_per_class=1,
+                                      train=TrainConfig(steps=3, batch_size=4)))
+        _, infos = run_experiment(config, None, progress=None)
+    assert [i.num_labels for i in infos] == [10, 15]
+
+
+@pytest.mark.parametrize(("name", "match"), [
+    ("imdb_reviews", r"'imdb_reviews' is not an image-classification dataset jaxal can read"),
+    ("imagenet", r"Unknown dataset 'imagenet' .*known datasets: cifar10, fashion_mnist, mnist"),
+])
+def test_datasets_jaxal_cannot_read_are_refused_with_the_reason(tmp_path, name, match):
+    with pytest.raises(data.UnknownDatasetError, match=match):
+        data.load_dataset(name, tmp_path / "tfds", download=False)
+
+
+def test_a_prepared_dataset_without_a_test_split_is_refused():
+    """The spec reads the builder's info alone: one whose prepared splits lack test (as
+    eurosat's) is refused, naming the splits it has."""
+    from types import SimpleNamespace
+
+    import tensorflow_datasets as tfds
+
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(64, 64, 3)),
+        "label": tfds.features.ClassLabel(num_classes=10)})
+    builder = SimpleNamespace(info=SimpleNamespace(features=features,
+                                                   splits={"train": object()}))
+    with pytest.raises(data.UnknownDatasetError,
+                       match=r"'eurosat' has no test split \(it has train\)"):
+        data.spec_from_info("eurosat", builder)
+    builder.info.splits = {"train": object(), "test": object()}
+    spec = data.spec_from_info("eurosat", builder)
+    assert (spec.image_shape, spec.num_classes) == ((64, 64, 3), 10)

@@ -44,8 +44,11 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m jaxal.run", description="Simulated active learning with jaxal.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="mnist", choices=[*DATASETS, *TOY_DATASETS],
-                   help="the dataset; its protocol sets --init-per-class, --query-size, "
+    p.add_argument("--dataset", default="mnist",
+                   help=f"{', '.join([*DATASETS, *TOY_DATASETS])}, or any TFDS "
+                        "image-classification dataset prepared in --data-dir (e.g. "
+                        "svhn_cropped, emnist/letters: shape, classes and normalisation "
+                        "read from it). Its protocol sets --init-per-class, --query-size, "
                         "--rounds and the training schedule unless given: "
                         + "; ".join(describe_protocol(d) for d in PROTOCOLS)
                         + "; others as mnist")
