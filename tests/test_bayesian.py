@@ -45,6 +45,20 @@ def _toy():
 # --- GLM predictive ---------------------------------------------------------------------
 
 
+def _mlp_laplace(structure: str, predictive: str, samples: int):
+    """(toy split, 3-class MLP, θ, all-weights Laplace on 40 toy points with λ = 2, its
+    config) for the GLM predictives' moment tests."""
+    toy = _toy()
+    model = mlp(3, hidden=(5,))
+    params = init_params(model, jax.random.key(0), (2,))
+    x, y = toy.pool_x[:40], toy.pool_y[:40] % 3
+    config = ALConfig(posterior="laplace", predictive=predictive, laplace=LaplaceConfig(
+        structure=structure, subset="all", samples=samples, prior_fit="none",
+        prior_precision=2.0))
+    post = fit_laplace(jax.random.key(1), model, params, x, y, jnp.ones(40), config)
+    return toy, model, params, post, config
+
+
 def _glm_logits(model, post, x, config):
     """Logits of the GLM samples: log of their softmax up to a per-row constant, so
     centre them (the test compares centred logits)."""
@@ -58,15 +72,8 @@ def test_glm_samples_have_the_linearised_mean_and_covariance(structure):
     """f_lin samples: mean f(x; θ*) and covariance J Σ Jᵀ (dense jax.jacobian of the
     raveled parameters), within Monte Carlo error; logits centred over classes, as softmax
     identifies them only up to a constant."""
-    toy = _toy()
-    model = mlp(3, hidden=(5,))
-    params = init_params(model, jax.random.key(0), (2,))
-    x, y = toy.pool_x[:40], toy.pool_y[:40] % 3
     samples = 4000
-    config = ALConfig(posterior="laplace", predictive="glm", laplace=LaplaceConfig(
-        structure=structure, subset="all", samples=samples, prior_fit="none",
-        prior_precision=2.0))
-    post = fit_laplace(jax.random.key(1), model, params, x, y, jnp.ones(40), config)
+    toy, model, params, post, config = _mlp_laplace(structure, "glm", samples)
     xs = toy.test_x[:3]
     logits = np.asarray(_glm_logits(model, post, xs, config))          # [S, n, C]
     theta, unravel = ravel_pytree(params)
@@ -127,15 +134,8 @@ def test_glm_logits_samples_have_the_linearised_mean_and_covariance(structure):
     """glm-logits: per-point logit samples with mean f(x; θ*) and covariance J Σ Jᵀ (dense
     Jacobians), within Monte Carlo error; its predictive mean agrees with glm's (the same
     distribution, sampled per point instead of in weight space)."""
-    toy = _toy()
-    model = mlp(3, hidden=(5,))
-    params = init_params(model, jax.random.key(0), (2,))
-    x, y = toy.pool_x[:40], toy.pool_y[:40] % 3
     samples = 4000
-    config = ALConfig(posterior="laplace", predictive="glm-logits", laplace=LaplaceConfig(
-        structure=structure, subset="all", samples=samples, prior_fit="none",
-        prior_precision=2.0))
-    post = fit_laplace(jax.random.key(1), model, params, x, y, jnp.ones(40), config)
+    toy, model, params, post, config = _mlp_laplace(structure, "glm-logits", samples)
     xs = toy.test_x[:3]
     out = glm_logits_predictive(jax.random.key(5), model, post, xs, config)
     logp = np.log(np.asarray(out.sample_probs))
