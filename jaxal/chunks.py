@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import jax
@@ -42,13 +43,13 @@ def map_chunks(fn: Callable, x: jax.Array, chunk_size: int):
     n = x.shape[0]
     chunk = min(chunk_size, n)
     xs = chunk_array(x, chunk)                                   # [k, chunk, ...]
-    if split_rows(padded_rows(chunk)):
+    # Too few rows to split (a small pool): the rows stay whole and the devices take the
+    # posterior samples instead (``jaxal.batching.over_samples``).
+    split = split_rows(padded_rows(chunk))
+    if split:
         xs = data_parallel(pad_axis(xs, 1, padded_rows(chunk)), axis=1)
-        with rows_split():   # traced here: the samples inside keep to their rows' device
-            out = jax.lax.map(lambda args: fn(*args), (jnp.arange(xs.shape[0]), xs))
-    else:
-        # Too few rows to split (a small pool): the devices take the posterior samples
-        # (``jaxal.batching.over_samples``), the rows stay whole.
+    # ``fn`` is traced inside: with the rows split, its samples keep to their rows' device.
+    with rows_split() if split else contextlib.nullcontext():
         out = jax.lax.map(lambda args: fn(*args), (jnp.arange(xs.shape[0]), xs))
     # Replicated: every process of a multi-process run reads the whole result.
     return replicated(jax.tree.map(lambda o: o[:, :chunk].reshape(-1, *o.shape[2:])[:n], out))
