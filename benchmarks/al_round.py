@@ -35,6 +35,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from machine import cpu_info, describe
+from timing import time_calls
 
 from jaxal.acquisition import ACQUISITIONS, score_pool
 from jaxal.experiment import ExperimentConfig, load_split, run_experiment, to_device
@@ -51,19 +52,6 @@ jax.monitoring.register_event_duration_secs_listener(
     lambda event, secs, fun_name="?", **kw:
         _compiles.append((fun_name, secs)) if event == COMPILE_EVENT else None)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def time_calls(fn, repeats: int) -> tuple[float, list[float]]:
-    """(first call incl. compile, steady-state seconds of each further call)."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return first, times
 
 
 def bench_training(data, batch_size: int, steps: int) -> dict:

@@ -34,22 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_info, describe
+from timing import time_calls
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def _median_time(fn, repeats: int = 3) -> tuple[float, float]:
     """(median seconds of ``repeats`` calls after a first one, first call's extra)."""
-    import jax
-
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
+    first, times = time_calls(fn, repeats)
     return statistics.median(times), first - statistics.median(times)
 
 
