@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -109,7 +110,7 @@ def timing(args) -> None:
                                         "configs": ALConfig().batchbald_configs,
                                         "samples": LaplaceConfig().samples}},
               "strategies": rows}
-    _write(RESULTS / "acquisition_timing.json", result)
+    write_json(RESULTS / "acquisition_timing.json", result)
     lines = [f"One query of 10 from the MNIST pool ({result['setting']['pool']:,} images), "
              "seed CNN after 20 labels, last-layer Laplace (full GGN); median of "
              f"{args.repeats}, seconds. BatchBALD: {ALConfig().batchbald_candidates} "
@@ -131,6 +132,21 @@ def aubc(labels, accuracy) -> float:
     """Trapezoid area under accuracy vs labels, divided by the label range (in [0, 1])."""
     labels = np.asarray(labels, float)
     return float(np.trapezoid(accuracy, labels) / (labels[-1] - labels[0]))
+
+
+def curve_record(infos) -> dict:
+    """What a curves benchmark keeps of one run: per round labels, test metrics and the
+    seconds of query, training and posterior (``RoundInfo`` list)."""
+    m = [i.metrics for i in infos]
+    return {"labels": [i.num_labels for i in infos],
+            "test_accuracy": [x.test_accuracy for x in m],
+            "test_nll": [x.test_loss for x in m],
+            "test_ece": [x.test_ece for x in m],
+            "test_entropy": [x.test_entropy for x in m],
+            "prior_precision": [x.prior_precision for x in m],
+            "query_s": [i.timings.score for i in infos],
+            "train_s": [i.timings.train for i in infos],
+            "posterior_s": [i.timings.posterior for i in infos]}
 
 
 def _median_labels(values):
@@ -181,7 +197,7 @@ def curves(args) -> None:
                 "query_s": [i.timings.score for i in infos],
                 "train_s": [i.timings.train for i in infos],
                 "seconds": time.perf_counter() - start}
-            _write(out, result)
+            write_json(out, result)
     text = curves_table(result, args.seeds, args.strategies)
     out.with_suffix(".md").write_text(text + "\n")
     print(text)
@@ -218,9 +234,11 @@ def curves_table(result: dict, seeds, strategies) -> str:
     return "\n".join(lines)
 
 
-def _write(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON atomically (a temp file per process, then a rename), so
+    concurrent benchmark processes never leave a half-written result file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)
 

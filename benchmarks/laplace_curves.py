@@ -20,6 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
+from acquisition import curve_record
+
 from jaxal.experiment import ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig
 from jaxal.posterior import LaplaceConfig
@@ -50,13 +52,7 @@ VARIANTS = {
 
 
 def summarise(infos, seconds: float) -> dict:
-    m = [i.metrics for i in infos]
-    return {"labels": [i.num_labels for i in infos],
-            "test_accuracy": [x.test_accuracy for x in m],
-            "test_nll": [x.test_loss for x in m],
-            "test_entropy": [x.test_entropy for x in m],
-            "prior_precision": [x.prior_precision for x in m],
-            "seconds": seconds}
+    return {**curve_record(infos), "seconds": seconds}
 
 
 def table(result: dict) -> str:

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from functools import partial
 from pathlib import Path
 
-from acquisition import _median_labels, aubc, labels_to_reach
+from acquisition import _median_labels, aubc, curve_record, labels_to_reach, write_json
 
 from jaxal.config import LaplaceConfig, ModelConfig
 from jaxal.experiment import ExperimentConfig, run_experiment
@@ -139,21 +138,12 @@ def run(args, names) -> dict:
             start = time.perf_counter()
             _, infos = run_experiment(config, RESULTS / "curves" / f"post-{key}",
                                       progress=None)
-            m = [i.metrics for i in infos]
-            result["runs"][key] = {
-                "labels": [i.num_labels for i in infos],
-                "test_accuracy": [x.test_accuracy for x in m],
-                "test_nll": [x.test_loss for x in m],
-                "test_ece": [x.test_ece for x in m],
-                "prior_precision": [x.prior_precision for x in m],
-                "query_s": [i.timings.score for i in infos],
-                "train_s": [i.timings.train for i in infos],
-                "posterior_s": [i.timings.posterior for i in infos],
-                "seconds": time.perf_counter() - start}
+            result["runs"][key] = {**curve_record(infos),
+                                   "seconds": time.perf_counter() - start}
             # Another process may run other variants into the same file: merge, ours win.
             if out.exists() and (old := json.loads(out.read_text()))["setting"] == setting:
                 result["runs"] = {**old["runs"], **result["runs"]}
-            _write(out, result)
+            write_json(out, result)
     return result
 
 
@@ -286,7 +276,7 @@ def timing(args) -> None:
         train["ratio"] = train["ensemble"] / train["one network"]
     result = {"machine": cpu_info(), "queries": rows, "training_s": train,
               "ensemble_size": ALConfig().ensemble_size}
-    _write(out, result)
+    write_json(out, result)
     lines = ["One BALD query of 10 after one fit on 20 labels (median of 3, compile apart), "
              "and 500 training steps of one network vs the ensemble (median of 3).", "",
              "| posterior | points scored | query s | query compile s |", "|---|---|---|---|"]
@@ -296,13 +286,6 @@ def timing(args) -> None:
               f"{result['ensemble_size']} {train['ensemble']:.2f} s: {train['ratio']:.2f}x."]
     (RESULTS / "posterior_timing.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def _write(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def main():

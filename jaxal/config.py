@@ -12,6 +12,9 @@ from typing import NamedTuple
 VALIDATION_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-4, 9))
 
 TOY_DATASETS = ("moons", "blobs")
+# The dataset of a folder of the user's own images (``jaxal.image_folder``); never a TFDS
+# name (those have no '-').
+IMAGE_FOLDER = "image-folder"
 
 
 class TrainConfig(NamedTuple):
@@ -149,6 +152,9 @@ ADDED_LATER: dict[tuple[str, ...], object] = {
     ("al", "train", "augment"): False,
     ("al", "model", "channels"): (32, 64, 64),
     ("al", "model", "hidden"): 128,
+    ("image_shape",): None,
+    ("classes",): (),
+    ("resize",): True,
 }
 
 
@@ -163,6 +169,12 @@ class ExperimentConfig(NamedTuple):
     devices: int | None = None
     # Which fields the dataset's protocol set (the others were given); config.json says so.
     from_protocol: tuple[str, ...] = ()
+    # An image folder (dataset IMAGE_FOLDER, ``data_dir`` the folder): the declared
+    # (height, width, channels) its images are read at, its class names in label order
+    # (empty: the subfolders'), and whether images of another size are resized.
+    image_shape: tuple[int, int, int] | None = None
+    classes: tuple[str, ...] = ()
+    resize: bool = True
 
     def to_dict(self) -> dict:
         d = self._asdict()

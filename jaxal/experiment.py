@@ -13,9 +13,9 @@ import jax.numpy as jnp
 
 from jaxal import __version__
 from jaxal import data as datasets
+from jaxal.config import IMAGE_FOLDER, ModelConfig, protocol_of
 from jaxal.config import TOY_DATASETS as TOY_DATASETS  # re-exported
 from jaxal.config import ExperimentConfig as ExperimentConfig
-from jaxal.config import ModelConfig, protocol_of
 from jaxal.errors import RunDirError
 from jaxal.loop import (
     ALData,
@@ -45,6 +45,10 @@ from jaxal.sharding import check_devices, device_name, is_writer, use_devices
 
 def load_split(config: ExperimentConfig) -> datasets.ALSplit:
     """The pool / validation / test split of the configured dataset."""
+    if config.dataset == IMAGE_FOLDER:
+        from jaxal.image_folder import folder_split
+
+        return folder_split(read_folder(config))
     if config.dataset in TOY_DATASETS:
         n_pool = config.pool_size or 1000
         return datasets.toy_al_split(config.seed, n_pool=n_pool, n_val=config.val_size,
@@ -52,6 +56,14 @@ def load_split(config: ExperimentConfig) -> datasets.ALSplit:
     ds = datasets.load_dataset(config.dataset, config.data_dir)
     return datasets.make_al_split(ds, seed=config.seed, val_size=config.val_size,
                                   pool_size=config.pool_size)
+
+
+def read_folder(config: ExperimentConfig):
+    """The ``ImageFolder`` of an image-folder config (``data_dir`` is the folder)."""
+    from jaxal.image_folder import DEFAULT_SHAPE, read_image_folder
+
+    return read_image_folder(config.data_dir, config.image_shape or DEFAULT_SHAPE,
+                             config.classes, config.resize)
 
 
 def check_config(config: ExperimentConfig) -> None:
@@ -72,6 +84,12 @@ def check_config(config: ExperimentConfig) -> None:
             ModelConfig().channels, ModelConfig().hidden):
         raise ConfigError(f"--channels and --hidden shape the CNN, and {config.dataset} "
                           "trains the toy MLP; drop them")
+    if config.dataset == IMAGE_FOLDER:
+        laplace = config.al.laplace
+        if config.al.posterior == "laplace" and laplace.prior_fit == "val-nll":
+            raise ConfigError("--prior-precision val-nll fits λ on validation labels, and "
+                              "an image folder has none; use --prior-precision auto "
+                              "(evidence) or a number")
     check_devices(config.devices)
 
 
@@ -135,6 +153,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike | None =
 def _run_experiment(config: ExperimentConfig, out_dir: Path | None,
                     progress: Callable[[str], None] | None, write: bool = True):
     check_config(config)
+    if config.dataset == IMAGE_FOLDER:
+        raise ConfigError("an image folder has no test labels to simulate active learning "
+                          "with; label it with python -m jaxal.label query --images DIR")
     with use_devices(config.devices) as devices:
         return _run_on_devices(config, out_dir, progress, devices, write)
 

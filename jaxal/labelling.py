@@ -10,8 +10,15 @@ A session dir holds
     session.json     the ExperimentConfig of the session (a different one is refused)
     labels.csv       pool_index,label of every label given so far, in the order given
     pending.json     the last proposal not yet labelled (round, pool indices)
-    query_<r>.csv    round r's proposal: pool_index,dataset_index,score
+    query_<r>.csv    round r's proposal: pool_index,dataset_index,score (an image folder:
+                     pool_index,file,score)
     query_<r>.png    its contact sheet: the images with their pool indices
+
+The pool is a TFDS dataset's training split, or a folder of the user's own images
+(``jaxal.image_folder``: unlabelled images plus optional ``class_name/`` subfolders of
+labelled ones, which become the session's first labels). A folder's labels may be given
+by class name as well as by number; its session records the folder's file list, and a
+folder whose files changed is refused (the labels name pool indices of the old list).
 
 Nothing here reads the pool's labels except ``record_oracle_labels`` (simulation, where
 the oracle is the ground truth). The validation split's labels are used for the
@@ -39,8 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxal.config import IMAGE_FOLDER
 from jaxal.errors import ConfigError, JaxalError
-from jaxal.experiment import ExperimentConfig, check_config, load_split
+from jaxal.experiment import ExperimentConfig, check_config, load_split, read_folder
 from jaxal.loop import ALData, make_learner, train_and_fit, validate_config, validate_data
 from jaxal.model import build_model
 from jaxal.results import config_difference, read_json, write_json_atomic, write_text_atomic
@@ -67,6 +75,17 @@ class Proposal(NamedTuple):
     scores: np.ndarray            # [k] (NaN for the random first batch)
     num_labels: int               # labels the proposal was made from
     val_accuracy: float | None    # of the model trained on them (None without labels)
+    class_names: tuple[str, ...] = ()   # an image folder's classes, label order
+
+
+def _load(config: ExperimentConfig):
+    """(split, ImageFolder or None) of the session's pool."""
+    if config.dataset != IMAGE_FOLDER:
+        return load_split(config), None
+    from jaxal.image_folder import folder_split
+
+    folder = read_folder(config)
+    return folder_split(folder), folder
 
 
 def read_labels(session_dir: str | os.PathLike) -> dict[int, int]:
@@ -80,7 +99,14 @@ def _labels(session_dir: Path, session: dict) -> dict[int, int]:
     if not path.exists():
         return {}
     return read_label_csv(path, session["num_classes"], session["num_pool"],
-                          session_file=True)
+                          session_file=True, class_names=_class_names(session))
+
+
+def _class_names(session: dict) -> tuple[str, ...]:
+    names = session.get("class_names", ())
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        names = ()
+    return tuple(names)
 
 
 def _write_labels(session_dir: Path, labels: dict[int, int]) -> None:
@@ -90,9 +116,16 @@ def _write_labels(session_dir: Path, labels: dict[int, int]) -> None:
     write_text_atomic(session_dir / LABELS, buf.getvalue())
 
 
-def open_session(session_dir: str | os.PathLike, config: ExperimentConfig, split) -> Path:
-    """Create the session dir for ``config``, or check that it was made by the same one."""
+def open_session(session_dir: str | os.PathLike, config: ExperimentConfig, split,
+                 folder=None) -> Path:
+    """Create the session dir for ``config``, or check that it was made by the same one
+    (and, for an image ``folder``, on the same files). A new folder session starts with
+    the labels of its class subfolders."""
     session_dir = Path(session_dir)
+    if folder is not None and Path(config.data_dir).resolve() in (
+            session_dir.resolve(), *session_dir.resolve().parents):
+        raise ConfigError(f"session dir {session_dir} is inside --images {config.data_dir}, "
+                          "where it would be read as a class folder; put it elsewhere")
     try:
         session_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -107,9 +140,21 @@ def open_session(session_dir: str | os.PathLike, config: ExperimentConfig, split
                                              if len(diffs) > 3 else "")
             raise ConfigError(f"{session_dir} is a session with another configuration "
                               f"({shown}); use the same options, or another session dir")
+        if folder is not None and _session(session_dir).get("files_digest") != folder.digest:
+            raise ConfigError(
+                f"the images in {config.data_dir} changed since session {session_dir} began "
+                f"(now {len(folder.files)} files); its labels name pool indices of the old "
+                "file list: restore the folder, or start another session dir")
     else:
-        write_json_atomic(path, {"experiment": new, "num_pool": int(split.pool_x.shape[0]),
-                                 "num_classes": int(split.num_classes)})
+        session = {"experiment": new, "num_pool": int(split.pool_x.shape[0]),
+                   "num_classes": int(split.num_classes)}
+        if folder is not None:
+            session |= {"class_names": list(folder.class_names),
+                        "files_digest": folder.digest}
+            given = {int(i): int(y) for i, y in enumerate(folder.labels) if y >= 0}
+            if given:
+                _write_labels(session_dir, given)
+        write_json_atomic(path, session)
     return session_dir
 
 
@@ -160,8 +205,8 @@ def propose(session_dir: str | os.PathLike, config: ExperimentConfig) -> Proposa
     of ``jaxal.loop.al_round`` would query.
     """
     check_config(config)
-    split = load_split(config)
-    session_dir = open_session(session_dir, config, split)
+    split, folder = _load(config)
+    session_dir = open_session(session_dir, config, split, folder)
     labels = read_labels(session_dir)
     _pending(session_dir, split.pool_x.shape[0])         # a corrupt one is refused here
     n, k = split.pool_x.shape[0], config.al.query_size
@@ -177,8 +222,8 @@ def propose(session_dir: str | os.PathLike, config: ExperimentConfig) -> Proposa
     else:
         idx, scores, val_accuracy = _query(key, config, split, labels, labelled)
     proposal = Proposal(round_, idx, split.pool_index[idx], scores, len(labels),
-                        val_accuracy)
-    _write_proposal(session_dir, proposal, split)
+                        val_accuracy, folder.class_names if folder is not None else ())
+    _write_proposal(session_dir, proposal, split, folder)
     return proposal
 
 
@@ -213,19 +258,26 @@ def _query(key, config: ExperimentConfig, split, labels: dict[int, int], labelle
     _, _, posterior, _ = train_and_fit(key_train, key_fit, learner, data,
                                        learner.init(key_init), labelled)
     query = learner.query(key_query, posterior, data.pool_x, labelled)
-    val_accuracy = learner.evaluate(key_query, posterior, val_x, val_y)[1]
-    return (np.asarray(query.indices), np.asarray(query.scores, np.float64),
-            float(val_accuracy))
+    # An image folder has no validation labels: no accuracy to report.
+    val_accuracy = (float(learner.evaluate(key_query, posterior, val_x, val_y)[1])
+                    if len(val_y) else None)
+    return (np.asarray(query.indices), np.asarray(query.scores, np.float64), val_accuracy)
 
 
-def _write_proposal(session_dir: Path, proposal: Proposal, split) -> None:
-    rows = "".join(f"{i},{d},{s!r}\n" for i, d, s in zip(
-        proposal.pool_index.tolist(), proposal.dataset_index.tolist(),
-        proposal.scores.tolist(), strict=True))
-    write_text_atomic(session_dir / f"query_{proposal.round}.csv",
-                      "pool_index,dataset_index,score\n" + rows)
+def _write_proposal(session_dir: Path, proposal: Proposal, split, folder=None) -> None:
+    # A folder's rows name the file (quoted by csv where its name needs it).
+    where = (proposal.dataset_index.tolist() if folder is None else
+             [folder.files[i] for i in proposal.pool_index.tolist()])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("pool_index", "dataset_index" if folder is None else "file", "score"))
+    writer.writerows((i, d, repr(s)) for i, d, s in zip(
+        proposal.pool_index.tolist(), where, proposal.scores.tolist(), strict=True))
+    write_text_atomic(session_dir / f"query_{proposal.round}.csv", buf.getvalue())
     if split.pool_x.ndim == 4:
-        contact_sheet(split.pool_x[proposal.pool_index], proposal.pool_index,
+        images = (split.pool_x[proposal.pool_index] if folder is None else
+                  folder.images[proposal.pool_index] / np.float32(255))
+        contact_sheet(images, proposal.pool_index,
                       session_dir / f"query_{proposal.round}.png",
                       f"round {proposal.round}: label these {len(proposal.pool_index)} "
                       f"images (from {proposal.num_labels} labels)")
@@ -254,7 +306,8 @@ def contact_sheet(images: np.ndarray, pool_index: np.ndarray, path: Path, title:
 
 def parse_label_csv(lines: str | Iterable[str], num_classes: int, num_pool: int,
                     known: Mapping[int, int] | None = None, *, source: str = "label file",
-                    session_file: bool = False) -> dict[int, int]:
+                    session_file: bool = False, class_names: tuple[str, ...] = ()
+                    ) -> dict[int, int]:
     """Validated pool_index -> label rows of ``index,label`` CSV lines.
 
     The one check of every label, from a labeller's file or the session's labels.csv.
@@ -269,6 +322,8 @@ def parse_label_csv(lines: str | Iterable[str], num_classes: int, num_pool: int,
         source: how the message names the file.
         session_file: the message asks to correct or delete lines of labels.csv rather
             than to record the file again.
+        class_names: a label may also be one of these names (an image folder's classes),
+            meaning its position.
 
     Raises:
         LabelError: listing the problems; nothing has been recorded.
@@ -299,8 +354,10 @@ def parse_label_csv(lines: str | Iterable[str], num_classes: int, num_pool: int,
             is_first, header_allowed = header_allowed, False
             if is_first and tuple(cells) in HEADERS:
                 continue
+            if len(cells) > 1 and cells[1] in class_names:
+                cells[1] = str(class_names.index(cells[1]))
             problem = _row_problem(cells, len(row), num_classes, num_pool, known, new,
-                                   first_line)
+                                   first_line, class_names)
             if problem is None:
                 new[int(cells[0])] = int(cells[1])
                 first_line[int(cells[0])] = line
@@ -324,8 +381,8 @@ def parse_label_csv(lines: str | Iterable[str], num_classes: int, num_pool: int,
 
 
 def _row_problem(cells: list[str], num_fields: int, num_classes: int, num_pool: int,
-                 known: Mapping[int, int], new: dict[int, int], first_line: dict[int, int]
-                 ) -> str | None:
+                 known: Mapping[int, int], new: dict[int, int], first_line: dict[int, int],
+                 class_names: tuple[str, ...] = ()) -> str | None:
     """What is wrong with a row of ``num_fields`` fields, the first ones ``cells``
     (stripped), or None."""
     if num_fields != 2:
@@ -334,13 +391,17 @@ def _row_problem(cells: list[str], num_fields: int, num_classes: int, num_pool: 
         if len(cell) > MAX_FIELD:
             return f"{name} field of {len(cell)} characters, expected a number"
         if not _DECIMAL.fullmatch(cell):
+            if name == "label" and class_names:
+                return (f"label {_shown(cell)} is neither a class ({', '.join(class_names)})"
+                        f" nor a class number 0..{num_classes - 1}")
             return f"{name} {_shown(cell)} is not a plain decimal number (digits 0-9)"
     i, y = int(cells[0]), int(cells[1])
     if not 0 <= i < num_pool:
         return (f"unknown index {i} (pool indices are 0..{num_pool - 1}, as in "
                 "query_<round>.csv)")
     if not 0 <= y < num_classes:
-        return f"label {y} out of range (0..{num_classes - 1})"
+        names = f": {', '.join(class_names)}" if class_names else ""
+        return f"label {y} out of range (0..{num_classes - 1}{names})"
     if i in new:
         return f"duplicate index {i} (line {first_line[i]} labels it {new[i]})"
     if i in known:
@@ -353,8 +414,8 @@ def _shown(text: str) -> str:
 
 
 def read_label_csv(path: str | os.PathLike, num_classes: int, num_pool: int,
-                   known: Mapping[int, int] | None = None, *, session_file: bool = False
-                   ) -> dict[int, int]:
+                   known: Mapping[int, int] | None = None, *, session_file: bool = False,
+                   class_names: tuple[str, ...] = ()) -> dict[int, int]:
     """``parse_label_csv`` of a file, streamed; an unreadable file is a one-line
     ``LabelError`` that names it."""
     path = Path(path)
@@ -364,7 +425,7 @@ def read_label_csv(path: str | os.PathLike, num_classes: int, num_pool: int,
         # utf-8-sig drops a BOM (spreadsheets write one); newline="" as csv asks.
         with open(path, encoding="utf-8-sig", errors="strict", newline="") as f:
             return parse_label_csv(f, num_classes, num_pool, known, source=str(path),
-                                   session_file=session_file)
+                                   session_file=session_file, class_names=class_names)
     except UnicodeDecodeError:
         raise LabelError(f"{path} is not UTF-8 text at line {_first_non_utf8_line(path)}"
                          f"; {fix}") from None
@@ -403,7 +464,8 @@ def record_labels(session_dir: str | os.PathLike, csv_path: str | os.PathLike
     session = _session(session_dir)
     known = _labels(session_dir, session)
     pending = _pending(session_dir, session["num_pool"])
-    new = read_label_csv(csv_path, session["num_classes"], session["num_pool"], known)
+    new = read_label_csv(csv_path, session["num_classes"], session["num_pool"], known,
+                         class_names=_class_names(session))
     if not new:
         raise LabelError(f"{csv_path} has no labels; write one 'index,label' line per "
                          "labelled pool index (as in query_<round>.csv)")
@@ -415,6 +477,9 @@ def record_oracle_labels(session_dir: str | os.PathLike, config: ExperimentConfi
                          ) -> dict[int, int]:
     """Simulation: label the pending proposal's unlabelled points with the dataset's
     own labels."""
+    if config.dataset == IMAGE_FOLDER:
+        raise ConfigError("an image folder has no oracle: nobody knows its labels; label "
+                          "the proposal with --csv FILE (index,label rows)")
     split = load_split(config)
     session_dir = open_session(session_dir, config, split)
     session = _session(session_dir)

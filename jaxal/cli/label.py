@@ -3,16 +3,19 @@
     python -m jaxal.label query --out runs/real --dataset mnist --acq margin ...
     python -m jaxal.label label --out runs/real --csv answers.csv     # index,label rows
     python -m jaxal.label label --out runs/real --oracle --dataset mnist ...  # simulation
+    python -m jaxal.label query --out runs/mine --images photos/ --image-shape 32 32 3 ...
 
 ``query`` proposes the next batch (query_<round>.csv and a contact sheet .png); ``label``
-records a person's labels, and the next ``query`` trains on them. Parses; no logic.
+records a person's labels, and the next ``query`` trains on them. ``--images DIR`` takes
+the pool from a folder of your own images instead of a TFDS dataset (layout in
+``jaxal.image_folder``). Parses; no logic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jaxal.cli.common import check_registry_choices, fail, user_errors
+from jaxal.cli.common import check_registry_choices, fail, user_errors, whole
 from jaxal.cli.run import config_from_args
 from jaxal.cli.run import parser as run_parser
 from jaxal.rundir import lock_out_dir
@@ -29,6 +32,20 @@ def parser():
     p.add_argument("--oracle", action="store_true",
                    help="label: take the pending query's labels from the dataset "
                         "(simulation)")
+    folder = p.add_argument_group("your own images (instead of --dataset)")
+    folder.add_argument("--images", default=None, metavar="DIR",
+                        help="a folder of images to label: unlabelled images directly in "
+                             "it, already labelled ones in one subfolder per class "
+                             "(named after the class)")
+    folder.add_argument("--image-shape", type=whole(1), nargs=3, default=None,
+                        metavar=("H", "W", "C"),
+                        help="the height, width and channels (1 greyscale, 3 RGB) every "
+                             "image is read at (default: 32 32 3)")
+    folder.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                        help="the class names, in label order (default: the subfolders'); "
+                             "name classes nobody has labelled yet here")
+    folder.add_argument("--no-resize", dest="resize", action="store_false",
+                        help="refuse images of another size instead of resizing them")
     for action in p._actions:
         if action.dest == "out":
             action.required, action.help = True, "the labelling session dir"
@@ -40,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.command == "label" and args.oracle == (args.csv is not None):
         fail("label needs exactly one of --csv FILE or --oracle")
+    if args.images is None and (args.image_shape or args.classes or not args.resize):
+        fail("--image-shape, --classes and --no-resize describe an image folder; add "
+             "--images DIR")
+    if args.images is not None and args.data_dir is not None:
+        fail("--images DIR is the data; drop --data-dir")
     # One writer per session dir, like a run's out dir.
     with user_errors(), lock_out_dir(args.out):
         from jaxal.runtime import configure_cpu
@@ -50,15 +72,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         try:
             if args.command == "query":
-                proposal = propose(args.out, config_from_args(args))
+                proposal = propose(args.out, _config(args))
                 print(f"round {proposal.round}: label pool indices "
                       f"{proposal.pool_index.tolist()} (from {proposal.num_labels} labels"
                       + (f", validation accuracy {proposal.val_accuracy:.4f}"
                          if proposal.val_accuracy is not None else "") + ")")
+                if proposal.class_names:
+                    print("label each by class name or number: " + ", ".join(
+                        f"{y} {name}" for y, name in enumerate(proposal.class_names)))
                 print(f"see {args.out}/query_{proposal.round}.csv and .png; then "
                       f"python -m jaxal.label label --out {args.out} --csv answers.csv")
             elif args.oracle:
-                new = record_oracle_labels(args.out, config_from_args(args))
+                new = record_oracle_labels(args.out, _config(args))
                 print(f"recorded {len(new)} oracle labels in {args.out}/labels.csv")
             else:
                 new = record_labels(args.out, args.csv)
@@ -67,6 +92,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         # the OS says of it. (A bad label file lists its problems, one per line.)
         except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
             fail(str(e))
+
+
+def _config(args):
+    """The session's config; with --images, the folder is its dataset."""
+    if args.images is None:
+        return config_from_args(args)
+    from jaxal.config import IMAGE_FOLDER
+
+    args.dataset, args.data_dir = IMAGE_FOLDER, args.images
+    return config_from_args(args)._replace(
+        image_shape=tuple(args.image_shape) if args.image_shape else None,
+        classes=tuple(args.classes or ()), resize=args.resize)
 
 
 if __name__ == "__main__":

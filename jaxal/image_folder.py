@@ -1,0 +1,165 @@
+"""A folder of the user's own images as an active-learning pool (real labelling).
+
+    photos/                 the folder given to ``python -m jaxal.label --images photos``
+      img_0001.jpg          unlabelled: images directly in the folder
+      ...
+      cat/  a.png b.png     already labelled: one subfolder per class, named after it
+      dog/  c.jpg
+
+Every image, labelled or not, is a pool point; its pool index is its place in the sorted
+list of relative paths (``ImageFolder.files``), so indices stay fixed while the folder
+does. Images of any size are resized to the declared ``(height, width, channels)``
+(bilinear, antialiased; 1 channel: greyscale, 3: RGB, alpha dropped), or with
+``resize=False`` must already have it. The classes are the declared ``class_names`` in
+that order (classes nobody has labelled yet included), else the sorted subfolder names.
+Pixels are standardised per channel by the folder's own statistics. There is no
+validation or test split: nobody knows the labels.
+
+Hidden files and files with other suffixes are skipped (and counted); a file with an
+image suffix that cannot be decoded, or one of the wrong size without resizing, stops the
+read with a one-line ``ImageFolderError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxal.config import IMAGE_FOLDER  # noqa: F401  (re-exported: the dataset's name)
+from jaxal.data import ALSplit, channel_statistics
+from jaxal.errors import JaxalError
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+DEFAULT_SHAPE = (32, 32, 3)
+
+
+class ImageFolderError(JaxalError, ValueError):
+    """An image folder jaxal cannot read: the message names the file or folder."""
+
+
+class ImageFolder(NamedTuple):
+    images: np.ndarray              # uint8 [n, h, w, c], in the order of ``files``
+    files: tuple[str, ...]          # relative POSIX paths, sorted; index = pool index
+    labels: np.ndarray              # int32 [n]: class of a subfolder's image, -1 if none
+    class_names: tuple[str, ...]
+    skipped: int                    # files that are not images (other suffix, hidden)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the file list: a session's labels refer to these pool indices."""
+        return hashlib.sha256("\n".join(self.files).encode()).hexdigest()
+
+
+def _listing(root: Path) -> tuple[list[str], list[str], int]:
+    """(unlabelled image files, class subfolder names, files skipped) of ``root``."""
+    images, classes, skipped = [], [], 0
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            skipped += not entry.is_dir()
+        elif entry.is_dir():
+            classes.append(entry.name)
+        elif entry.name.lower().endswith(SUFFIXES):
+            images.append(entry.name)
+        else:
+            skipped += 1
+    return images, classes, skipped
+
+
+def read_image_folder(root: str | os.PathLike, shape: tuple[int, int, int] = DEFAULT_SHAPE,
+                      class_names: tuple[str, ...] = (), resize: bool = True) -> ImageFolder:
+    """Read ``root`` (layout in the module docstring) into uint8 arrays of ``shape``.
+
+    Raises:
+      ImageFolderError: the folder is missing or holds no images, a subfolder is not a
+        declared class, fewer than 2 classes are known, or an image cannot be decoded
+        (or has the wrong size with ``resize=False``): each names what to fix.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageFolderError(f"--images {root}: no such folder; give the folder of "
+                               "your images")
+    height, width, channels = shape
+    if channels not in (1, 3) or height < 1 or width < 1:
+        raise ImageFolderError(f"--image-shape {height} {width} {channels}: give a height "
+                               "and width >= 1 and 1 (greyscale) or 3 (RGB) channels")
+    loose, folders, skipped = _listing(root)
+    if class_names:
+        if len(set(class_names)) != len(class_names):
+            raise ImageFolderError(f"--classes {' '.join(class_names)} names a class twice")
+        strays = [f for f in folders if f not in class_names]
+        if strays:
+            raise ImageFolderError(
+                f"{root / strays[0]}/ is not one of --classes {' '.join(class_names)}; add "
+                "it to --classes, or move that folder out of --images")
+    else:
+        class_names = tuple(folders)
+    if len(class_names) < 2:
+        raise ImageFolderError(
+            f"{root} gives {len(class_names)} class(es) ({', '.join(class_names) or 'none'});"
+            " declare them with --classes NAME NAME ..., or put already labelled images in "
+            "one subfolder per class")
+    files, labels = list(loose), [-1] * len(loose)
+    for y, name in enumerate(class_names):
+        if name in folders:
+            inner, nested, more = _listing(root / name)
+            if nested:
+                raise ImageFolderError(
+                    f"{root / name / nested[0]}/ is a folder inside class folder {name}/; "
+                    "a class folder holds images only: move it out")
+            files += [f"{name}/{f}" for f in inner]
+            labels += [y] * len(inner)
+            skipped += more
+    order = sorted(range(len(files)), key=files.__getitem__)
+    files, labels = [files[i] for i in order], [labels[i] for i in order]
+    if not files:
+        raise ImageFolderError(f"{root} holds no images (looked for {', '.join(SUFFIXES)} "
+                               "files, directly and in class subfolders)")
+    images = np.empty((len(files), height, width, channels), np.uint8)
+    for i, name in enumerate(files):
+        images[i] = _read_image(root / name, (height, width, channels), resize)
+    return ImageFolder(images, tuple(files), np.asarray(labels, np.int32),
+                       tuple(class_names), skipped)
+
+
+def _read_image(path: Path, shape: tuple[int, int, int], resize: bool) -> np.ndarray:
+    from PIL import Image
+
+    height, width, channels = shape
+    try:
+        with warnings.catch_warnings():
+            # A decompression-bomb warning (a huge image) is an unreadable file here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                image = image.convert("L" if channels == 1 else "RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageFolderError(f"{path} cannot be read as an image ({reason}); replace or "
+                               "remove it") from None
+    if image.size != (width, height):
+        if not resize:
+            raise ImageFolderError(
+                f"{path} is {image.size[1]}x{image.size[0]} (height x width), not the declared"
+                f" {height}x{width}; resize it, or let jaxal resize (drop --no-resize)")
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image, np.uint8).reshape(shape)
+
+
+def folder_split(folder: ImageFolder) -> ALSplit:
+    """The folder as the loop's split: every image in the pool (labels -1 where nobody
+    labelled it), standardised by the folder's own per-channel statistics; empty
+    validation and test sets (no labels to hold out)."""
+    c = folder.images.shape[-1]
+    mean, std = channel_statistics(folder.images.reshape(-1, c))
+    x = (folder.images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) \
+        / np.asarray(std, np.float32)
+    empty_x, empty_y = x[:0], np.zeros(0, np.int32)
+    return ALSplit(pool_x=x, pool_y=folder.labels.copy(), val_x=empty_x, val_y=empty_y,
+                   test_x=empty_x, test_y=empty_y, pool_index=np.arange(len(x)),
+                   val_index=np.zeros(0, np.int64), num_classes=len(folder.class_names))
