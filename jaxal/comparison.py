@@ -16,6 +16,8 @@ killed comparison loses at most one round of one run. The comparison dir holds
     curves.csv        per strategy and label count: mean and std over seeds of every
                       Figure-5 metric
     figure5.png/pdf   the Figure-5 panels, one line and a ± std band per strategy
+    learning_curve.png/pdf  test accuracy vs labels, the protocol in the title (the
+                      literature's figure; ``jaxal.plot --log-labels``: log axis)
     query_classes.png/pdf  queried points per class and strategy
 """
 
@@ -33,11 +35,18 @@ import numpy as np
 
 from jaxal.errors import RunDirError
 from jaxal.experiment import ExperimentConfig, check_config, run_experiment
-from jaxal.plots import FIGURE5_PANELS, class_histograms, figure5_bands
+from jaxal.plots import (
+    FIGURE5_PANELS,
+    class_histograms,
+    figure5_bands,
+    learning_curves,
+    protocol_line,
+)
 from jaxal.results import (
     read_json,
     read_metrics,
     read_queries,
+    read_run_config,
     write_json_atomic,
     write_text_atomic,
 )
@@ -226,8 +235,10 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_comparison(out_dir: str | os.PathLike) -> dict:
-    """(Re)write summary.csv/json, curves.csv and the figures from the run dirs alone."""
+def plot_comparison(out_dir: str | os.PathLike, log_labels: bool = False) -> dict:
+    """(Re)write summary.csv/json, curves.csv and the figures from the run dirs alone:
+    Figure-5 panels, the learning curve in the literature's form (test accuracy vs
+    labels, the protocol in its title; ``log_labels``: a log axis) and query classes."""
     out_dir = Path(out_dir)
     summary, curves, classes = aggregate(out_dir)
     if not summary:
@@ -248,6 +259,11 @@ def plot_comparison(out_dir: str | os.PathLike) -> dict:
     seeds = sorted({seed for e in summary.values() for seed in e["seeds"]})
     title = f"{meta['dataset']}: {', '.join(summary)}; seeds {seeds}"
     figure5_bands(curves, out_dir / "figure5", title)
+    first = next(path for runs in _finished_runs(out_dir).values() for _, path in runs)
+    protocol = protocol_line(read_run_config(first),
+                             next(iter(curves.values()))["num_labels"][0])
+    learning_curves(curves, out_dir / "learning_curve",
+                    f"{protocol}\n{', '.join(summary)}; seeds {seeds}", log_labels)
     class_histograms(classes, out_dir / "query_classes",
                      f"Classes of the queried points. {title}")
     return summary

@@ -153,6 +153,49 @@ def figure4(extremes: dict, round_: int, path: str | os.PathLike, title: str) ->
     _save(fig, path)
 
 
+def protocol_line(experiment: dict, initial_labels: int) -> str:
+    """The protocol of a run in the literature's words, from its config.json
+    ``experiment``: 'cifar10: 1,000 initial labels, 1,000 a round, 10 rounds; 30 epochs
+    a fit (500-3000 steps of 128), augmented'."""
+    al, train = experiment["al"], experiment["al"]["train"]
+    fit = (f"{train['steps']} steps of {train['batch_size']} a fit"
+           if train.get("epochs") is None else
+           f"{train['epochs']:g} epochs a fit ({train['min_steps']}-{train['max_steps']} "
+           f"steps of {train['batch_size']})")
+    return (f"{experiment['dataset']}: {initial_labels:,} initial labels, "
+            f"{al['query_size']:,} a round, {al['rounds']} rounds; {fit}"
+            + (", augmented" if train.get("augment") else ""))
+
+
+def learning_curves(curves: dict[str, dict], path: str | os.PathLike, title: str,
+                    log_labels: bool = False) -> None:
+    """The literature's figure: test accuracy against labels up to the budget, one line
+    per strategy, mean ± std over seeds shaded; labels on a log axis with ``log_labels``.
+
+    Args:
+      curves: strategy -> {"num_labels", "test_accuracy_mean", "test_accuracy_std",
+        "seeds"} (``jaxal.comparison.aggregate``).
+      path: output stem; writes .png and .pdf.
+      title: the protocol (``protocol_line``) and what was compared.
+    """
+    fig, ax = subplots(1, 1, figsize=(7.5, 5))
+    for strategy, c in curves.items():
+        x = np.asarray(c["num_labels"])
+        mean, std = np.asarray(c["test_accuracy_mean"]), np.asarray(c["test_accuracy_std"])
+        (line,) = ax.plot(x, mean, marker="o", markersize=2.5,
+                          label=f"{strategy} ({c['seeds']} seed{'s' * (c['seeds'] > 1)})")
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2,
+                        linewidth=0)
+    if log_labels:
+        ax.set_xscale("log")
+    ax.set_xlabel("number of labels" + (" (log scale)" if log_labels else ""))
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
 def plot_run(out_dir: str | os.PathLike, round_: int | None = None) -> None:
     """(Re)draw a run's figure5.png/pdf and figure4.png/pdf from its files alone.
 

@@ -3,19 +3,22 @@ figures redraw from files alone."""
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jaxal.cli.compare import main as compare_main
 from jaxal.cli.plot import main as plot_main
-from jaxal.comparison import NOT_REACHED, aubc, labels_to_reach, median_labels
+from jaxal.comparison import NOT_REACHED, aubc, labels_to_reach, median_labels, plot_comparison
+from jaxal.plots import protocol_line
 from jaxal.results import read_metrics
 
 ARGS = ["--dataset", "moons", "--acq", "random", "entropy", "bald", "--posterior", "plugin",
         "laplace", "--seeds", "0", "1", "--rounds", "2", "--query-size", "4", "--steps", "30",
         "--samples", "8", "--pool-size", "120", "--val-size", "40"]
-FIGURES = ["figure5.png", "figure5.pdf", "query_classes.png", "query_classes.pdf"]
+FIGURES = ["figure5.png", "figure5.pdf", "query_classes.png", "query_classes.pdf",
+           "learning_curve.png", "learning_curve.pdf"]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +89,41 @@ def test_aggregates_match_an_independent_computation(comparison):
                                    entropy.mean(0), rtol=1e-9)
         np.testing.assert_allclose([float(c["test_entropy_std"]) for c in mine],
                                    entropy.std(0, ddof=1), rtol=1e-9)
+
+
+def test_protocol_line_names_the_protocol_in_the_literature_s_words():
+    experiment = {"dataset": "cifar10", "al": {"query_size": 1000, "rounds": 10, "train": {
+        "steps": 500, "batch_size": 128, "epochs": 30.0, "min_steps": 500,
+        "max_steps": 3000, "augment": True}}}
+    assert protocol_line(experiment, 1000) == (
+        "cifar10: 1,000 initial labels, 1,000 a round, 10 rounds; 30 epochs a fit "
+        "(500-3000 steps of 128), augmented")
+    # A run dir written before epochs and augmentation existed has neither field.
+    experiment["al"]["train"] = {"steps": 500, "batch_size": 32}
+    assert protocol_line(experiment, 20) == (
+        "cifar10: 20 initial labels, 1,000 a round, 10 rounds; 500 steps of 32 a fit")
+
+
+def test_learning_curve_draws_the_mean_accuracy_under_the_protocol(comparison, monkeypatch):
+    import jaxal.plots
+
+    saved = {}
+    monkeypatch.setattr(jaxal.plots, "_save",
+                        lambda fig, path: saved.__setitem__(Path(path).name, fig))
+    plot_comparison(comparison, log_labels=True)
+    ax = saved["learning_curve"].axes[0]
+    assert ax.get_title().startswith(
+        "moons: 4 initial labels, 4 a round, 2 rounds; 30 steps of 32 a fit\n")
+    assert ax.get_xscale() == "log"
+    with open(comparison / "curves.csv") as f:
+        curves = list(csv.DictReader(f))
+    lines = {line.get_label().split(" (")[0]: line for line in ax.get_lines()}
+    assert set(lines) == {c["strategy"] for c in curves}
+    for strategy, line in lines.items():
+        mine = [c for c in curves if c["strategy"] == strategy]
+        np.testing.assert_allclose(line.get_xdata(), [float(c["num_labels"]) for c in mine])
+        np.testing.assert_allclose(line.get_ydata(),
+                                   [float(c["test_accuracy_mean"]) for c in mine])
 
 
 def test_plot_redraws_every_figure_without_recomputing(comparison, monkeypatch):

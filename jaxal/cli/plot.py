@@ -19,6 +19,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--round", type=whole(1), default=None,
                    help="the AL round of Figure 4 (default: round 1); for a comparison, "
                         "applied to every run")
+    p.add_argument("--log-labels", action="store_true",
+                   help="a comparison's learning curve with the labels on a log axis")
     args = p.parse_args(argv)
     out = Path(args.out_dir)
     with user_errors():
@@ -26,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from jaxal.plots import plot_run
 
         if (out / "comparison.json").exists():
-            plot_comparison(out)
+            plot_comparison(out, args.log_labels)
             for run in sorted((out / "runs").iterdir()):
                 if (run / "metrics.jsonl").exists():
                     plot_run(run, args.round)
