@@ -4,6 +4,7 @@
         [--seeds 0 1] [--methods random margin entropy badge ll-laplace-entropy] [--table-only]
     python benchmarks/cifar10_curves.py ceiling --data-dir ...
     python benchmarks/cifar10_curves.py round --data-dir ...     # needs a quiet machine
+    python benchmarks/cifar10_curves.py pool --data-dir ... --mnist-data-dir ../shared/data/tfds
 
 On these machines only the *CIFAR-10 stand-in* exists (a lossy JPEG copy of CIFAR-10, see
 ``../shared/README.md``): every figure this script writes says so, and none of them is a
@@ -28,7 +29,14 @@ no queries): the accuracy that shows the schedule trains properly.
 
 ``round``: the wall time of one whole AL round at 10,000 labels (training, posterior,
 query of 1,000 from the 39,000 left, test and validation evaluation) for margin and for the
-Bayesian method, compile included and apart.
+Bayesian method (round 0 on 10,000 labels compiles the training first).
+
+``pool``: one query of 1,000 over the whole CIFAR-10 pool (49,000) against one of 10 over
+MNIST's (59,000), each in a fresh process after a short fit on the protocol's initial
+labels: margin (one forward pass), BADGE (gradient embeddings + k-means++ seeding) and
+BALD with last-layer Laplace (100 samples). Per image: seconds (median of 3, compile
+apart), the CNN's forward FLOPs (XLA's cost analysis), and the peak memory the query adds
+to the process (VmHWM after it minus before it, the data already loaded).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from pathlib import Path
 import numpy as np
 from acquisition import aubc, curve_record, write_json
 from machine import cpu_info, describe
+from timing import time_calls
 
 from jaxal.config import LaplaceConfig, describe_protocol, protocol_of
 from jaxal.experiment import ExperimentConfig, run_experiment
@@ -117,9 +126,9 @@ def _mean_std(values) -> str:
 def table(result: dict, seeds, methods) -> str:
     lines = [f"{STAND_IN}. Protocol: {result['setting']['protocol']}; pool 49,000, test "
              "10,000. Accuracy: test set, mean ± std over the seeds run (one seed: no "
-             "spread). AUBC: trapezoid over 1,000-11,000 labels / range. s/round: mean over "
-             "rounds 1-10, compilation in round 0 excluded (indicative: runs shared the 2 "
-             "cores).", "",
+             "spread). AUBC: trapezoid over 1,000-11,000 labels / range. s/round: median over "
+             "rounds 1-10 (indicative: two runs shared the 2 cores, one core each; the "
+             "quiet figures are in cifar10_timing.md).", "",
              "| method | seeds | " + " | ".join(f"acc @ {b:,}" for b in BUDGETS) +
              " | final acc (11k) | AUBC | train s | query s | posterior s |",
              "|---|---|" + "---|" * (len(BUDGETS) + 5)]
@@ -129,8 +138,9 @@ def table(result: dict, seeds, methods) -> str:
             continue
         at = [_mean_std(r["test_accuracy"][r["labels"].index(b)] for r in runs)
               for b in BUDGETS]
+        # Median over rounds: a round paused for a quiet timing does not count.
         per_round = lambda key, runs=runs: statistics.mean(
-            statistics.mean(r[key][1:]) for r in runs)
+            statistics.median(r[key][1:]) for r in runs)
         lines.append(
             f"| {method} | {len(runs)} | " + " | ".join(at) +
             f" | {_mean_std(r['test_accuracy'][-1] for r in runs)} | "
@@ -202,12 +212,14 @@ def ceiling(args) -> None:
 
 
 def round_time(args) -> None:
-    """One round at 10,000 labels, run twice: the first includes compilation."""
+    """One AL round from 10,000 labels (query 1,000, train on 11,000, posterior,
+    evaluation), after round 0 has compiled the training."""
     import jax
 
     from jaxal.experiment import load_split, to_device
     from jaxal.loop import al_round, init_state, make_learner
     from jaxal.model import build_model
+    from jaxal.train import training_steps
 
     rows = {}
     for method in args.methods:
@@ -217,30 +229,133 @@ def round_time(args) -> None:
         learner = make_learner(build_model(DATASET, split.num_classes, config.al), config.al,
                                split.pool_x.shape[1:], split.num_classes)
         state, _ = init_state(jax.random.key(0), learner, data)
-        seconds = []
-        for r in range(2):
-            start = time.perf_counter()
-            _, info = al_round(jax.random.key(r + 1), state, learner, data)
-            jax.block_until_ready(info.metrics.test_accuracy)
-            seconds.append(time.perf_counter() - start)
+        # Round 0 compiled the training step (its shapes are the run's, fixed); the
+        # round's own compilation is the query's and the new labelled-set gather's.
+        start = time.perf_counter()
+        _, info = al_round(jax.random.key(1), state, learner, data)
+        seconds = time.perf_counter() - start
         t = info.timings
-        rows[method] = {"labels": int(state.labelled.sum()), "first_s": seconds[0],
-                        "round_s": seconds[1], "train_s": t.train, "query_s": t.score,
-                        "posterior_s": t.posterior}
+        rows[method] = {"labels": int(state.labelled.sum()), "round_s": seconds,
+                        "train_s": t.train, "query_s": t.score, "posterior_s": t.posterior,
+                        "eval_s": t.evaluate,
+                        "train_steps": training_steps(config.al.train, info.num_labels)}
         print(method, rows[method], flush=True)
     _merge("round", {"machine": describe(cpu_info()), "rows": rows})
+
+
+POOL_METHODS = ("margin", "badge", "ll-laplace-bald")
+
+
+def pool_pass(args) -> None:
+    """Each (dataset, method) in a fresh process (``pool-one``), so its peak memory is its
+    own; then the table."""
+    import subprocess
+    import sys
+
+    rows = {}
+    for dataset, data_dir in (("mnist", args.mnist_data_dir), (DATASET, args.data_dir)):
+        for method in POOL_METHODS:
+            out = subprocess.run(
+                [sys.executable, __file__, "pool-one", "--dataset", dataset, "--methods",
+                 method, "--data-dir", data_dir, "--chunk-size", str(args.chunk_size or 0)],
+                capture_output=True, text=True, check=True)
+            rows[f"{dataset}/{method}"] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(dataset, method, rows[f"{dataset}/{method}"], flush=True)
+    key = f"pool-chunk{args.chunk_size}" if args.chunk_size else "pool"
+    _merge(key, {"machine": describe(cpu_info()), "rows": rows})
+    lines = [f"One query over the whole pool, {describe(cpu_info())} (quiet); MNIST: 10 "
+             f"queried of 59,000; {STAND_IN}: 1,000 of 49,000. µs/image: median of 3, "
+             "compile apart; FLOPs: the CNN's forward pass per image; peak MB: memory the "
+             f"query adds to the process; {args.chunk_size or 4096} images a chunk.", "",
+             "| method | MNIST µs/image | CIFAR-10 stand-in µs/image | ratio | forward FLOPs "
+             "ratio | MNIST peak MB | CIFAR-10 stand-in peak MB |", "|---|---|---|---|---|---|---|"]
+    for method in POOL_METHODS:
+        m, c = rows[f"mnist/{method}"], rows[f"{DATASET}/{method}"]
+        lines.append(f"| {method} | {m['us_per_image']:.0f} | {c['us_per_image']:.0f} | "
+                     f"{c['us_per_image'] / m['us_per_image']:.2f} | "
+                     f"{c['forward_flops'] / m['forward_flops']:.2f} | {m['peak_mb']:.0f} | "
+                     f"{c['peak_mb']:.0f} |")
+    (RESULTS / f"cifar10_{key}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pool_one(args) -> None:
+    """One (dataset, method) of ``pool``: prints its JSON row last."""
+    import jax
+
+    from jaxal.config import TrainConfig
+    from jaxal.experiment import load_split, to_device
+    from jaxal.loop import init_state, make_learner
+    from jaxal.model import build_model
+
+    method = args.methods[0]
+    p = protocol_of(args.dataset)
+    # The fit only has to give a posterior to query with: a few steps.
+    al = ALConfig(rounds=1, query_size=p.query_size, init_per_class=p.init_per_class,
+                  train=TrainConfig(steps=20, batch_size=32), **METHODS[method])
+    if args.chunk_size:
+        al = al._replace(chunk_size=args.chunk_size)
+    config = ExperimentConfig(dataset=args.dataset, seed=0, data_dir=args.data_dir, al=al)
+    split = load_split(config)
+    data = to_device(split)
+    model = build_model(args.dataset, split.num_classes, al)
+    learner = make_learner(model, al, split.pool_x.shape[1:], split.num_classes)
+    state, _ = init_state(jax.random.key(0), learner, data)
+    flops = jax.jit(lambda x: model.apply(state.params, x)).lower(
+        data.pool_x[:1]).compile().cost_analysis()
+    flops = (flops[0] if isinstance(flops, list) else flops)["flops"]
+    before = _peak_mb()
+    query = lambda: learner.query(jax.random.key(1), state.posterior, data.pool_x,
+                                  state.labelled)
+    first, times = time_calls(query, 3)
+    n = int(split.pool_x.shape[0])
+    print(json.dumps({"pool": n, "query_size": al.query_size, "forward_flops": flops,
+                      "us_per_image": 1e6 * statistics.median(times) / n,
+                      "compile_s": first - statistics.median(times),
+                      "peak_mb": _peak_mb() - before}))
 
 
 def _merge(key: str, value) -> None:
     path = RESULTS / "cifar10_timing.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    write_json(path, {**old, key: value})
+    write_json(path, new := {**old, key: value})
+    (RESULTS / "cifar10_timing.md").write_text(timing_table(new) + "\n")
+
+
+def timing_table(timing: dict) -> str:
+    """The readable form of ``cifar10_timing.json``: round time and ceiling."""
+    lines = [f"{STAND_IN}, {describe_protocol(DATASET)}."]
+    if "round" in timing:
+        lines += ["", f"One AL round from 10,000 labels (query 1,000, train on 11,000, "
+                  f"posterior, evaluation), quiet machine: {timing['round']['machine']}.", "",
+                  "| method | round s | train s (steps) | query s | posterior s | eval s |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {r['round_s']:.0f} | {r['train_s']:.0f} ({r['train_steps']}) | "
+                  f"{r['query_s']:.1f} | {r['posterior_s']:.1f} | {r['eval_s']:.1f} |"
+                  for m, r in timing["round"]["rows"].items()]
+    if "ceiling" in timing:
+        c = timing["ceiling"]
+        lines += ["", f"Ceiling: the seed CNN trained with the protocol's schedule on the "
+                  f"whole pool ({c['labels']:,} labels, {c['steps']} steps): test accuracy "
+                  f"{c['accuracy']:.3f}, {c['train_s']:.0f} s training ({c['machine']})."]
+    return "\n".join(lines)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=("curves", "ceiling", "round"))
+    p.add_argument("mode", choices=("curves", "ceiling", "round", "pool", "pool-one"))
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--mnist-data-dir", default=None, help="pool: MNIST's TFDS data dir")
+    p.add_argument("--dataset", default=DATASET, help="pool-one only")
+    p.add_argument("--chunk-size", type=int, default=0,
+                   help="pool: points per pool-pass chunk (0: the run's default, 4096)")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
     p.add_argument("--methods", nargs="*", default=None, choices=sorted(METHODS))
     p.add_argument("--table-only", action="store_true", help="rewrite the table, run nothing")
@@ -248,6 +363,10 @@ def main():
     configure_cpu()
     if args.mode == "ceiling":
         return ceiling(args)
+    if args.mode == "pool":
+        return pool_pass(args)
+    if args.mode == "pool-one":
+        return pool_one(args)
     if args.mode == "round":
         args.methods = args.methods or ["margin", "ll-laplace-entropy"]
         return round_time(args)

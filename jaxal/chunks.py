@@ -27,6 +27,23 @@ def chunk_array(x: jax.Array, chunk_size: int) -> jax.Array:
     return xs.reshape(num_chunks, chunk_size, *x.shape[1:])
 
 
+def chunk_at(x: jax.Array, index: jax.Array, chunk: int) -> jax.Array:
+    """Chunk ``index`` of ``chunk_array(x, chunk)`` without materialising the padded
+    copy of ``x``: rows [index · chunk, (index + 1) · chunk) of ``x``, zeros past its end.
+
+    The slice starts at most at n - chunk (``dynamic_slice`` clamps), and the last chunk's
+    rows are rolled to the front with the rows already seen zeroed: the same array as
+    the padded chunk, read from ``x`` itself. Requires ``chunk <= n``.
+    """
+    n = x.shape[0]
+    start = jnp.minimum(index * chunk, n - chunk)
+    rows = jax.lax.dynamic_slice_in_dim(x, start, chunk)
+    shift = index * chunk - start                      # > 0 in the last chunk only
+    rows = jnp.roll(rows, -shift, axis=0)
+    keep = jnp.arange(chunk) < chunk - shift
+    return jnp.where(keep.reshape(-1, *[1] * (x.ndim - 1)), rows, jnp.zeros((), x.dtype))
+
+
 def map_chunks(fn: Callable, x: jax.Array, chunk_size: int):
     """``fn(chunk_index, x_chunk)`` over ``x`` in chunks of a static size, concatenated.
 
@@ -42,14 +59,20 @@ def map_chunks(fn: Callable, x: jax.Array, chunk_size: int):
     """
     n = x.shape[0]
     chunk = min(chunk_size, n)
-    xs = chunk_array(x, chunk)                                   # [k, chunk, ...]
     # Too few rows to split (a small pool): the rows stay whole and the devices take the
     # posterior samples instead (``jaxal.batching.over_samples``).
     split = split_rows(padded_rows(chunk))
-    if split:
-        xs = data_parallel(pad_axis(xs, 1, padded_rows(chunk)), axis=1)
+
+    def one_chunk(index):
+        # Each chunk is read from x inside the loop: a padded copy of the whole pool
+        # (chunk_array) would double the memory of a large pool.
+        rows = chunk_at(x, index, chunk)
+        if split:
+            rows = data_parallel(pad_axis(rows, 0, padded_rows(chunk)))
+        return fn(index, rows)
+
     # ``fn`` is traced inside: with the rows split, its samples keep to their rows' device.
     with rows_split() if split else contextlib.nullcontext():
-        out = jax.lax.map(lambda args: fn(*args), (jnp.arange(xs.shape[0]), xs))
+        out = jax.lax.map(one_chunk, jnp.arange(-(-n // chunk)))
     # Replicated: every process of a multi-process run reads the whole result.
     return replicated(jax.tree.map(lambda o: o[:, :chunk].reshape(-1, *o.shape[2:])[:n], out))

@@ -9,11 +9,13 @@ import pytest
 
 from jaxal.acquisition import (
     ACQUISITIONS,
+    chunk_array,
     entropy,
     map_chunks,
     score_pool,
     select_top_k,
 )
+from jaxal.chunks import chunk_at
 from jaxal.model import init_params, mlp
 from jaxal.posterior import PointMass
 from jaxal.predictive import PredictiveOutput, plugin_predictive
@@ -239,6 +241,24 @@ def test_map_chunks_passes_chunk_indices_in_order(chunk_size, num_chunks):
     chunk_of = map_chunks(lambda i, x_chunk: jnp.full(x_chunk.shape[0], i), x, chunk_size)
     expected = np.repeat(np.arange(num_chunks), min(chunk_size, n))[:n]
     np.testing.assert_array_equal(chunk_of, expected)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 7, 23])
+def test_chunk_at_is_the_padded_chunk(chunk):
+    x = jnp.arange(23 * 3, dtype=jnp.float32).reshape(23, 3) + 1.0
+    padded = chunk_array(x, chunk)
+    for i in range(padded.shape[0]):
+        np.testing.assert_array_equal(chunk_at(x, jnp.int32(i), chunk), padded[i])
+
+
+def test_map_chunks_reads_the_pool_in_place():
+    """Working memory is one chunk's, not a padded copy of the pool (XLA's own memory
+    analysis of the compiled pass: 50,000 rows of 1 KB, chunks of 512)."""
+    x = jax.ShapeDtypeStruct((50_000, 256), jnp.float32)
+    compiled = jax.jit(lambda x: map_chunks(lambda i, c: jnp.tanh(c).sum(1), x, 512)
+                       ).lower(x).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert temp < 50_000 * 256 * 4 / 10, f"{temp} bytes of temporaries"
 
 
 # --- score_pool ------------------------------------------------------------------------------

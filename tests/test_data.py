@@ -541,7 +541,7 @@ def test_toy_al_split():
 # Any TFDS image-classification dataset, read from its info (mocked records).
 
 
-def test_any_tfds_image_dataset_by_its_info(mock_tfds, tmp_path):
+def test_any_tfds_image_dataset_by_its_info(mock_tfds, tmp_path, capsys):
     """svhn_cropped is not in jaxal's table: its shape and classes come from the builder's
     info, its normalisation from its own train images; a run trains the CNN on it."""
     from jaxal.config import ALConfig, ExperimentConfig, TrainConfig
@@ -562,6 +562,9 @@ def test_any_tfds_image_dataset_by_its_info(mock_tfds, tmp_path):
                                       rounds=1, query_size=5, init_per_class=1,
                                       train=TrainConfig(steps=3, batch_size=4)))
         _, infos = run_experiment(config, None, progress=None)
+        capsys.readouterr()
+        data_cli.main(["info", "svhn_cropped", "--data-dir", str(tmp_path / "tfds")])
+        assert "train: images uint8[80, 32, 32, 3]" in capsys.readouterr().out
     assert [i.num_labels for i in infos] == [10, 15]
 
 

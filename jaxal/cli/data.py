@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     prepare.add_argument("--manual-dir", required=True, help="directory of the original files")
     prepare.add_argument("--data-dir", required=True, help="TFDS data dir to prepare into")
     info = commands.add_parser("info", help="load a dataset and print its counts and shapes")
-    info.add_argument("name", choices=sorted(DATASETS))
+    info.add_argument("name", help=f"{', '.join(sorted(DATASETS))} or any TFDS "
+                      "image-classification dataset prepared in --data-dir")
     info.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR, TFDS's)")
     info.add_argument("--cache-dir", help="decoded-array cache (default: $JAXAL_CACHE_DIR)")
     info.add_argument("--download", action="store_true", help="download if not prepared")
