@@ -4,7 +4,8 @@ A run on N devices runs under a 1-D mesh over N local devices whose one axis is
 ``DATA_AXIS`` (``use_devices``, which enters ``jax.set_mesh``). The functions that evaluate
 rows independently, the chunked passes of ``jaxal.chunks.map_chunks`` (pool scoring,
 predictive evaluation of the test and validation sets, features for k-center, BADGE and
-hybrid, the selectors' distance blocks), constrain each chunk's rows to that axis
+hybrid, the selectors' distance blocks), and the all-weights curvature's sums over the
+labelled set (``split_chunk_rows``), constrain each chunk's rows to that axis
 (``data_parallel``); parameters and posterior stay replicated, and XLA's SPMD partitioner
 splits the work and gathers the results. Each chunk is padded to a multiple of the device
 count, so the chunks themselves, and with them every random draw, are the same on any
@@ -167,6 +168,17 @@ def split_rows(rows: int) -> bool:
     least ``MIN_ROWS_PER_DEVICE``); False without a mesh."""
     d = data_axis_size()
     return d > 1 and rows >= d * MIN_ROWS_PER_DEVICE
+
+
+def split_chunk_rows(xs: jax.Array, axis: int = 1) -> jax.Array:
+    """Chunks ``xs`` (rows along ``axis``) with their rows padded to a multiple of the
+    device count (zeros: give padding rows weight 0) and split over the data axis, when
+    ``split_rows`` says so; ``xs`` itself otherwise. For sums over examples (the
+    curvature over the labelled set): each device sums its rows and XLA adds the parts."""
+    rows = padded_rows(xs.shape[axis])
+    if not split_rows(rows):
+        return xs
+    return data_parallel(pad_axis(xs, axis, rows), axis=axis)
 
 
 @contextlib.contextmanager

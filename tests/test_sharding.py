@@ -99,13 +99,19 @@ def _four_devices(out_root: str, mnist_dir: str) -> dict:
     vmapped = _vmapped_forms(mnist_dir, root)
     x = jnp.arange(15.0).reshape(3, 5)
     with use_devices() as devices:
+        diag, kfac, text = _curvature()
         small = map_chunks(lambda i, c: jnp.tanh(c).sum(-1) + i, x, 4096)
         # The chunk's 3 rows, padded to 4, one per device.
         split = jax.jit(lambda x: data_parallel(pad_axis(x[None], 1, padded_rows(3)), 1))(x)
     return {**vmapped, "devices": len(devices), "small": np.asarray(small).tolist(),
             "direct": np.asarray(jnp.tanh(x).sum(-1)).tolist(),
             "shards": sorted({s.data.shape for s in split.addressable_shards}),
-            "shard_devices": len({s.device for s in split.addressable_shards})}
+            "shard_devices": len({s.device for s in split.addressable_shards}),
+            "diag": diag, "kfac": kfac,
+            # The chunks [2, 152, ...] of inputs and weights, rows along the data axis.
+            "curvature_splits": sum("sdy.sharding_constraint" in line
+                                    and '[{}, {"data"}' in line and "tensor<2x152x" in line
+                                    for line in text.splitlines())}
 
 
 ENSEMBLE = ExperimentConfig(
@@ -129,6 +135,26 @@ def _dropout_probs(rows: int):
     f = jax.jit(lambda x: map_chunks(lambda i, c: mc_dropout.sample_probs(
         jax.random.key(3), model, mc_dropout.MCDropout(params), c, config).mean(0), x, 4096))
     return np.asarray(f(x)), f.lower(x).as_text()
+
+
+def _curvature():
+    """(exact GGN diagonal, KFAC factors, the diagonal's program text) of all weights of a
+    small CNN over 300 weighted examples in chunks of 150: on 4 devices each chunk's rows
+    split, 38 a device (2 padding rows of weight 0)."""
+    import jax
+
+    from jaxal.curvature.layerwise import ggn_diagonal_layerwise, kfac_factors
+    from jaxal.model import cnn, init_params
+
+    model = cnn(3, channels=(4,), hidden=8)
+    params = init_params(model, jax.random.key(0), (8, 8, 1))
+    x = jax.random.normal(jax.random.key(1), (300, 8, 8, 1))
+    w = jax.random.uniform(jax.random.key(2), (300,))
+    diag = jax.jit(lambda x, w: ggn_diagonal_layerwise(model, params, x, w, chunk_size=150))
+    kfac = jax.jit(lambda x, w: kfac_factors(model, params, x, w, chunk_size=150))
+    factors = {"/".join(path): [np.asarray(f).tolist() for f in pair]
+               for path, pair in kfac(x, w).items()}
+    return np.asarray(diag(x, w)).tolist(), factors, diag.lower(x, w).as_text()
 
 
 def _member_splits() -> int:
@@ -217,6 +243,19 @@ def test_a_pool_smaller_than_the_device_count_is_padded(four):
     assert out["devices"] == 4
     np.testing.assert_allclose(out["small"], out["direct"], rtol=1e-6)
     assert out["shards"] == [[1, 1, 5]] and out["shard_devices"] == 4
+
+
+def test_the_curvature_over_the_labelled_set_splits_its_rows_and_matches(four):
+    """All-weights GGN diagonal and KFAC factors with each chunk's rows split over the 4
+    devices equal the one-device sums."""
+    _, out = four
+    diag, kfac, _ = _curvature()
+    assert out["curvature_splits"] == 2
+    np.testing.assert_allclose(out["diag"], diag, rtol=1e-5, atol=1e-7)
+    assert out["kfac"].keys() == kfac.keys()
+    for path in kfac:
+        for got, want in zip(out["kfac"][path], kfac[path], strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=path)
 
 
 def test_devices_beyond_those_present_are_refused_with_them_listed(tmp_path):

@@ -31,6 +31,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxal.chunks import chunk_array
 from jaxal.objective import log_likelihood
+from jaxal.sharding import split_chunk_rows
 
 LogitsFn = Callable[[object, jax.Array], jax.Array]
 
@@ -87,6 +88,8 @@ def _sum_over_chunks(fn: Callable, x: jax.Array, weights: jax.Array, chunk_size:
     """Σ_chunks fn(x_chunk, w_chunk); padding of the last chunk gets weight 0."""
     xs = chunk_array(x, min(chunk_size, x.shape[0]))
     ws = chunk_array(weights, xs.shape[1])
+    # Several devices: each chunk's rows split over them (padding rows weigh 0).
+    xs, ws = split_chunk_rows(xs), split_chunk_rows(ws)
     first = jax.eval_shape(fn, xs[0], ws[0])
     total = jnp.zeros(first.shape, first.dtype)
     return jax.lax.scan(lambda t, xw: (t + fn(*xw), None), total, (xs, ws))[0]

@@ -28,6 +28,7 @@ from jax.flatten_util import ravel_pytree
 from jaxal.chunks import chunk_array
 from jaxal.curvature.ggn import example_weights, output_hessian_sqrt
 from jaxal.model import Classifier
+from jaxal.sharding import split_chunk_rows
 
 
 def layer_inputs_and_factor_grads(model: Classifier, params, x: jax.Array,
@@ -293,6 +294,9 @@ def _chunked_sum(fn: Callable, x: jax.Array, weights: jax.Array | None, chunk_si
     """
     size = min(chunk_size, x.shape[0])
     xs, ws = chunk_array(x, size), chunk_array(example_weights(x, weights), size)
+    # Several devices: each chunk's rows split over them (padding rows weigh 0).
+    xs, ws = split_chunk_rows(xs), split_chunk_rows(ws)
+    size = xs.shape[1]
     per_group = max(1, group_size // size)
 
     def group_sum(first, xg, wg):
