@@ -58,12 +58,13 @@ def load_split(config: ExperimentConfig) -> datasets.ALSplit:
                                   pool_size=config.pool_size)
 
 
-def read_folder(config: ExperimentConfig):
-    """The ``ImageFolder`` of an image-folder config (``data_dir`` is the folder)."""
+def read_folder(config: ExperimentConfig, cache_dir: str | os.PathLike | None = None):
+    """The ``ImageFolder`` of an image-folder config (``data_dir`` is the folder), its
+    decoded images cached in ``cache_dir`` if given."""
     from jaxal.image_folder import DEFAULT_SHAPE, read_image_folder
 
     return read_image_folder(config.data_dir, config.image_shape or DEFAULT_SHAPE,
-                             config.classes, config.resize)
+                             config.classes, config.resize, cache_dir)
 
 
 def check_config(config: ExperimentConfig) -> None:

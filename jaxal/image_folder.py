@@ -18,6 +18,11 @@ validation or test split: nobody knows the labels.
 Hidden files and files with other suffixes are skipped (and counted); a file with an
 image suffix that cannot be decoded, or one of the wrong size without resizing, stops the
 read with a one-line ``ImageFolderError`` naming the file.
+
+Decoding thousands of large photos takes minutes, so with a ``cache_dir`` (a labelling
+session's dir) the decoded arrays are kept in one ``.npy`` file, keyed by every file's
+path, size and modification time and the declared shape; a later read with the same key
+loads it (``allow_pickle=False``), any change decodes afresh.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxal.atomic import write_atomic
 from jaxal.config import IMAGE_FOLDER  # noqa: F401  (re-exported: the dataset's name)
 from jaxal.data import ALSplit, channel_statistics
 from jaxal.errors import JaxalError
@@ -48,6 +54,7 @@ class ImageFolder(NamedTuple):
     labels: np.ndarray              # int32 [n]: class of a subfolder's image, -1 if none
     class_names: tuple[str, ...]
     skipped: int                    # files that are not images (other suffix, hidden)
+    cache_key: str = ""             # of the files' paths, sizes, mtimes and the shape
 
     @property
     def digest(self) -> str:
@@ -71,8 +78,10 @@ def _listing(root: Path) -> tuple[list[str], list[str], int]:
 
 
 def read_image_folder(root: str | os.PathLike, shape: tuple[int, int, int] = DEFAULT_SHAPE,
-                      class_names: tuple[str, ...] = (), resize: bool = True) -> ImageFolder:
-    """Read ``root`` (layout in the module docstring) into uint8 arrays of ``shape``.
+                      class_names: tuple[str, ...] = (), resize: bool = True,
+                      cache_dir: str | os.PathLike | None = None) -> ImageFolder:
+    """Read ``root`` (layout in the module docstring) into uint8 arrays of ``shape``,
+    through the decoded-array cache in ``cache_dir`` when one is given.
 
     Raises:
       ImageFolderError: the folder is missing or holds no images, a subfolder is not a
@@ -119,11 +128,47 @@ def read_image_folder(root: str | os.PathLike, shape: tuple[int, int, int] = DEF
     if not files:
         raise ImageFolderError(f"{root} holds no images (looked for {', '.join(SUFFIXES)} "
                                "files, directly and in class subfolders)")
-    images = np.empty((len(files), height, width, channels), np.uint8)
-    for i, name in enumerate(files):
-        images[i] = _read_image(root / name, (height, width, channels), resize)
+    key = _cache_key(root, files, shape, resize)
+    images = (None if cache_dir is None else
+              _load_cached(Path(cache_dir) / f"images-{key}.npy", (len(files), *shape)))
+    if images is None:
+        images = np.empty((len(files), height, width, channels), np.uint8)
+        for i, name in enumerate(files):
+            images[i] = _read_image(root / name, (height, width, channels), resize)
     return ImageFolder(images, tuple(files), np.asarray(labels, np.int32),
-                       tuple(class_names), skipped)
+                       tuple(class_names), skipped, key)
+
+
+def save_cache(folder: ImageFolder, cache_dir: str | os.PathLike) -> None:
+    """Keep ``folder``'s decoded images in ``cache_dir`` for ``read_image_folder`` (one
+    folder state: older caches there are removed)."""
+    path = Path(cache_dir) / f"images-{folder.cache_key}.npy"
+    if path.exists():
+        return
+    for old in path.parent.glob("images-*.npy"):
+        old.unlink(missing_ok=True)
+    write_atomic(path, lambda f: np.save(f, folder.images, allow_pickle=False))
+
+
+def _cache_key(root: Path, files: list[str], shape, resize: bool) -> str:
+    """sha256 over every file's path, size and mtime, the shape and the resize flag."""
+    digest = hashlib.sha256(repr((tuple(shape), resize)).encode())
+    for name in files:
+        stat = (root / name).stat()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _load_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached uint8 array of ``shape``, or None if absent or not that (a damaged
+    cache is decoded afresh, never trusted)."""
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if images.dtype != np.uint8 or images.shape != shape:
+        return None
+    return images
 
 
 def _read_image(path: Path, shape: tuple[int, int, int], resize: bool) -> np.ndarray:
@@ -135,6 +180,9 @@ def _read_image(path: Path, shape: tuple[int, int, int], resize: bool) -> np.nda
             # A decompression-bomb warning (a huge image) is an unreadable file here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                # JPEG decodes at a reduced scale (1/2 ... 1/8) when that still covers
+                # the target: large photos decode many times faster.
+                image.draft("L" if channels == 1 else "RGB", (width, height))
                 image.load()
                 image = image.convert("L" if channels == 1 else "RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,

@@ -8,6 +8,7 @@ labels a person gives, repeat.
 A session dir holds
 
     session.json     the ExperimentConfig of the session (a different one is refused)
+    images-<key>.npy an image folder's decoded images (``jaxal.image_folder``)
     labels.csv       pool_index,label of every label given so far, in the order given
     pending.json     the last proposal not yet labelled (round, pool indices)
     query_<r>.csv    round r's proposal: pool_index,dataset_index,score (an image folder:
@@ -78,13 +79,14 @@ class Proposal(NamedTuple):
     class_names: tuple[str, ...] = ()   # an image folder's classes, label order
 
 
-def _load(config: ExperimentConfig):
-    """(split, ImageFolder or None) of the session's pool."""
+def _load(config: ExperimentConfig, session_dir: Path):
+    """(split, ImageFolder or None) of the session's pool; a folder's decoded images are
+    cached in the session dir (``images-<key>.npy``)."""
     if config.dataset != IMAGE_FOLDER:
         return load_split(config), None
     from jaxal.image_folder import folder_split
 
-    folder = read_folder(config)
+    folder = read_folder(config, session_dir if session_dir.is_dir() else None)
     return folder_split(folder), folder
 
 
@@ -205,8 +207,12 @@ def propose(session_dir: str | os.PathLike, config: ExperimentConfig) -> Proposa
     of ``jaxal.loop.al_round`` would query.
     """
     check_config(config)
-    split, folder = _load(config)
+    split, folder = _load(config, Path(session_dir))
     session_dir = open_session(session_dir, config, split, folder)
+    if folder is not None:
+        from jaxal.image_folder import save_cache
+
+        save_cache(folder, session_dir)
     labels = read_labels(session_dir)
     _pending(session_dir, split.pool_x.shape[0])         # a corrupt one is refused here
     n, k = split.pool_x.shape[0], config.al.query_size

@@ -117,6 +117,34 @@ def test_bad_folders_name_the_file_or_folder(photos, case, message):
     assert message.format(root=photos) in text and "\n" not in text
 
 
+def test_decoded_images_are_cached_by_path_size_and_mtime(photos, tmp_path, monkeypatch):
+    import jaxal.image_folder as image_folder
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    first = read_image_folder(photos, (16, 16, 3), cache_dir=cache)
+    image_folder.save_cache(first, cache)
+    (saved,) = cache.glob("images-*.npy")
+    decode = image_folder._read_image
+    monkeypatch.setattr(image_folder, "_read_image", lambda *a: pytest.fail("decoded"))
+    again = read_image_folder(photos, (16, 16, 3), cache_dir=cache)
+    np.testing.assert_array_equal(again.images, first.images)
+    assert again.cache_key == first.cache_key
+    # Another shape, or a file rewritten, is another key: decoded afresh.
+    monkeypatch.setattr(image_folder, "_read_image", decode)
+    _png(photos / "img_04.png", RED, seed=9)
+    changed = read_image_folder(photos, (16, 16, 3), cache_dir=cache)
+    assert changed.cache_key != first.cache_key
+    assert changed.images[6].reshape(-1, 3).mean(0)[0] > 180      # img_04 is red now
+    image_folder.save_cache(changed, cache)
+    assert [p.name for p in cache.glob("images-*.npy")] == [
+        f"images-{changed.cache_key}.npy"] and not saved.exists()
+    # A damaged cache is not trusted.
+    (cache / f"images-{changed.cache_key}.npy").write_bytes(b"\x93NUMPY garbage")
+    np.testing.assert_array_equal(
+        read_image_folder(photos, (16, 16, 3), cache_dir=cache).images, changed.images)
+
+
 def _opts(photos, session, *extra):
     return ["--out", str(session), "--images", str(photos), "--image-shape", "16", "16", "3",
             "--query-size", "4", "--steps", "30", "--batch-size", "8", "--acq", "margin",
@@ -138,6 +166,7 @@ def test_query_label_session_on_a_folder(photos, tmp_path, capsys):
     assert len(rows) == 4 and all(2 <= int(r["pool_index"]) < 14 for r in rows)
     assert all(r["file"] == f"img_{int(r['pool_index']) - 2:02d}.png" for r in rows)
     assert (session / "query_1.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list(session.glob("images-*.npy"))) == 1        # decoded once per folder
     # Answers: odd images are red (pool index = image number + 2). By name for two, by
     # number for the others.
     answers = [(int(r["pool_index"]), "red" if int(r["pool_index"]) % 2 else "blue")
