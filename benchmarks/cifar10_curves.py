@@ -249,18 +249,28 @@ POOL_METHODS = ("margin", "badge", "ll-laplace-bald")
 def pool_pass(args) -> None:
     """Each (dataset, method) in a fresh process (``pool-one``), so its peak memory is its
     own; then the table."""
+    import os
     import subprocess
     import sys
+
+    def one(dataset, data_dir, method, src=None):
+        env = {**os.environ, **({"PYTHONPATH": src} if src else {})}
+        out = subprocess.run(
+            [sys.executable, __file__, "pool-one", "--dataset", dataset, "--methods",
+             method, "--data-dir", data_dir, "--chunk-size", str(args.chunk_size or 0)],
+            capture_output=True, text=True, check=True, env=env)
+        return json.loads(out.stdout.strip().splitlines()[-1])
 
     rows = {}
     for dataset, data_dir in (("mnist", args.mnist_data_dir), (DATASET, args.data_dir)):
         for method in POOL_METHODS:
-            out = subprocess.run(
-                [sys.executable, __file__, "pool-one", "--dataset", dataset, "--methods",
-                 method, "--data-dir", data_dir, "--chunk-size", str(args.chunk_size or 0)],
-                capture_output=True, text=True, check=True)
-            rows[f"{dataset}/{method}"] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(dataset, method, rows[f"{dataset}/{method}"], flush=True)
+            row = one(dataset, data_dir, method)
+            if args.reference_src:   # the previous version's jaxal, in the same sitting
+                ref = one(dataset, data_dir, method, args.reference_src)
+                row |= {"reference_us_per_image": ref["us_per_image"],
+                        "reference_peak_mb": ref["peak_mb"]}
+            rows[f"{dataset}/{method}"] = row
+            print(dataset, method, row, flush=True)
     key = f"pool-chunk{args.chunk_size}" if args.chunk_size else "pool"
     _merge(key, {"machine": describe(cpu_info()), "rows": rows})
     lines = [f"One query over the whole pool, {describe(cpu_info())} (quiet); MNIST: 10 "
@@ -275,6 +285,17 @@ def pool_pass(args) -> None:
                      f"{c['us_per_image'] / m['us_per_image']:.2f} | "
                      f"{c['forward_flops'] / m['forward_flops']:.2f} | {m['peak_mb']:.0f} | "
                      f"{c['peak_mb']:.0f} |")
+    if args.reference_src:
+        commit = subprocess.run(["git", "-C", args.reference_src, "log", "-1",
+                                 "--format=%h %s"], capture_output=True, text=True).stdout
+        lines += ["", f"Against the jaxal of commit {commit.strip()[:80]!r} (time and peak "
+                  "MB of this version and that one's, same sitting):", "",
+                  "| dataset/method | µs/image now | before | ratio | peak MB now | before |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {r['us_per_image']:.0f} | {r['reference_us_per_image']:.0f} | "
+                  f"{r['us_per_image'] / r['reference_us_per_image']:.2f} | "
+                  f"{r['peak_mb']:.0f} | {r['reference_peak_mb']:.0f} |"
+                  for k, r in rows.items()]
     (RESULTS / f"cifar10_{key}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -354,6 +375,9 @@ def main():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--mnist-data-dir", default=None, help="pool: MNIST's TFDS data dir")
     p.add_argument("--dataset", default=DATASET, help="pool-one only")
+    p.add_argument("--reference-src", default=None,
+                   help="pool: also time the jaxal found in this source dir (PYTHONPATH), "
+                        "e.g. a worktree of the previous version")
     p.add_argument("--chunk-size", type=int, default=0,
                    help="pool: points per pool-pass chunk (0: the run's default, 4096)")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1])

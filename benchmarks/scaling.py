@@ -18,6 +18,10 @@ compile apart):
 The 1-device row runs the code path of a run without ``--devices``: no mesh and no
 sharding constraint, the same program as before ``jaxal.sharding`` existed.
 Writes ``results/scaling.json`` and ``results/scaling.md``.
+
+``--seeds``: the seeds of a comparison run one after another against one vmapped program
+(``jaxal.seeds``); ``results/scaling_seeds.{json,md}``. It decides
+``jaxal.batching.default_seeds_form`` on CPU.
 """
 
 from __future__ import annotations
@@ -95,6 +99,49 @@ def child(args) -> dict:
     return out
 
 
+SEEDS = (0, 1, 2)
+
+
+def seeds_form(args) -> None:
+    """The seeds of one comparison strategy one after another (each a fresh run, as
+    ``jaxal.compare`` runs them) against one vmapped program (``jaxal.seeds``), in one
+    process on this machine's device: wall time of each, compilation included (what a
+    comparison pays), over 3 seeds of a small MNIST run."""
+    import tempfile
+
+    from jaxal.config import ALConfig, ExperimentConfig, TrainConfig
+    from jaxal.experiment import run_experiment
+    from jaxal.runtime import configure_cpu
+    from jaxal.seeds import run_seeds
+
+    configure_cpu()
+    al = ALConfig(acquisition="entropy", rounds=2, query_size=10,
+                  train=TrainConfig(steps=300, batch_size=32))
+    configs = [ExperimentConfig(dataset="mnist", seed=s, pool_size=2000, data_dir=args.data_dir,
+                                al=al) for s in SEEDS]
+    times = {}
+    with tempfile.TemporaryDirectory() as root:
+        for form in ("sequential", "vmapped", "sequential again"):
+            start = time.perf_counter()
+            dirs = [Path(root) / form / f"seed{c.seed}" for c in configs]
+            if form == "vmapped":
+                run_seeds(configs, dirs, progress=None)
+            else:
+                for c, d in zip(configs, dirs, strict=True):
+                    run_experiment(c, d, progress=None)
+            times[form] = time.perf_counter() - start
+            print(form, times[form], flush=True)
+    result = {"machine": cpu_info(), "seeds": len(SEEDS), "rounds": al.rounds,
+              "steps": al.train.steps, "seconds": times}
+    (RESULTS / "scaling_seeds.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = (f"{len(SEEDS)} seeds of an MNIST run (pool 2,000, {al.rounds} rounds of 10, "
+            f"{al.train.steps} training steps a fit, entropy), {describe(cpu_info())}, one "
+            "process; wall time with compilation.\n\n| seeds form | s |\n|---|---|\n"
+            + "".join(f"| {k} | {v:.1f} |\n" for k, v in times.items()))
+    (RESULTS / "scaling_seeds.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -102,7 +149,13 @@ def main() -> None:
     p.add_argument("--gpu", action="store_true",
                    help="use the machine's devices (one process, --devices ignored)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--seeds", action="store_true",
+                   help="instead: a comparison's seeds one after another vs one vmapped "
+                        "program (jaxal.seeds), on this machine's device")
     args = p.parse_args()
+    if args.seeds:
+        seeds_form(args)
+        return
     if args.child:
         print(json.dumps(child(args)))
         return

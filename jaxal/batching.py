@@ -92,6 +92,16 @@ def default_train_form() -> str:
     return "python" if jax.default_backend() == "cpu" else "loop"
 
 
+SEEDS_FORMS = ("sequential", "vmapped")
+
+
+def default_seeds_form() -> str:
+    """How ``jaxal.compare`` runs the seeds of a strategy: one after another on CPU
+    (measured: ``benchmarks/scaling.py``, vmapped seeds train grouped convolutions, as
+    vmapped members do), as one vmapped program elsewhere (``jaxal.seeds``)."""
+    return "sequential" if jax.default_backend() == "cpu" else "vmapped"
+
+
 def default_sample_form() -> str:
     """``map`` on CPU, ``vmap`` (in groups) elsewhere (see above)."""
     return "map" if jax.default_backend() == "cpu" else "vmap"

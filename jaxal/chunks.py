@@ -39,9 +39,14 @@ def chunk_at(x: jax.Array, index: jax.Array, chunk: int) -> jax.Array:
     start = jnp.minimum(index * chunk, n - chunk)
     rows = jax.lax.dynamic_slice_in_dim(x, start, chunk)
     shift = index * chunk - start                      # > 0 in the last chunk only
-    rows = jnp.roll(rows, -shift, axis=0)
-    keep = jnp.arange(chunk) < chunk - shift
-    return jnp.where(keep.reshape(-1, *[1] * (x.ndim - 1)), rows, jnp.zeros((), x.dtype))
+
+    def tail(rows):
+        keep = jnp.arange(chunk) < chunk - shift
+        return jnp.where(keep.reshape(-1, *[1] * (x.ndim - 1)),
+                         jnp.roll(rows, -shift, axis=0), jnp.zeros((), x.dtype))
+
+    # Only the last chunk pays for the roll and the mask (two copies of a chunk).
+    return jax.lax.cond(shift > 0, tail, lambda rows: rows, rows)
 
 
 def map_chunks(fn: Callable, x: jax.Array, chunk_size: int):

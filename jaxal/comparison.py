@@ -67,11 +67,15 @@ def run_dir(out_dir: str | os.PathLike, run: Run) -> Path:
 
 
 def run_comparison(runs: Sequence[Run], out_dir: str | os.PathLike,
-                   progress: Callable[[str], None] | None = print) -> dict:
+                   progress: Callable[[str], None] | None = print,
+                   seeds_form: str | None = None) -> dict:
     """Run (or resume) every run, then aggregate and plot; returns the summary.
 
     Every config is checked before the first run starts. Aggregates and figures are
     rewritten after each finished run, so they are usable while the comparison goes on.
+    ``seeds_form``: "sequential" runs one run after another; "vmapped" runs the seeds of
+    each strategy as one program (``jaxal.seeds``; where they cannot, one after another);
+    None: ``jaxal.batching.default_seeds_form()``.
     """
     for run in runs:
         check_config(run.config)
@@ -89,7 +93,21 @@ def run_comparison(runs: Sequence[Run], out_dir: str | os.PathLike,
         "dataset": runs[0].config.dataset,
         "runs": [{"strategy": r.strategy, "seed": r.seed,
                   "dir": str(run_dir(out_dir, r).relative_to(out_dir))} for r in runs]})
+    from jaxal.batching import default_seeds_form
+
     summary = {}
+    if (seeds_form or default_seeds_form()) == "vmapped":
+        from jaxal.seeds import run_seeds, stackable
+
+        for strategy in dict.fromkeys(r.strategy for r in runs):
+            mine = [r for r in runs if r.strategy == strategy]
+            if len(mine) > 1 and stackable([r.config for r in mine]) is None:
+                if progress is not None:
+                    progress(f"== {strategy}")
+                if run_seeds([r.config for r in mine], [run_dir(out_dir, r) for r in mine],
+                             progress) is not None:
+                    summary = plot_comparison(out_dir)
+                    runs = [r for r in runs if r.strategy != strategy]
     for i, run in enumerate(runs):
         if progress is not None:
             progress(f"== run {i + 1}/{len(runs)}: {run.strategy}, seed {run.seed}")

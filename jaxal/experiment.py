@@ -167,16 +167,7 @@ def _run_on_devices(config: ExperimentConfig, out_dir: Path | None,
     is only read: its checkpoint, to resume where process 0 resumes."""
     split = load_split(config)
     validate_data(config.al, split.pool_x.shape[0], split.pool_y, split.num_classes)
-    config_dict = {"experiment": config.to_dict(), "jaxal_version": __version__,
-                   "jax_version": jax.__version__, "backend": jax.default_backend(),
-                   "devices": [device_name(d) for d in devices],
-                   "processes": jax.process_count(),
-                   # The dataset's protocol set these (the command gave the rest).
-                   "from_protocol": {"dataset": config.dataset,
-                                     "source": protocol_of(config.dataset).source,
-                                     "fields": list(config.from_protocol)},
-                   "num_pool": int(split.pool_x.shape[0]), "num_val": int(split.val_y.size),
-                   "num_test": int(split.test_y.size), "started": time.strftime("%F %T")}
+    config_dict = run_config_dict(config, split, devices)
     model = build_model(config.dataset, split.num_classes, config.al)
     learner = make_learner(model, config.al, split.pool_x.shape[1:], split.num_classes)
     if out_dir is not None and write:
@@ -188,19 +179,37 @@ def _run_on_devices(config: ExperimentConfig, out_dir: Path | None,
             out_dir, state_template(learner, data), config_dict["experiment"])) is not None:
         state, infos = resumed
         if writes is not None:
-            write_rounds(writes, infos, split.pool_index, split.num_classes)
-            write_extremes(writes, infos, split.pool_x, split.pool_y)
+            write_round_files(writes, infos, split)
         if progress is not None:
             progress(f"resuming {out_dir} after round {state.round} of {config.al.rounds}")
     for step in run_rounds(jax.random.key(config.seed), learner, data, state):
         state, info = step
         infos.append(info)
         if writes is not None:
-            write_rounds(writes, infos, split.pool_index, split.num_classes)
-            write_extremes(writes, infos, split.pool_x, split.pool_y)
+            write_round_files(writes, infos, split)
             save_checkpoint(writes, state, infos, config_dict["experiment"])
         if progress is not None:
             progress(progress_line(info, config.al.rounds))
     if writes is not None:
         plot_run(writes)
     return state, infos
+
+
+def write_round_files(out_dir: Path, infos, split: datasets.ALSplit) -> None:
+    """A run's per-round files (metrics, queries, query classes, Figure 4's extremes)."""
+    write_rounds(out_dir, infos, split.pool_index, split.num_classes)
+    write_extremes(out_dir, infos, split.pool_x, split.pool_y)
+
+
+def run_config_dict(config: ExperimentConfig, split: datasets.ALSplit, devices) -> dict:
+    """What config.json records of a run: the experiment, versions, devices, protocol."""
+    return {"experiment": config.to_dict(), "jaxal_version": __version__,
+                   "jax_version": jax.__version__, "backend": jax.default_backend(),
+                   "devices": [device_name(d) for d in devices],
+                   "processes": jax.process_count(),
+                   # The dataset's protocol set these (the command gave the rest).
+                   "from_protocol": {"dataset": config.dataset,
+                                     "source": protocol_of(config.dataset).source,
+                                     "fields": list(config.from_protocol)},
+                   "num_pool": int(split.pool_x.shape[0]), "num_val": int(split.val_y.size),
+                   "num_test": int(split.test_y.size), "started": time.strftime("%F %T")}

@@ -140,6 +140,7 @@ class ActiveLearner(NamedTuple):
     fit: Callable           # (key, params, x, y, labelled, x_val, y_val) -> posterior
     query: Callable         # (key, posterior, x_pool, labelled) -> Query
     evaluate: Callable      # (key, posterior, x, y) -> (nll, accuracy, entropy, ece)
+    trainer: Any = None     # the jitted Trainer behind ``train`` (``jaxal.seeds`` vmaps it)
 
 
 def query_strategy(config: ALConfig):
@@ -495,6 +496,7 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
         fit=jax.jit(fit),
         query=jax.jit(query),
         evaluate=jax.jit(evaluate_fn),
+        trainer=trainer,
     )
 
 
@@ -536,16 +538,23 @@ def _fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, para
     val = learner.evaluate(key_eval, posterior, data.val_x, data.val_y)
     test, val = jax.device_get((test, val))
     t_eval = time.perf_counter() - start
-    metrics = Metrics(
-        train_loss=train_info.train_nll, test_loss=float(test[0]),
+    metrics = round_metrics(learner.config, train_info.train_nll, test, val, posterior,
+                            data.num_classes)
+    return params, posterior, metrics, (t_train, t_fit, t_eval)
+
+
+def round_metrics(config: ALConfig, train_nll: float, test, val, posterior,
+                  num_classes: int) -> Metrics:
+    """A round's ``Metrics`` from the labelled-set NLL and the (nll, accuracy, entropy,
+    ece) of the predictive on the test and validation sets."""
+    lam = POSTERIORS[config.posterior].prior_precision(posterior)
+    return Metrics(
+        train_loss=float(train_nll), test_loss=float(test[0]),
         test_accuracy=float(test[1]), test_entropy=float(test[2]),
         val_loss=float(val[0]), val_accuracy=float(val[1]),
-        prior_precision=float(lam if (lam := POSTERIORS[learner.config.posterior]
-                                                 .prior_precision(posterior)) is not None
-                              else learner.config.train.prior_precision),
-        diverged=bool(train_info.train_nll >= math.log(data.num_classes)),
+        prior_precision=float(lam if lam is not None else config.train.prior_precision),
+        diverged=bool(train_nll >= math.log(num_classes)),
         test_ece=float(test[3]))
-    return params, posterior, metrics, (t_train, t_fit, t_eval)
 
 
 def init_state(key: jax.Array, learner: ActiveLearner, data: ALData

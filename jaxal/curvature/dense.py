@@ -81,12 +81,15 @@ def covariance(state: FullLaplace) -> jax.Array:
 
 
 def sample(key: jax.Array, state: FullLaplace) -> jax.Array:
-    """θ_MAP + V diag((e + λ)^-½) z, z ~ N(0, I) (the covariance's symmetric square root);
-    for a per-weight λ, θ_MAP + L⁻ᵀ z (covariance L⁻ᵀ L⁻¹)."""
+    """θ_MAP + V diag((e + λ)^-½) Vᵀ z, z ~ N(0, I) (the covariance's symmetric square
+    root, which does not depend on which eigenbasis eigh returned: within repeated
+    eigenvalues, such as the GGN's null space, batched and unbatched eigh choose different
+    ones); for a per-weight λ, θ_MAP + L⁻ᵀ z (covariance L⁻ᵀ L⁻¹)."""
     z = jax.random.normal(key, state.mean.shape, state.mean.dtype)
     if jnp.ndim(state.prior_precision) == 0:
-        scaled = z / jnp.sqrt(state.eigenvalues + state.prior_precision)
-        return state.mean + state.eigenvectors @ scaled
+        v = state.eigenvectors
+        scaled = (v.T @ z) / jnp.sqrt(state.eigenvalues + state.prior_precision)
+        return state.mean + v @ scaled
     return state.mean + jax.scipy.linalg.solve_triangular(_cholesky(state), z, trans="T",
                                                           lower=True)
 

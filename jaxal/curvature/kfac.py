@@ -88,13 +88,15 @@ def log_det_precision(state: KFACLaplace) -> jax.Array:
 
 
 def sample(key: jax.Array, state: KFACLaplace) -> jax.Array:
-    """θ_MAP + per layer Q_A (Z / √(e_A e_Gᵀ + λ)) Q_Gᵀ, Z ~ N(0, I), split into kernel/bias."""
+    """θ_MAP + per layer Q_A ((Q_Aᵀ Z Q_G) / √(e_A e_Gᵀ + λ)) Q_Gᵀ, Z ~ N(0, I), split into
+    kernel/bias: the covariance's symmetric square root, the same whichever eigenbases
+    eigh returned within repeated eigenvalues (a rank-deficient A_l from few labels)."""
     spectra = _spectra(state)
     delta = jax.tree.map(jnp.zeros_like, state.params)
     keys = jax.random.split(key, len(state.layers))
     for key_l, (name, (qa, _, qg, _)) in zip(keys, sorted(state.layers.items()), strict=True):
         z = jax.random.normal(key_l, spectra[name].shape, state.mean.dtype)
-        d = qa @ (z / jnp.sqrt(spectra[name])) @ qg.T                  # [K+1, out]
+        d = qa @ ((qa.T @ z @ qg) / jnp.sqrt(spectra[name])) @ qg.T     # [K+1, out]
         set_layer(delta["params"], name, d)
     return state.mean + ravel_pytree(delta)[0]
 

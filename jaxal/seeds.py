@@ -1,0 +1,267 @@
+"""The seeds of one strategy as one program: S runs that differ only in their seed, their
+states stacked on a leading seed axis and every stage of a round vmapped over it.
+
+    run_seeds(configs, out_dirs)     # configs[s] == configs[0] but for the seed
+
+Each seed keeps its own split, initial labels, weights and keys, exactly those of
+``jaxal.experiment.run_experiment`` (round r of seed s is keyed as in ``run_rounds``), and
+its own ordinary out dir (files, checkpoint: any seed resumes alone as a plain run). What
+is shared is the program: MAP training steps ``vmap(trainer.step)`` over [S] keys, states
+and labelled sets, the posterior fit, the query and the evaluation ``vmap``-ed likewise,
+and under a mesh of several devices (``jaxal.sharding``) the seed axis is split over
+them. ``jaxal.compare --seeds-form vmapped`` runs a comparison's seeds so;
+``jaxal.batching.default_seeds_form`` chooses by backend (on CPU one seed after another
+was faster: ``benchmarks/scaling.py``).
+
+The seeds must all be at the same round to run together: fresh, or resumed from
+checkpoints of one round; otherwise (and with pseudo-labelling, whose training sets
+differ in size between seeds) ``stackable`` says why not and the caller runs them one
+after another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxal.batching import over_members
+from jaxal.experiment import (
+    ExperimentConfig,
+    _prepare_out_dir,
+    check_config,
+    load_split,
+    progress_line,
+    run_config_dict,
+    to_device,
+    write_round_files,
+)
+from jaxal.loop import (
+    ALData,
+    ALState,
+    Extremes,
+    RoundInfo,
+    Timings,
+    check_finite,
+    initial_labelled,
+    make_learner,
+    pseudo_label_info,
+    round_metrics,
+    validate_data,
+)
+from jaxal.model import build_model
+from jaxal.plots import plot_run
+from jaxal.results import (
+    load_checkpoint,
+    remove_temp_files,
+    save_checkpoint,
+    state_template,
+)
+from jaxal.rundir import lock_out_dir
+from jaxal.sharding import use_devices
+from jaxal.train import labelled_indices, training_steps
+
+
+def stackable(configs: Sequence[ExperimentConfig]) -> str | None:
+    """Why these runs cannot run as one seed-stacked program, or None if they can."""
+    if len({c.seed for c in configs}) != len(configs):
+        return "the seeds repeat"
+    if any(c._replace(seed=0) != configs[0]._replace(seed=0) for c in configs):
+        return "the runs differ in more than their seed"
+    if configs[0].al.pseudo_label is not None:
+        return "pseudo-labels give each seed a training set of its own size"
+    return None
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _seed(tree, s: int):
+    return jax.tree.map(lambda a: a[s], tree)
+
+
+def _split(keys: jax.Array, num: int) -> list[jax.Array]:
+    """[S] keys -> ``num`` arrays of [S] keys, as ``jax.random.split(key, num)`` per seed."""
+    parts = jax.vmap(lambda k: jax.random.split(k, num))(keys)
+    return [parts[:, i] for i in range(num)]
+
+
+_fold_in_each = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
+
+class _SeedFunctions:
+    """The learner's functions over the seed axis (jitted once per learner)."""
+
+    def __init__(self, learner, seeds: int):
+        trainer = learner.trainer
+        all_seeds = lambda fn, n: over_members(fn, (0,) * n, seeds, "vmap", split=True)
+        self.learner = learner
+        self.init = jax.jit(jax.vmap(learner.init))
+        self.train_init = jax.jit(jax.vmap(trainer.init))
+        self.step = jax.jit(all_seeds(trainer.step, 6))
+        self.labelled_nll = jax.jit(jax.vmap(trainer.labelled_nll))
+        self.indices = jax.jit(jax.vmap(labelled_indices))
+        self.fit = jax.jit(all_seeds(learner.fit, 7))
+        self.query = jax.jit(all_seeds(learner.query, 4))
+        self.evaluate = jax.jit(all_seeds(learner.evaluate, 4))
+
+    def train(self, keys, params0, x_pool, y_pool, labelled):
+        """``jaxal.train.train_map`` of every seed (step t keyed ``fold_in(key_s, t)``).
+        The seeds' labelled sets have one size, so one step count."""
+        idx, num = self.indices(labelled), labelled.sum(1)
+        steps = training_steps(self.learner.trainer.config, int(num[0]))
+        state = self.train_init(params0)
+        for t in range(steps):
+            state, _ = self.step(_fold_in_each(keys, t), state, x_pool, y_pool, idx, num)
+        nll = self.labelled_nll(state.params, x_pool, y_pool, idx, num)
+        return state.params, np.asarray(jax.device_get(nll))
+
+
+def _fit_and_evaluate(fns: _SeedFunctions, keys, data: ALData, params0, labelled):
+    """``jaxal.loop._fit_and_evaluate`` of every seed: (params, posterior, [Metrics],
+    seconds of training, fit and evaluation, shared by the seeds)."""
+    key_train, key_fit, key_eval = _split(keys, 3)
+    start = time.perf_counter()
+    params, train_nll = fns.train(key_train, params0, data.pool_x, data.pool_y, labelled)
+    t_train = time.perf_counter() - start
+    start = time.perf_counter()
+    posterior = jax.block_until_ready(fns.fit(key_fit, params, data.pool_x, data.pool_y,
+                                              labelled, data.val_x, data.val_y))
+    t_fit = time.perf_counter() - start
+    start = time.perf_counter()
+    test = jax.device_get(fns.evaluate(key_eval, posterior, data.test_x, data.test_y))
+    val = jax.device_get(fns.evaluate(key_eval, posterior, data.val_x, data.val_y))
+    t_eval = time.perf_counter() - start
+    config = fns.learner.config
+    metrics = [round_metrics(config, train_nll[s], [m[s] for m in test], [m[s] for m in val],
+                             _seed(posterior, s), data.num_classes)
+               for s in range(len(train_nll))]
+    return params, posterior, metrics, (t_train, t_fit, t_eval)
+
+
+def _first_round(fns: _SeedFunctions, keys, data: ALData, pool_ys):
+    """Round 0 of every seed, as ``jaxal.loop.init_state``."""
+    key_init, key_labels, key_fit = _split(keys, 3)
+    config = fns.learner.config
+    labelled = jnp.stack([initial_labelled(key_labels[s], y, data.num_classes,
+                                           config.init_per_class)
+                          for s, y in enumerate(pool_ys)])
+    params, posterior, metrics, (t_train, t_fit, t_eval) = _fit_and_evaluate(
+        fns, key_fit, data, fns.init(key_init), labelled)
+    state = ALState(params, posterior, labelled, 0, key_init)
+    empty = np.zeros(0, np.int64)
+    infos = [RoundInfo(0, int(labelled[s].sum()), empty, np.zeros(0, np.float32), empty, m,
+                       Timings(0.0, t_train, t_fit, t_eval)) for s, m in enumerate(metrics)]
+    return state, infos
+
+
+def _next_round(fns: _SeedFunctions, keys, state: ALState, data: ALData, pool_ys):
+    """One AL round of every seed, as ``jaxal.loop.al_round`` (no pseudo-labels)."""
+    key_score, key_fit = _split(keys, 2)
+    start = time.perf_counter()
+    query = fns.query(key_score, state.posterior, data.pool_x, state.labelled)
+    queried, scores = jax.device_get((query.indices, query.scores))
+    t_score = time.perf_counter() - start
+    seeds = np.arange(len(pool_ys))[:, None]
+    labelled = state.labelled.at[seeds, queried].set(True)
+    params0 = state.params if fns.learner.config.warm_start else fns.init(state.init_key)
+    params, posterior, metrics, (t_train, t_fit, t_eval) = _fit_and_evaluate(
+        fns, key_fit, data, params0, labelled)
+    new = ALState(params, posterior, labelled, state.round + 1, state.init_key)
+    extremes = jax.device_get(query.extremes)
+    infos = [RoundInfo(new.round, int(labelled[s].sum()), queried[s], scores[s],
+                       pool_ys[s][queried[s]], m, Timings(t_score, t_train, t_fit, t_eval),
+                       pseudo_label_info(query.pseudo_labels[s], pool_ys[s]),
+                       Extremes(*(e[s] for e in extremes)))
+             for s, m in enumerate(metrics)]
+    return new, infos
+
+
+def run_seeds(configs: Sequence[ExperimentConfig], out_dirs: Sequence[str | Path],
+              progress: Callable[[str], None] | None = print) -> list[list[RoundInfo]] | None:
+    """Run (or resume) the seeds of ``configs`` as one program, each into its out dir.
+
+    Returns each seed's RoundInfo list, or None, having run nothing, when the seeds'
+    checkpoints are at different rounds (run them one after another then).
+
+    Raises:
+      ConfigError: ``stackable`` refuses the configs, or a config is invalid.
+    """
+    from jaxal.errors import ConfigError
+
+    if (why := stackable(configs)) is not None:
+        raise ConfigError(f"the seeds cannot run as one program: {why}")
+    for config in configs:
+        check_config(config)
+    out_dirs = [Path(d) for d in out_dirs]
+    with contextlib.ExitStack() as held:
+        for out in out_dirs:
+            held.enter_context(lock_out_dir(out))
+            remove_temp_files(out)
+        with use_devices(configs[0].devices) as devices:
+            return _run(configs, out_dirs, progress, devices)
+
+
+def _run(configs, out_dirs, progress, devices):
+    splits = [load_split(c) for c in configs]
+    al = configs[0].al
+    for split in splits:
+        validate_data(al, split.pool_x.shape[0], split.pool_y, split.num_classes)
+    c = splits[0].num_classes
+    learner = make_learner(build_model(configs[0].dataset, c, al), al,
+                           splits[0].pool_x.shape[1:], c)
+    datas = [to_device(split) for split in splits]
+    dicts = [run_config_dict(config, split, devices) for config, split in zip(
+        configs, splits, strict=True)]
+    for out, d in zip(out_dirs, dicts, strict=True):
+        _prepare_out_dir(out, d)      # refuses a dir of another configuration
+    resumed = [load_checkpoint(out, state_template(learner, data), d["experiment"])
+               for out, data, d in zip(out_dirs, datas, dicts, strict=True)]
+    if len({None if r is None else r[0].round for r in resumed}) > 1:
+        if progress is not None:
+            progress(f"seeds {[cf.seed for cf in configs]}: checkpoints of different rounds, "
+                     "so one after another")
+        return None
+    if progress is not None:
+        progress(f"seeds {[cf.seed for cf in configs]} as one program")
+    data = ALData(*(jnp.stack([getattr(d, f) for d in datas])
+                    for f in ALData._fields[:-1]), num_classes=c)
+    pool_ys = [np.asarray(split.pool_y) for split in splits]
+    keys = jax.vmap(jax.random.key)(jnp.asarray([cf.seed for cf in configs], jnp.uint32))
+    key_init, key_rounds = _split(keys, 2)
+    fns = _SeedFunctions(learner, len(configs))
+    if resumed[0] is None:
+        state, infos = None, [[] for _ in configs]
+    else:
+        state = ALState(_stack([r[0].params for r in resumed]),
+                        _stack([r[0].posterior for r in resumed]),
+                        jnp.stack([r[0].labelled for r in resumed]), resumed[0][0].round,
+                        jnp.stack([r[0].init_key for r in resumed]))
+        infos = [list(r[1]) for r in resumed]
+        if progress is not None:
+            progress(f"resuming seeds {[cf.seed for cf in configs]} after round "
+                     f"{state.round} of {al.rounds}")
+    while state is None or state.round < al.rounds:
+        if state is None:
+            state, new = _first_round(fns, key_init, data, pool_ys)
+        else:
+            state, new = _next_round(fns, _fold_in_each(key_rounds, state.round + 1), state,
+                                     data, pool_ys)
+        for s, (config, out, info) in enumerate(zip(configs, out_dirs, new, strict=True)):
+            one = ALState(_seed(state.params, s), _seed(state.posterior, s),
+                          state.labelled[s], state.round, state.init_key[s])
+            check_finite(one, info, al)
+            infos[s].append(info)
+            write_round_files(out, infos[s], splits[s])
+            save_checkpoint(out, one, infos[s], dicts[s]["experiment"])
+            if progress is not None:
+                progress(f"seed {config.seed}: {progress_line(info, al.rounds)}")
+    for out in out_dirs:
+        plot_run(out)
+    return infos
