@@ -47,18 +47,18 @@ def same_run(a, b) -> None:
 @pytest.fixture(scope="module")
 def sequential(tmp_path_factory):
     root = tmp_path_factory.mktemp("seq")
-    for seed in (0, 1, 2):
+    for seed in (0, 1):
         run_experiment(config(seed), root / f"s{seed}", progress=None)
     return root
 
 
 def test_vmapped_seeds_query_and_score_as_one_seed_at_a_time(sequential, tmp_path):
     lines = []
-    infos = run_seeds([config(s) for s in (0, 1, 2)], [tmp_path / f"v{s}" for s in (0, 1, 2)],
+    infos = run_seeds([config(s) for s in (0, 1)], [tmp_path / f"v{s}" for s in (0, 1)],
                       progress=lines.append)
-    assert [len(i) for i in infos] == [3, 3, 3]
-    assert sum(line.startswith("seed 2: round   2/2") for line in lines) == 1
-    for seed in (0, 1, 2):
+    assert [len(i) for i in infos] == [3, 3]
+    assert sum(line.startswith("seed 1: round   2/2") for line in lines) == 1
+    for seed in (0, 1):
         same_run(tmp_path / f"v{seed}", sequential / f"s{seed}")
         assert (tmp_path / f"v{seed}" / "figure5.png").exists()
 
