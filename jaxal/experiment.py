@@ -100,7 +100,7 @@ def to_device(split: datasets.ALSplit) -> ALData:
                   num_classes=split.num_classes)
 
 
-def _prepare_out_dir(out_dir: Path, config_dict: dict) -> None:
+def prepare_out_dir(out_dir: Path, config_dict: dict) -> None:
     """Create ``out_dir``; refuse one written by a different configuration, as its
     config.json or (should that be deleted) its checkpoint says, before writing to it."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ def _run_on_devices(config: ExperimentConfig, out_dir: Path | None,
     model = build_model(config.dataset, split.num_classes, config.al)
     learner = make_learner(model, config.al, split.pool_x.shape[1:], split.num_classes)
     if out_dir is not None and write:
-        _prepare_out_dir(out_dir, config_dict)
+        prepare_out_dir(out_dir, config_dict)
     writes = out_dir if write else None
     data = to_device(split)
     state, infos = None, []

@@ -33,9 +33,9 @@ import numpy as np
 from jaxal.batching import over_members
 from jaxal.experiment import (
     ExperimentConfig,
-    _prepare_out_dir,
     check_config,
     load_split,
+    prepare_out_dir,
     progress_line,
     run_config_dict,
     to_device,
@@ -220,7 +220,7 @@ def _run(configs, out_dirs, progress, devices):
     dicts = [run_config_dict(config, split, devices) for config, split in zip(
         configs, splits, strict=True)]
     for out, d in zip(out_dirs, dicts, strict=True):
-        _prepare_out_dir(out, d)      # refuses a dir of another configuration
+        prepare_out_dir(out, d)      # refuses a dir of another configuration
     resumed = [load_checkpoint(out, state_template(learner, data), d["experiment"])
                for out, data, d in zip(out_dirs, datas, dicts, strict=True)]
     if len({None if r is None else r[0].round for r in resumed}) > 1:
