@@ -9,11 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxal.sharding import (
-    data_parallel,
-    pad_axis,
     padded_rows,
     replicated,
     rows_split,
+    split_chunk_rows,
     split_rows,
 )
 
@@ -73,7 +72,7 @@ def map_chunks(fn: Callable, x: jax.Array, chunk_size: int):
         # (chunk_array) would double the memory of a large pool.
         rows = chunk_at(x, index, chunk)
         if split:
-            rows = data_parallel(pad_axis(rows, 0, padded_rows(chunk)))
+            rows = split_chunk_rows(rows, axis=0)
         return fn(index, rows)
 
     # ``fn`` is traced inside: with the rows split, its samples keep to their rows' device.
