@@ -31,6 +31,10 @@ no queries): the accuracy that shows the schedule trains properly.
 query of 1,000 from the 39,000 left, test and validation evaluation) for margin and for the
 Bayesian method (round 0 on 10,000 labels compiles the training first).
 
+``layers``: where the per-image difference of ``pool`` goes: each stage of the seed CNN's
+forward pass (conv block 0-2, dense, head) jitted alone on a 4,096-image chunk of MNIST's
+shape and of CIFAR-10's, interleaved, median of 5; µs/image and XLA's FLOPs per stage.
+
 ``pool``: one query of 1,000 over the whole CIFAR-10 pool (49,000) against one of 10 over
 MNIST's (59,000), each in a fresh process after a short fit on the protocol's initial
 labels: margin (one forward pass), BADGE (gradient embeddings + k-means++ seeding) and
@@ -45,6 +49,7 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -343,6 +348,85 @@ def pool_one(args) -> None:
                       "peak_mb": _peak_mb() - before}))
 
 
+def layers(args) -> None:
+    """Per-stage forward time of the seed CNN, MNIST's shape against CIFAR-10's."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxal.model import conv_padded_channels, relu_max_pool_2x2
+
+    batch, repeats = 4096, 5
+    key = jax.random.key(0)
+
+    numbers = ("NHWC", "HWIO", "NHWC")
+
+    def conv_block(x, w, b, conv):
+        numbers_ = jax.lax.conv_dimension_numbers(x.shape, w.shape, numbers)
+        return relu_max_pool_2x2(conv(x, w, (1, 1), "SAME", dimension_numbers=numbers_) + b)
+
+    def stages(shape):
+        """[(name, fn, input)] of the forward pass on ``shape`` images, inputs precomputed."""
+        out, x = [], jax.random.normal(key, (batch, *shape))
+        for i, c in enumerate((32, 64, 64)):
+            w = jax.random.normal(key, (3, 3, x.shape[-1], c)) * 0.1
+            name = f"conv block {i} ({x.shape[1]}x{x.shape[2]}x{x.shape[3]}->{c})"
+            if i == 0:   # XLA's convolution as it is, then as jaxal runs it (padded)
+                out.append((f"{name}, unpadded", jax.jit(partial(
+                    conv_block, w=w, b=jnp.zeros(c), conv=jax.lax.conv_general_dilated)), x))
+            fn = jax.jit(partial(conv_block, w=w, b=jnp.zeros(c),
+                                 conv=conv_padded_channels()))
+            out.append((name, fn, x))
+            x = fn(x)
+        x = x.reshape(batch, -1)
+        for name, width in ((f"dense ({x.shape[1]}->128)", 128), ("head (128->10)", 10)):
+            w = jax.random.normal(key, (x.shape[1], width)) * 0.01
+            fn = jax.jit(lambda x, w=w: jax.nn.relu(x @ w))
+            out.append((name, fn, x))
+            x = fn(x)
+        return out
+
+    shapes = {"mnist": (28, 28, 1), DATASET: (32, 32, 3)}
+    built = {d: stages(s) for d, s in shapes.items()}
+    times = {d: [[] for _ in built[d]] for d in shapes}
+    flops = {d: [] for d in shapes}
+    for d in shapes:
+        for fn, x in ((fn, x) for _, fn, x in built[d]):
+            cost = fn.lower(x).compile().cost_analysis()
+            flops[d].append((cost[0] if isinstance(cost, list) else cost)["flops"] / batch)
+            jax.block_until_ready(fn(x))
+    for d in shapes:   # FLOPs of the convolution, not of its zero channels
+        for j, (name, _, _) in enumerate(built[d]):
+            if name.endswith("unpadded"):
+                flops[d][j + 1] = flops[d][j]
+    for _ in range(repeats):   # interleaved, so a load change hits both shapes alike
+        for d in shapes:
+            for j, (_, fn, x) in enumerate(built[d]):
+                times[d][j].append(time_calls(partial(fn, x), 1)[1][0])
+    rows = []
+    for j in range(len(built["mnist"])):
+        m, c = (1e6 * statistics.median(times[d][j]) / batch for d in shapes)
+        rows.append({"mnist": built["mnist"][j][0], "cifar10": built[DATASET][j][0],
+                     "mnist_us": m, "cifar10_us": c, "mnist_flops": flops["mnist"][j],
+                     "cifar10_flops": flops[DATASET][j]})
+    _merge("layers", {"machine": describe(cpu_info()), "rows": rows})
+    print(layers_table(rows))
+
+
+def layers_table(rows) -> str:
+    lines = ["| stage (MNIST / CIFAR-10 shape) | MNIST µs/image | CIFAR-10 µs/image | time "
+             "ratio | FLOPs ratio | MNIST GFLOP/s | CIFAR-10 GFLOP/s |",
+             "|---|---|---|---|---|---|---|"]
+    total = {k: sum(r[k] for r in rows if not r["mnist"].endswith("unpadded"))
+             for k in ("mnist_us", "cifar10_us", "mnist_flops", "cifar10_flops")}
+    for r in [*rows, {"mnist": "forward (sum)", "cifar10": "", **total}]:
+        lines.append(f"| {r['mnist']} / {r['cifar10']} | {r['mnist_us']:.1f} | "
+                     f"{r['cifar10_us']:.1f} | {r['cifar10_us'] / r['mnist_us']:.2f} | "
+                     f"{r['cifar10_flops'] / r['mnist_flops']:.2f} | "
+                     f"{r['mnist_flops'] / r['mnist_us'] / 1e3:.1f} | "
+                     f"{r['cifar10_flops'] / r['cifar10_us'] / 1e3:.1f} |")
+    return "\n".join(lines)
+
+
 def _merge(key: str, value) -> None:
     path = RESULTS / "cifar10_timing.json"
     old = json.loads(path.read_text()) if path.exists() else {}
@@ -361,6 +445,10 @@ def timing_table(timing: dict) -> str:
         lines += [f"| {m} | {r['round_s']:.0f} | {r['train_s']:.0f} ({r['train_steps']}) | "
                   f"{r['query_s']:.1f} | {r['posterior_s']:.1f} | {r['eval_s']:.1f} |"
                   for m, r in timing["round"]["rows"].items()]
+    if "layers" in timing:
+        lines += ["", "The seed CNN's forward pass by stage, 4,096 images a call, MNIST's "
+                  f"shape against CIFAR-10's ({timing['layers']['machine']}):", "",
+                  layers_table(timing["layers"]["rows"])]
     if "ceiling" in timing:
         c = timing["ceiling"]
         lines += ["", f"Ceiling: the seed CNN trained with the protocol's schedule on the "
@@ -371,7 +459,8 @@ def timing_table(timing: dict) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=("curves", "ceiling", "round", "pool", "pool-one"))
+    p.add_argument("mode", choices=("curves", "ceiling", "round", "pool", "pool-one",
+                                        "layers"))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--mnist-data-dir", default=None, help="pool: MNIST's TFDS data dir")
     p.add_argument("--dataset", default=DATASET, help="pool-one only")
@@ -391,6 +480,8 @@ def main():
         return pool_pass(args)
     if args.mode == "pool-one":
         return pool_one(args)
+    if args.mode == "layers":
+        return layers(args)
     if args.mode == "round":
         args.methods = args.methods or ["margin", "ll-laplace-entropy"]
         return round_time(args)

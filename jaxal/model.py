@@ -10,7 +10,7 @@ and the last layer separately:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -93,6 +93,38 @@ def conv_chunked_filter_grad(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) ->
 
     chunked.defvjp(forward, backward)
     return chunked(lhs, rhs)
+
+
+# Input-channel counts XLA:CPU convolves far below its speed, and what to zero-pad them to.
+# The seed CNN's first conv on 32x32x3 images (block with ReLU and pooling, 4,096 images):
+# 50.9 us/image as it is, 21.9 padded to 4 channels, 28.8 padded to 8, at 33 GFLOP/s
+# against ~200 for the later blocks; MNIST's 1 channel is fastest unpadded (8.5 us/image;
+# 12.0 padded to 2, 15.3 to 4). ``benchmarks/cifar10_curves.py layers``.
+PADDED_CHANNELS = {3: 4}
+
+
+def conv_padded_channels(conv: Callable | None = None) -> Callable:
+    """``conv`` (``lax.conv_general_dilated`` if None) with the input's and the kernel's
+    channel axis zero-padded to ``PADDED_CHANNELS[C]`` on CPU, for C in that table.
+
+    The zero channels add nothing to any output, so the value is the same, and so are the
+    derivatives: the kernel's gradient is the padded one's, sliced back (pad's transpose).
+    The parameters keep their shape. Only NHWC inputs with HWIO kernels (flax's ``Conv``)."""
+    conv = conv or jax.lax.conv_general_dilated
+
+    def padded(lhs, rhs, *args, **kwargs):
+        numbers = kwargs.get("dimension_numbers")
+        channels = PADDED_CHANNELS.get(lhs.shape[-1])
+        nhwc = numbers is not None and tuple(numbers.lhs_spec) == (0, 3, 1, 2) and tuple(
+            numbers.rhs_spec) == (3, 2, 0, 1)
+        if channels is None or not nhwc or jax.default_backend() != "cpu":
+            return conv(lhs, rhs, *args, **kwargs)
+        extra = channels - lhs.shape[-1]
+        lhs = jnp.pad(lhs, [(0, 0)] * (lhs.ndim - 1) + [(0, extra)])
+        rhs = jnp.pad(rhs, [(0, 0)] * (rhs.ndim - 2) + [(0, extra), (0, 0)])
+        return conv(lhs, rhs, *args, **kwargs)
+
+    return padded
 
 
 def _layer(module: nn.Module, name: str, layer: nn.Module, x: jax.Array) -> jax.Array:
@@ -202,7 +234,8 @@ class CNNBody(nn.Module):
         # when sampling networks.
         shared = (0,) if sample else ()
         for i, c in enumerate(self.channels):
-            layer = nn.Conv(c, (3, 3), padding="SAME", conv_general_dilated=conv)
+            layer = nn.Conv(c, (3, 3), padding="SAME",
+                            conv_general_dilated=conv_padded_channels(conv))
             x = pool(_layer(self, f"Conv_{i}", layer, x))
             if self.hidden_dropout_rate > 0:
                 x = nn.Dropout(self.hidden_dropout_rate, broadcast_dims=(*shared, 1, 2),

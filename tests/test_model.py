@@ -366,3 +366,56 @@ def test_reverse_only_relu_max_pool_equals_the_composition_with_ties(shape):
     np.testing.assert_allclose(grad[0, :2, :2], w[0, 0, 0] / 4 * np.ones((2, 2, shape[3])),
                                rtol=1e-6)            # the tied window's equal shares
     assert np.abs(np.asarray(grad)).sum() > 0
+
+
+@pytest.mark.parametrize("base", ["plain", "chunked"])
+def test_channel_padded_conv_equals_the_conv_it_wraps(base):
+    """3 input channels are convolved as 4 (the zero channel adds nothing): the same value,
+    input gradient and kernel gradient (kernel shape kept), with and without the training
+    form's chunked filter gradient; forward-mode derivatives too (the curvature's)."""
+    kx, kw, kg, kt = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(kx, (11, 9, 9, 3))
+    w = jax.random.normal(kw, (3, 3, 3, 4))
+    numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    inner = None if base == "plain" else model_lib.conv_chunked_filter_grad
+    seen = []
+
+    def spy(lhs, rhs, *args, **kwargs):
+        seen.append((lhs.shape[-1], rhs.shape[2]))
+        return (inner or jax.lax.conv_general_dilated)(lhs, rhs, *args, **kwargs)
+
+    kwargs = {"window_strides": (1, 1), "padding": "SAME", "dimension_numbers": numbers}
+    plain = partial(jax.lax.conv_general_dilated, **kwargs)
+    padded = partial(model_lib.conv_padded_channels(spy), **kwargs)
+    cotangent = jax.random.normal(kg, (11, 9, 9, 4))
+    y, vjp = jax.vjp(plain, x, w)
+    y_padded, vjp_padded = jax.vjp(padded, x, w)
+    assert seen and set(seen) == {(4, 4)}           # it did pad, to 4
+    np.testing.assert_allclose(y_padded, y, rtol=1e-5, atol=1e-5)
+    for got, want in zip(vjp_padded(cotangent), vjp(cotangent), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    if base == "plain":
+        tangent = jax.random.normal(kt, w.shape)
+        np.testing.assert_allclose(jax.jvp(lambda w: padded(x, w), (w,), (tangent,))[1],
+                                   jax.jvp(lambda w: plain(x, w), (w,), (tangent,))[1],
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_cnn_on_rgb_images_is_the_same_function_with_and_without_channel_padding(
+        monkeypatch):
+    """The seed CNN on 32x32x3 with the padded first conv gives the unpadded logits and
+    gradients; 1-channel inputs are left as they are (padding measured slower)."""
+    model = cnn(10, dropout_rate=0.0)
+    params = init_params(model, jax.random.key(0), (32, 32, 3))
+    x = jax.random.normal(jax.random.key(1), (9, 32, 32, 3))
+
+    def logits_and_grad():
+        return (model.apply(params, x),
+                ravel_pytree(jax.grad(lambda p: model.apply(p, x, train=True).sum())(params))[0])
+
+    padded = logits_and_grad()
+    monkeypatch.setattr(model_lib, "PADDED_CHANNELS", {})
+    unpadded = logits_and_grad()
+    for got, want in zip(padded, unpadded, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
