@@ -35,6 +35,10 @@ Bayesian method (round 0 on 10,000 labels compiles the training first).
 forward pass (conv block 0-2, dense, head) jitted alone on a 4,096-image chunk of MNIST's
 shape and of CIFAR-10's, interleaved, median of 5; µs/image and XLA's FLOPs per stage.
 
+``noise``: the protocol's fit repeated (``--fits``, other training keys, same initial
+weights) on one uniform labelled set of each ``--labels`` size: the spread of test
+accuracy that a round carries whatever was queried.
+
 ``pool``: one query of 1,000 over the whole CIFAR-10 pool (49,000) against one of 10 over
 MNIST's (59,000), each in a fresh process after a short fit on the protocol's initial
 labels: margin (one forward pass), BADGE (gradient embeddings + k-means++ seeding) and
@@ -214,6 +218,42 @@ def ceiling(args) -> None:
     _merge("ceiling", row)
     print(f"{STAND_IN}: whole pool, {row['labels']:,} labels, {row['steps']} steps: test "
           f"accuracy {accuracy:.3f}, {seconds:.0f} s training (compile included)")
+
+
+def fit_noise(args) -> None:
+    """Test accuracy of the protocol's fit repeated on one labelled set: a uniform
+    ``labels`` of the pool, the same initial weights, ``--fits`` training keys (minibatches,
+    augmentation, dropout). Its spread is the noise one round's accuracy carries whatever
+    the query was."""
+    import jax
+
+    from jaxal.experiment import load_split, to_device
+    from jaxal.loop import make_learner
+    from jaxal.model import build_model
+
+    config = experiment("random", 0, args.data_dir, rounds=0)
+    split = load_split(config)
+    data = to_device(split)
+    learner = make_learner(build_model(DATASET, split.num_classes, config.al), config.al,
+                           split.pool_x.shape[1:], split.num_classes)
+    init = learner.init(jax.random.key(1))
+    rows = {}
+    for labels in args.labels:
+        chosen = jax.random.choice(jax.random.key(labels), split.pool_x.shape[0], (labels,),
+                                   replace=False)
+        labelled = jax.numpy.zeros(split.pool_x.shape[0], bool).at[chosen].set(True)
+        accuracies = []
+        for fit in range(args.fits):
+            params, _ = learner.train(jax.random.key(100 + fit), params=init,
+                                      x_pool=data.pool_x, y_pool=data.pool_y,
+                                      labelled=labelled)
+            posterior = learner.fit(jax.random.key(2), params, data.pool_x, data.pool_y,
+                                    labelled, data.val_x, data.val_y)
+            accuracies.append(float(learner.evaluate(jax.random.key(3), posterior,
+                                                     data.test_x, data.test_y)[1]))
+            print(labels, fit, accuracies[-1], flush=True)
+        rows[str(labels)] = accuracies
+    _merge("fit_noise", {"machine": describe(cpu_info()), "rows": rows})
 
 
 def round_time(args) -> None:
@@ -449,6 +489,15 @@ def timing_table(timing: dict) -> str:
         lines += ["", "The seed CNN's forward pass by stage, 4,096 images a call, MNIST's "
                   f"shape against CIFAR-10's ({timing['layers']['machine']}):", "",
                   layers_table(timing["layers"]["rows"])]
+    if "fit_noise" in timing:
+        lines += ["", "The protocol's fit repeated on one uniformly drawn labelled set (same "
+                  "initial weights, other training keys): test accuracy of each fit.", "",
+                  "| labels | fits | test accuracy, each | mean ± std | max - min |",
+                  "|---|---|---|---|---|"]
+        for labels, acc in timing["fit_noise"]["rows"].items():
+            lines.append(f"| {int(labels):,} | {len(acc)} | "
+                         f"{', '.join(f'{a:.3f}' for a in acc)} | {_mean_std(acc)} | "
+                         f"{max(acc) - min(acc):.3f} |")
     if "ceiling" in timing:
         c = timing["ceiling"]
         lines += ["", f"Ceiling: the seed CNN trained with the protocol's schedule on the "
@@ -460,7 +509,7 @@ def timing_table(timing: dict) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", choices=("curves", "ceiling", "round", "pool", "pool-one",
-                                        "layers"))
+                                        "layers", "noise"))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--mnist-data-dir", default=None, help="pool: MNIST's TFDS data dir")
     p.add_argument("--dataset", default=DATASET, help="pool-one only")
@@ -471,6 +520,9 @@ def main():
                    help="pool: points per pool-pass chunk (0: the run's default, 4096)")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
     p.add_argument("--methods", nargs="*", default=None, choices=sorted(METHODS))
+    p.add_argument("--labels", type=int, nargs="*", default=[2000, 5000],
+                   help="noise: labelled-set sizes")
+    p.add_argument("--fits", type=int, default=3, help="noise: fits per labelled set")
     p.add_argument("--table-only", action="store_true", help="rewrite the table, run nothing")
     args = p.parse_args()
     configure_cpu()
@@ -482,6 +534,8 @@ def main():
         return pool_one(args)
     if args.mode == "layers":
         return layers(args)
+    if args.mode == "noise":
+        return fit_noise(args)
     if args.mode == "round":
         args.methods = args.methods or ["margin", "ll-laplace-entropy"]
         return round_time(args)
