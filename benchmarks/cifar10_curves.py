@@ -156,7 +156,37 @@ def table(result: dict, seeds, methods) -> str:
             f"{_mean_std(aubc(r['labels'], r['test_accuracy']) for r in runs)} | "
             f"{per_round('train_s'):.0f} | {per_round('query_s'):.1f} | "
             f"{per_round('posterior_s'):.1f} |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *against_random(result, seeds, methods)])
+
+
+def against_random(result: dict, seeds, methods) -> list[str]:
+    """The issue's target, budget by budget: each method's accuracy minus random's (mean
+    over the seeds both ran) against the spread over seeds (the larger of the two standard
+    deviations); above / within / below the spread."""
+    budgets = (*BUDGETS, 11000)
+    lines = ["Against random (seeds both ran): accuracy difference, mean over seeds, and "
+             "the spread over seeds (the larger of the two std); 'above' only where the "
+             "difference exceeds the spread.", "",
+             "| method | seeds | " + " | ".join(f"@ {b:,}" for b in budgets) + " |",
+             "|---|---|" + "---|" * len(budgets)]
+    for method in methods:
+        shared = [s for s in seeds if f"{method}-seed{s}" in result["runs"]
+                  and f"random-seed{s}" in result["runs"]]
+        if method == "random" or not shared:
+            continue
+        cells = []
+        for b in budgets:
+            acc = {m: [(r := result["runs"][f"{m}-seed{s}"])["test_accuracy"][
+                r["labels"].index(b)] for s in shared] for m in (method, "random")}
+            diff = statistics.mean(acc[method]) - statistics.mean(acc["random"])
+            if len(shared) < 2:
+                cells.append(f"{diff:+.3f} (1 seed: no spread)")
+                continue
+            spread = max(statistics.stdev(acc[method]), statistics.stdev(acc["random"]))
+            verdict = "above" if diff > spread else "below" if diff < -spread else "within"
+            cells.append(f"{diff:+.3f} vs {spread:.3f}: {verdict}")
+        lines.append(f"| {method} | {len(shared)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def figure(result: dict, seeds, methods, path: Path) -> None:
@@ -448,8 +478,47 @@ def layers(args) -> None:
         rows.append({"mnist": built["mnist"][j][0], "cifar10": built[DATASET][j][0],
                      "mnist_us": m, "cifar10_us": c, "mnist_flops": flops["mnist"][j],
                      "cifar10_flops": flops[DATASET][j]})
-    _merge("layers", {"machine": describe(cpu_info()), "rows": rows})
+    _merge("layers", {"machine": describe(cpu_info()), "rows": rows,
+                      "train_step_ms": train_step_ms()})
     print(layers_table(rows))
+
+
+def train_step_ms(repeats: int = 5, steps: int = 10) -> dict:
+    """ms per training step of the seed CNN on a CIFAR-10-shaped minibatch of 128 (the
+    protocol's), the first conv padded (as jaxal runs it on CPU) and not (the table of
+    ``jaxal.model.PADDED_CHANNELS`` emptied); interleaved, median of ``repeats``."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxal import model as model_lib
+    from jaxal.config import TrainConfig
+    from jaxal.train import make_trainer
+
+    model = model_lib.cnn(10)
+    params = model_lib.init_params(model, jax.random.key(0), (32, 32, 3))
+    x = jax.random.normal(jax.random.key(1), (1024, 32, 32, 3))
+    y, idx = jnp.arange(1024) % 10, jnp.arange(1024)
+    padded = dict(model_lib.PADDED_CHANNELS)
+    steps_of = {}
+    for name, table in (("padded", padded), ("unpadded", {})):
+        model_lib.PADDED_CHANNELS.clear()
+        model_lib.PADDED_CHANNELS.update(table)
+        trainer = make_trainer(model, TrainConfig(batch_size=128, augment=True), 1024)
+        step = jax.jit(trainer.step)
+        state = trainer.init(params)
+        jax.block_until_ready(step(jax.random.key(0), state, x, y, idx, jnp.int32(1024)))
+        steps_of[name] = (step, state)
+    model_lib.PADDED_CHANNELS.clear()
+    model_lib.PADDED_CHANNELS.update(padded)
+    times = {name: [] for name in steps_of}
+    for _ in range(repeats):
+        for name, (step, state) in steps_of.items():
+            start = time.perf_counter()
+            for t in range(steps):
+                state = step(jax.random.key(t), state, x, y, idx, jnp.int32(1024))[0]
+            jax.block_until_ready(state)
+            times[name].append(1e3 * (time.perf_counter() - start) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def layers_table(rows) -> str:
@@ -489,6 +558,11 @@ def timing_table(timing: dict) -> str:
         lines += ["", "The seed CNN's forward pass by stage, 4,096 images a call, MNIST's "
                   f"shape against CIFAR-10's ({timing['layers']['machine']}):", "",
                   layers_table(timing["layers"]["rows"])]
+        if "train_step_ms" in timing["layers"]:
+            ms = timing["layers"]["train_step_ms"]
+            lines += ["", f"One training step (minibatch of 128, augmented): {ms['padded']:.1f} "
+                      f"ms with the first conv padded to 4 channels, {ms['unpadded']:.1f} ms "
+                      f"without ({ms['padded'] / ms['unpadded']:.2f}x)."]
     if "fit_noise" in timing:
         lines += ["", "The protocol's fit repeated on one uniformly drawn labelled set (same "
                   "initial weights, other training keys): test accuracy of each fit.", "",
