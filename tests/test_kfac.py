@@ -127,13 +127,17 @@ def test_conv_kfac_factors_equal_their_definitions(scanned, monkeypatch):
                               init_params(model, jax.random.key(5), (10, 14, 1)))
         x = jnp.asarray(rng.normal(size=(5, 10, 14, 1)))
         w = jnp.asarray([1.0, 0.0, 2.0, 0.5, 1.0])
-        factors = kfac_factors(model, params, x, w, chunk_size=2)
-        variables = model.init(jax.random.key(0), x)
-        zeros = jax.tree.map(jnp.zeros_like, variables["perturbations"])
-        logits, state = model.apply({"params": params["params"], "perturbations": zeros}, x,
-                                    mutable=["layer_inputs"])
-        jac = jax.jacrev(lambda eps: model.apply(
-            {"params": params["params"], "perturbations": eps}, x))(zeros)
+        # Jitted, as the posterior fit calls it: eagerly, every small float64 op of the
+        # unrolled chunks compiles on its own (minutes).
+        factors = jax.jit(lambda params, x, w: kfac_factors(model, params, x, w,
+                                                            chunk_size=2))(params, x, w)
+        shapes = jax.eval_shape(model.init, jax.random.key(0), x)["perturbations"]
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        logits, state = jax.jit(lambda: model.apply(
+            {"params": params["params"], "perturbations": zeros}, x,
+            mutable=["layer_inputs"]))()
+        jac = jax.jit(jax.jacrev(lambda eps: model.apply(
+            {"params": params["params"], "perturbations": eps}, x)))(zeros)
         patches = {name: explicit_patches(state["layer_inputs"]["body"][f"{name}_in"])
                    for name in ("Conv_0", "Conv_1", "Conv_2")}
         probs = np.asarray(jax.nn.softmax(logits))
