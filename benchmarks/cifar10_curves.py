@@ -486,10 +486,11 @@ def layers(args) -> None:
 def train_step_ms(repeats: int = 5, steps: int = 10) -> dict:
     """ms per training step of the seed CNN on a CIFAR-10-shaped minibatch of 128 (the
     protocol's), the first conv padded (as jaxal runs it on CPU) and not (the table of
-    ``jaxal.model.PADDED_CHANNELS`` emptied); interleaved, median of ``repeats``."""
+    ``jaxal.batching.CPU_PADDED_CHANNELS`` emptied); interleaved, median of ``repeats``."""
     import jax
     import jax.numpy as jnp
 
+    from jaxal import batching
     from jaxal import model as model_lib
     from jaxal.config import TrainConfig
     from jaxal.train import make_trainer
@@ -498,18 +499,18 @@ def train_step_ms(repeats: int = 5, steps: int = 10) -> dict:
     params = model_lib.init_params(model, jax.random.key(0), (32, 32, 3))
     x = jax.random.normal(jax.random.key(1), (1024, 32, 32, 3))
     y, idx = jnp.arange(1024) % 10, jnp.arange(1024)
-    padded = dict(model_lib.PADDED_CHANNELS)
+    padded = dict(batching.CPU_PADDED_CHANNELS)
     steps_of = {}
     for name, table in (("padded", padded), ("unpadded", {})):
-        model_lib.PADDED_CHANNELS.clear()
-        model_lib.PADDED_CHANNELS.update(table)
+        batching.CPU_PADDED_CHANNELS.clear()
+        batching.CPU_PADDED_CHANNELS.update(table)
         trainer = make_trainer(model, TrainConfig(batch_size=128, augment=True), 1024)
         step = jax.jit(trainer.step)
         state = trainer.init(params)
         jax.block_until_ready(step(jax.random.key(0), state, x, y, idx, jnp.int32(1024)))
         steps_of[name] = (step, state)
-    model_lib.PADDED_CHANNELS.clear()
-    model_lib.PADDED_CHANNELS.update(padded)
+    batching.CPU_PADDED_CHANNELS.clear()
+    batching.CPU_PADDED_CHANNELS.update(padded)
     times = {name: [] for name in steps_of}
     for _ in range(repeats):
         for name, (step, state) in steps_of.items():

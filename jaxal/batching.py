@@ -102,6 +102,20 @@ def default_seeds_form() -> str:
     return "sequential" if jax.default_backend() == "cpu" else "vmapped"
 
 
+def padded_conv_channels() -> dict[int, int]:
+    """Input-channel counts a convolution is zero-padded to, ``{C: C'}``: on CPU
+    ``{3: 4}``, since XLA:CPU convolved 3 channels at ~33 GFLOP/s against ~200 for wider
+    inputs (the seed CNN's first block on 32x32x3: 50.9 µs/image as it is, 21.9 on 4
+    channels, 28.8 on 8; MNIST's 1 channel is fastest as it is: 8.5 µs/image, 12.0 on 2,
+    15.3 on 4; ``benchmarks/cifar10_curves.py layers``). Elsewhere none (not measured).
+    ``jaxal.model.conv_padded_channels`` applies it."""
+    return dict(CPU_PADDED_CHANNELS) if jax.default_backend() == "cpu" else {}
+
+
+# What ``padded_conv_channels`` pads on CPU.
+CPU_PADDED_CHANNELS = {3: 4}
+
+
 def default_sample_form() -> str:
     """``map`` on CPU, ``vmap`` (in groups) elsewhere (see above)."""
     return "map" if jax.default_backend() == "cpu" else "vmap"

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxal import batching
 from jaxal.config import TOY_DATASETS
 
 Params = Any
@@ -95,17 +96,10 @@ def conv_chunked_filter_grad(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) ->
     return chunked(lhs, rhs)
 
 
-# Input-channel counts XLA:CPU convolves far below its speed, and what to zero-pad them to.
-# The seed CNN's first conv on 32x32x3 images (block with ReLU and pooling, 4,096 images):
-# 50.9 us/image as it is, 21.9 padded to 4 channels, 28.8 padded to 8, at 33 GFLOP/s
-# against ~200 for the later blocks; MNIST's 1 channel is fastest unpadded (8.5 us/image;
-# 12.0 padded to 2, 15.3 to 4). ``benchmarks/cifar10_curves.py layers``.
-PADDED_CHANNELS = {3: 4}
-
-
 def conv_padded_channels(conv: Callable | None = None) -> Callable:
     """``conv`` (``lax.conv_general_dilated`` if None) with the input's and the kernel's
-    channel axis zero-padded to ``PADDED_CHANNELS[C]`` on CPU, for C in that table.
+    channel axis zero-padded where ``batching.padded_conv_channels()`` says (3 to 4 on
+    CPU, where XLA convolves 3 channels at a sixth of its speed).
 
     The zero channels add nothing to any output, so the value is the same, and so are the
     derivatives: the kernel's gradient is the padded one's, sliced back (pad's transpose).
@@ -114,10 +108,10 @@ def conv_padded_channels(conv: Callable | None = None) -> Callable:
 
     def padded(lhs, rhs, *args, **kwargs):
         numbers = kwargs.get("dimension_numbers")
-        channels = PADDED_CHANNELS.get(lhs.shape[-1])
+        channels = batching.padded_conv_channels().get(lhs.shape[-1])
         nhwc = numbers is not None and tuple(numbers.lhs_spec) == (0, 3, 1, 2) and tuple(
             numbers.rhs_spec) == (3, 2, 0, 1)
-        if channels is None or not nhwc or jax.default_backend() != "cpu":
+        if channels is None or not nhwc:
             return conv(lhs, rhs, *args, **kwargs)
         extra = channels - lhs.shape[-1]
         lhs = jnp.pad(lhs, [(0, 0)] * (lhs.ndim - 1) + [(0, extra)])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from jaxal import batching
 from jaxal import model as model_lib
 from jaxal.model import (
     apply_head,
@@ -415,7 +416,7 @@ def test_cnn_on_rgb_images_is_the_same_function_with_and_without_channel_padding
                 ravel_pytree(jax.grad(lambda p: model.apply(p, x, train=True).sum())(params))[0])
 
     padded = logits_and_grad()
-    monkeypatch.setattr(model_lib, "PADDED_CHANNELS", {})
+    monkeypatch.setattr(batching, "CPU_PADDED_CHANNELS", {})
     unpadded = logits_and_grad()
     for got, want in zip(padded, unpadded, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
