@@ -406,7 +406,7 @@ def test_channel_padded_conv_equals_the_conv_it_wraps(base):
 def test_cnn_on_rgb_images_is_the_same_function_with_and_without_channel_padding(
         monkeypatch):
     """The seed CNN on 32x32x3 with the padded first conv gives the unpadded logits and
-    gradients; 1-channel inputs are left as they are (padding measured slower)."""
+    gradients."""
     model = cnn(10, dropout_rate=0.0)
     params = init_params(model, jax.random.key(0), (32, 32, 3))
     x = jax.random.normal(jax.random.key(1), (9, 32, 32, 3))
