@@ -88,7 +88,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo-label-by", default=_AL.pseudo_label_by,
                    choices=RegistryChoices("selection:PSEUDO_LABEL_CRITERIA"))
     p.add_argument("--posterior", default=_AL.posterior,
-                   choices=RegistryChoices("posterior:POSTERIORS"))
+                   choices=RegistryChoices("posterior:POSTERIORS"),
+                   help="mc-dropout trains with dropout, so give it more steps than one "
+                        "plain network: on the MNIST protocol --steps 2000 (with 500 it "
+                        "underfits: 0.865 test accuracy on 220 random labels against "
+                        "0.915; benchmarks/posterior_curves.py)")
     p.add_argument("--predictive", default=None, choices=RegistryChoices("predictive:PREDICTIVES"),
                    help="default: plugin for --posterior plugin; for laplace, mc when the "
                         "acquisition needs samples or --subset all, else probit. glm: "
