@@ -297,6 +297,116 @@ def timing(args) -> None:
     print("\n".join(lines))
 
 
+def _last_state(name: str, args, seed: int):
+    """(model, run config, device data, state) of the last finished round of a variant's
+    run, or None if it has no checkpoint."""
+    import numpy as np
+
+    from jaxal.experiment import load_split, run_config_dict, to_device
+    from jaxal.loop import make_learner
+    from jaxal.model import build_model
+    from jaxal.results import CHECKPOINT, load_checkpoint, state_template
+    from jaxal.sharding import use_devices
+
+    config = ExperimentConfig(dataset="mnist", seed=seed, pool_size=args.pool_size,
+                              data_dir=args.data_dir, al=al_config(name, args))
+    with use_devices(config.devices) as devices:
+        split = load_split(config)
+        data = to_device(split)
+        model = build_model(config.dataset, split.num_classes, config.al)
+        learner = make_learner(model, config.al, split.pool_x.shape[1:], split.num_classes)
+        out_dir = RESULTS / "curves" / f"post-{name}-seed{seed}"
+        # The run's own config as it wrote it: runs from before a config field was
+        # renamed (conv_dropout -> dropout) hold the same state under the old name.
+        written = run_config_dict(config, split, devices)["experiment"]
+        if (out_dir / CHECKPOINT).exists():
+            with np.load(out_dir / CHECKPOINT, allow_pickle=False) as arrays:
+                written = json.loads(arrays["manifest"].tobytes())["config"]
+        resumed = load_checkpoint(out_dir, state_template(learner, data), written)
+    return None if resumed is None else (model, config.al, data, resumed[0])
+
+
+def _bald_and_entropy(sample_probs, x):
+    """BALD H(E_s p_s) - E_s H(p_s) and predictive entropy H(E_s p_s) [n] of the points
+    x, from ``sample_probs(x)`` [S, n, C], 500 points at a time."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    h = lambda q: -jnp.sum(q * jnp.log(jnp.clip(q, 1e-12)), -1)
+    bald, ent = [], []
+    for start in range(0, x.shape[0], 500):
+        p = sample_probs(x[start:start + 500])
+        ent.append(h(p.mean(0)))
+        bald.append(ent[-1] - h(p).mean(0))
+    return np.concatenate(bald), np.concatenate(ent)
+
+
+def bald_noise(args) -> dict:
+    """Is a finished run's BALD ranking signal or Monte Carlo noise?
+
+    From the last checkpoint of each ``--variants`` run (seed ``--seeds[0]``), the BALD
+    scores I(y; θ | x) = H(E_s p_s) - E_s H(p_s) of the unlabelled pool (a fixed 2,000 of
+    it for subset variants) are estimated twice, with two independent posterior-sample
+    keys (the S samples of the run's query). The per-point Monte Carlo standard error is
+    rms(b₁ - b₂) / √2. Reported: the mean score, the spread the ranking reads (10th
+    highest minus the median) over that error, the Spearman correlation of the two
+    draws' scores and the overlap of their top 10 (the batch a query picks), and the
+    Spearman correlation of BALD with predictive entropy (how much BALD ranks unlike
+    entropy). An ensemble's samples are its members: two draws agree exactly.
+    """
+    import jax
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from jaxal.predictive import PREDICTIVES
+
+    seed, rows = args.seeds[0], {}
+    for name in args.variants:
+        if (last := _last_state(name, args, seed)) is None:
+            print(f"{name}: no checkpoint of seed {seed}; skipped")
+            continue
+        model, config, data, state = last
+        unlabelled = np.flatnonzero(~np.asarray(state.labelled))
+        if config.pool_subset is not None:
+            unlabelled = np.sort(np.random.default_rng(seed).choice(
+                unlabelled, config.pool_subset, replace=False))
+        predict = jax.jit(partial(PREDICTIVES[config.predictive].predict, model=model,
+                                  posterior=state.posterior, config=config))
+        x = data.pool_x[unlabelled]
+        (b1, e1), (b2, _) = (
+            _bald_and_entropy(lambda x_chunk, k=k, f=predict: f(k, x=x_chunk).sample_probs, x)
+            for k in jax.random.split(jax.random.key(seed + 1)))
+        se = float(np.sqrt(np.mean((b1 - b2) ** 2) / 2))
+        order1, order2 = np.argsort(-b1), np.argsort(-b2)
+        spread = float(b1[order1[9]] - np.median(b1))
+        rows[name] = {
+            "round": int(state.round), "points": int(unlabelled.size),
+            "mean_bald": float(b1.mean()), "top10_minus_median": spread, "mc_se": se,
+            "spread_over_se": spread / se if se > 0 else None,
+            "spearman_draws": float(spearmanr(b1, b2).statistic),
+            "top10_overlap": len(set(order1[:10]) & set(order2[:10])),
+            "spearman_bald_entropy": float(spearmanr(b1, e1).statistic)}
+        print(name, rows[name], flush=True)
+    result = {"seed": seed, "rows": rows}
+    write_json(RESULTS / "bald_noise.json", result)
+    lines = [f"BALD from each run's last checkpoint, seed {seed}: the unlabelled pool (subset "
+             "variants: a fixed 2,000 of it) scored twice with independent posterior "
+             "samples. MC se: rms(b₁ - b₂)/√2 per point. Spread: 10th highest score minus "
+             "the median.", "",
+             "| variant | round | points | mean BALD | spread | MC se | spread / se | "
+             "Spearman, two draws | top-10 overlap | Spearman with entropy |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        ratio = "exact" if r["spread_over_se"] is None else f"{r['spread_over_se']:.1f}"
+        lines.append(f"| {name} | {r['round']} | {r['points']:,} | {r['mean_bald']:.4f} | "
+                     f"{r['top10_minus_median']:.4f} | {r['mc_se']:.4f} | {ratio} | "
+                     f"{r['spearman_draws']:.3f} | {r['top10_overlap']}/10 | "
+                     f"{r['spearman_bald_entropy']:.3f} |")
+    (RESULTS / "bald_noise.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -313,8 +423,14 @@ def main():
     p.add_argument("--timing", action="store_true",
                    help="time one query per posterior and the ensemble's training instead "
                         "(needs a quiet machine)")
+    p.add_argument("--bald-noise", action="store_true",
+                   help="from the finished runs of --variants (first seed): BALD's Monte "
+                        "Carlo error against the spread of its scores")
     args = p.parse_args()
     configure_cpu()
+    if args.bald_noise:
+        bald_noise(args)
+        return
     if args.timing:
         timing(args)
         return
