@@ -412,7 +412,8 @@ def main():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--stage", type=int, choices=(1, 2), default=1)
-    p.add_argument("--stage2-posteriors", nargs="*", default=["ll-glm-evidence", "ensemble"])
+    # The two best BALD posteriors of stage 1 (AUBC; benchmarks/results/posterior_curves.md).
+    p.add_argument("--stage2-posteriors", nargs="*", default=["ensemble", "mc-dropout"])
     p.add_argument("--variants", nargs="*", default=None, choices=sorted(VARIANTS),
                    help="run these instead of the stage's list")
     p.add_argument("--pool-size", type=int, default=10_000)

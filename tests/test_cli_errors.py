@@ -383,8 +383,14 @@ def test_diverged_cli_run_exits_2_with_the_round(tmp_path):
 
 def test_ctrl_c_says_where_to_resume_and_the_rerun_finishes(tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "jaxal.run", *MOONS, "--rounds", "30", "--out", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # 1,000 steps a round: the run must still be going when round 1's line is read (with
+    # its programs in the compilation cache, 30 steps a round end in well under a second).
+    args = [sys.executable, "-m", "jaxal.run", *MOONS, "--rounds", "30", "--steps", "1000",
+            "--out", str(out)]
+    # Ctrl-C's default handling in the child, however pytest was started: a shell starts a
+    # background job (`pytest &`) with SIGINT ignored, and children inherit that.
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = proc.stdout.readline()
     while not line.startswith("round   1/"):
         assert line, proc.stderr.read()
