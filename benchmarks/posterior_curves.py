@@ -336,19 +336,16 @@ def _last_state(name: str, args, seed: int):
     return None if resumed is None else (model, config.al, data, resumed[0])
 
 
-def _bald_and_entropy(sample_probs, x):
-    """BALD H(E_s p_s) - E_s H(p_s) and predictive entropy H(E_s p_s) [n] of the points
-    x, from ``sample_probs(x)`` [S, n, C], 500 points at a time."""
-    import jax.numpy as jnp
+def _bald_and_entropy(predict, x):
+    """jaxal's BALD and predictive-entropy scores [n] of the points x, from their
+    ``predict(x_chunk)`` (a PredictiveOutput with sample_probs), 500 points at a time."""
     import numpy as np
 
-    h = lambda q: -jnp.sum(q * jnp.log(jnp.clip(q, 1e-12)), -1)
-    bald, ent = [], []
-    for start in range(0, x.shape[0], 500):
-        p = sample_probs(x[start:start + 500])
-        ent.append(h(p.mean(0)))
-        bald.append(ent[-1] - h(p).mean(0))
-    return np.concatenate(bald), np.concatenate(ent)
+    from jaxal.acquisition import bald, predictive_entropy
+
+    outs = [predict(x[start:start + 500]) for start in range(0, x.shape[0], 500)]
+    return (np.concatenate([bald(None, out) for out in outs]),
+            np.concatenate([predictive_entropy(None, out) for out in outs]))
 
 
 def bald_noise(args) -> dict:
@@ -384,7 +381,7 @@ def bald_noise(args) -> dict:
                                   posterior=state.posterior, config=config))
         x = data.pool_x[unlabelled]
         (b1, e1), (b2, _) = (
-            _bald_and_entropy(lambda x_chunk, k=k, f=predict: f(k, x=x_chunk).sample_probs, x)
+            _bald_and_entropy(lambda x_chunk, k=k, f=predict: f(k, x=x_chunk), x)
             for k in jax.random.split(jax.random.key(seed + 1)))
         se = float(np.sqrt(np.mean((b1 - b2) ** 2) / 2))
         order1, order2 = np.argsort(-b1), np.argsort(-b2)
