@@ -435,6 +435,9 @@ def main():
                    help="from the finished runs of --variants (first seed): BALD's Monte "
                         "Carlo error against the spread of its scores")
     args = p.parse_args()
+    if args.bald_noise and not args.variants:
+        p.error("--bald-noise reads finished runs: name them, e.g. --variants ll-laplace-bald "
+                "ensemble-bald")
     configure_cpu()
     if args.bald_noise:
         bald_noise(args)
