@@ -124,10 +124,31 @@ def al_config(name: str, args) -> ALConfig:
                     init_per_class=args.init_per_class, **VARIANTS[name])
 
 
+DEFAULT_SETTING = {"pool_size": 10_000, "rounds": 20, "query_size": 10, "init_per_class": 2}
+
+
+def setting_of(args) -> dict:
+    return {k: getattr(args, k) for k in DEFAULT_SETTING}
+
+
+def stem(args) -> str:
+    """The results' file stem: the protocol's ``posterior_curves``; another setting (a short
+    trial, --rounds 2) gets files and run directories of its own, so that it can neither
+    overwrite the protocol's finished runs nor resume from their checkpoints."""
+    setting = setting_of(args)
+    if setting == DEFAULT_SETTING:
+        return "posterior_curves"
+    return "posterior_curves-" + "-".join(f"{k}{v}" for k, v in setting.items())
+
+
+def run_dir(args, key: str) -> Path:
+    sub = "curves" if stem(args) == "posterior_curves" else f"curves-{stem(args)}"
+    return RESULTS / sub / f"post-{key}"
+
+
 def run(args, names) -> dict:
-    out = RESULTS / "posterior_curves.json"
-    setting = {k: getattr(args, k) for k in ("pool_size", "rounds", "query_size",
-                                              "init_per_class")}
+    out = RESULTS / f"{stem(args)}.json"
+    setting = setting_of(args)
     result = {"setting": setting, "runs": {}}
     if out.exists():
         old = json.loads(out.read_text())
@@ -144,8 +165,7 @@ def run(args, names) -> dict:
                                       data_dir=args.data_dir, al=al_config(name, args))
             print(f"== {key}", flush=True)
             start = time.perf_counter()
-            _, infos = run_experiment(config, RESULTS / "curves" / f"post-{key}",
-                                      progress=None)
+            _, infos = run_experiment(config, run_dir(args, key), progress=None)
             result["runs"][key] = {**curve_record(infos),
                                    "seconds": time.perf_counter() - start}
             # Another process may run other variants into the same file: merge, ours win.
@@ -325,7 +345,7 @@ def _last_state(name: str, args, seed: int):
         data = to_device(split)
         model = build_model(config.dataset, split.num_classes, config.al)
         learner = make_learner(model, config.al, split.pool_x.shape[1:], split.num_classes)
-        out_dir = RESULTS / "curves" / f"post-{name}-seed{seed}"
+        out_dir = run_dir(args, f"{name}-seed{seed}")
         # The run's own config as it wrote it: runs from before a config field was
         # renamed (conv_dropout -> dropout) hold the same state under the old name.
         written = run_config_dict(config, split, devices)["experiment"]
@@ -449,8 +469,8 @@ def main():
     result = run(args, names)
     every = [n for n in VARIANTS if any(k.startswith(f"{n}-seed") for k in result["runs"])]
     text = table(result, args.seeds, every)
-    (RESULTS / "posterior_curves.md").write_text(text + "\n")
-    figure(result, args.seeds, every, RESULTS / "posterior_curves.png")
+    (RESULTS / f"{stem(args)}.md").write_text(text + "\n")
+    figure(result, args.seeds, every, RESULTS / f"{stem(args)}.png")
     print(text)
 
 
