@@ -485,23 +485,26 @@ def evidence_diagnosis(args) -> dict:
         logits, variance = laplace_logit_variance(model, post, x, config)
         probs = PREDICTIVES[config.predictive].predict(
             jax.random.key(seed + 1), model=model, posterior=post, config=config, x=x).probs
-        rows[name] = {
+        rows[f"{name}-seed{seed}-round{int(state.round)}"] = row = {
             "round": int(state.round), "labels": int(np.asarray(state.labelled).sum()),
             "layers": layers,
             "map_logit_std": float(jnp.std(logits, axis=-1).mean()),
             "glm_logit_std": float(jnp.sqrt(variance).mean()),
             "map_accuracy": float(np.mean(np.asarray(logits).argmax(-1) == y)),
             "predictive_accuracy": float(np.mean(np.asarray(probs).argmax(-1) == y))}
-        print(name, rows[name], flush=True)
-    result = {"seed": seed, "rows": rows}
-    write_json(RESULTS / "evidence_diagnosis.json", result)
-    lines = [f"Evidence-fitted prior precision, from each run's last checkpoint, seed {seed}. "
+        print(name, row, flush=True)
+    # Rows of earlier calls (other runs, seeds or rounds) are kept: ours win.
+    out = RESULTS / "evidence_diagnosis.json"
+    old = json.loads(out.read_text())["rows"] if out.exists() else {}
+    result = {"rows": {**old, **rows}}
+    write_json(out, result)
+    lines = ["Evidence-fitted prior precision, from a run's last checkpoint. "
              "Per layer: mean square weight θ²/P against the prior variance 1/λ; λ||θ||² "
              "(= γ, the effective number of parameters the data determine, at the "
              "evidence's optimum) and, for KFAC, γ from the Kronecker eigenvalues. Logits "
              "on 1,000 test points: the MAP's spread over classes against the linearised "
              "posterior std sqrt(diag J Σ Jᵀ).", ""]
-    for name, r in rows.items():
+    for name, r in result["rows"].items():
         lines += [f"**{name}** (round {r['round']}, {r['labels']} labels): MAP logit std "
                   f"{r['map_logit_std']:.2f}, GLM logit posterior std {r['glm_logit_std']:.2f}; "
                   f"test accuracy (1,000) MAP {r['map_accuracy']:.3f}, predictive "
