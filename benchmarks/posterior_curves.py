@@ -93,7 +93,11 @@ POSTERIORS = {
 
 def _variants() -> dict[str, dict]:
     variants = {"random": {"acquisition": "random"}, "margin": {"acquisition": "margin"},
-                "plugin-entropy": {**POSTERIORS["plugin"], "acquisition": "entropy"}}
+                "plugin-entropy": {**POSTERIORS["plugin"], "acquisition": "entropy"},
+                # The control for power-sampled BALD: is its gain the posterior's or the
+                # stochastic batch's? (Kirsch et al. 2023 sample entropy too.)
+                "plugin-entropy-power": {**POSTERIORS["plugin"], "acquisition": "entropy",
+                                         "batch": "power"}}
     for name, fields in POSTERIORS.items():
         if name == "plugin":
             continue
