@@ -360,6 +360,16 @@ def _last_state(name: str, args, seed: int):
     return None if resumed is None else (model, config.al, data, resumed[0])
 
 
+def _last_states(args, seed: int):
+    """(variant, its ``_last_state``) for each of ``--variants`` that has a checkpoint of
+    ``seed``; the others are named and skipped."""
+    for name in args.variants:
+        if (last := _last_state(name, args, seed)) is None:
+            print(f"{name}: no checkpoint of seed {seed}; skipped")
+            continue
+        yield name, last
+
+
 def _bald_and_entropy(predict, x):
     """jaxal's BALD and predictive-entropy scores [n] of the points x, from their
     ``predict(x_chunk)`` (a PredictiveOutput with sample_probs), 500 points at a time."""
@@ -392,11 +402,7 @@ def bald_noise(args) -> dict:
     from jaxal.predictive import PREDICTIVES
 
     seed, rows = args.seeds[0], {}
-    for name in args.variants:
-        if (last := _last_state(name, args, seed)) is None:
-            print(f"{name}: no checkpoint of seed {seed}; skipped")
-            continue
-        model, config, data, state = last
+    for name, (model, config, data, state) in _last_states(args, seed):
         unlabelled = np.flatnonzero(~np.asarray(state.labelled))
         if config.pool_subset is not None:
             unlabelled = np.sort(np.random.default_rng(seed).choice(
@@ -459,11 +465,7 @@ def evidence_diagnosis(args) -> dict:
     from jaxal.predictive import PREDICTIVES
 
     seed, rows = args.seeds[0], {}
-    for name in args.variants:
-        if (last := _last_state(name, args, seed)) is None:
-            print(f"{name}: no checkpoint of seed {seed}; skipped")
-            continue
-        model, config, data, state = last
+    for name, (model, config, data, state) in _last_states(args, seed):
         post = state.posterior
         inner = post.head if isinstance(post, LastLayerLaplace) else post.weights
         theta = head_params(post.params) if isinstance(post, LastLayerLaplace) else post.params
