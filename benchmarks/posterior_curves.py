@@ -474,10 +474,8 @@ def evidence_diagnosis(args) -> dict:
         lam = np.broadcast_to(np.asarray(inner.prior_precision), flat.shape)
         spectral = {}
         if isinstance(inner, kfac.KFACLaplace):
-            lam_of = kfac.layer_prior_precision(inner)
             spectral = {jax.tree_util.keystr(tuple(jax.tree_util.DictKey(k) for k in path)):
-                        float(jnp.sum(1.0 - lam_of[path] / s))
-                        for path, s in kfac._spectra(inner).items()}
+                        float(gamma) for path, gamma in kfac.effective_parameters(inner).items()}
         layers = {}
         for i, layer in enumerate(names):
             w = flat[group == i]
@@ -537,10 +535,9 @@ def main():
     p.add_argument("--stage2-posteriors", nargs="*", default=["ensemble", "mc-dropout"])
     p.add_argument("--variants", nargs="*", default=None, choices=sorted(VARIANTS),
                    help="run these instead of the stage's list")
-    p.add_argument("--pool-size", type=int, default=10_000)
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--query-size", type=int, default=10)
-    p.add_argument("--init-per-class", type=int, default=2)
+    # The protocol's setting (Kirsch et al.); any other writes to its own files.
+    for field, value in DEFAULT_SETTING.items():
+        p.add_argument(f"--{field.replace('_', '-')}", type=int, default=value)
     p.add_argument("--table-only", action="store_true", help="rewrite the table, run nothing")
     p.add_argument("--timing", action="store_true",
                    help="time one query per posterior and the ensemble's training instead "

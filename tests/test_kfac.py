@@ -73,6 +73,11 @@ def test_kfac_posterior_samples_and_log_det_match_dense_kronecker_form():
     precision = np.kron(np.asarray(a, np.float64), np.asarray(g, np.float64)) + 0.5 * np.eye(6)
     np.testing.assert_allclose(float(log_det_precision(post)),
                                np.linalg.slogdet(precision)[1], rtol=1e-4)
+    np.testing.assert_allclose(np.sort(np.ravel(kfac.precision_eigenvalues(post)[("head",)])),
+                               np.linalg.eigvalsh(precision), rtol=1e-4, atol=1e-5)
+    # γ = P − λ tr Σ, the effective number of parameters, from the dense inverse.
+    np.testing.assert_allclose(float(kfac.effective_parameters(post)[("head",)]),
+                               6 - 0.5 * np.trace(np.linalg.inv(precision)), rtol=1e-4)
     keys = jax.random.split(jax.random.key(2), 40_000)
     samples = np.asarray(jax.vmap(sample_laplace, in_axes=(0, None))(keys, post), np.float64)
     # Reorder the [kernel; bias] row-major block to the raveled (bias, kernel) order.

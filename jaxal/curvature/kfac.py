@@ -77,21 +77,29 @@ def layer_prior_precision(state: KFACLaplace) -> dict:
     return {k: lam[_layer_positions(state.params, k)[0]] for k in state.layers}
 
 
-def _spectra(state: KFACLaplace) -> dict:
+def precision_eigenvalues(state: KFACLaplace) -> dict:
     """{layer: e_A e_Gᵀ + λ_l [K+1, out]}, the precision's eigenvalues per layer."""
     lam = layer_prior_precision(state)
     return {k: jnp.outer(ea, eg) + lam[k] for k, (_, ea, _, eg) in state.layers.items()}
 
 
+def effective_parameters(state: KFACLaplace) -> dict:
+    """{layer: γ_l = Σ_i (1 − λ_l / s_i)} = P_l − λ_l tr Σ_l, the number of directions of
+    layer l the data determine (MacKay); s_i the block's eigenvalues. At the evidence's
+    optimum for a per-layer λ, γ_l = λ_l ‖θ_l‖² (the fixed point of MacKay's update)."""
+    lam = layer_prior_precision(state)
+    return {k: jnp.sum(1.0 - lam[k] / s) for k, s in precision_eigenvalues(state).items()}
+
+
 def log_det_precision(state: KFACLaplace) -> jax.Array:
-    return sum(jnp.log(s).sum() for s in _spectra(state).values())
+    return sum(jnp.log(s).sum() for s in precision_eigenvalues(state).values())
 
 
 def sample(key: jax.Array, state: KFACLaplace) -> jax.Array:
     """θ_MAP + per layer Q_A ((Q_Aᵀ Z Q_G) / √(e_A e_Gᵀ + λ)) Q_Gᵀ, Z ~ N(0, I), split into
     kernel/bias: the covariance's symmetric square root, the same whichever eigenbases
     eigh returned within repeated eigenvalues (a rank-deficient A_l from few labels)."""
-    spectra = _spectra(state)
+    spectra = precision_eigenvalues(state)
     delta = jax.tree.map(jnp.zeros_like, state.params)
     keys = jax.random.split(key, len(state.layers))
     for key_l, (name, (qa, _, qg, _)) in zip(keys, sorted(state.layers.items()), strict=True):
@@ -116,7 +124,7 @@ def covariance(state: KFACLaplace) -> jax.Array:
     """Block-diagonal [P, P]: block l = (Q_A ⊗ Q_G) diag(1 / (e_A e_Gᵀ + λ)) (Q_A ⊗ Q_G)ᵀ,
     placed at the layer's raveled positions."""
     cov = jnp.zeros((state.mean.size, state.mean.size), state.mean.dtype)
-    for name, spectrum in _spectra(state).items():
+    for name, spectrum in precision_eigenvalues(state).items():
         qa, _, qg, _ = state.layers[name]
         q = jnp.kron(qa, qg)
         index = _layer_positions(state.params, name)
