@@ -62,6 +62,9 @@ POSTERIORS = {
     "ll-laplace": _laplace("probit", prior_fit="val-nll"),
     # Last-layer full GGN, scalar evidence λ, linearised (GLM) predictive.
     "ll-glm-evidence": _laplace("glm", prior_fit="evidence"),
+    # The control for MC dropout's rows, which score a 2,000-point subset: today's default
+    # Laplace on the same subset (a fresh random subset spreads a top-10 batch by itself).
+    "ll-laplace-subset": {**_laplace("probit", prior_fit="val-nll"), "pool_subset": SUBSET},
     # All weights, KFAC GGN, one evidence λ per layer, GLM predictive (2,000-point subset).
     "kfac-glm-layerwise": {**_laplace("glm", structure="kfac", subset="all",
                                       prior_fit="evidence-layerwise"),
@@ -115,7 +118,8 @@ def _variants() -> dict[str, dict]:
 VARIANTS = _variants()
 STAGE1 = ["random", "margin", "plugin-entropy"] + [
     f"{p}-{a}" for p in POSTERIORS
-    if p not in ("plugin", "diag-glm-layerwise", "kfac-glm-logits-layerwise", "mc-dropout-500")
+    if p not in ("plugin", "diag-glm-layerwise", "kfac-glm-logits-layerwise", "mc-dropout-500",
+                 "ll-laplace-subset")
     for a in ("entropy", "bald")]
 
 
