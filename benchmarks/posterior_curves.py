@@ -386,6 +386,93 @@ def _bald_and_entropy(predict, x):
             np.concatenate([predictive_entropy(None, out) for out in outs]))
 
 
+def map_replay(args) -> dict:
+    """Are a run's queries good, apart from its predictive?
+
+    For each ``--variants`` run and seed, replays its labelled sets (the initial labels,
+    then each round's queried ``pool_index`` from ``queries.jsonl``) through the plugin
+    learner with the variant's own model and training: the same keys as the run
+    (``run_rounds``: round r fits with ``split(fold_in(key_rounds, r))[1]``) and the same
+    initial weights, so each round's θ_MAP is the run's own, evaluated by its softmax.
+    A row's test accuracy is then its predictive's, the replay's that of the network its
+    queries trained. For ``random`` the two are the same thing: the replay must reproduce
+    the run's recorded curve (a check of the replay itself).
+    """
+    import jax
+    import numpy as np
+
+    from jaxal.experiment import load_split, to_device
+    from jaxal.loop import _fit_and_evaluate, init_state, make_learner
+    from jaxal.model import build_model
+    from jaxal.sharding import use_devices
+
+    out = RESULTS / "map_replay.json"
+    rows = json.loads(out.read_text())["rows"] if out.exists() else {}
+    for seed in args.seeds:
+        for name in args.variants:
+            queries = run_dir(args, f"{name}-seed{seed}") / "queries.jsonl"
+            if not queries.exists():
+                print(f"{name}: no queries of seed {seed}; skipped")
+                continue
+            # By round: a resumed run may have written a round twice.
+            by_round = {(q := json.loads(line))["round"]: q["pool_index"]
+                        for line in queries.read_text().splitlines() if line.strip()}
+            batches = [by_round[r] for r in sorted(by_round)]
+            fields = {k: v for k, v in VARIANTS[name].items() if k in ("model", "train")}
+            al = ALConfig(rounds=args.rounds, query_size=args.query_size,
+                          init_per_class=args.init_per_class, acquisition="random", **fields)
+            config = ExperimentConfig(dataset="mnist", seed=seed, pool_size=args.pool_size,
+                                      data_dir=args.data_dir, al=al)
+            with use_devices(config.devices):
+                split = load_split(config)
+                data = to_device(split)
+                model = build_model(config.dataset, split.num_classes, al)
+                learner = make_learner(model, al, split.pool_x.shape[1:], split.num_classes)
+                key_init, key_rounds = jax.random.split(jax.random.key(seed))
+                state, info = init_state(key_init, learner, data)
+                accuracy, labels, labelled = ([info.metrics.test_accuracy],
+                                              [info.num_labels], state.labelled)
+                for r, batch in enumerate(batches, start=1):
+                    labelled = labelled.at[np.asarray(batch)].set(True)
+                    _, key_fit = jax.random.split(jax.random.fold_in(key_rounds, r))
+                    _, _, metrics, _ = _fit_and_evaluate(
+                        key_fit, learner, data, learner.init(state.init_key), labelled)
+                    accuracy.append(metrics.test_accuracy)
+                    labels.append(int(labelled.sum()))
+                    print(f"{name}-seed{seed} round {r}: {labels[-1]} labels, MAP test "
+                          f"accuracy {accuracy[-1]:.4f}", flush=True)
+            recorded = json.loads(RESULTS.joinpath(f"{stem(args)}.json").read_text())[
+                "runs"].get(f"{name}-seed{seed}")
+            rows[f"{name}-seed{seed}"] = {
+                "labels": labels, "map_test_accuracy": accuracy,
+                "map_aubc": aubc(labels, accuracy),
+                "recorded_aubc": (aubc(recorded["labels"], recorded["test_accuracy"])
+                                  if recorded else None)}
+            write_json(out, {"rows": rows})
+    # Random's recorded curve is its MAP's (plugin predictive): no replay needed.
+    recorded_runs = json.loads(RESULTS.joinpath(f"{stem(args)}.json").read_text())["runs"]
+    random_aubc = {k.rsplit("-seed", 1)[1]: aubc(v["labels"], v["test_accuracy"])
+                   for k, v in recorded_runs.items() if k.startswith("random-seed")}
+    lines = ["Each run's queries replayed through the plugin learner (the run's own θ_MAP "
+             "each round, softmax predictive): the AUBC of the network its labels trained, "
+             "against the AUBC its own predictive recorded (for a plugin run the two must "
+             "agree: a check of the replay). MAP - random: against the same seed's random "
+             "run.", "",
+             "| run | labels to 90% / 95% (MAP) | AUBC, its predictive | AUBC, its MAP | "
+             "MAP - random |", "|---|---|---|---|---|"]
+    for key, r in rows.items():
+        seed = key.rsplit("-seed", 1)[1]
+        reach = " / ".join(str(labels_to_reach(r["labels"], r["map_test_accuracy"], t) or "–")
+                           for t in TARGETS)
+        diff = (f"{r['map_aubc'] - random_aubc[seed]:+.3f}" if seed in random_aubc
+                and not key.startswith("random-") else "—")
+        rec = "—" if r["recorded_aubc"] is None else f"{r['recorded_aubc']:.3f}"
+        lines.append(f"| {key} | {reach} | {rec} | {r['map_aubc']:.3f} | {diff} |")
+    (RESULTS / "map_replay.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
 def bald_noise(args) -> dict:
     """Is a finished run's BALD ranking signal or Monte Carlo noise?
 
@@ -552,10 +639,17 @@ def main():
     p.add_argument("--evidence-diagnosis", action="store_true",
                    help="from the finished runs of --variants (first seed): the evidence's "
                         "λ per layer against the weights, and the GLM logits' posterior std")
+    p.add_argument("--map-replay", action="store_true",
+                   help="replay the queries of --variants (each of --seeds) through the "
+                        "plugin learner: the test accuracy of the network their labels "
+                        "trained, apart from the run's predictive")
     args = p.parse_args()
     if args.evidence_diagnosis and not args.variants:
         p.error("--evidence-diagnosis reads finished runs: name them, e.g. --variants "
                 "ll-glm-evidence-bald")
+    if args.map_replay and not args.variants:
+        p.error("--map-replay reads finished runs' queries: name them, e.g. --variants "
+                "random kfac-glm-layerwise-bald")
     if args.bald_noise and not args.variants:
         p.error("--bald-noise reads finished runs: name them, e.g. --variants ll-laplace-bald "
                 "ensemble-bald")
@@ -565,6 +659,9 @@ def main():
         return
     if args.bald_noise:
         bald_noise(args)
+        return
+    if args.map_replay:
+        map_replay(args)
         return
     if args.timing:
         timing(args)
