@@ -406,7 +406,7 @@ def map_replay(args) -> dict:
     import numpy as np
 
     from jaxal.experiment import load_split, to_device
-    from jaxal.loop import _fit_and_evaluate, init_state, make_learner
+    from jaxal.loop import fit_and_evaluate, init_state, make_learner
     from jaxal.model import build_model
     from jaxal.sharding import use_devices
 
@@ -445,7 +445,7 @@ def map_replay(args) -> dict:
                 for r, batch in enumerate(batches, start=1):
                     labelled = labelled.at[np.asarray(batch)].set(True)
                     _, key_fit = jax.random.split(jax.random.fold_in(key_rounds, r))
-                    _, _, metrics, _ = _fit_and_evaluate(
+                    _, _, metrics, _ = fit_and_evaluate(
                         key_fit, learner, data, learner.init(state.init_key), labelled)
                     accuracy.append(metrics.test_accuracy)
                     labels.append(int(labelled.sum()))

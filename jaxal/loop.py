@@ -526,7 +526,7 @@ def train_and_fit(key_train: jax.Array, key_fit: jax.Array, learner: ActiveLearn
     return params, train_info, posterior, (t_train, t_fit)
 
 
-def _fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, params0,
+def fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, params0,
                       labelled: jax.Array, pseudo: jax.Array | None = None):
     """Train θ_MAP on ``labelled`` (and this round's pseudo-labels) from ``params0``, fit
     the posterior on ``labelled`` alone, compute metrics."""
@@ -563,7 +563,7 @@ def init_state(key: jax.Array, learner: ActiveLearner, data: ALData
     key_init, key_labels, key_fit = jax.random.split(key, 3)
     labelled = initial_labelled(key_labels, np.asarray(data.pool_y), data.num_classes,
                                 learner.config.init_per_class)
-    params, posterior, metrics, (t_train, t_fit, t_eval) = _fit_and_evaluate(
+    params, posterior, metrics, (t_train, t_fit, t_eval) = fit_and_evaluate(
         key_fit, learner, data, learner.init(key_init), labelled)
     state = ALState(params, posterior, labelled, 0, key_init)
     empty = np.zeros(0, np.int64)
@@ -590,7 +590,7 @@ def al_round(key: jax.Array, state: ALState, learner: ActiveLearner, data: ALDat
     params0 = state.params if learner.config.warm_start else learner.init(state.init_key)
     pseudo = query.pseudo_labels if learner.config.pseudo_label is not None else None
     extremes = Extremes(*jax.device_get(query.extremes))
-    params, posterior, metrics, (t_train, t_fit, t_eval) = _fit_and_evaluate(
+    params, posterior, metrics, (t_train, t_fit, t_eval) = fit_and_evaluate(
         key_fit, learner, data, params0, labelled, pseudo)
     new_state = ALState(params, posterior, labelled, state.round + 1, state.init_key)
     info = RoundInfo(new_state.round, int(labelled.sum()), queried, queried_scores,

@@ -124,7 +124,7 @@ class _SeedFunctions:
 
 
 def _fit_and_evaluate(fns: _SeedFunctions, keys, data: ALData, params0, labelled):
-    """``jaxal.loop._fit_and_evaluate`` of every seed: (params, posterior, [Metrics],
+    """``jaxal.loop.fit_and_evaluate`` of every seed: (params, posterior, [Metrics],
     seconds of training, fit and evaluation, shared by the seeds)."""
     key_train, key_fit, key_eval = _split(keys, 3)
     start = time.perf_counter()
