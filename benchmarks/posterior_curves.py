@@ -412,6 +412,8 @@ def map_replay(args) -> dict:
 
     out = RESULTS / "map_replay.json"
     rows = json.loads(out.read_text())["rows"] if out.exists() else {}
+    recorded_runs = json.loads(RESULTS.joinpath(f"{stem(args)}.json").read_text())["runs"]
+    splits = {}      # seed -> (split, device data): loaded once, shared by its variants
     for seed in args.seeds:
         for name in args.variants:
             queries = run_dir(args, f"{name}-seed{seed}") / "queries.jsonl"
@@ -434,8 +436,10 @@ def map_replay(args) -> dict:
             config = ExperimentConfig(dataset="mnist", seed=seed, pool_size=args.pool_size,
                                       data_dir=args.data_dir, al=al)
             with use_devices(config.devices):
-                split = load_split(config)
-                data = to_device(split)
+                if seed not in splits:
+                    split = load_split(config)
+                    splits[seed] = (split, to_device(split))
+                split, data = splits[seed]
                 model = build_model(config.dataset, split.num_classes, al)
                 learner = make_learner(model, al, split.pool_x.shape[1:], split.num_classes)
                 key_init, key_rounds = jax.random.split(jax.random.key(seed))
@@ -451,8 +455,7 @@ def map_replay(args) -> dict:
                     labels.append(int(labelled.sum()))
                     print(f"{name}-seed{seed} round {r}: {labels[-1]} labels, MAP test "
                           f"accuracy {accuracy[-1]:.4f}", flush=True)
-            recorded = json.loads(RESULTS.joinpath(f"{stem(args)}.json").read_text())[
-                "runs"].get(f"{name}-seed{seed}")
+            recorded = recorded_runs.get(f"{name}-seed{seed}")
             rows[f"{name}-seed{seed}"] = {
                 "labels": labels, "map_test_accuracy": accuracy,
                 "map_aubc": aubc(labels, accuracy),
@@ -460,7 +463,6 @@ def map_replay(args) -> dict:
                                   if recorded else None)}
             write_json(out, {"rows": rows})
     # Random's recorded curve is its MAP's (plugin predictive): no replay needed.
-    recorded_runs = json.loads(RESULTS.joinpath(f"{stem(args)}.json").read_text())["runs"]
     random_aubc = {k.rsplit("-seed", 1)[1]: aubc(v["labels"], v["test_accuracy"])
                    for k, v in recorded_runs.items() if k.startswith("random-seed")}
     lines = ["Each run's queries replayed through the plugin learner (the run's own θ_MAP "
