@@ -527,7 +527,7 @@ def train_and_fit(key_train: jax.Array, key_fit: jax.Array, learner: ActiveLearn
 
 
 def fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, params0,
-                      labelled: jax.Array, pseudo: jax.Array | None = None):
+                     labelled: jax.Array, pseudo: jax.Array | None = None):
     """Train θ_MAP on ``labelled`` (and this round's pseudo-labels) from ``params0``, fit
     the posterior on ``labelled`` alone, compute metrics."""
     key_train, key_fit, key_eval = jax.random.split(key, 3)
