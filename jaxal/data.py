@@ -560,16 +560,19 @@ def _check_manual_files(spec: DatasetSpec, manual_dir: Path) -> None:
 
 def _require_tensorflow() -> None:
     """Fails early, naming the fix, when preparing a dataset cannot work."""
+    # TensorFlow is the `prepare` extra, not a dependency: only preparing imports it.
     # TFDS 4.9.x imports importlib_resources when preparing but does not declare it on
     # Python >= 3.9 (tensorflow/datasets#11212).
-    for module, package in [
-        ("tensorflow", "tensorflow-cpu"),
-        ("importlib_resources", "importlib_resources"),
+    for module, install in [
+        ("tensorflow", 'pip install -e ".[prepare]" in a clone of jaxal, or '
+                       'pip install "jaxal[prepare]"'),
+        ("importlib_resources", "pip install importlib_resources"),
     ]:
         if importlib.util.find_spec(module) is None:
             raise MissingDependencyError(
-                f"Preparing a TFDS dataset needs {module!r}: pip install {package}. "
-                "Loading an already-prepared dataset does not."
+                f"Preparing a TFDS dataset needs {module!r}, which is not installed: "
+                f"{install}. Loading an already-prepared dataset, image folders and toy "
+                "data do not need it."
             )
 
 
@@ -589,7 +592,9 @@ def prepare_dataset(
     Raises:
       FileNotFoundError: a manual file is missing.
       ChecksumError: a manual file is not the original (checked before preparing).
+      MissingDependencyError: TensorFlow (the `prepare` extra) is not installed.
     """
+    _require_tensorflow()   # before any work: without it nothing below can succeed
     spec = get_spec(name)
     manual_dir = Path(manual_dir).expanduser().absolute()
     missing = [f for f in spec.manual_files if not (manual_dir / f).is_file()]
@@ -599,7 +604,6 @@ def prepare_dataset(
             f"{', '.join(spec.manual_files)}; missing: {', '.join(missing)}."
         )
     _check_manual_files(spec, manual_dir)
-    _require_tensorflow()
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 

@@ -403,6 +403,29 @@ def test_cli_errors_are_one_line_with_exit_code_2(
     assert "Traceback" not in err
 
 
+def test_without_tensorflow_prepare_refuses_and_loading_works(
+    mnist, mnist_data_dir, tmp_path, capsys, monkeypatch, empty_memory_cache
+):
+    """TensorFlow is the `prepare` extra: without it, `prepare` refuses in one line naming
+    the install, before any work; a prepared dataset and toy data still load."""
+    monkeypatch.setitem(sys.modules, "tensorflow", None)   # `import tensorflow` fails
+    argv = ["prepare", "mnist", "--manual-dir", str(tmp_path / "none"),
+            "--data-dir", str(tmp_path / "tfds")]  # fmt: skip
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        data_cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("error: Preparing a TFDS dataset needs "), err
+    assert 'pip install -e ".[prepare]"' in err and 'pip install "jaxal[prepare]"' in err
+    # Before any work: the missing --manual-dir is not what it names, nothing was written.
+    assert "missing" not in err and not (tmp_path / "tfds").exists()
+
+    # Loading reads the prepared files (memory cache emptied) without TensorFlow.
+    _assert_same(data.load_dataset("mnist", mnist_data_dir, download=False), mnist)
+    assert data.toy_al_split(0, n_pool=30, n_val=5, n_test=20).pool_x.shape == (30, 2)
+
+
 def test_data_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     assert data.resolve_data_dir() == tmp_path
