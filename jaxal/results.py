@@ -38,6 +38,7 @@ import numpy as np
 from jaxal import __version__
 from jaxal.atomic import TEMP_NAME, write_atomic
 from jaxal.errors import JaxalError, RunDirError
+from jaxal.files import loads_json, npy_bytes, npz_members, read_bytes, read_npz
 from jaxal.loop import (
     ActiveLearner,
     ALData,
@@ -65,6 +66,14 @@ EXTREMES_KEYS = ("round", *(f"{side}_{what}" for side in ("top", "bottom")
                             for what in ("index", "score", "label", "image")))
 
 _REWRITE = "rerun the run's command, which rewrites it from the checkpoint"
+
+# The most a file of one kind can hold, so that a crafted one is refused before it is
+# read: config.json and a labelling session's files, a run's JSON-lines records, and
+# extremes.npz (Figure 4's few images per round). The checkpoint's bound is the run's
+# own (``_checkpoint_bounds``).
+MAX_JSON_BYTES = 64 << 20
+MAX_RECORDS_BYTES = 256 << 20
+MAX_EXTREMES_BYTES = 256 << 20
 
 
 def _one_line(e: BaseException) -> str:
@@ -101,17 +110,18 @@ def remove_temp_files(out_dir: str | os.PathLike) -> list[Path]:
 
 
 def read_json(path: str | os.PathLike, fix: str,
-              error: type[JaxalError] = RunDirError) -> Any:
-    """The JSON value in ``path``; ``error`` ending in ``fix`` if it is missing, empty or
-    not JSON (one line, never a traceback)."""
+              error: type[JaxalError] = RunDirError, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """The JSON value in ``path``; ``error`` ending in ``fix`` if it is missing, empty,
+    not JSON, nested too deep, larger than ``max_bytes`` or not a regular file (one
+    line, never a traceback; ``jaxal.files``)."""
     path = Path(path)
     text = None
     try:
-        text = path.read_text(encoding="utf-8")
-        return json.loads(text)
+        text = read_bytes(path, fix, max_bytes=max_bytes, error=error).decode("utf-8")
+        return loads_json(text)
     except FileNotFoundError as e:
         raise error(f"{path} is missing; {fix}") from e
-    # ValueError: not UTF-8 or not JSON; RecursionError: JSON nested too deep.
+    # ValueError: not UTF-8, not JSON, or nested too deep.
     except (OSError, ValueError, RecursionError) as e:
         what = "empty" if text is not None and not text.strip() else (
             f"unreadable ({_one_line(e)[:200]})")
@@ -134,15 +144,17 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def _load_npz(path: Path, fix: str) -> dict[str, np.ndarray]:
-    """Every array of the .npz at ``path``, never unpickling (an object array is refused)."""
+def _load_npz(path: Path, fix: str, bounds: dict[str, int] | None = None, *,
+              max_bytes: int) -> dict[str, np.ndarray]:
+    """The arrays of the .npz at ``path`` (``bounds``: those, each at most that many
+    bytes inflated; None: all, none over ``max_bytes``), never unpickling (an object
+    array is refused) and never inflating past the bounds (``jaxal.files.read_npz``)."""
+    names = None if bounds is None else tuple(bounds)
     try:
-        with np.load(path, allow_pickle=False) as f:  # a .npy gives an array: TypeError
-            return {name: f[name] for name in f.files}
-    except Exception as e:  # whatever numpy, zipfile or zlib raise on a damaged file
-        what = "empty" if path.exists() and path.stat().st_size == 0 else (
-            f"damaged or not a jaxal file ({_one_line(e)})")
-        raise RunDirError(f"{path} is {what}; {fix}") from e
+        return read_npz(path, bounds if bounds is not None else lambda name: max_bytes,
+                        fix, names=names, max_bytes=max_bytes)
+    except FileNotFoundError as e:
+        raise RunDirError(f"{path} is missing; {fix}") from e
 
 
 # --- checkpoint.npz: the state's leaves as leaf_<i>, plus ``manifest``, UTF-8 JSON ---
@@ -245,29 +257,42 @@ def _afresh(path: Path) -> str:
     return f"delete {path} (or the out dir) to start the run afresh"
 
 
-def _read_checkpoint(out_dir: Path, config: dict
-                     ) -> tuple[Path, dict, dict[str, np.ndarray]] | None:
-    """(path, manifest, leaf arrays) of the checkpoint in ``out_dir``, written with
-    ``config``; None if there is none."""
+def _manifest_bound(config: dict) -> int:
+    """The most bytes the manifest of a run of ``config`` holds: its config, and per
+    round a record of a few metrics plus the query's indices, labels and scores."""
+    al = config.get("al") if isinstance(config, dict) else None
+    rounds, k = (al.get("rounds"), al.get("query_size")) if isinstance(al, dict) else (0, 0)
+    if not (isinstance(rounds, int) and isinstance(k, int)):
+        return MAX_JSON_BYTES
+    return (4 << 20) + 2 * len(json.dumps(config)) + (rounds + 1) * ((64 << 10) + 256 * k)
+
+
+def _read_checkpoint(out_dir: Path, config: dict) -> tuple[Path, dict] | None:
+    """(path, manifest) of the checkpoint in ``out_dir``, written with ``config``; None
+    if there is none. Only the manifest is inflated, within the run's bound."""
     old = out_dir / PICKLE_CHECKPOINT
     if old.exists():
         raise RunDirError(f"{old} was written by an earlier jaxal as a pickle, which is "
                           f"never read (loading one can run code); rerun in a new out dir, "
                           f"or delete {old} to start this run afresh")
     path = out_dir / CHECKPOINT
-    if not path.exists():
+    try:
+        # The directory alone (nothing inflated): a file that is no archive is refused
+        # here, before the manifest's name is looked up.
+        members = npz_members(path, _afresh(path), max_bytes=None)
+    except FileNotFoundError:
         return None
-    arrays = _load_npz(path, _afresh(path))
-    raw = arrays.pop("manifest", None)
-    manifest = None
-    if raw is not None and raw.dtype == np.uint8 and raw.ndim == 1:
+    manifest, reason = None, "no readable manifest"
+    if "manifest" in members:
+        raw = _load_npz(path, _afresh(path), {"manifest": _manifest_bound(config)},
+                        max_bytes=None)["manifest"]
         try:
-            manifest = json.loads(raw.tobytes())
-        except ValueError:
-            pass
+            if raw.dtype == np.uint8 and raw.ndim == 1:
+                manifest = loads_json(raw.tobytes())
+        except ValueError as e:
+            reason += f": {_one_line(e)[:200]}"
     if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
-        raise RunDirError(f"{path} is not a jaxal checkpoint (no readable manifest); "
-                          f"{_afresh(path)}")
+        raise RunDirError(f"{path} is not a jaxal checkpoint ({reason}); {_afresh(path)}")
     if manifest.get("format_version") != CHECKPOINT_VERSION:
         raise RunDirError(
             f"{path} was written by jaxal {manifest.get('jaxal_version')} (checkpoint "
@@ -281,7 +306,7 @@ def _read_checkpoint(out_dir: Path, config: dict
             f"{path} holds a run with a different configuration ("
             + ("; ".join(diffs) or "its config digest differs")
             + f"); choose another --out or delete {out_dir}")
-    return path, manifest, arrays
+    return path, manifest
 
 
 def checkpoint_manifest(out_dir: str | os.PathLike, config: dict) -> dict | None:
@@ -307,18 +332,24 @@ def load_checkpoint(out_dir: str | os.PathLike, template: ALState, config: dict
 
     Raises:
       RunDirError: see ``checkpoint_manifest``; also leaves or records that do not fit
-        ``template``.
+        ``template`` (a leaf is refused by its size before it is inflated).
     """
     read = _read_checkpoint(Path(out_dir), config)
     if read is None:
         return None
-    path, manifest, arrays = read
+    path, manifest = read
     named = _named_leaves(template)
     try:
         entries = manifest["leaves"]
         if [e["name"] for e in entries] != [name for name, _ in named]:
             raise RunDirError(f"{path} holds another state structure than this run's; "
                               f"{_afresh(path)}")
+        # The bytes each leaf of this run's state takes (a key: its key data).
+        bounds = {e["array"]: npy_bytes((*like.shape, 16), np.uint32) if _is_key(like)
+                  else npy_bytes(like.shape, like.dtype)
+                  for e, (_, like) in zip(entries, named, strict=True)}
+        total = sum(bounds.values()) + _manifest_bound(config) + (1 << 20)
+        arrays = _load_npz(path, _afresh(path), bounds, max_bytes=total)
         leaves = []
         for entry, (name, like) in zip(entries, named, strict=True):
             value = arrays[entry["array"]]
@@ -338,6 +369,7 @@ def load_checkpoint(out_dir: str | os.PathLike, template: ALState, config: dict
             leaves.append(value)
         round_ = manifest["round"]
         infos = [_info_from_json(d) for d in manifest["rounds"]]
+        check_records(infos, int(template.labelled.shape[0]))
     except RunDirError:
         raise
     except Exception as e:  # a manifest that parses but is not what save_checkpoint wrote
@@ -348,6 +380,37 @@ def load_checkpoint(out_dir: str | os.PathLike, template: ALState, config: dict
                           f"{[i.round for i in infos]}; {_afresh(path)}")
     treedef = jax.tree.structure(template._replace(round=None))
     return jax.tree.unflatten(treedef, leaves)._replace(round=round_), infos
+
+
+def check_records(infos: Sequence[RoundInfo], num_pool: int,
+                  num_classes: int | None = None) -> None:
+    """Refuse round records (of a checkpoint) that name a pool point outside
+    0..num_pool-1 or a label outside 0..num_classes-1: they could not come from a run of
+    this pool, and would fail the files rewritten from them."""
+    for info in infos:
+        where = f"{CHECKPOINT} records round {info.round} with"
+        indices = [np.asarray(info.queried)]
+        if info.extremes is not None:
+            indices += [np.asarray(info.extremes.top), np.asarray(info.extremes.bottom)]
+        for index in indices:
+            if index.size and (index.dtype.kind not in "iu" or index.min() < 0
+                               or index.max() >= num_pool):
+                raise RunDirError(f"{where} pool indices {_shown(index)}, outside this "
+                                  f"run's pool 0..{num_pool - 1}; delete it (or the out "
+                                  "dir) to start the run afresh")
+        labels = np.asarray(info.queried_labels)
+        top = num_classes if num_classes is not None else np.iinfo(np.int32).max
+        if labels.shape != np.shape(info.queried) or (labels.size and (
+                labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= top)):
+            classes = f" 0..{num_classes - 1}" if num_classes is not None else ""
+            raise RunDirError(f"{where} labels {_shown(labels)}, not one label per queried "
+                              f"point of this run's classes{classes}; delete it (or the "
+                              "out dir) to start the run afresh")
+
+
+def _shown(values: np.ndarray) -> str:
+    values = values.ravel().tolist()
+    return str(values[:8])[:-1] + (", ...]" if len(values) > 8 else "]")
 
 
 def metrics_row(info: RoundInfo) -> dict[str, float | int]:
@@ -398,6 +461,8 @@ def write_rounds(out_dir: str | os.PathLike, infos: Sequence[RoundInfo],
     """(Re)write metrics.csv, metrics.jsonl, queries.jsonl (and, given ``num_classes``,
     query_classes.csv) for all rounds so far."""
     out_dir = Path(out_dir)
+    if num_classes is not None and pool_index is not None:
+        check_records(infos, len(pool_index), num_classes)
     rows = [metrics_row(i) for i in infos]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
@@ -441,17 +506,42 @@ def read_extremes(out_dir: str | os.PathLike) -> dict[str, np.ndarray] | None:
     path = Path(out_dir) / "extremes.npz"
     if not path.exists():
         return None
-    extremes = _load_npz(path, _REWRITE)
-    if missing := [k for k in EXTREMES_KEYS if k not in extremes]:
+    members = npz_members(path, _REWRITE, max_bytes=MAX_EXTREMES_BYTES)
+    if missing := [k for k in EXTREMES_KEYS if k not in members]:
         raise RunDirError(f"{path} is not a jaxal extremes file (no {', '.join(missing)}); "
                           f"{_REWRITE}")
+    bounds = dict.fromkeys(EXTREMES_KEYS, MAX_EXTREMES_BYTES)
+    extremes = _load_npz(path, _REWRITE, bounds, max_bytes=MAX_EXTREMES_BYTES)
+    if not _extremes_fit(extremes):
+        shapes = ", ".join(f"{k} {a.dtype}{list(a.shape)}" for k, a in extremes.items())
+        raise RunDirError(f"{path} does not hold Figure 4's arrays (per round r and point "
+                          "k: round [r], indices, labels and scores [r, k], images "
+                          f"[r, k, ...]; it holds {shapes}); {_REWRITE}")
     return extremes
+
+
+def _extremes_fit(extremes: dict[str, np.ndarray]) -> bool:
+    """Whether the arrays have the shapes and dtypes ``write_extremes`` gives them."""
+    rounds = extremes["round"]
+    if not (rounds.ndim == 1 and rounds.size and rounds.dtype.kind in "iu"):
+        return False
+    per_round = extremes["top_index"].shape
+    if len(per_round) != 2 or per_round[0] != rounds.size or per_round[1] < 1:
+        return False
+    for key in EXTREMES_KEYS[1:]:
+        a = extremes[key]
+        kinds = "iu" if key.endswith(("index", "label")) else "iuf"
+        ndims = (3, 4, 5) if key.endswith("image") else (2,)
+        if a.shape[:2] != per_round or a.ndim not in ndims or a.dtype.kind not in kinds:
+            return False
+    return True
 
 
 def _read_rounds(path: Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines file, one per round."""
     try:
-        lines = path.read_text().splitlines()
+        lines = read_bytes(path, _REWRITE, max_bytes=MAX_RECORDS_BYTES).decode(
+            "utf-8").splitlines()
     except FileNotFoundError as e:
         raise RunDirError(f"{path} is missing; {_REWRITE}") from e
     except (OSError, ValueError) as e:
@@ -461,7 +551,7 @@ def _read_rounds(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = loads_json(line)
         except ValueError as e:
             raise RunDirError(f"{path} line {n} is not JSON ({_one_line(e)}); "
                               f"{_REWRITE}") from e
@@ -484,8 +574,12 @@ def read_queries(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of queries.jsonl (round 1 on: none after round 0)."""
     path = Path(out_dir) / "queries.jsonl"
     rows = _read_rounds(path)
-    if any("label" not in r for r in rows):
-        raise RunDirError(f"{path} holds rows without labels; {_REWRITE}")
+    for n, row in enumerate(rows, 1):
+        labels = row.get("label")
+        if not (isinstance(labels, list) and all(
+                type(y) is int and y >= 0 for y in labels)):
+            raise RunDirError(f"{path} record {n} has no 'label' list of class numbers; "
+                              f"{_REWRITE}")
     return rows
 
 

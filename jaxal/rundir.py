@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from jaxal.errors import RunDirError
+from jaxal.files import loads_json, open_for_update, read_bytes
 
 LOCK_NAME = ".jaxal.lock"
 
@@ -34,17 +35,19 @@ _HELD: dict[Path, list[int]] = {}
 def _holder(lock_path: Path) -> str:
     """Who holds the lock, as its file says (best effort: it may be mid-write)."""
     try:
-        info = json.loads(lock_path.read_text())
+        info = loads_json(read_bytes(lock_path, "", max_bytes=1 << 16))
         return (f"jaxal pid {info['pid']} on host {info['host']} since {info['since']} "
                 f"({info['command']})")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RunDirError):
         return "another jaxal process"
 
 
 def _open_locked(lock_path: Path, out_dir: Path) -> int:
-    """A descriptor of ``lock_path`` holding its exclusive lock; RunDirError if held."""
+    """A descriptor of ``lock_path`` holding its exclusive lock; RunDirError if held,
+    or if ``lock_path`` is a symlink or not a regular file (left as it is)."""
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = open_for_update(lock_path, "remove it (jaxal never writes through a link or "
+                                        "into a special file), or choose another --out")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -82,7 +85,7 @@ def lock_out_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     lock_path = out_dir / LOCK_NAME
     try:
         fd = _open_locked(lock_path, out_dir)
-    except OSError as e:
+    except OSError as e:   # not a RunDirError: the dir itself is not writable
         _remove_created(created)
         raise RunDirError(f"cannot write in {out_dir} ({e.strerror}); choose a writable "
                           "--out") from None
@@ -106,25 +109,31 @@ def lock_out_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
 
 
 def _make_dirs(out_dir: Path) -> list[Path]:
-    """Create ``out_dir`` and missing parents; the ones created, deepest first."""
+    """Create ``out_dir`` and missing parents; the ones this call created, deepest first.
+
+    Only a ``mkdir`` that succeeded counts: in ``new/../keep/sub`` the path ``new/../keep``
+    is missing until ``new`` exists, and is then the user's own ``keep``, never removed.
+    """
     missing = []
     path = out_dir
-    while not path.exists() and path != path.parent:
+    while not os.path.exists(path) and path != path.parent:
         missing.append(path)
         path = path.parent
     if path.exists() and not path.is_dir():
         raise RunDirError(f"cannot use {out_dir} as an out dir: {path} is a file; choose "
                           "another --out")
+    created: list[Path] = []
     for path in reversed(missing):
         try:
             path.mkdir()
         except FileExistsError:
-            pass
+            continue
         except OSError as e:
-            _remove_created(missing[missing.index(path) + 1:])
+            _remove_created(created)
             raise RunDirError(f"cannot create {out_dir} ({e.strerror}); choose a writable "
                               "--out") from None
-    return missing
+        created.insert(0, path)
+    return created
 
 
 def _remove_created(created: list[Path]) -> None:

@@ -95,15 +95,31 @@ def top_k(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]:
 
 # --- stochastic batch acquisition (Kirsch et al. 2023) -----------------------------------
 
-def _gumbel_top_k(key: jax.Array, log_weights: jax.Array, labelled: jax.Array, k: int):
-    """k distinct draws without replacement, P(i) ∝ exp(log_weights_i) (Gumbel-top-k)."""
-    perturbed = finite_scores(log_weights) + jax.random.gumbel(key, log_weights.shape,
-                                                               log_weights.dtype)
+class _Tempered(NamedTuple):
+    """Log weights β ℓ_i, kept as ℓ (the log weights at β = 1) and β: their product
+    overflows float32 for a large finite β (1e308 x log 2 is inf, and every point ties)."""
+
+    log_weights: jax.Array
+    beta: float | jax.Array
+
+
+def _gumbel_top_k(key: jax.Array, log_weights: _Tempered, labelled: jax.Array, k: int):
+    """k distinct draws without replacement, P(i) ∝ exp(β ℓ_i) (Gumbel-top-k).
+
+    The k largest of β ℓ_i + g_i, g_i ~ Gumbel(0, 1); for β > 1 the k largest of the same
+    order divided by β, ℓ_i + g_i / β. Each term is finite for every finite β > 0: the
+    distribution wherever float32 resolves it, and as β grows (g / β below ℓ's rounding,
+    or 0) top-k on ℓ, ties by index.
+    """
+    ell, beta = finite_scores(log_weights.log_weights), log_weights.beta
+    gumbel = jax.random.gumbel(key, ell.shape, ell.dtype)
+    perturbed = jnp.where(beta > 1, ell + gumbel / beta,
+                          jnp.minimum(beta, 1) * ell + gumbel)
     _, idx = jax.lax.top_k(jnp.where(labelled, -jnp.inf, perturbed), k)
     return idx
 
 
-def _stochastic(log_weights_of: Callable[[jax.Array, float], jax.Array]) -> Callable:
+def _stochastic(log_weights_of: Callable[[jax.Array, float], _Tempered]) -> Callable:
     def select(key, pool: Pool, config):
         log_weights = log_weights_of(finite_scores(pool.scores), config.stochastic_beta)
         idx = _gumbel_top_k(key, log_weights, pool.labelled, config.query_size)
@@ -113,19 +129,19 @@ def _stochastic(log_weights_of: Callable[[jax.Array, float], jax.Array]) -> Call
 
 def _softmax_log_weights(scores, beta):
     """softmax: P(i) ∝ exp(β s_i)."""
-    return beta * scores
+    return _Tempered(scores, beta)
 
 
 def _power_log_weights(scores, beta):
     """power: P(i) ∝ s_i^β (scores must be >= 0; 0 gets a tiny weight, not none)."""
-    return beta * jnp.log(jnp.clip(scores, _TINY, None))
+    return _Tempered(jnp.log(jnp.clip(scores, _TINY, None)), beta)
 
 
 def _softrank_log_weights(scores, beta):
     """softrank: P(i) ∝ rank_i^-β, rank 1 the highest score."""
     rank = jnp.empty_like(scores).at[jnp.argsort(-scores)].set(
         jnp.arange(1, scores.shape[0] + 1, dtype=scores.dtype))
-    return -beta * jnp.log(rank)
+    return _Tempered(-jnp.log(rank), beta)
 
 
 # --- redundancy and hybrid scoring ------------------------------------------------------
