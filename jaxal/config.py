@@ -6,10 +6,11 @@ a config re-export it (``jaxal.loop.ALConfig`` is this ``ALConfig``).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-# Half-decade grid of the "val-nll" prior fit: 10^-2 ... 10^4.
-VALIDATION_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-4, 9))
+from jaxal.components import KINDS, options_of, options_to_dict
+from jaxal.components import VALIDATION_GRID as VALIDATION_GRID  # re-exported
+from jaxal.components import LaplaceOptions as LaplaceOptions  # re-exported
 
 TOY_DATASETS = ("moons", "blobs")
 # The dataset of a folder of the user's own images (``jaxal.image_folder``); never a TFDS
@@ -39,24 +40,6 @@ class TrainConfig(NamedTuple):
     augment: bool = False
 
 
-class LaplaceConfig(NamedTuple):
-    """Which Laplace approximation: ``(curvature, structure, subset)`` plus its prior."""
-
-    curvature: str = "ggn"           # "ggn" | "hessian" | "ggn-mc" (sampled; all weights)
-    structure: str = "full"          # "full" | "diag" | "iso" | "kfac" (all weights)
-    subset: str = "last-layer"       # "last-layer" | "all"
-    samples: int = 100               # S for the Monte Carlo predictive
-    prior_precision: float | None = None  # None: the MAP objective's prior_precision
-    # How λ is set after each fit (the curvature is kept): "val-nll", the grid value whose
-    # predictive (the run's) has the lowest validation NLL, done by the loop; "evidence",
-    # the Laplace evidence maximiser; "none", λ as given. The default is measured:
-    # ``benchmarks/laplace_curves.py`` (with λ = 1 or the evidence fit the last-layer
-    # predictive on MNIST is near-uniform and its queries worse than the plugin's).
-    prior_fit: str = "val-nll"
-    prior_precision_grid: tuple[float, ...] = VALIDATION_GRID
-    chunk_size: int | None = None    # examples per curvature chunk (None: by subset)
-
-
 class ModelConfig(NamedTuple):
     """Options of the models; the defaults are the seed CNN and the toy MLP themselves."""
 
@@ -72,18 +55,19 @@ class ModelConfig(NamedTuple):
 
 
 class ALConfig(NamedTuple):
-    """Everything that decides what an AL run computes (apart from data and seed)."""
+    """Everything that decides what an AL run computes (apart from data and seed): the
+    chosen component of each kind with its options (``jaxal.components``: the options
+    record of that component, ``()`` for its defaults), and the schedule."""
 
-    acquisition: str = "entropy"   # a score (ACQUISITIONS) or a strategy (STRATEGIES)
-    batch: str = "topk"            # how a score becomes a batch (BATCH_SELECTORS)
-    hybrid_beta: float = 0.5       # hybrid: weight of diversity (1 - redundancy)
-    stochastic_beta: float = 1.0   # power/softmax/softrank: coldness β
-    batchbald_candidates: int = 1000   # BatchBALD: the pool points of highest BALD
-    batchbald_configs: int = 1000      # BatchBALD: label configurations M
-    pseudo_label: float | None = None  # CEAL confidence threshold (None: off)
-    pseudo_label_by: str = "max-prob"  # max-prob (p_max >= t) or entropy (H <= t)
+    acquisition: str = "entropy"   # a score (ACQUISITIONS) or a strategy (SELECTORS)
+    batch: str = "topk"            # how a score becomes a batch (a batch selector)
     posterior: str = "plugin"
     predictive: str = "plugin"
+    posterior_options: Any = ()    # e.g. LaplaceOptions(subset="all"), EnsembleOptions(5)
+    batch_options: Any = ()        # e.g. StochasticOptions(beta=2.0) for --batch power
+    acquisition_options: Any = ()  # a strategy's, e.g. BatchBALDOptions(candidates=500)
+    pseudo_label: float | None = None  # CEAL confidence threshold (None: off)
+    pseudo_label_by: str = "max-prob"  # max-prob (p_max >= t) or entropy (H <= t)
     rounds: int = 20
     query_size: int = 10
     init_per_class: int = 2
@@ -93,14 +77,15 @@ class ALConfig(NamedTuple):
     # (None: the whole pool), so costly posteriors stay affordable (Gal et al. 2017).
     pool_subset: int | None = None
     train: TrainConfig = TrainConfig()
-    laplace: LaplaceConfig = LaplaceConfig()   # used when posterior == "laplace"
     model: ModelConfig = ModelConfig()
-    ensemble_size: int = 5         # members M of the deep ensemble posterior
-    dropout_samples: int = 100     # masks S of the MC dropout posterior
     # Posterior samples of the predictive when evaluating (test/validation metrics and the
     # val-nll prior fit); None: as many as the query uses. Fewer keep costly sampling
     # posteriors affordable over the 11,000 evaluation images.
     eval_samples: int | None = None
+
+    def options(self, kind: str):
+        """The options record of the chosen component of ``kind`` (defaults filled in)."""
+        return options_of(self, kind)
 
 
 class Protocol(NamedTuple):
@@ -178,8 +163,10 @@ class ExperimentConfig(NamedTuple):
 
     def to_dict(self) -> dict:
         d = self._asdict()
-        d["al"] = {**self.al._asdict(), "train": self.al.train._asdict(),
-                   "laplace": self.al.laplace._asdict(), "model": self.al.model._asdict()}
+        al = self.al
+        d["al"] = {**al._asdict(), "train": al.train._asdict(), "model": al.model._asdict()}
+        for kind, (_, field, _) in KINDS.items():
+            d["al"][field] = options_to_dict(options_of(al, kind))
         # Neither where the data lives nor how many devices share the work changes the
         # results (a run resumes on another device count); config.json records the devices
         # apart.
@@ -191,3 +178,35 @@ class ExperimentConfig(NamedTuple):
             if node[name] == ADDED_LATER[(*parents, name)]:
                 del node[name]
         return d
+
+
+# The ALConfig fields of the format before components carried their options
+# (jaxal <= 57b3532): where each component's options were, by component.
+_LEGACY_OPTIONS = {
+    ("posterior", "laplace"): lambda al: al["laplace"],
+    ("posterior", "mc-dropout"): lambda al: {"samples": al["dropout_samples"]},
+    ("posterior", "ensemble"): lambda al: {"size": al["ensemble_size"]},
+    ("batch", "hybrid"): lambda al: {"beta": al["hybrid_beta"]},
+    ("batch", "power"): lambda al: {"beta": al["stochastic_beta"]},
+    ("batch", "softmax"): lambda al: {"beta": al["stochastic_beta"]},
+    ("batch", "softrank"): lambda al: {"beta": al["stochastic_beta"]},
+    ("acquisition", "batchbald"): lambda al: {"candidates": al["batchbald_candidates"],
+                                              "configs": al["batchbald_configs"]},
+}
+_LEGACY_FIELDS = ("laplace", "dropout_samples", "ensemble_size", "hybrid_beta",
+                  "stochastic_beta", "batchbald_candidates", "batchbald_configs")
+
+
+def migrate_config_dict(d: dict) -> dict:
+    """An ``experiment`` dict of config.json in today's format: one written before
+    components carried their options (flat ``ensemble_size``, ``hybrid_beta``, ... and a
+    ``laplace`` object in ``al``) becomes the same run's dict now, so its run dir resumes.
+    Today's dicts are returned as they are."""
+    al = d.get("al") if isinstance(d, dict) else None
+    if not isinstance(al, dict) or "laplace" not in al:
+        return d
+    new_al = {k: v for k, v in al.items() if k not in _LEGACY_FIELDS}
+    for kind, (name_field, field, _) in KINDS.items():
+        legacy = _LEGACY_OPTIONS.get((kind, al.get(name_field)))
+        new_al[field] = legacy(al) if legacy is not None else {}
+    return {**d, "al": new_al}

@@ -27,6 +27,7 @@ from jaxal.loop import (
 )
 from jaxal.model import build_model
 from jaxal.plots import plot_run
+from jaxal.posterior import POSTERIORS
 from jaxal.results import (
     checkpoint_manifest,
     config_difference,
@@ -86,8 +87,8 @@ def check_config(config: ExperimentConfig) -> None:
         raise ConfigError(f"--channels and --hidden shape the CNN, and {config.dataset} "
                           "trains the toy MLP; drop them")
     if config.dataset == IMAGE_FOLDER:
-        laplace = config.al.laplace
-        if config.al.posterior == "laplace" and laplace.prior_fit == "val-nll":
+        posterior = POSTERIORS[config.al.posterior]
+        if posterior.validation_grid(config.al.options("posterior")) is not None:
             raise ConfigError("--prior-precision val-nll fits λ on validation labels, and "
                               "an image folder has none; use --prior-precision auto "
                               "(evidence) or a number")

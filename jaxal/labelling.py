@@ -50,7 +50,7 @@ import numpy as np
 from jaxal.config import IMAGE_FOLDER
 from jaxal.errors import ConfigError, JaxalError
 from jaxal.experiment import ExperimentConfig, check_config, load_split, read_folder
-from jaxal.loop import ALData, make_learner, train_and_fit, validate_config, validate_data
+from jaxal.loop import ALData, make_learner, train_and_fit, validate_config
 from jaxal.model import build_model
 from jaxal.results import config_difference, read_json, write_json_atomic, write_text_atomic
 
@@ -240,16 +240,15 @@ def _num_rounds(session_dir: Path) -> int:
 def _query(key, config: ExperimentConfig, split, labels: dict[int, int], labelled):
     """(pool indices, scores, validation accuracy) of the batch the loop's next round
     would query, with the session's labels in place of the oracle's."""
-    n, c = split.pool_x.shape[0], split.num_classes
-    # A static bound on the labelled set: the labels so far plus this query.
-    budget = len(labels) + config.al.query_size
-    per_class = 1
-    rounds = math.ceil(max(budget - per_class * c, 0) / config.al.query_size)
-    al = config.al._replace(init_per_class=per_class, rounds=rounds)
-    validate_config(al)
-    validate_data(al, n, None, c)
-    model = build_model(config.dataset, c, al)
-    learner = make_learner(model, al, split.pool_x.shape[1:], c)
+    n, c, k = split.pool_x.shape[0], split.num_classes, config.al.query_size
+    # A static bound on the labelled set: the labels so far plus this query (``propose``
+    # checked that it fits the pool), rounded up to whole queries after one label per
+    # class, the bound proposals have always been computed with (so a session's pending
+    # proposal is the same after an upgrade).
+    capacity = c + math.ceil(max(len(labels) + k - c, 0) / k) * k
+    validate_config(config.al)
+    model = build_model(config.dataset, c, config.al)
+    learner = make_learner(model, config.al, split.pool_x.shape[1:], c, capacity=capacity)
     # Labels the person gave; unlabelled entries are never read (padding repeats a
     # labelled index), so they stay 0.
     y = np.zeros(n, np.int32)

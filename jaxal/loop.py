@@ -21,11 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal.acquisition import ACQUISITIONS, entropy, map_chunks, score_pool, select_top_k
-from jaxal.batching import over_members
 from jaxal.config import ALConfig as ALConfig  # re-exported
 from jaxal.errors import ConfigError, DivergedError
 from jaxal.model import Classifier, init_params
-from jaxal.posterior import POSTERIORS, with_prior_precision
+from jaxal.posterior import POSTERIORS, bind, with_prior_precision
 from jaxal.predictive import PREDICTIVES, works_with
 from jaxal.selection import (
     PSEUDO_LABEL_CRITERIA,
@@ -36,10 +35,6 @@ from jaxal.selection import (
     strategies,
 )
 from jaxal.train import check_train_config, labelled_indices, make_trainer, train_map
-
-# Points per chunk for the all-weights probit predictive: it holds C output gradients of
-# every layer per point (~1 MB each for the seed CNN on MNIST).
-PROBIT_ALL_WEIGHTS_CHUNK = 256
 
 
 class ALData(NamedTuple):
@@ -153,19 +148,24 @@ def query_strategy(config: ALConfig):
     return ACQUISITIONS[config.acquisition], SELECTORS[config.batch]
 
 
+def selector_options(config: ALConfig):
+    """The options record of the run's selector: the strategy's, or the batch selector's."""
+    return config.options("acquisition" if config.acquisition in strategies() else "batch")
+
+
 def needs_samples(config: ALConfig) -> bool:
     """Whether the run's acquisition reads per-sample probabilities (BALD and friends)."""
     acquisition, selector = query_strategy(config)
     return acquisition.needs_samples or selector.needs_samples
 
 
-def default_predictive(posterior: str, subset: str, acquisition: str) -> str:
-    """The predictive a run gets when none is named: the posterior's choice
-    (``Posterior.default_predictive``: plugin for the plugin posterior; for Laplace, mc
-    when the acquisition needs samples or the subset is all weights, else probit)."""
-    config = ALConfig(acquisition=acquisition, posterior=posterior)
-    config = config._replace(laplace=config.laplace._replace(subset=subset))
-    return POSTERIORS[posterior].default_predictive(config, needs_samples(config))
+def default_predictive(config: ALConfig) -> str:
+    """The predictive a run gets when none is named: the posterior's choice from its
+    options (``Posterior.default_predictive``: plugin for the plugin posterior; for
+    Laplace, mc when the acquisition needs samples or the subset is all weights, else
+    probit)."""
+    return POSTERIORS[config.posterior].default_predictive(config.options("posterior"),
+                                                           needs_samples(config))
 
 
 def _need(ok: bool, message: str) -> None:
@@ -227,7 +227,7 @@ def validate_config(config: ALConfig) -> None:
           f"{config.posterior!r} (it needs {', '.join(PREDICTIVES[config.predictive].needs)}"
           f", offered by {', '.join(offering)}); use --posterior {' or '.join(offering)}, or "
           f"with {config.posterior!r} --predictive {' or '.join(allowed)}")
-    query_strategy(config)[1].check(config)
+    query_strategy(config)[1].check(selector_options(config), config)
     _need(config.pseudo_label_by in PSEUDO_LABEL_CRITERIA,
           f"unknown pseudo-label criterion {config.pseudo_label_by!r}; choose one of "
           f"{list(PSEUDO_LABEL_CRITERIA)}")
@@ -250,7 +250,7 @@ def validate_config(config: ALConfig) -> None:
     _need(config.eval_samples is None or config.eval_samples > 0,
           f"--eval-samples must be > 0 (got {config.eval_samples}); or drop it to evaluate "
           "with the query's samples")
-    posterior.check(config)
+    posterior.check(config.options("posterior"), config)
     check_train_config(config.train)
 
 
@@ -362,70 +362,50 @@ def label_budget(config: ALConfig, num_classes: int) -> int:
     return config.init_per_class * num_classes + config.rounds * config.query_size
 
 
-def evaluation_config(config: ALConfig) -> ALConfig:
-    """``config`` with every posterior's sample count set to ``config.eval_samples``."""
-    if config.eval_samples is None:
-        return config
-    return config._replace(dropout_samples=config.eval_samples,
-                           laplace=config.laplace._replace(samples=config.eval_samples))
-
-
-def stacked(trainer, init_one: Callable, members: int, form: str | None = None):
-    """The trainer and initialiser of ``members`` networks trained as one program over
-    parameters stacked on a leading axis [M, ...] (a deep ensemble): independent
-    initialisations (``split(init_key, M)``), minibatch draws and dropout masks
-    (``split(step_key, M)``), the labelled data shared. The members are unrolled or
-    vmapped by backend (``jaxal.batching``; ``form`` overrides); vmapped under a mesh of
-    several devices, they are split over them. The reported NLL is the members' mean."""
-    def many(fn, num_data):
-        return over_members(fn, (0,) + (None,) * num_data, members, form, split=True)
-
-    def init_many(key):
-        return jax.vmap(init_one)(jax.random.split(key, members))
-
-    def step(key, state, *data):
-        keys = jax.random.split(key, members)
-        return over_members(trainer.step, (0, 0) + (None,) * len(data), members, form,
-                            split=True)(keys, state, *data)
-
-    def labelled_nll(params, *data):
-        return many(trainer.labelled_nll, len(data))(params, *data).mean()
-
-    return (trainer._replace(init=many(trainer.init, 0), step=step,
-                             labelled_nll=labelled_nll), init_many)
+def evaluation_options(config: ALConfig):
+    """The posterior's options for evaluation: its sample count (an option named
+    ``samples``) set to ``config.eval_samples`` when that is given."""
+    options = config.options("posterior")
+    if config.eval_samples is None or "samples" not in getattr(options, "_fields", ()):
+        return options
+    return options._replace(samples=config.eval_samples)
 
 
 def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ...],
-                 num_classes: int) -> ActiveLearner:
-    """Bundle and jit the functions of one run. Shapes are static, so each compiles once."""
-    posterior_record = POSTERIORS[config.posterior]
-    posterior_record.check_model(model, config, input_shape)
+                 num_classes: int, capacity: int | None = None) -> ActiveLearner:
+    """Bundle and jit the functions of one run, each component's options bound into its
+    functions. Shapes are static, so each compiles once.
+
+    ``capacity``: the largest labelled set the learner will see (a static bound for
+    gathering labelled points); default the run's label budget (``label_budget``).
+    """
+    record = POSTERIORS[config.posterior]
+    options = config.options("posterior")
+    record.check_model(model, options, input_shape)
     _need(not config.train.augment or len(input_shape) == 3,
           f"--augment crops and flips images, and these inputs have shape {input_shape}; "
           "drop --augment (use --no-augment)")
-    predict = partial(PREDICTIVES[config.predictive].predict, config=config)
+    posterior = bind(record, options)
+    predict = partial(PREDICTIVES[config.predictive].predict, posterior=posterior)
     # Evaluation (metrics, the val-nll prior fit) may take fewer posterior samples.
     predict_eval = partial(PREDICTIVES[config.predictive].predict,
-                           config=evaluation_config(config))
-    fit_posterior = posterior_record.fit
+                           posterior=bind(record, evaluation_options(config)))
     acquisition, selector = query_strategy(config)
-    # The largest labelled set of the run: a static bound for gathering labelled points.
-    capacity = label_budget(config, num_classes)
+    select = partial(selector.select, k=config.query_size, options=selector_options(config))
+    if capacity is None:
+        capacity = label_budget(config, num_classes)
 
     trainer = make_trainer(model, config.train, capacity)
     init_one = partial(init_params, model, input_shape=input_shape)
-    members = posterior_record.members(config)
-    if members > 1:
-        trainer, init_one = stacked(trainer, init_one, members)
+    if record.training is not None:   # the posterior trains θ_MAP its own way
+        trainer, init_one = record.training(trainer, init_one, options)
     trainer = trainer._replace(init=jax.jit(trainer.init),
                                step=jax.jit(trainer.step),
                                labelled_nll=jax.jit(trainer.labelled_nll))
 
-    chunk_size = config.chunk_size
-    if (config.posterior, config.predictive, config.laplace.subset) == ("laplace", "probit",
-                                                                         "all"):
-        # The all-weights probit holds C output gradients of every layer per point.
-        chunk_size = min(chunk_size, PROBIT_ALL_WEIGHTS_CHUNK)
+    chunk_size = min(config.chunk_size,
+                     record.chunk_size(options, config.predictive) or config.chunk_size)
+    grid = record.validation_grid(options)
 
     def fit(key, params, x_pool, y_pool, labelled, x_val, y_val):
         # The labelled set in a buffer of static size; padding rows repeat a labelled
@@ -434,15 +414,12 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
         valid = jnp.arange(capacity) < labelled.sum()
         idx = jnp.where(valid, idx, idx[0])
         key_fit, key_tune = jax.random.split(key)
-        posterior = fit_posterior(key_fit, model, params, x_pool[idx], y_pool[idx],
-                                  valid.astype(x_pool.dtype), config)
-        if (posterior_record.with_prior_precision is not None
-                and config.laplace.prior_fit == "val-nll"):
-            posterior = tune_prior_precision(key_tune, model, predict_eval, posterior, x_val,
-                                             y_val, config.laplace.prior_precision_grid,
-                                             chunk_size,
-                                             posterior_record.with_prior_precision)
-        return posterior
+        state = posterior.fit(key_fit, model, params, x_pool[idx], y_pool[idx],
+                              valid.astype(x_pool.dtype), config.train.prior_precision)
+        if grid is not None:
+            state = tune_prior_precision(key_tune, model, predict_eval, state, x_val, y_val,
+                                         grid, chunk_size, record.with_prior_precision)
+        return state
 
     def query(key, posterior, x_pool, labelled):
         key_pool, key_select = jax.random.split(key)
@@ -471,7 +448,7 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
 
         pool = Pool(scores, probs, features, labelled, labelled_indices(labelled)[:capacity],
                     sample_probs_of)
-        indices, picked = selector.select(key_select, pool, config)
+        indices, picked = select(key_select, pool)
         if config.pseudo_label is None:
             pseudo = jnp.full(labelled.shape, -1, jnp.int32)
         else:

@@ -5,7 +5,8 @@ predicted with dropout on, one network per mask.
 shares them across every example, so sample s is the same network for every point and every
 chunk of the pool, as BALD's and BatchBALD's joint entropies need. The masks come from the
 model's own dropout layers: ``ModelConfig.dropout`` after each hidden block (the CNN's conv
-blocks, spatially; the toy MLP's layers), and the CNN's dropout before the last layer.
+blocks, spatially; the toy MLP's layers), and the CNN's dropout before the last layer. Its
+options record is ``jaxal.components.MCDropoutOptions`` (``samples``: S, and its checks).
 """
 
 from __future__ import annotations
@@ -15,35 +16,32 @@ from typing import Any, NamedTuple
 import jax
 
 from jaxal.batching import over_samples
-from jaxal.errors import ConfigError
+from jaxal.components import MCDropoutOptions
 from jaxal.model import Classifier
+from jaxal.posterior import Posterior
 
 
 class MCDropout(NamedTuple):
     params: Any          # the weights trained with dropout (θ_MAP of the dropout net)
 
 
-def fit(key: jax.Array, model: Classifier, params, x, y, weights, config) -> MCDropout:
-    del key, model, x, y, weights, config   # the posterior is the trained network itself
+def fit(key: jax.Array, model: Classifier, params, x, y, weights, prior_precision,
+        options: MCDropoutOptions) -> MCDropout:
+    # The posterior is the trained network itself.
+    del key, model, x, y, weights, prior_precision, options
     return MCDropout(params)
 
 
 def sample_probs(key: jax.Array, model: Classifier, state: MCDropout, x: jax.Array,
-                 config) -> jax.Array:
-    """softmax(f(x; θ ⊙ m_s)) [S, n, C] for S = ``config.dropout_samples`` mask draws, one
+                 options: MCDropoutOptions) -> jax.Array:
+    """softmax(f(x; θ ⊙ m_s)) [S, n, C] for S = ``options.samples`` mask draws, one
     network per draw (``jaxal.batching.over_samples``: one at a time on CPU, vmapped in
     groups elsewhere; memory is one chunk's activations, or a group's, whatever S is).
     The same key gives the same S networks for every chunk."""
-    keys = jax.random.split(key, config.dropout_samples)
+    keys = jax.random.split(key, options.samples)
     return over_samples(lambda k: jax.nn.softmax(
         model.apply(state.params, x, sample=True, rngs={"dropout": k})), keys)
 
 
-def check(config) -> None:
-    if config.dropout_samples < 1:
-        raise ConfigError(f"MC dropout needs --dropout-samples >= 1 (got "
-                          f"{config.dropout_samples}); 100 is Kirsch et al.'s")
-    rate = config.model.dropout
-    if not 0.0 < rate < 1.0:
-        raise ConfigError(f"MC dropout needs a dropout rate in (0, 1) after each hidden "
-                          f"block (got --dropout {rate:g}); use --dropout 0.5 (Kirsch et al.)")
+MC_DROPOUT = Posterior(fit, sample_probs=sample_probs,
+                       default_predictive=lambda options, needs_samples: "mc")

@@ -2,19 +2,22 @@
 
 Every entry has the signature
 
-    fit(key, model, params, x, y, weights, config) -> posterior
+    fit(key, model, params, x, y, weights, prior_precision, options) -> posterior
 
 where ``params`` is θ_MAP, ``x, y`` a static-size buffer of the labelled data it was fitted
-on and ``weights`` [n] marks the real (1) and padding (0) rows; ``config`` is the run's
-``ALConfig``. The returned posterior is a pytree that the matching predictives in
-``jaxal.predictive`` consume: the plugin point mass, or a Laplace approximation
-N(θ_MAP, (curvature + prior_precision I)⁻¹) over all weights or the last layer.
+on, ``weights`` [n] marks the real (1) and padding (0) rows, ``prior_precision`` is the
+MAP objective's λ and ``options`` the posterior's options record
+(``jaxal.components``; bound by ``bind``). The returned posterior is a pytree that the
+matching predictives in ``jaxal.predictive`` consume: the plugin point mass, or a Laplace
+approximation N(θ_MAP, (curvature + prior_precision I)⁻¹) over all weights or the last
+layer.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -23,10 +26,12 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxal import ensemble, mc_dropout
 from jaxal.batching import over_samples
-from jaxal.config import VALIDATION_GRID as VALIDATION_GRID  # re-exported
-from jaxal.config import LaplaceConfig as LaplaceConfig
+from jaxal.components import POSTERIORS as POSTERIORS  # re-exported: the table
+from jaxal.components import PRIOR_FITS as PRIOR_FITS
+from jaxal.components import SUBSETS as SUBSETS
+from jaxal.components import VALIDATION_GRID as VALIDATION_GRID
+from jaxal.components import LaplaceOptions as LaplaceOptions
 from jaxal.curvature import STRUCTURES, CurvatureProblem, sources, structure_of
 from jaxal.curvature.ggn import CurvatureTooLargeError
 from jaxal.curvature.last_layer import (
@@ -46,8 +51,8 @@ class PointMass(NamedTuple):
 
 
 def fit_point_mass(key: jax.Array, model: Classifier, params, x, y, weights,
-                   config) -> PointMass:
-    del key, model, x, y, weights, config
+                   prior_precision, options=None) -> PointMass:
+    del key, model, x, y, weights, prior_precision, options
     return PointMass(params)
 
 
@@ -134,8 +139,6 @@ def fit_prior_precision(post, log_likelihood_at_map: jax.Array, init: float = 1.
     return expand(jnp.exp(log_lam))
 
 
-SUBSETS = ("last-layer", "all")
-PRIOR_FITS = ("val-nll", "evidence", "evidence-layerwise", "none")
 
 
 class LastLayerLaplace(NamedTuple):
@@ -174,25 +177,26 @@ def curvature_problem(model: Classifier, params, x: jax.Array, y: jax.Array,
                             chunk_size)
 
 
-def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights, config):
-    """Laplace posterior at θ_MAP with the run's ``config.laplace`` choices.
+def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights,
+                prior_precision, options: LaplaceOptions):
+    """Laplace posterior at θ_MAP with the choices of ``options``.
 
-    The curvature (``config.laplace.curvature`` on ``subset``) is computed and stored by
-    the structure ``STRUCTURES[config.laplace.structure]``; a combination it does not
+    The curvature (``options.curvature`` on ``options.subset``) is computed and stored by
+    the structure ``STRUCTURES[options.structure]``; a combination it does not
     compute is refused with the fix. The prior precision is the MAP objective's
-    (``config.train.prior_precision``) unless ``config.laplace`` overrides it; with
+    (``prior_precision``) unless ``options.prior_precision`` overrides it; with
     ``prior_fit="evidence"`` it is then set to the evidence maximiser for the fitted
     curvature (post hoc, as the MAP is not refitted). ``prior_fit="val-nll"`` needs the
     validation data and the predictive, so the loop does it
     (``jaxal.loop.tune_prior_precision``).
     """
-    lc = config.laplace
+    lc = options
     structure = STRUCTURES[lc.structure]
     form = structure.forms.get((lc.curvature, lc.subset))
     if form is None:
         raise ConfigError(refusal(lc.structure, lc.curvature, lc.subset))
     problem = curvature_problem(model, params, x, y, weights, lc.subset, lc.chunk_size)
-    lam = config.train.prior_precision if lc.prior_precision is None else lc.prior_precision
+    lam = prior_precision if lc.prior_precision is None else lc.prior_precision
     lam = jnp.asarray(lam, x.dtype)
     post = structure.build(problem.theta, form(key, problem), lam)
     if lc.prior_fit in ("evidence", "evidence-layerwise"):
@@ -226,12 +230,12 @@ def prior_precision_of(posterior) -> jax.Array | None:
     return lam if jnp.ndim(lam) == 0 else jnp.exp(jnp.log(lam).mean())
 
 
-def prior_precision_by_layer(model: Classifier, posterior, config, input_shape
-                             ) -> dict[str, float]:
+def prior_precision_by_layer(model: Classifier, posterior, options: LaplaceOptions,
+                             input_shape) -> dict[str, float]:
     """{layer: λ} of a fitted Laplace posterior (one entry per layer of its subset)."""
     inner = posterior.head if isinstance(posterior, LastLayerLaplace) else posterior.weights
     params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), input_shape))
-    if config.laplace.subset == "last-layer":
+    if options.subset == "last-layer":
         params = head_params(params)
     group, layers = layer_groups(params)
     lam = np.broadcast_to(np.asarray(inner.prior_precision), group.shape)
@@ -249,8 +253,8 @@ def posterior_samples(key: jax.Array, posterior, num_samples: int) -> jax.Array:
 
 
 def laplace_sample_probs(key: jax.Array, model: Classifier, posterior, x: jax.Array,
-                         config) -> jax.Array:
-    """softmax(f(x; θ_s)) [S, n, C] for S = ``config.laplace.samples`` draws θ_s ~ N(θ_MAP, Σ).
+                         options: LaplaceOptions) -> jax.Array:
+    """softmax(f(x; θ_s)) [S, n, C] for S = ``options.samples`` draws θ_s ~ N(θ_MAP, Σ).
 
     Samples are drawn vmapped over a key array. Last layer: the features are computed once
     from θ_MAP and only the head is sampled (vmapped). All weights: one forward pass per
@@ -258,8 +262,8 @@ def laplace_sample_probs(key: jax.Array, model: Classifier, posterior, x: jax.Ar
     elsewhere), so memory is one chunk's (or group's) activations whatever S is.
     The same key gives the same S samples for every chunk of a pool.
     """
-    samples = posterior_samples(key, posterior, config.laplace.samples)
-    if config.laplace.subset == "last-layer":
+    samples = posterior_samples(key, posterior, options.samples)
+    if options.subset == "last-layer":
         head = head_params(posterior.params)
         unravel = ravel_pytree(head)[1]
         features = model.apply(posterior.params, x, method=model.features)
@@ -273,10 +277,10 @@ def laplace_sample_probs(key: jax.Array, model: Classifier, posterior, x: jax.Ar
 
 
 def laplace_glm_sample_probs(key: jax.Array, model: Classifier, posterior, x: jax.Array,
-                             config) -> jax.Array:
+                             options: LaplaceOptions) -> jax.Array:
     """softmax(f_lin(x; θ_s)) [S, n, C] of the linearised (GLM) network
 
-        f_lin(x; θ) = f(x; θ*) + J(x) (θ - θ*),   θ_s ~ N(θ*, Σ),  S = ``config.laplace.samples``,
+        f_lin(x; θ) = f(x; θ*) + J(x) (θ - θ*),   θ_s ~ N(θ*, Σ),  S = ``options.samples``,
 
     the predictive consistent with the GGN's linearisation (Immer et al. 2021). Last layer:
     the head is linear in its weights, so f_lin = f and this is the MC predictive. All
@@ -285,9 +289,9 @@ def laplace_glm_sample_probs(key: jax.Array, model: Classifier, posterior, x: ja
     sequence on CPU, vmapped in groups elsewhere). The same key
     gives the same samples for every chunk of a pool (BatchBALD's joint entropies).
     """
-    if config.laplace.subset == "last-layer":
-        return laplace_sample_probs(key, model, posterior, x, config)
-    samples = posterior_samples(key, posterior, config.laplace.samples)
+    if options.subset == "last-layer":
+        return laplace_sample_probs(key, model, posterior, x, options)
+    samples = posterior_samples(key, posterior, options.samples)
     unravel = ravel_pytree(posterior.params)[1]
     logits, jvp = jax.linearize(lambda p: model.apply(p, x), posterior.params)
     mean = posterior.weights.mean
@@ -320,23 +324,23 @@ def weights_logit_variance(model: Classifier, posterior: WeightsLaplace, x: jax.
     return logit_variance_layerwise(model, posterior.params, x, layer_variance, full)
 
 
-def laplace_logit_variance(model: Classifier, posterior, x: jax.Array, config
-                           ) -> tuple[jax.Array, jax.Array]:
+def laplace_logit_variance(model: Classifier, posterior, x: jax.Array,
+                           options: LaplaceOptions) -> tuple[jax.Array, jax.Array]:
     """(f(x; θ_MAP), diag(J Σ Jᵀ)) [n, C] each: the linearised (GLM) logits' mean and
     variance, for the last layer (any structure) and all weights with a structure whose
     covariance is block-diagonal over layers (diag, iso, KFAC)."""
-    if config.laplace.subset == "last-layer":
+    if options.subset == "last-layer":
         features = model.apply(posterior.params, x, method=model.features)
         logits = apply_head(head_params(posterior.params), features)
         return logits, last_layer_logit_variance(posterior, features)
     return model.apply(posterior.params, x), weights_logit_variance(model, posterior, x)
 
 
-def laplace_logit_covariance(model: Classifier, posterior, x: jax.Array, config
-                             ) -> tuple[jax.Array, jax.Array]:
+def laplace_logit_covariance(model: Classifier, posterior, x: jax.Array,
+                             options: LaplaceOptions) -> tuple[jax.Array, jax.Array]:
     """(f(x; θ_MAP) [n, C], J Σ Jᵀ [n, C, C]): the linearised (GLM) logits' mean and their
     whole covariance per point, for the structures ``laplace_logit_variance`` serves."""
-    if config.laplace.subset == "last-layer":
+    if options.subset == "last-layer":
         features = model.apply(posterior.params, x, method=model.features)
         logits = apply_head(head_params(posterior.params), features)
         return logits, linear_head_logit_covariance(
@@ -389,24 +393,20 @@ def probit_fix(predictive: str = "probit") -> str:
             + ("glm" if predictive == "glm-logits" else "mc"))
 
 
-def check_laplace(config) -> None:
-    """The Laplace posterior's own rules on ``config.laplace`` (and the predictive).
+def check_laplace(options: LaplaceOptions, config) -> None:
+    """The Laplace posterior's own rules on ``options`` (and the run's predictive).
 
     Which curvature source on which subset a structure computes, and whether it offers the
     all-weights probit, are what its record in ``jaxal.curvature.STRUCTURES`` declares.
     """
-    lc = config.laplace
+    lc = options
     _need(lc.structure in STRUCTURES and lc.curvature in sources(),
           f"unknown curvature {lc.curvature!r} / structure {lc.structure!r}; choose a "
           f"curvature from {list(sources())} and a structure from {list(STRUCTURES)}")
-    _need(lc.subset in SUBSETS, f"unknown subset {lc.subset!r}; choose one of {SUBSETS}")
+    lc.check(config)
     structure = STRUCTURES[lc.structure]
     if (lc.curvature, lc.subset) not in structure.forms:
         raise ConfigError(refusal(lc.structure, lc.curvature, lc.subset))
-    _need(lc.samples > 0, f"samples must be > 0 (got {lc.samples})")
-    _need(lc.prior_precision is None or (math.isfinite(lc.prior_precision)
-                                          and lc.prior_precision > 0),
-          f"Laplace prior precision must be a finite number > 0 (got {lc.prior_precision})")
     # With λ = 0 the posterior precision is the curvature alone, singular whenever there
     # are fewer labels than weights: the covariance is infinite.
     _need(lc.prior_fit != "none" or (lc.prior_precision or config.train.prior_precision) > 0,
@@ -415,8 +415,6 @@ def check_laplace(config) -> None:
     if (config.predictive in PER_POINT_PREDICTIVES and lc.subset != "last-layer"
             and structure.layer_variance is None):
         raise ConfigError(probit_fix(config.predictive))
-    _need(lc.prior_fit in PRIOR_FITS,
-          f"unknown prior fit {lc.prior_fit!r}; choose one of {list(PRIOR_FITS)}")
     _need(lc.prior_fit != "evidence-layerwise" or lc.subset != "last-layer",
           "a layerwise prior needs more than one layer, and the last layer is one: use "
           "--prior-precision auto (one λ), or --subset all for one λ per layer")
@@ -427,10 +425,11 @@ def check_laplace(config) -> None:
           f"{lc.prior_precision_grid}); pass prior_precision_grid or another prior_fit")
 
 
-def check_laplace_fits(model: Classifier, config, input_shape: tuple[int, ...]) -> None:
+def check_laplace_fits(model: Classifier, options: LaplaceOptions,
+                       input_shape: tuple[int, ...]) -> None:
     """Refuse, before training, a curvature the parameter subset makes too large for its
     structure (its record's ``check_size``: the dense one)."""
-    lc = config.laplace
+    lc = options
     structure = STRUCTURES.get(lc.structure)
     if structure is None or structure.check_size is None:
         return   # check_laplace names the structures
@@ -443,10 +442,21 @@ def check_laplace_fits(model: Classifier, config, input_shape: tuple[int, ...]) 
         raise ConfigError(f"--structure {lc.structure} on subset {lc.subset!r}: {e}") from e
 
 
-def laplace_default_predictive(config, needs_samples: bool) -> str:
+def laplace_default_predictive(options: LaplaceOptions, needs_samples: bool) -> str:
     """mc when the acquisition needs samples or the subset is all weights, else probit
     (last layer: measured best, ``benchmarks/laplace_curves.py``)."""
-    return "mc" if needs_samples or config.laplace.subset != "last-layer" else "probit"
+    return "mc" if needs_samples or options.subset != "last-layer" else "probit"
+
+
+def laplace_chunk_size(options: LaplaceOptions, predictive: str) -> int | None:
+    """The all-weights probit holds C output gradients of every layer per point (~1 MB
+    each for the seed CNN on MNIST): at most PROBIT_ALL_WEIGHTS_CHUNK points a chunk."""
+    if predictive == "probit" and options.subset == "all":
+        return PROBIT_ALL_WEIGHTS_CHUNK
+    return None
+
+
+PROBIT_ALL_WEIGHTS_CHUNK = 256
 
 
 class Posterior(NamedTuple):
@@ -454,39 +464,59 @@ class Posterior(NamedTuple):
 
     A fitted state is a pytree with θ_MAP as ``state.params``. A capability the family
     lacks is None, and the predictives that need it (``jaxal.predictive.Predictive.needs``)
-    are refused with it before any work. Adding a posterior is one fit function (and
-    whichever capabilities it has) plus one entry in ``POSTERIORS``.
+    are refused with it before any work. The functions marked "options" take the
+    family's options record (``jaxal.components``) as their last argument; ``bind`` fixes
+    it once, when the learner is built. Adding a posterior is one module with its record
+    (fit and whichever capabilities it has) plus one entry in
+    ``jaxal.components.POSTERIORS`` with its options record.
     """
 
-    fit: Callable                   # (key, model, params, x, y, weights, config) -> state
-    sample_probs: Callable | None = None    # (key, model, state, x, config) -> [s, n, c]
+    # options: (key, model, params, x, y, weights, prior_precision) -> state
+    fit: Callable
+    sample_probs: Callable | None = None    # options: (key, model, state, x) -> [s, n, c]
     # The same for the linearised network f(x; θ*) + J(x)(θ - θ*) (the GLM predictive).
     glm_sample_probs: Callable | None = None
-    logit_variance: Callable | None = None  # (model, state, x, config) -> (f, var) [n, c]
-    # (model, state, x, config) -> (f [n, c], J Σ Jᵀ [n, c, c]): the GLM logits per point.
+    logit_variance: Callable | None = None  # options: (model, state, x) -> (f, var) [n, c]
+    # options: (model, state, x) -> (f [n, c], J Σ Jᵀ [n, c, c]): the GLM logits per point.
     logit_covariance: Callable | None = None
     prior_precision: Callable = lambda state: None          # state -> λ (None: no prior)
     with_prior_precision: Callable | None = None             # (state, λ) -> state
-    check: Callable = lambda config: None                    # raises ConfigError
-    check_model: Callable = lambda model, config, input_shape: None   # before training
-    default_predictive: Callable = lambda config, needs_samples: "plugin"
-    # Networks the loop trains at once, stacked (a deep ensemble's M); 1: one θ_MAP.
-    members: Callable = lambda config: 1
+    check: Callable = lambda options, config: options.check(config)   # raises ConfigError
+    # (model, options, input_shape) -> None, raises ConfigError; before training.
+    check_model: Callable = lambda model, options, input_shape: None
+    default_predictive: Callable = lambda options, needs_samples: "plugin"
+    # How the loop trains θ_MAP for this posterior: (trainer, init_one, options) ->
+    # (trainer, init_one), a transformed ``jaxal.train.Trainer`` and initialiser (a deep
+    # ensemble's stacks M networks: ``jaxal.loop.stacked``); None: as it is.
+    training: Callable | None = None
+    # The prior-precision grid whose validation NLL picks λ after each fit (the loop's
+    # ``tune_prior_precision``, with ``with_prior_precision``); None: no such fit.
+    validation_grid: Callable = lambda options: None
+    # The most pool points a chunk may hold with this predictive (None: the run's).
+    chunk_size: Callable = lambda options, predictive: None
+    # options: () -> S, the posterior samples a sampling predictive draws (glm-logits).
+    num_samples: Callable | None = None
 
 
-POSTERIORS: dict[str, Posterior] = {
-    "plugin": Posterior(fit_point_mass),
-    "laplace": Posterior(
-        fit_laplace, sample_probs=laplace_sample_probs,
-        glm_sample_probs=laplace_glm_sample_probs, logit_variance=laplace_logit_variance,
-        logit_covariance=laplace_logit_covariance,
-        prior_precision=prior_precision_of, with_prior_precision=with_prior_precision,
-        check=check_laplace, check_model=check_laplace_fits,
-        default_predictive=laplace_default_predictive),
-    "mc-dropout": Posterior(
-        mc_dropout.fit, sample_probs=mc_dropout.sample_probs, check=mc_dropout.check,
-        default_predictive=lambda config, _: "mc"),
-    "ensemble": Posterior(
-        ensemble.fit, sample_probs=ensemble.sample_probs, check=ensemble.check,
-        default_predictive=lambda config, _: "mc", members=ensemble.members),
-}
+# The record functions that take the options record last.
+_WITH_OPTIONS = ("fit", "sample_probs", "glm_sample_probs", "logit_variance",
+                 "logit_covariance", "num_samples")
+
+
+def bind(record: Posterior, options) -> Posterior:
+    """``record`` with ``options`` fixed in each function that takes them."""
+    return record._replace(**{name: partial(getattr(record, name), options=options)
+                              for name in _WITH_OPTIONS if getattr(record, name) is not None})
+
+
+PLUGIN = Posterior(fit_point_mass)
+LAPLACE = Posterior(
+    fit_laplace, sample_probs=laplace_sample_probs,
+    glm_sample_probs=laplace_glm_sample_probs, logit_variance=laplace_logit_variance,
+    logit_covariance=laplace_logit_covariance,
+    prior_precision=prior_precision_of, with_prior_precision=with_prior_precision,
+    check=check_laplace, check_model=check_laplace_fits,
+    default_predictive=laplace_default_predictive,
+    validation_grid=lambda options: (options.prior_precision_grid
+                                     if options.prior_fit == "val-nll" else None),
+    chunk_size=laplace_chunk_size, num_samples=lambda options: options.samples)

@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxal import __version__
 from jaxal.atomic import TEMP_NAME, write_atomic
+from jaxal.config import migrate_config_dict
 from jaxal.errors import JaxalError, RunDirError
 from jaxal.files import loads_json, npy_bytes, npz_members, read_bytes, read_npz
 from jaxal.loop import (
@@ -136,7 +137,8 @@ def read_run_config(out_dir: str | os.PathLike) -> dict:
     config = read_json(path, fix)
     if not isinstance(config, dict) or not isinstance(config.get("experiment"), dict):
         raise RunDirError(f"{path} is not a jaxal run config (no 'experiment' object); {fix}")
-    return config["experiment"]
+    # A run dir of an earlier format reads as the same run today (``migrate_config_dict``).
+    return migrate_config_dict(config["experiment"])
 
 
 def config_digest(config: dict) -> str:
@@ -299,9 +301,15 @@ def _read_checkpoint(out_dir: Path, config: dict) -> tuple[Path, dict] | None:
             f"format {manifest.get('format_version')}, this jaxal reads "
             f"{CHECKPOINT_VERSION}); {_afresh(path)}")
     new = json.loads(json.dumps(config))
-    if manifest.get("config_sha256") != config_digest(new):
-        old_config = manifest.get("config")
-        diffs = config_difference(old_config if isinstance(old_config, dict) else {}, new)
+    old_config = manifest.get("config")
+    # A checkpoint written by an earlier config format: its recorded config (which its
+    # digest vouches for) must read as today's.
+    migrated = (isinstance(old_config, dict)
+                and manifest.get("config_sha256") == config_digest(old_config)
+                and migrate_config_dict(old_config) == new)
+    if manifest.get("config_sha256") != config_digest(new) and not migrated:
+        diffs = config_difference(
+            migrate_config_dict(old_config) if isinstance(old_config, dict) else {}, new)
         raise RunDirError(
             f"{path} holds a run with a different configuration ("
             + ("; ".join(diffs) or "its config digest differs")

@@ -3,13 +3,15 @@
 Top-k on scores picks near-duplicates, so the batch selector is a choice of its own. Every
 selector has the signature
 
-    select(key, pool: Pool, config) -> (indices int [k], scores [k])
+    select(key, pool: Pool, k, options) -> (indices int [k], scores [k])
 
-(``config`` the run's ``ALConfig``, ``k = config.query_size``) and guarantees, as long as
+(``k`` the query size, ``options`` the selector's options record from
+``jaxal.components``, bound when the learner is built) and guarantees, as long as
 k <= #unlabelled (``jaxal.loop.validate_config`` checks it), that no index is labelled and
 none repeats. The returned scores are what each selector ranks by at the moment it picks
-(documented per selector). Adding one is a function plus a ``SELECTORS`` entry; selectors
-that read the penultimate features say so with ``needs_features``.
+(documented per selector). Adding one is a function and its ``Selector`` record plus an
+entry in ``jaxal.components.SELECTORS`` (with its options record); selectors that read the
+penultimate features say so with ``needs_features``.
 
 Two families:
   * batch selectors for any score (``--batch``): ``topk``, ``hybrid`` (uncertainty and
@@ -20,7 +22,6 @@ Two families:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -35,7 +36,8 @@ from jaxal.acquisition import (
     select_top_k,
 )
 from jaxal.chunks import map_chunks
-from jaxal.errors import ConfigError
+from jaxal.components import SELECTORS as SELECTORS  # re-exported: the table
+from jaxal.components import BatchBALDOptions, HybridOptions, StochasticOptions
 
 _TINY = 1e-12
 # Pool rows per block when comparing the pool with the labelled set ([block, |L|] floats).
@@ -68,11 +70,6 @@ class Pool(NamedTuple):
         return self.labelled.sum()
 
 
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
 class Selector(NamedTuple):
     """How a batch is picked, and what it reads and checks.
 
@@ -80,17 +77,18 @@ class Selector(NamedTuple):
     (``--batch``); a strategy brings the score of its own pool pass (``--acq``).
     """
 
-    select: Callable            # (key, pool, config) -> (indices [k], scores [k])
+    select: Callable            # (key, pool, k, options) -> (indices [k], scores [k])
     needs_features: bool = False
     needs_samples: bool = False   # reads pool.sample_probs_of
     score: Acquisition | None = None   # strategies: the score of their pool pass
-    check: Callable = lambda config: None   # its own hyperparameters; raises ConfigError
+    # Rules of its options with the run's config; raises ConfigError.
+    check: Callable = lambda options, config: options.check(config)
 
 
-def top_k(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]:
+def top_k(key: jax.Array, pool: Pool, k: int, options=None) -> tuple[jax.Array, jax.Array]:
     """The k highest-scoring unlabelled points; returns their scores."""
-    del key
-    return select_top_k(pool.scores, pool.labelled, config.query_size)
+    del key, options
+    return select_top_k(pool.scores, pool.labelled, k)
 
 
 # --- stochastic batch acquisition (Kirsch et al. 2023) -----------------------------------
@@ -120,9 +118,9 @@ def _gumbel_top_k(key: jax.Array, log_weights: _Tempered, labelled: jax.Array, k
 
 
 def _stochastic(log_weights_of: Callable[[jax.Array, float], _Tempered]) -> Callable:
-    def select(key, pool: Pool, config):
-        log_weights = log_weights_of(finite_scores(pool.scores), config.stochastic_beta)
-        idx = _gumbel_top_k(key, log_weights, pool.labelled, config.query_size)
+    def select(key, pool: Pool, k: int, options: StochasticOptions):
+        log_weights = log_weights_of(finite_scores(pool.scores), options.beta)
+        idx = _gumbel_top_k(key, log_weights, pool.labelled, k)
         return idx, pool.scores[idx]
     return select
 
@@ -174,18 +172,19 @@ def redundancy(pool: Pool) -> jax.Array:
     return _to_labelled(pool._replace(features=unit), lambda a, b: a @ b.T, jnp.max, -1.0)
 
 
-def hybrid(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]:
+def hybrid(key: jax.Array, pool: Pool, k: int, options: HybridOptions
+           ) -> tuple[jax.Array, jax.Array]:
     """Greedy uncertainty + diversity: k times pick the unlabelled unchosen argmax of
 
         h_i = (1 - β) ũ_i + β (1 - r_i),
 
     ũ the score min-max scaled to [0, 1] over the unlabelled pool, r_i the redundancy
     (``redundancy``: max cosine similarity to the labelled set *and the points already
-    chosen in this batch*, updated after every pick). β = ``config.hybrid_beta``; β = 0 is
+    chosen in this batch*, updated after every pick). β = ``options.beta``; β = 0 is
     top-k on the score, β = 1 pure diversity. Returns h at pick time.
     """
     del key
-    beta, k = config.hybrid_beta, config.query_size
+    beta = options.beta
     scores = finite_scores(pool.scores)
     lo = jnp.where(pool.labelled, jnp.inf, scores).min()
     hi = jnp.where(pool.labelled, -jnp.inf, scores).max()
@@ -213,14 +212,15 @@ def _squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.maximum(sq, 0.0)
 
 
-def k_center(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]:
+def k_center(key: jax.Array, pool: Pool, k: int, options=None
+             ) -> tuple[jax.Array, jax.Array]:
     """k-center greedy in feature space: k times pick the unlabelled point farthest from
     its nearest centre (labelled points and earlier picks), the 2-approximation of the
     core-set problem. Returns that distance at pick time. Memory O(n d) plus one
     [BLOCK, |L|] block.
     """
     del key
-    k, phi = config.query_size, pool.features
+    phi = pool.features
     d2 = _to_labelled(pool, _squared_distances, jnp.min, jnp.inf)
 
     def pick(i, carry):
@@ -237,7 +237,7 @@ def k_center(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]:
 
 # --- BADGE (Ash et al. 2020) ------------------------------------------------------------
 
-def badge(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]:
+def badge(key: jax.Array, pool: Pool, k: int, options=None) -> tuple[jax.Array, jax.Array]:
     """k-means++ seeding on gradient embeddings g_i = ∂ℓ(ŷ_i)/∂θ_head (Ash et al. 2020).
 
     For cross-entropy with the hypothesised label ŷ_i = argmax p_i the last-layer gradient
@@ -249,7 +249,7 @@ def badge(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]:
     (Gumbel trick, so equal-D² ties are broken at random and no point is drawn twice).
     p is the predictive mean of the run's posterior. Returns D² at pick time.
     """
-    k = config.query_size
+    del options
     a = pool.probs - jax.nn.one_hot(pool.probs.argmax(-1), pool.probs.shape[-1],
                                     dtype=pool.probs.dtype)
     b = jnp.concatenate([pool.features, jnp.ones_like(pool.features[:, :1])], axis=1)
@@ -291,15 +291,16 @@ def _joint_log_probs(log_configs: jax.Array, log_probs: jax.Array) -> jax.Array:
     return (jnp.log(jnp.maximum(joint, 1e-30)) + row_max - jnp.log(s)).reshape(-1, n, c)
 
 
-def batchbald(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]:
+def batchbald(key: jax.Array, pool: Pool, k: int, options: BatchBALDOptions
+              ) -> tuple[jax.Array, jax.Array]:
     """Greedy BatchBALD: pick x_n maximising the joint mutual information
 
         I[y_1..y_n; θ] = H[y_1..y_n] - Σ_j E_θ H[y_j | θ]
 
-    given the points picked before. Candidates are the ``config.batchbald_candidates``
+    given the points picked before. Candidates are the ``options.candidates``
     unlabelled points of highest BALD (the pool pass scores BALD); posterior samples are
     the predictive's S (``--samples``). The joint entropy is exact while the label
-    configurations of the points picked so far number <= M = ``config.batchbald_configs``
+    configurations of the points picked so far number <= M = ``options.configs``
     (C^(n-1) of them), then estimated from M configurations drawn from p(y_1..y_{n-1}) by
     importance sampling (Kirsch et al. 2019, Sec. 3.3):
 
@@ -308,8 +309,8 @@ def batchbald(key: jax.Array, pool: Pool, config) -> tuple[jax.Array, jax.Array]
     Cost per pick: M x S x candidates x C multiply-adds. With one query it is BALD's top-1.
     Returns, for each pick, the joint mutual information of the batch up to that pick.
     """
-    k, num_configs = config.query_size, config.batchbald_configs
-    num_candidates = min(config.batchbald_candidates, pool.scores.shape[0])
+    num_configs = options.configs
+    num_candidates = min(options.candidates, pool.scores.shape[0])
     candidates, _ = select_top_k(pool.scores, pool.labelled, num_candidates)
     valid = ~pool.labelled[candidates]         # fewer unlabelled points than candidates
     sample_probs = pool.sample_probs_of(candidates)                     # [S, n, c]
@@ -382,39 +383,15 @@ def _no_score(key, out):
     return jnp.zeros(out.probs.shape[:1], out.probs.dtype)
 
 
-def _check_hybrid(config) -> None:
-    _need(0.0 <= config.hybrid_beta <= 1.0,
-          f"hybrid beta must be in [0, 1] (got {config.hybrid_beta}): 0 is pure "
-          "uncertainty, 1 pure diversity")
+TOP_K = Selector(top_k)
+HYBRID = Selector(hybrid, needs_features=True)
+POWER = Selector(_stochastic(_power_log_weights))
+SOFTMAX = Selector(_stochastic(_softmax_log_weights))
+SOFTRANK = Selector(_stochastic(_softrank_log_weights))
+K_CENTER = Selector(k_center, needs_features=True, score=Acquisition(_no_score))
+BADGE = Selector(badge, needs_features=True, score=Acquisition(_no_score))
+BATCHBALD = Selector(batchbald, needs_samples=True, score=ACQUISITIONS["bald"])
 
-
-def _check_stochastic(config) -> None:
-    # inf passes a "> 0" check, and an infinite coldness makes the weights NaN (the
-    # selectors then picked pool indices 0..k-1).
-    _need(math.isfinite(config.stochastic_beta) and config.stochastic_beta > 0,
-          f"stochastic beta must be a finite number > 0 (got {config.stochastic_beta}); "
-          "large values (e.g. 100) approach top-k")
-
-
-def _check_batchbald(config) -> None:
-    _need(config.batchbald_configs > 0,
-          f"batchbald configs must be > 0 (got {config.batchbald_configs})")
-    _need(config.batchbald_candidates >= config.query_size,
-          f"batchbald candidates ({config.batchbald_candidates}) must be >= the query size "
-          f"({config.query_size}); raise --batchbald-candidates")
-
-
-SELECTORS: dict[str, Selector] = {
-    "topk": Selector(top_k),
-    "hybrid": Selector(hybrid, needs_features=True, check=_check_hybrid),
-    "power": Selector(_stochastic(_power_log_weights), check=_check_stochastic),
-    "softmax": Selector(_stochastic(_softmax_log_weights), check=_check_stochastic),
-    "softrank": Selector(_stochastic(_softrank_log_weights), check=_check_stochastic),
-    "kcenter": Selector(k_center, needs_features=True, score=Acquisition(_no_score)),
-    "badge": Selector(badge, needs_features=True, score=Acquisition(_no_score)),
-    "batchbald": Selector(batchbald, needs_samples=True, score=ACQUISITIONS["bald"],
-                          check=_check_batchbald),
-}
 
 def batch_selectors() -> tuple[str, ...]:
     """Selectors that turn any score into a batch (``--batch``), as registered now."""

@@ -69,3 +69,17 @@ def layer_index(params, path: tuple[str, ...]) -> np.ndarray:
         node = node[part]
     kernel = np.asarray(node["kernel"]).reshape(-1, node["bias"].size)
     return np.concatenate([kernel, np.asarray(node["bias"])[None]]).astype(int).ravel()
+
+
+def bound(config):
+    """The run's posterior record with its options bound (``jaxal.posterior.bind``), as
+    the predictives take it."""
+    from jaxal.posterior import POSTERIORS, bind
+
+    return bind(POSTERIORS[config.posterior], config.options("posterior"))
+
+
+def fit_posterior(key, model, params, x, y, weights, config):
+    """The posterior of ``config`` (its family and options) fitted at ``params``, with
+    the MAP objective's prior precision, as the loop fits it (before any val-nll tuning)."""
+    return bound(config).fit(key, model, params, x, y, weights, config.train.prior_precision)

@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import bound, fit_posterior
 from jax.flatten_util import ravel_pytree
 
 from jaxal import data as datasets
 from jaxal.batching import over_members
-from jaxal.config import ALConfig, LaplaceConfig, ModelConfig, TrainConfig
+from jaxal.components import EnsembleOptions, MCDropoutOptions
+from jaxal.config import ALConfig, LaplaceOptions, ModelConfig, TrainConfig
 from jaxal.curvature import STRUCTURES
 from jaxal.errors import ConfigError
 from jaxal.experiment import to_device
@@ -52,17 +54,17 @@ def _mlp_laplace(structure: str, predictive: str, samples: int):
     model = mlp(3, hidden=(5,))
     params = init_params(model, jax.random.key(0), (2,))
     x, y = toy.pool_x[:40], toy.pool_y[:40] % 3
-    config = ALConfig(posterior="laplace", predictive=predictive, laplace=LaplaceConfig(
+    config = ALConfig(posterior="laplace", predictive=predictive, posterior_options=LaplaceOptions(
         structure=structure, subset="all", samples=samples, prior_fit="none",
         prior_precision=2.0))
-    post = fit_laplace(jax.random.key(1), model, params, x, y, jnp.ones(40), config)
+    post = fit_posterior(jax.random.key(1), model, params, x, y, jnp.ones(40), config)
     return toy, model, params, post, config
 
 
 def _glm_logits(model, post, x, config):
     """Logits of the GLM samples: log of their softmax up to a per-row constant, so
     centre them (the test compares centred logits)."""
-    probs = laplace_glm_sample_probs(jax.random.key(5), model, post, x, config)
+    probs = laplace_glm_sample_probs(jax.random.key(5), model, post, x, config.options("posterior"))
     logp = jnp.log(probs)
     return logp - logp.mean(-1, keepdims=True)
 
@@ -97,11 +99,12 @@ def test_glm_equals_mc_for_the_linear_head():
     x = jax.random.normal(jax.random.key(1), (12, 8, 8, 1))
     y = jnp.arange(12) % 10
     config = ALConfig(posterior="laplace", predictive="glm",
-                      laplace=LaplaceConfig(samples=7, prior_fit="none"))
-    post = fit_laplace(jax.random.key(2), model, params, x, y, jnp.ones(12), config)
+                      posterior_options=LaplaceOptions(samples=7, prior_fit="none"))
+    post = fit_posterior(jax.random.key(2), model, params, x, y, jnp.ones(12), config)
     key = jax.random.key(3)
-    np.testing.assert_allclose(laplace_glm_sample_probs(key, model, post, x, config),
-                               laplace_sample_probs(key, model, post, x, config), atol=1e-6)
+    options = config.options("posterior")
+    np.testing.assert_allclose(laplace_glm_sample_probs(key, model, post, x, options),
+                               laplace_sample_probs(key, model, post, x, options), atol=1e-6)
 
 
 def test_last_layer_logit_covariance_equals_dense():
@@ -113,16 +116,16 @@ def test_last_layer_logit_covariance_equals_dense():
                               init_params(model, jax.random.key(0), (8, 8, 1)))
         x = jax.random.normal(jax.random.key(1), (10, 8, 8, 1), jnp.float64)
         y = jnp.arange(10) % 4
-        config = ALConfig(posterior="laplace", laplace=LaplaceConfig(prior_fit="none",
+        config = ALConfig(posterior="laplace", posterior_options=LaplaceOptions(prior_fit="none",
                                                                      prior_precision=0.5))
-        post = fit_laplace(jax.random.key(2), model, params, x, y, jnp.ones(10), config)
+        post = fit_posterior(jax.random.key(2), model, params, x, y, jnp.ones(10), config)
         head = {"params": {"head": params["params"]["head"]}}
         flat, unravel = ravel_pytree(head)
         jac = np.asarray(jax.jacobian(
             lambda t: model.apply({"params": {**params["params"], **unravel(t)["params"]}},
                                   x))(flat))                              # [n, C, P]
         cov = np.asarray(posterior_covariance(post.head))
-        logits, got = laplace_logit_covariance(model, post, x, config)
+        logits, got = laplace_logit_covariance(model, post, x, config.options("posterior"))
         np.testing.assert_allclose(np.asarray(got), np.einsum("ncp,pq,ndq->ncd", jac, cov, jac),
                                    rtol=1e-8, atol=1e-12)
         np.testing.assert_allclose(np.asarray(logits), np.asarray(model.apply(params, x)),
@@ -137,7 +140,7 @@ def test_glm_logits_samples_have_the_linearised_mean_and_covariance(structure):
     samples = 4000
     toy, model, params, post, config = _mlp_laplace(structure, "glm-logits", samples)
     xs = toy.test_x[:3]
-    out = glm_logits_predictive(jax.random.key(5), model, post, xs, config)
+    out = glm_logits_predictive(jax.random.key(5), model, post, xs, bound(config))
     logp = np.log(np.asarray(out.sample_probs))
     logits = logp - logp.mean(-1, keepdims=True)                     # [S, n, C], centred
     theta, unravel = ravel_pytree(params)
@@ -153,7 +156,7 @@ def test_glm_logits_samples_have_the_linearised_mean_and_covariance(structure):
         np.testing.assert_allclose(np.cov(logits[:, n].T), cov[n],
                                    atol=6 * sd.max()**2 * np.sqrt(2 / samples) + 1e-6)
     glm = laplace_glm_sample_probs(jax.random.key(6), model, post, xs,
-                                   config._replace(predictive="glm")).mean(0)
+                                   config._replace(predictive="glm").options("posterior")).mean(0)
     np.testing.assert_allclose(np.asarray(out.probs), np.asarray(glm), atol=0.03)
 
 
@@ -237,9 +240,9 @@ def test_kfac_takes_one_prior_precision_per_layer():
     toy = _toy()
     model = mlp(2, hidden=(4,))
     params = init_params(model, jax.random.key(0), (2,))
-    config = ALConfig(posterior="laplace", laplace=LaplaceConfig(
+    config = ALConfig(posterior="laplace", posterior_options=LaplaceOptions(
         structure="kfac", subset="all", prior_fit="none"))
-    post = fit_laplace(jax.random.key(1), model, params, toy.pool_x, toy.pool_y,
+    post = fit_posterior(jax.random.key(1), model, params, toy.pool_x, toy.pool_y,
                        jnp.ones(60), config).weights
     group, _ = layer_groups(params)
     kfac = STRUCTURES["kfac"]
@@ -276,7 +279,7 @@ def test_consistent_mc_dropout_is_one_network_per_key():
 def test_mc_dropout_run_and_its_bad_input():
     toy = _toy()
     config = ALConfig(posterior="mc-dropout", predictive="mc", acquisition="bald",
-                      rounds=1, query_size=3, dropout_samples=4,
+                      rounds=1, query_size=3, posterior_options=MCDropoutOptions(samples=4),
                       model=ModelConfig(dropout=0.3), train=TrainConfig(steps=10))
     validate_config(config)
     learner = make_learner(mlp(2, hidden_dropout_rate=0.3), config, (2,), 2)
@@ -284,7 +287,8 @@ def test_mc_dropout_run_and_its_bad_input():
     assert np.isfinite(infos[-1].scores).all() and (infos[-1].scores > 0).any()
     for bad, match in ((config._replace(model=ModelConfig(dropout=0.0)), "--dropout 0.5"),
                        (config._replace(model=ModelConfig(dropout=1.0)), r"\[0, 1\)"),
-                       (config._replace(dropout_samples=0), "--dropout-samples")):
+                       (config._replace(posterior_options=MCDropoutOptions(samples=0)),
+                        "--dropout-samples")):
         with pytest.raises(ConfigError, match=match):
             validate_config(bad)
 
@@ -311,15 +315,14 @@ def test_sample_forms_agree(monkeypatch):
     params = init_params(model, jax.random.key(0), (8, 8, 1))
     x = jax.random.normal(jax.random.key(1), (12, 8, 8, 1))
     y = jnp.arange(12) % 10
-    config = ALConfig(posterior="laplace", predictive="mc", dropout_samples=20,
-                      laplace=LaplaceConfig(structure="kfac", subset="all", samples=20,
-                                            prior_fit="none", prior_precision=1.0))
-    post = fit_laplace(jax.random.key(2), model, params, x, y, jnp.ones(12), config)
+    options = LaplaceOptions(structure="kfac", subset="all", samples=20, prior_fit="none",
+                             prior_precision=1.0)
+    post = fit_laplace(jax.random.key(2), model, params, x, y, jnp.ones(12), 1.0, options)
     key = jax.random.key(3)
     # All-weights MC goes through the same over_samples call as the GLM's JVPs.
-    fns = {"glm": lambda: laplace_glm_sample_probs(key, model, post, x, config),
+    fns = {"glm": lambda: laplace_glm_sample_probs(key, model, post, x, options),
            "dropout": lambda: mc_dropout.sample_probs(key, model, mc_dropout.MCDropout(params),
-                                                      x, config)}
+                                                      x, MCDropoutOptions(samples=20))}
     got = {}
     for form in jaxal.batching.SAMPLE_FORMS:
         monkeypatch.setattr(jaxal.batching, "default_sample_form", lambda f=form: f)
@@ -362,7 +365,8 @@ def test_stacked_training_is_the_same_unrolled_or_vmapped():
 def test_ensemble_run_samples_are_its_members():
     toy = _toy()
     config = ALConfig(posterior="ensemble", predictive="mc", acquisition="bald", rounds=1,
-                      query_size=3, ensemble_size=3, train=TrainConfig(steps=30))
+                      query_size=3, posterior_options=EnsembleOptions(size=3),
+                      train=TrainConfig(steps=30))
     model = mlp(2, hidden=(6,))
     learner = make_learner(model, config, (2,), 2)
     (_state, _), (state1, _info) = list(run_rounds(jax.random.key(0), learner, toy))
@@ -376,7 +380,7 @@ def test_ensemble_run_samples_are_its_members():
                                      1)).mean()
     np.testing.assert_allclose(out[0], nll, rtol=1e-5)
     with pytest.raises(ConfigError, match="--ensemble-size >= 2"):
-        validate_config(config._replace(ensemble_size=1))
+        validate_config(config._replace(posterior_options=EnsembleOptions(size=1)))
 
 
 # --- Pool subsets, ECE, validation -----------------------------------------------------------
@@ -428,14 +432,14 @@ def test_new_options_are_refused_with_the_fix():
     cases = [
         (ALConfig(posterior="plugin", predictive="glm"), "--posterior laplace"),
         (ALConfig(posterior="laplace", predictive="glm",
-                  laplace=LaplaceConfig(prior_fit="evidence-layerwise")),
+                  posterior_options=LaplaceOptions(prior_fit="evidence-layerwise")),
          "--prior-precision auto .*--subset all"),
         (ALConfig(eval_samples=0), "--eval-samples"),
         # BatchBALD's joint entropies need one model per sample across the pool.
         (ALConfig(posterior="laplace", predictive="glm-logits", acquisition="batchbald"),
          "draws each point's samples alone; use --predictive mc or glm$"),
         (ALConfig(posterior="laplace", predictive="glm-logits",
-                  laplace=LaplaceConfig(structure="full", subset="all")),
+                  posterior_options=LaplaceOptions(structure="full", subset="all")),
          "glm-logits predictive over all weights .*--predictive glm$"),
     ]
     for config, match in cases:

@@ -182,11 +182,13 @@ def test_query_size_above_batchbald_candidates_is_fine_for_other_scores():
 
 
 def test_infinite_stochastic_beta_is_refused_by_the_library():
+    from jaxal.components import StochasticOptions
     from jaxal.errors import ConfigError
     from jaxal.loop import ALConfig, validate_config
 
     with pytest.raises(ConfigError, match="stochastic beta must be a finite number"):
-        validate_config(ALConfig(batch="power", stochastic_beta=float("inf")))
+        validate_config(ALConfig(batch="power",
+                                 batch_options=StochasticOptions(beta=float("inf"))))
 
 
 # --- one writer per out dir -------------------------------------------------------------

@@ -21,12 +21,19 @@ from helpers import count_compilations
 
 from jaxal import data as datasets
 from jaxal.acquisition import ACQUISITIONS, Acquisition
-from jaxal.config import ALConfig, LaplaceConfig, ModelConfig, TrainConfig
+from jaxal.components import (
+    BatchBALDOptions,
+    Component,
+    EnsembleOptions,
+    LaplaceOptions,
+    MCDropoutOptions,
+)
+from jaxal.config import ALConfig, ModelConfig, TrainConfig
 from jaxal.errors import ConfigError
 from jaxal.experiment import to_device
 from jaxal.loop import make_learner, run_rounds, train_and_fit, validate_config
 from jaxal.model import mlp
-from jaxal.posterior import POSTERIORS, PointMass, Posterior
+from jaxal.posterior import POSTERIORS, bind
 from jaxal.predictive import PREDICTIVES, Predictive, works_with
 from jaxal.selection import SELECTORS, Selector, batch_selectors, strategies, top_k
 
@@ -41,19 +48,24 @@ def model_for(posterior: str):
 
 def num_samples(config: ALConfig) -> int:
     """S of the per-sample probabilities each posterior gives."""
-    return {"mc-dropout": config.dropout_samples,
-            "ensemble": config.ensemble_size}.get(config.posterior, config.laplace.samples)
+    options = config.options("posterior")
+    return options.size if isinstance(options, EnsembleOptions) else options.samples
+
+
+# Options small enough for toy data, by component; the others run at their defaults.
+SMALL = {"laplace": LaplaceOptions(samples=6, prior_fit="none"),
+         "mc-dropout": MCDropoutOptions(samples=5), "ensemble": EnsembleOptions(size=3),
+         "batchbald": BatchBALDOptions(candidates=16, configs=32)}
 
 
 def base_config(posterior: str, predictive: str, acquisition: str = "entropy",
                 batch: str = "topk") -> ALConfig:
     return ALConfig(acquisition=acquisition, batch=batch, posterior=posterior,
                     predictive=predictive, rounds=2, query_size=4, init_per_class=2,
-                    batchbald_candidates=16, batchbald_configs=32,
-                    dropout_samples=5, ensemble_size=3,
+                    posterior_options=SMALL.get(posterior, ()),
+                    acquisition_options=SMALL.get(acquisition, ()),
                     model=ModelConfig(dropout=0.2 if posterior == "mc-dropout" else 0.0),
-                    train=TrainConfig(steps=20, batch_size=8),
-                    laplace=LaplaceConfig(samples=6, prior_fit="none"))
+                    train=TrainConfig(steps=20, batch_size=8))
 
 
 def pairs() -> list[tuple[str, str]]:
@@ -135,8 +147,9 @@ def test_predictive_contract(posterior, predictive, toy, fitted):
     state, _ = fitted[posterior, predictive]
     config = base_config(posterior, predictive)
     record = PREDICTIVES[predictive]
+    bound = bind(POSTERIORS[posterior], config.options("posterior"))
     predict = jax.jit(lambda k: record.predict(k, model_for(posterior), state, toy.test_x,
-                                               config))
+                                               bound))
     out = predict(jax.random.key(3))
     n, c = toy.test_x.shape[0], toy.num_classes
     assert out.probs.shape == (n, c)
@@ -151,7 +164,7 @@ def test_predictive_contract(posterior, predictive, toy, fitted):
     again = predict(jax.random.key(3))
     np.testing.assert_array_equal(np.asarray(again.probs), np.asarray(out.probs))
     # Another key, other samples (an ensemble's samples are its members, whatever the key).
-    if record.gives_samples and POSTERIORS[posterior].members(config) == 1:
+    if record.gives_samples and POSTERIORS[posterior].training is None:
         assert not np.array_equal(np.asarray(predict(jax.random.key(4)).sample_probs),
                                   np.asarray(out.sample_probs))
 
@@ -200,36 +213,26 @@ def max_prob_gap(key, out):
     return 2.0 * (top2[:, 1] - top2[:, 0])
 
 
-def jitter_sample_probs(key, model, state, x, config):
-    """A new posterior's samples: θ_MAP plus isotropic noise of std 0.05."""
-    from jax.flatten_util import ravel_pytree
-
-    flat, unravel = ravel_pytree(state.params)
-    noise = 0.05 * jax.random.normal(key, (config.laplace.samples, flat.size))
-    return jax.vmap(lambda e: jax.nn.softmax(model.apply(unravel(flat + e), x)))(noise)
-
-
-def sharpened_mc(key, model, state, x, config):
+def sharpened_mc(key, model, state, x, posterior):
     """A new predictive: each posterior sample's probabilities squared and renormalised."""
     from jaxal.predictive import PredictiveOutput
 
-    sample_probs = POSTERIORS[config.posterior].sample_probs(key, model, state, x, config)
+    sample_probs = posterior.sample_probs(key, model, state, x)
     sample_probs = sample_probs**2 / (sample_probs**2).sum(-1, keepdims=True)
     return PredictiveOutput(sample_probs.mean(0), sample_probs)
 
 
-def bottom_k(key, pool, config):
+def bottom_k(key, pool, k, options):
     """A new selector: the lowest-scoring points (reversed top-k)."""
-    return top_k(key, pool._replace(scores=-pool.scores), config)
+    return top_k(key, pool._replace(scores=-pool.scores), k, options)
 
 
 def test_new_components_are_one_entry_each(monkeypatch, toy):
+    import toy_posterior
+
     monkeypatch.setitem(ACQUISITIONS, "gap", Acquisition(max_prob_gap))
-    monkeypatch.setitem(POSTERIORS, "jitter", Posterior(
-        lambda key, model, params, x, y, weights, config: PointMass(params),
-        sample_probs=jitter_sample_probs,
-        default_predictive=lambda config, needs_samples: "mc"))
-    monkeypatch.setitem(SELECTORS, "bottomk", Selector(bottom_k))
+    monkeypatch.setitem(POSTERIORS, "jitter", toy_posterior.ENTRY)
+    monkeypatch.setitem(SELECTORS, "bottomk", Component(Selector(bottom_k)))
     monkeypatch.setitem(PREDICTIVES, "sharp", Predictive(sharpened_mc, gives_samples=True,
                                                          needs=("sample_probs",)))
 
@@ -244,7 +247,7 @@ def test_new_components_are_one_entry_each(monkeypatch, toy):
                                           r"'plugin'"):
         validate_config(base_config("plugin", "sharp"))
     from jaxal.loop import default_predictive
-    assert default_predictive("jitter", "last-layer", "bald") == "mc"
+    assert default_predictive(base_config("jitter", "plugin", "bald")) == "mc"
 
     for config in (base_config("jitter", "mc", "bald"), base_config("plugin", "plugin", "gap"),
                    base_config("jitter", "mc", "gap", "bottomk"),

@@ -5,16 +5,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import bound, fit_posterior
 from jax.flatten_util import ravel_pytree
 
-from jaxal.config import ALConfig, LaplaceConfig
+from jaxal.config import ALConfig, LaplaceOptions
 from jaxal.curvature import STRUCTURES
 from jaxal.curvature.ggn import ggn_full
 from jaxal.model import apply_head, cnn, init_params, mlp
 from jaxal.objective import map_objective
 from jaxal.posterior import (
     WeightsLaplace,
-    fit_laplace,
     fit_prior_precision,
     log_marginal_likelihood,
     posterior_covariance,
@@ -144,13 +144,13 @@ def test_all_weights_mc_predictive_equals_a_loop_over_weight_samples(name, struc
     x = jnp.asarray(rng.normal(size=(6, *shape)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 3, 6))
     num_samples = 8
-    config = ALConfig(posterior="laplace", predictive="mc", laplace=LaplaceConfig(
+    config = ALConfig(posterior="laplace", predictive="mc", posterior_options=LaplaceOptions(
         structure=structure, subset="all", samples=num_samples, prior_precision=0.5,
         prior_fit="none"))
-    posterior = fit_laplace(jax.random.key(2), model, params, x, y, jnp.ones(6), config)
+    posterior = fit_posterior(jax.random.key(2), model, params, x, y, jnp.ones(6), config)
     assert isinstance(posterior, WeightsLaplace)
     key = jax.random.key(4)
-    out = jax.jit(lambda k: mc_predictive(k, model, posterior, x, config))(key)
+    out = jax.jit(lambda k: mc_predictive(k, model, posterior, x, bound(config)))(key)
 
     mean, unravel = ravel_pytree(params)
     precision = posterior.weights.curvature + posterior.weights.prior_precision

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import bound, fit_posterior
 from jax.flatten_util import ravel_pytree
 
 from jaxal import data as datasets
@@ -15,8 +16,7 @@ from jaxal.experiment import to_device
 from jaxal.loop import ALConfig, ConfigError, make_learner, run_rounds, validate_config
 from jaxal.model import apply_head, cnn, init_params, mlp
 from jaxal.posterior import (
-    LaplaceConfig,
-    fit_laplace,
+    LaplaceOptions,
     last_layer_logit_variance,
     posterior_covariance,
     sample_laplace,
@@ -37,15 +37,19 @@ def linear_problem(seed=0, n=60, c=3):
     return model, params, x, y
 
 
+# The Laplace posterior's options record, short for the tables below.
+Options = LaplaceOptions
+
+
 def laplace_config(**kw):
-    return ALConfig(posterior="laplace", laplace=LaplaceConfig(**kw),
+    return ALConfig(posterior="laplace", posterior_options=LaplaceOptions(**kw),
                     train=TrainConfig(prior_precision=2.0))
 
 
 def test_fit_uses_only_weighted_labelled_rows():
     model, params, x, y = linear_problem()
     weights = jnp.asarray(np.arange(60) < 40, jnp.float32)
-    post = fit_laplace(jax.random.key(0), model, params, x, y, weights,
+    post = fit_posterior(jax.random.key(0), model, params, x, y, weights,
                        laplace_config(structure="full"))
     head = {"params": {"head": params["params"]["head"]}}
     np.testing.assert_allclose(np.asarray(post.head.mean), np.asarray(ravel_pytree(head)[0]))
@@ -57,12 +61,12 @@ def test_fit_uses_only_weighted_labelled_rows():
 @pytest.mark.parametrize("structure", ["full", "diag", "iso"])
 def test_probit_logit_variance_matches_samples_and_probit_matches_mc(structure):
     model, params, x, y = linear_problem(1)
-    post = fit_laplace(jax.random.key(0), model, params, x, y, jnp.ones(60),
+    post = fit_posterior(jax.random.key(0), model, params, x, y, jnp.ones(60),
                        laplace_config(structure=structure, samples=20_000))
     x_test = x[:8]
     config = laplace_config(structure=structure, samples=20_000)
     # The logit variance J Σ Jᵀ against the variance of sampled logits (MC error ~3/√S).
-    mc = mc_predictive(jax.random.key(1), model, post, x_test, config)
+    mc = mc_predictive(jax.random.key(1), model, post, x_test, bound(config))
     keys = jax.random.split(jax.random.key(1), 20_000)
     samples = jax.vmap(sample_laplace, in_axes=(0, None))(keys, post.head)
     unravel = ravel_pytree({"params": {"head": params["params"]["head"]}})[1]
@@ -71,7 +75,7 @@ def test_probit_logit_variance_matches_samples_and_probit_matches_mc(structure):
     # Relative standard error of a sample variance is √(2/S) ≈ 0.01; allow 6 of them.
     np.testing.assert_allclose(np.asarray(logits.var(0)), var, rtol=6 * np.sqrt(2 / 20_000))
     # The probit approximation is close to the MC predictive it approximates.
-    probit = probit_predictive(jax.random.key(2), model, post, x_test, config)
+    probit = probit_predictive(jax.random.key(2), model, post, x_test, bound(config))
     np.testing.assert_allclose(np.asarray(probit.probs), np.asarray(mc.probs), atol=0.04)
     assert mc.sample_probs.shape == (20_000, 8, 3)
     np.testing.assert_allclose(np.asarray(mc.probs.sum(-1)), 1.0, rtol=1e-5)
@@ -82,7 +86,7 @@ def valid_combinations():
             ("ggn", "hessian", "ggn-mc"), ("full", "diag", "iso", "kfac"), ("last-layer", "all"),
             ("mc", "probit")):
         config = ALConfig(posterior="laplace", predictive=predictive,
-                          laplace=LaplaceConfig(curvature, structure, subset, samples=8))
+                          posterior_options=LaplaceOptions(curvature, structure, subset, samples=8))
         try:
             validate_config(config)
         except ConfigError:
@@ -101,7 +105,7 @@ def test_loop_runs_every_combination(toy, combo):
     config = ALConfig(acquisition="entropy", posterior="laplace", predictive=predictive,
                       rounds=2, query_size=3, init_per_class=2,
                       train=TrainConfig(steps=10, batch_size=8),
-                      laplace=LaplaceConfig(curvature, structure, subset, samples=8,
+                      posterior_options=LaplaceOptions(curvature, structure, subset, samples=8,
                                             prior_fit={"diag": "evidence", "iso": "val-nll"}
                                             .get(structure, "none"),
                                             prior_precision_grid=(0.1, 1.0, 10.0)))
@@ -135,18 +139,18 @@ def test_expected_combinations_are_valid():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(predictive="probit", laplace=LaplaceConfig(subset="all")),
+    (dict(predictive="probit", posterior_options=LaplaceOptions(subset="all")),
      "use --structure diag, iso or kfac, or --subset last-layer, or --predictive mc"),
-    (dict(laplace=LaplaceConfig(curvature="ggn-mc")), "elsewhere use --curvature ggn"),
-    (dict(laplace=LaplaceConfig(prior_fit="marglik")), "unknown prior fit 'marglik'"),
-    (dict(laplace=LaplaceConfig(prior_precision_grid=(1.0, 0.0))), "a grid of values > 0"),
-    (dict(laplace=LaplaceConfig(prior_precision_grid=())), "a grid of values > 0"),
-    (dict(laplace=LaplaceConfig(curvature="hessian", structure="iso", subset="all")),
+    (dict(posterior_options=Options(curvature="ggn-mc")), "elsewhere use --curvature ggn"),
+    (dict(posterior_options=Options(prior_fit="marglik")), "unknown prior fit 'marglik'"),
+    (dict(posterior_options=Options(prior_precision_grid=(1.0, 0.0))), "a grid of values > 0"),
+    (dict(posterior_options=Options(prior_precision_grid=())), "a grid of values > 0"),
+    (dict(posterior_options=Options(curvature="hessian", structure="iso", subset="all")),
      "use --curvature ggn or --subset last-layer"),
-    (dict(laplace=LaplaceConfig(samples=0)), "samples must be > 0"),
-    (dict(laplace=LaplaceConfig(structure="kron")), "unknown curvature 'ggn' / structure"),
-    (dict(laplace=LaplaceConfig(structure="kfac")), "on the last layer (1,290 parameters)"),
-    (dict(laplace=LaplaceConfig(structure="kfac", curvature="hessian", subset="all")),
+    (dict(posterior_options=Options(samples=0)), "samples must be > 0"),
+    (dict(posterior_options=Options(structure="kron")), "unknown curvature 'ggn' / structure"),
+    (dict(posterior_options=Options(structure="kfac")), "on the last layer (1,290 parameters)"),
+    (dict(posterior_options=Options(structure="kfac", curvature="hessian", subset="all")),
      "KFAC factorises the GGN"),
 ])
 def test_wrong_combinations_fail_with_the_fix(change, message):
@@ -158,12 +162,12 @@ def test_wrong_combinations_fail_with_the_fix(change, message):
 
 def test_full_on_all_cnn_weights_is_refused_before_training():
     config = ALConfig(posterior="laplace", predictive="mc",
-                      laplace=LaplaceConfig(structure="full", subset="all"))
+                      posterior_options=LaplaceOptions(structure="full", subset="all"))
     with pytest.raises(ConfigError, match=r"130,890 x 130,890 .* use structure 'diag'"):
         make_learner(cnn(10), config, (28, 28, 1), 10)
     # The last layer (1,290 parameters) fits.
-    make_learner(cnn(10), config._replace(laplace=config.laplace._replace(subset="last-layer")),
-                 (28, 28, 1), 10)
+    last_layer = config.options("posterior")._replace(subset="last-layer")
+    make_learner(cnn(10), config._replace(posterior_options=last_layer), (28, 28, 1), 10)
 
 
 @pytest.mark.parametrize("value", ["auto", "val-nll"])
@@ -183,10 +187,10 @@ def test_val_nll_grid_picks_the_lowest_validation_nll(toy):
     model = mlp(2, hidden=(4,))
     config = laplace_config(structure="full", samples=8)._replace(predictive="probit")
     params = init_params(model, jax.random.key(0), (2,))
-    post = fit_laplace(jax.random.key(0), model, params, toy.pool_x, toy.pool_y,
+    post = fit_posterior(jax.random.key(0), model, params, toy.pool_x, toy.pool_y,
                        jnp.ones(toy.pool_x.shape[0]), config)
     grid = (1e-3, 0.3, 3.0, 300.0)
-    predict = lambda k, m, p, x: probit_predictive(k, m, p, x, config)
+    predict = lambda k, m, p, x: probit_predictive(k, m, p, x, bound(config))
     nlls = [float(evaluate(jax.random.key(1), model, predict,
                            with_prior_precision(post, jnp.float32(lam)), toy.val_x, toy.val_y,
                            7)[0]) for lam in grid]
@@ -204,9 +208,9 @@ def test_cli_prior_precision_defaults_and_choices():
 
     assert config().train.prior_precision == 1.0                   # plugin: a number
     laplace = config("--posterior", "laplace")
-    assert laplace.laplace.prior_fit == "val-nll"                  # measured default
-    assert laplace.predictive == "probit" and laplace.laplace.subset == "last-layer"
-    assert config("--posterior", "laplace", "--prior-precision", "auto").laplace.prior_fit \
-        == "evidence"
+    assert laplace.options("posterior").prior_fit == "val-nll"                  # measured default
+    assert laplace.predictive == "probit" and laplace.options("posterior").subset == "last-layer"
+    auto = config("--posterior", "laplace", "--prior-precision", "auto")
+    assert auto.options("posterior").prior_fit == "evidence"
     fixed = config("--posterior", "laplace", "--prior-precision", "5")
-    assert fixed.laplace.prior_fit == "none" and fixed.train.prior_precision == 5.0
+    assert fixed.options("posterior").prior_fit == "none" and fixed.train.prior_precision == 5.0

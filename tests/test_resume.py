@@ -9,7 +9,7 @@ import pytest
 from jaxal.errors import RunDirError
 from jaxal.experiment import ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig
-from jaxal.posterior import LaplaceConfig
+from jaxal.posterior import LaplaceOptions
 from jaxal.results import CHECKPOINT, PICKLE_CHECKPOINT, read_metrics, read_queries
 from jaxal.train import TrainConfig
 
@@ -19,7 +19,7 @@ CONFIG = ExperimentConfig(
     dataset="moons", seed=4, val_size=50, pool_size=200,
     al=ALConfig(acquisition="bald", posterior="laplace", predictive="mc", rounds=4,
                 query_size=5, init_per_class=2, train=TrainConfig(steps=30, batch_size=8),
-                laplace=LaplaceConfig(samples=16, prior_fit="val-nll",
+                posterior_options=LaplaceOptions(samples=16, prior_fit="val-nll",
                                       prior_precision_grid=(0.1, 1.0, 10.0))))
 
 

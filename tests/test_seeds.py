@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxal.cli.compare import main as compare_main
-from jaxal.config import ALConfig, ExperimentConfig, LaplaceConfig, TrainConfig
+from jaxal.config import ALConfig, ExperimentConfig, LaplaceOptions, TrainConfig
 from jaxal.errors import ConfigError
 from jaxal.experiment import run_experiment
 from jaxal.results import read_metrics, read_queries
@@ -16,7 +16,7 @@ from jaxal.seeds import run_seeds, stackable
 
 TIMINGS = ("score_s", "train_s", "posterior_s", "eval_s")
 AL = ALConfig(acquisition="bald", posterior="laplace", predictive="mc", rounds=2,
-              query_size=4, laplace=LaplaceConfig(samples=8),
+              query_size=4, posterior_options=LaplaceOptions(samples=8),
               train=TrainConfig(steps=30, batch_size=8))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxal.acquisition import bald
-from jaxal.loop import ALConfig
+from jaxal.components import StochasticOptions
 from jaxal.predictive import PredictiveOutput
 from jaxal.selection import (
     SELECTORS,
@@ -37,10 +37,13 @@ def make_pool(scores=None, probs=None, features=None, labelled=None, sample_prob
                 jnp.asarray(idx), None if sp is None else (lambda i: sp[:, i]))
 
 
-def run_selector(name, key, pool, **config):
+def run_selector(name, key, pool, query_size, **options):
+    """The selector's batch of ``query_size``; ``options`` by the field names of its
+    options record (those it does not have are ignored, so one call serves all)."""
+    record = SELECTORS.options_type(name)
+    options = record(**{k: v for k, v in options.items() if k in record._fields})
     select = SELECTORS[name].select
-    config = ALConfig(**config)
-    return jax.jit(lambda key: select(key, pool, config))(key)
+    return jax.jit(lambda key: select(key, pool, query_size, options))(key)
 
 
 def assert_valid(idx, labelled, k):
@@ -92,7 +95,7 @@ def test_every_selector_returns_distinct_unlabelled_indices_reproducibly(name):
     labelled[10] = True
     scores = bald(None, PredictiveOutput(sample_probs.mean(0), sample_probs))
     pool = make_pool(scores, None, features, labelled, sample_probs, capacity=30)
-    config = dict(query_size=k, batchbald_candidates=40, batchbald_configs=50)
+    config = dict(query_size=k, candidates=40, configs=50)
     idx, picked = run_selector(name, jax.random.key(0), pool, **config)
     assert_valid(idx, labelled, k)
     assert np.isfinite(np.asarray(picked)).all()
@@ -113,8 +116,8 @@ def test_every_selector_can_take_the_whole_unlabelled_pool(name):
     labelled[rng.choice(n, k, replace=False)] = False
     scores = np.full(n, np.nan)        # even NaN scores must not break a selection
     pool = make_pool(scores, None, rng.random((n, 3)), labelled, sample_probs, capacity=n)
-    idx, _ = run_selector(name, jax.random.key(0), pool, query_size=k,
-                          batchbald_candidates=n, batchbald_configs=10)
+    idx, _ = run_selector(name, jax.random.key(0), pool, query_size=k, candidates=n,
+                          configs=10)
     assert_valid(idx, labelled, k)
     assert set(np.asarray(idx).tolist()) == set(np.flatnonzero(~labelled).tolist())
 
@@ -132,10 +135,10 @@ def test_stochastic_selection_frequencies_follow_the_distribution(name, weights)
     labelled = np.array([0, 0, 0, 0, 0, 1], bool)
     pool = make_pool(scores, labelled=labelled)
     select = SELECTORS[name].select
-    config = ALConfig(query_size=1, stochastic_beta=2.0)
+    options = StochasticOptions(beta=2.0)
     draws = 20_000
     keys = jax.random.split(jax.random.key(0), draws)
-    idx = jax.jit(jax.vmap(lambda key: select(key, pool, config)[0][0]))(keys)
+    idx = jax.jit(jax.vmap(lambda key: select(key, pool, 1, options)[0][0]))(keys)
     freq = np.bincount(np.asarray(idx), minlength=6) / draws
     w = weights(scores) * ~labelled
     p = w / w.sum()
@@ -149,8 +152,7 @@ def test_stochastic_selection_with_a_cold_beta_is_top_k():
     pool = make_pool(scores, labelled=labelled)
     top, _ = run_selector("topk", jax.random.key(0), pool, query_size=5)
     for name in ("softmax", "softrank"):
-        idx, _ = run_selector(name, jax.random.key(0), pool, query_size=5,
-                              stochastic_beta=1e4)
+        idx, _ = run_selector(name, jax.random.key(0), pool, query_size=5, beta=1e4)
         np.testing.assert_array_equal(np.sort(idx), np.sort(top))
 
 
@@ -172,7 +174,7 @@ def test_hybrid_with_beta_zero_is_top_k():
     labelled = rng.random(30) < 0.3
     pool = make_pool(scores, features=features, labelled=labelled, capacity=15)
     top, _ = run_selector("topk", None, pool, query_size=6)
-    idx, _ = run_selector("hybrid", None, pool, query_size=6, hybrid_beta=0.0)
+    idx, _ = run_selector("hybrid", None, pool, query_size=6, beta=0.0)
     np.testing.assert_array_equal(idx, top)
 
 
@@ -189,7 +191,7 @@ def test_hybrid_skips_copies_of_labelled_and_already_chosen_points():
     pool = make_pool(scores, features=features, labelled=labelled)
     top, _ = run_selector("topk", None, pool, query_size=3)
     assert sorted(group_of[np.asarray(top)].tolist()) == [0, 0, 1]
-    idx, h = run_selector("hybrid", None, pool, query_size=3, hybrid_beta=0.5)
+    idx, h = run_selector("hybrid", None, pool, query_size=3, beta=0.5)
     assert sorted(group_of[np.asarray(idx)].tolist()) == [1, 2, 3]
     assert int(idx[0]) == 3, "the most uncertain point of the first new group comes first"
     # h = 0.5 ũ + 0.5 (1 - r), ũ min-max scaled over the unlabelled points.
@@ -260,10 +262,9 @@ def test_badge_draws_proportionally_to_squared_distance():
     features = np.ones((5, 1))
     pool = make_pool(probs=probs, features=features)
     select = SELECTORS["badge"].select
-    config = ALConfig(query_size=2)
     draws = 20_000
     keys = jax.random.split(jax.random.key(0), draws)
-    picks = np.asarray(jax.jit(jax.vmap(lambda key: select(key, pool, config)[0]))(keys))
+    picks = np.asarray(jax.jit(jax.vmap(lambda key: select(key, pool, 2, None)[0]))(keys))
     a = probs - np.eye(2)[probs.argmax(1)]
     g = np.concatenate([a, a], 1)          # b = [1, 1]
     first = int(np.argmax((g ** 2).sum(1)))
@@ -320,7 +321,7 @@ def test_batchbald_exact_joint_entropy_matches_brute_force_greedy():
     labelled[[2, 5]] = True
     sample_probs, pool = bald_pool(1, 20, 14, 3, labelled)
     idx, mi = run_selector("batchbald", jax.random.key(0), pool, query_size=4,
-                           batchbald_configs=27, batchbald_candidates=14)
+                           configs=27, candidates=14)
     reference = greedy_batchbald_reference(sample_probs, labelled, 4)
     np.testing.assert_array_equal(idx, reference)
     np.testing.assert_allclose(
@@ -335,7 +336,7 @@ def test_batchbald_sampled_joint_entropy_is_close_to_exact():
     errors = []
     for seed in range(8):
         idx, mi = run_selector("batchbald", jax.random.key(seed), pool, query_size=5,
-                               batchbald_configs=64, batchbald_candidates=12)
+                               configs=64, candidates=12)
         exact = joint_mutual_information(sample_probs, np.asarray(idx).tolist())
         errors.append(float(mi[-1]) - exact)
     # 64 configurations are exact up to 4 picks (2^4 <= 64 < 2^5 is not reached: the

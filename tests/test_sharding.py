@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxal.config import ALConfig, ExperimentConfig, LaplaceConfig, TrainConfig
+from jaxal.components import EnsembleOptions, MCDropoutOptions
+from jaxal.config import ALConfig, ExperimentConfig, LaplaceOptions, TrainConfig
 from jaxal.experiment import run_experiment
 from jaxal.results import read_metrics, read_queries
 
@@ -35,14 +36,14 @@ def configs(mnist_dir: str) -> dict[str, ExperimentConfig]:
         "moons-bald": ExperimentConfig(
             dataset="moons", seed=1, val_size=50, pool_size=203, al=ALConfig(
                 acquisition="bald", posterior="laplace", predictive="mc",
-                laplace=LaplaceConfig(samples=16, prior_fit="val-nll",
+                posterior_options=LaplaceOptions(samples=16, prior_fit="val-nll",
                                       prior_precision_grid=(0.1, 1.0, 10.0)), **small)),
         "moons-random": ExperimentConfig(dataset="moons", seed=2, val_size=50, pool_size=203,
                                          al=ALConfig(acquisition="random", **small)),
         "moons-batchbald": ExperimentConfig(
             dataset="moons", seed=3, val_size=50, pool_size=203, al=ALConfig(
                 acquisition="batchbald", posterior="laplace", predictive="mc",
-                laplace=LaplaceConfig(samples=16, prior_fit="none", prior_precision=1.0),
+                posterior_options=LaplaceOptions(samples=16, prior_fit="none", prior_precision=1.0),
                 **small)),
         "mnist-badge": ExperimentConfig(
             dataset="mnist", seed=0, val_size=60, pool_size=150, data_dir=mnist_dir,
@@ -116,7 +117,8 @@ def _four_devices(out_root: str, mnist_dir: str) -> dict:
 
 ENSEMBLE = ExperimentConfig(
     dataset="moons", seed=5, val_size=50, pool_size=203, al=ALConfig(
-        acquisition="bald", posterior="ensemble", predictive="mc", ensemble_size=4,
+        acquisition="bald", posterior="ensemble", predictive="mc",
+        posterior_options=EnsembleOptions(size=4),
         rounds=2, query_size=5, init_per_class=2, train=TrainConfig(steps=30, batch_size=8)))
 
 
@@ -131,9 +133,9 @@ def _dropout_probs(rows: int):
     model = cnn(10, channels=(3,), hidden=6, hidden_dropout_rate=0.3)
     params = init_params(model, jax.random.key(0), (8, 8, 1))
     x = jax.random.normal(jax.random.key(1), (rows, 8, 8, 1))
-    config = ALConfig(dropout_samples=20)
+    options = MCDropoutOptions(samples=20)
     f = jax.jit(lambda x: map_chunks(lambda i, c: mc_dropout.sample_probs(
-        jax.random.key(3), model, mc_dropout.MCDropout(params), c, config).mean(0), x, 4096))
+        jax.random.key(3), model, mc_dropout.MCDropout(params), c, options).mean(0), x, 4096))
     return np.asarray(f(x)), f.lower(x).as_text()
 
 

@@ -9,6 +9,7 @@ import pytest
 from jaxal import data as datasets
 from jaxal.acquisition import ACQUISITIONS
 from jaxal.cli.run import config_from_args, main, parser
+from jaxal.components import BatchBALDOptions, HybridOptions, LaplaceOptions, StochasticOptions
 from jaxal.experiment import to_device
 from jaxal.loop import (
     ALConfig,
@@ -21,7 +22,6 @@ from jaxal.loop import (
     validate_data,
 )
 from jaxal.model import init_params, mlp
-from jaxal.posterior import LaplaceConfig
 from jaxal.selection import batch_selectors, strategies
 from jaxal.train import TrainConfig, make_trainer, train_map
 
@@ -32,13 +32,13 @@ def toy():
 
 
 def strategy_config(acquisition, batch="topk", **kw):
-    fields = dict(acquisition=acquisition, batch=batch, posterior="laplace",
-                  predictive=default_predictive("laplace", "last-layer", acquisition),
-                  rounds=2, query_size=4, init_per_class=2,
-                  batchbald_candidates=20, batchbald_configs=30,
-                  train=TrainConfig(steps=20, batch_size=8),
-                  laplace=LaplaceConfig(samples=8, prior_fit="none"))
-    return ALConfig(**{**fields, **kw})
+    config = ALConfig(acquisition=acquisition, batch=batch, posterior="laplace",
+                      rounds=2, query_size=4, init_per_class=2,
+                      acquisition_options=(BatchBALDOptions(candidates=20, configs=30)
+                                           if acquisition == "batchbald" else ()),
+                      train=TrainConfig(steps=20, batch_size=8),
+                      posterior_options=LaplaceOptions(samples=8, prior_fit="none"))
+    return config._replace(predictive=default_predictive(config), **kw)
 
 
 CHOICES = ([(a, "topk") for a in [*ACQUISITIONS, *strategies()]]
@@ -149,9 +149,15 @@ def test_train_map_fits_the_pseudo_labels():
     (dict(acquisition="kcenter", batch="hybrid"), "--acq kcenter picks its batch itself"),
     (dict(batch="sample"), "unknown batch selector 'sample'"),
     # Each selector checks its own hyperparameters (Selector.check), when it is used.
-    (dict(batch="hybrid", hybrid_beta=1.5), "hybrid beta must be in [0, 1]"),
-    (dict(batch="power", stochastic_beta=0.0), "stochastic beta must be a finite number > 0"),
-    (dict(acquisition="batchbald", batchbald_candidates=3), "must be >= the query size"),
+    (dict(batch="hybrid", batch_options=HybridOptions(beta=1.5)),
+     "hybrid beta must be in [0, 1]"),
+    (dict(batch="power", batch_options=StochasticOptions(beta=0.0)),
+     "stochastic beta must be a finite number > 0"),
+    (dict(acquisition="batchbald", acquisition_options=BatchBALDOptions(candidates=3)),
+     "must be >= the query size"),
+    # Options of another component than the one chosen are refused with the fix.
+    (dict(batch="hybrid", batch_options=StochasticOptions(beta=2.0)),
+     "--batch hybrid takes HybridOptions, not StochasticOptions"),
     (dict(pseudo_label=1.5), "pseudo-label threshold 1.5 is out of range"),
     (dict(pseudo_label=0.0, pseudo_label_by="entropy"), "entropy needs t > 0"),
     (dict(pseudo_label_by="margin"), "unknown pseudo-label criterion 'margin'"),
@@ -173,7 +179,7 @@ def test_cli_lists_every_strategy_and_picks_mc_for_sample_scores():
     args = parser().parse_args(["--acq", "entropy", "--posterior", "laplace", "--batch",
                                 "hybrid", "--hybrid-beta", "0.3", "--pseudo-label", "0.95"])
     al = config_from_args(args).al
-    assert (al.predictive, al.batch, al.hybrid_beta, al.pseudo_label) == (
+    assert (al.predictive, al.batch, al.batch_options.beta, al.pseudo_label) == (
         "probit", "hybrid", 0.3, 0.95)
 
 

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import dense_ggn, layer_index
+from helpers import dense_ggn, fit_posterior, layer_index
 from jax.flatten_util import ravel_pytree
 
-from jaxal.config import ALConfig, LaplaceConfig, TrainConfig
+from jaxal.config import ALConfig, LaplaceOptions, TrainConfig
 from jaxal.curvature import STRUCTURES, Structure, diagonal, register_structure, structure_of
 from jaxal.curvature.ggn import ggn_diagonal
 from jaxal.curvature.layerwise import logit_variance_layerwise
@@ -30,7 +30,6 @@ from jaxal.loop import make_learner, run_rounds, validate_config
 from jaxal.model import init_params, mlp
 from jaxal.posterior import (
     curvature_problem,
-    fit_laplace,
     log_det_precision,
     log_marginal_likelihood,
     posterior_covariance,
@@ -177,8 +176,8 @@ def test_structure_contract(name, source, subset, toy):
 
         # fit_laplace computes and stores the curvature through this very entry.
         config = ALConfig(posterior="laplace", train=TrainConfig(prior_precision=LAM),
-                          laplace=LaplaceConfig(source, name, subset, prior_fit="none"))
-        fitted = fit_laplace(key, model, params, x, y, weights, config)
+                          posterior_options=LaplaceOptions(source, name, subset, prior_fit="none"))
+        fitted = fit_posterior(key, model, params, x, y, weights, config)
         inner = fitted.head if subset == "last-layer" else fitted.weights
         assert type(inner) is structure.state
         for a, b in zip(jax.tree.leaves(inner), jax.tree.leaves(state), strict=True):
@@ -219,14 +218,15 @@ def scaled_diag():
 def scaled_config(**kw) -> ALConfig:
     laplace = dict(curvature="ggn", structure="scaled-diag", subset="all", samples=4,
                    prior_fit="none") | kw
-    return ALConfig(posterior="laplace", predictive="mc", laplace=LaplaceConfig(**laplace))
+    return ALConfig(posterior="laplace", predictive="mc",
+                    posterior_options=LaplaceOptions(**laplace))
 
 
 def test_a_registered_structure_is_what_fit_laplace_computes(scaled_diag, toy):
     model, params, x, y, weights = toy
     validate_config(scaled_config())
     with jax.enable_x64(True):
-        post = fit_laplace(jax.random.key(0), model, params, x, y, weights,
+        post = fit_posterior(jax.random.key(0), model, params, x, y, weights,
                            scaled_config(prior_fit="evidence"))
         inner = post.weights
         assert isinstance(inner, ScaledDiagLaplace)
@@ -269,9 +269,10 @@ def test_fit_laplace_refuses_what_a_structure_does_not_compute(toy):
             ("hessian", "diag", "all", "use --curvature ggn or --subset last-layer"),
             ("ggn", "kfac", "last-layer", "KFAC is for all weights"),
             ("ggn-mc", "full", "all", "elsewhere use --curvature ggn")]:
-        config = ALConfig(posterior="laplace", laplace=LaplaceConfig(curvature, structure, subset))
+        config = ALConfig(posterior="laplace",
+                          posterior_options=LaplaceOptions(curvature, structure, subset))
         with pytest.raises(ConfigError, match=message):
-            fit_laplace(jax.random.key(0), model, params, x, y, weights, config)
+            fit_posterior(jax.random.key(0), model, params, x, y, weights, config)
 
 
 def test_register_structure_refuses_a_taken_name_or_state_type():

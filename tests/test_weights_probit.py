@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import layer_index
+from helpers import bound, layer_index
 from jax.flatten_util import ravel_pytree
 
-from jaxal.config import ALConfig, LaplaceConfig
+from jaxal.config import ALConfig, LaplaceOptions
 from jaxal.curvature import STRUCTURES
 from jaxal.curvature.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
 from jaxal.model import cnn, init_params, mlp
@@ -54,8 +54,8 @@ def test_all_weights_logit_variance_equals_dense(name, structure):
         np.testing.assert_allclose(full, np.einsum("ncp,pq,ndq->ncd", jac, cov, jac),
                                    rtol=1e-8, atol=1e-12)
         config = ALConfig(posterior="laplace", predictive="probit",
-                          laplace=LaplaceConfig(structure=structure, subset="all"))
-        probs = probit_predictive(None, model, post, x, config).probs
+                          posterior_options=LaplaceOptions(structure=structure, subset="all"))
+        probs = probit_predictive(None, model, post, x, bound(config)).probs
         logits = model.apply(params, x)
         np.testing.assert_allclose(
             np.asarray(probs), np.asarray(jax.nn.softmax(logits / jnp.sqrt(1 + jnp.pi / 8 * want))),

@@ -87,7 +87,7 @@ def check_registry_choices(parser: argparse.ArgumentParser, args: argparse.Names
     """argparse's invalid-choice error for the options whose choices come from a registry."""
     for action in parser._actions:
         if isinstance(action.choices, RegistryChoices):
-            values = getattr(args, action.dest)
+            values = getattr(args, action.dest, None)   # a component flag not given
             for value in values if isinstance(values, list) else [values]:
                 if value is not None and value not in action.choices:
                     parser.error(f"argument {'/'.join(action.option_strings)}: invalid "

@@ -20,12 +20,12 @@ from jaxal.cli.common import (
     user_errors,
     whole,
 )
+from jaxal.components import KINDS, POSTERIORS, all_flags, flag_users, options_from_flags
 from jaxal.config import (
     PROTOCOLS,
     TOY_DATASETS,
     ALConfig,
     ExperimentConfig,
-    LaplaceConfig,
     ModelConfig,
     TrainConfig,
     describe_protocol,
@@ -35,9 +35,21 @@ from jaxal.data import DATASETS
 from jaxal.errors import ConfigError
 from jaxal.rundir import lock_out_dir
 
-_AL, _TRAIN, _LAPLACE, _MODEL = ALConfig(), TrainConfig(), LaplaceConfig(), ModelConfig()
-# --posterior mc-dropout without --dropout: Kirsch et al. 2019's rate.
-MC_DROPOUT_RATE = 0.5
+_AL, _TRAIN, _MODEL = ALConfig(), TrainConfig(), ModelConfig()
+
+
+def add_component_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per option that a component's options record offers
+    (``jaxal.components``), its help naming the components that read it; a flag not
+    given is absent from the namespace, and the component's default applies."""
+    for flag, (_, _, spec, default) in all_flags().items():
+        choices = spec.choices
+        if isinstance(choices, str):        # "module:attribute" of a registry
+            choices = RegistryChoices(choices)
+        p.add_argument(flag, type=spec.type, choices=choices, metavar=spec.metavar,
+                       default=argparse.SUPPRESS,
+                       help=f"{' / '.join(flag_users(flag))}: {spec.help} (default: "
+                            f"{default})")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,16 +81,6 @@ def parser() -> argparse.ArgumentParser:
                         "to the labelled and already chosen points, weighted by "
                         "--hybrid-beta); power / softmax / softrank (stochastic batch "
                         "acquisition, sampling ∝ score^β, exp(β score), rank^-β)")
-    p.add_argument("--hybrid-beta", type=number(0.0, maximum=1.0), default=_AL.hybrid_beta,
-                   help="--batch hybrid: weight of diversity; 0 = pure uncertainty")
-    p.add_argument("--stochastic-beta", type=number(0.0, exclusive=True),
-                   default=_AL.stochastic_beta,
-                   help="--batch power/softmax/softrank: coldness β (large = top-k)")
-    p.add_argument("--batchbald-candidates", type=whole(1), default=_AL.batchbald_candidates,
-                   help="--acq batchbald: pool subset, the points of highest BALD")
-    p.add_argument("--batchbald-configs", type=whole(1), default=_AL.batchbald_configs,
-                   help="--acq batchbald: label configurations M of the joint entropy "
-                        "(exact while C^(picks) <= M, then sampled)")
     p.add_argument("--pseudo-label", type=number(0.0, exclusive=True), default=None,
                    metavar="THRESHOLD",
                    help="CEAL: each round, also train on the model's labels of confident "
@@ -99,23 +101,7 @@ def parser() -> argparse.ArgumentParser:
                         "samples of the linearised network; glm-logits: the same predictive "
                         "sampled per point from N(f(x), J Σ Jᵀ) (cheaper over all weights; "
                         "not for batchbald)")
-    p.add_argument("--curvature", default=_LAPLACE.curvature,
-                   choices=RegistryChoices("curvature:sources"),
-                   help="Laplace: generalised Gauss-Newton, exact Hessian, or the GGN "
-                        "sampled with one label per example (ggn-mc: all weights, "
-                        "diag/iso/kfac; ~C times cheaper, unbiased, approximate)")
-    p.add_argument("--structure", default=_LAPLACE.structure,
-                   choices=RegistryChoices("curvature:STRUCTURES"),
-                   help="Laplace: how the curvature is stored (full needs P x P memory; "
-                        "kfac: Kronecker factors per layer, all weights)")
-    p.add_argument("--subset", default=_LAPLACE.subset,
-                   choices=RegistryChoices("posterior:SUBSETS"),
-                   help="Laplace: parameters with a posterior (the rest stay at the MAP)")
-    p.add_argument("--samples", type=whole(1), default=_LAPLACE.samples,
-                   help="Laplace: posterior samples S of the mc, glm and glm-logits "
-                        "predictives (glm: "
-                        "the linearised network f(x; θ*) + J(x)(θ - θ*), the predictive "
-                        "consistent with the GGN)")
+    add_component_flags(p)
     p.add_argument("--channels", type=whole(1), nargs="+", default=list(_MODEL.channels),
                    help="the CNN's conv channels, one per block (the seed CNN's by default; "
                         "wider for 32x32x3 images, e.g. 64 128 128)")
@@ -125,11 +111,6 @@ def parser() -> argparse.ArgumentParser:
                    help="dropout rate after each conv block (spatial) of the CNN, each "
                         "hidden layer of the toy MLP; default: 0.5 for --posterior "
                         "mc-dropout (Kirsch et al. 2019), else 0")
-    p.add_argument("--dropout-samples", type=whole(1), default=_AL.dropout_samples,
-                   help="--posterior mc-dropout: dropout masks S, each shared by the whole "
-                        "pool (consistent MC dropout)")
-    p.add_argument("--ensemble-size", type=whole(1), default=_AL.ensemble_size,
-                   help="--posterior ensemble: members M, trained together in one program")
     p.add_argument("--eval-samples", type=whole(1), default=None,
                    help="posterior samples of the test/validation metrics (default: as "
                         "many as the query); fewer keep sampling posteriors affordable")
@@ -210,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-# --prior-precision value -> LaplaceConfig.prior_fit (a number: "none").
+# --prior-precision value -> LaplaceOptions.prior_fit (a number: "none").
 PRIOR_FIT_OF = {"auto": "evidence", "auto-layerwise": "evidence-layerwise",
                 "val-nll": "val-nll"}
 
@@ -230,13 +211,20 @@ SCHEDULE_CONFLICT = "--steps {} and --epochs {:g} both set how long a fit trains
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    posterior_options = POSTERIORS.options_type(args.posterior)
+    # A posterior whose options fit its prior (Laplace: ``prior_fit``) takes
+    # --prior-precision auto|auto-layerwise|val-nll, and its default fit by default.
+    fits_prior = "prior_fit" in posterior_options._fields
     if args.prior_precision is None:
-        args.prior_precision = "val-nll" if args.posterior == "laplace" else \
-            _TRAIN.prior_precision
+        default_fit = posterior_options._field_defaults.get("prior_fit", "none")
+        args.prior_precision = {fit: name for name, fit in PRIOR_FIT_OF.items()}.get(
+            default_fit, _TRAIN.prior_precision)
     auto = args.prior_precision in PRIOR_FIT_OF
-    if auto and args.posterior != "laplace":
+    if auto and not fits_prior:
+        users = [f"--posterior {name}" for name in POSTERIORS
+                 if "prior_fit" in POSTERIORS.options_type(name)._fields]
         raise ConfigError(f"--prior-precision {args.prior_precision} fits the Laplace "
-                          "posterior's prior; add --posterior laplace or give a number")
+                          f"posterior's prior; add {' or '.join(users)} or give a number")
     if args.steps is not None and args.epochs is not None:
         raise ConfigError(SCHEDULE_CONFLICT.format(args.steps, args.epochs))
     # What the command leaves unset comes from the dataset's protocol (recorded).
@@ -259,33 +247,42 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
                         augment=given("augment", args.augment, schedule.augment),
                         learning_rate=args.lr, optimizer=args.optimizer,
                         prior_precision=_TRAIN.prior_precision if auto else args.prior_precision)
-    laplace = LaplaceConfig(curvature=args.curvature, structure=args.structure,
-                            subset=args.subset, samples=args.samples,
-                            prior_fit=PRIOR_FIT_OF.get(args.prior_precision, "none"))
-    from jaxal.loop import default_predictive
-
-    predictive = args.predictive or default_predictive(args.posterior, args.subset, args.acq)
-    dropout = args.dropout if args.dropout is not None else (
-        MC_DROPOUT_RATE if args.posterior == "mc-dropout" else ModelConfig().dropout)
-    al = ALConfig(acquisition=args.acq, batch=args.batch, hybrid_beta=args.hybrid_beta,
-                  stochastic_beta=args.stochastic_beta,
-                  batchbald_candidates=args.batchbald_candidates,
-                  batchbald_configs=args.batchbald_configs, pseudo_label=args.pseudo_label,
-                  pseudo_label_by=args.pseudo_label_by,
-                  posterior=args.posterior, predictive=predictive,
+    # Each chosen component's options: the flags given over its defaults.
+    flags = {flag: getattr(args, flag[2:].replace("-", "_"), None) for flag in all_flags()}
+    names = {"posterior": args.posterior, "batch": args.batch, "acquisition": args.acq}
+    options = {KINDS[kind][1]: options_from_flags(kind, name, flags)
+               for kind, name in names.items()}
+    if fits_prior:
+        options["posterior_options"] = options["posterior_options"]._replace(
+            prior_fit=PRIOR_FIT_OF.get(args.prior_precision, "none"))
+    model_defaults = getattr(posterior_options, "MODEL_DEFAULTS", {})
+    dropout = args.dropout if args.dropout is not None else model_defaults.get(
+        "dropout", _MODEL.dropout)
+    al = ALConfig(acquisition=args.acq, batch=args.batch, pseudo_label=args.pseudo_label,
+                  pseudo_label_by=args.pseudo_label_by, posterior=args.posterior, **options,
                   rounds=given("rounds", args.rounds, protocol.rounds),
                   query_size=given("query_size", args.query_size, protocol.query_size),
                   init_per_class=given("init_per_class", args.init_per_class,
                                        protocol.init_per_class),
-                  warm_start=args.warm_start,
-                  chunk_size=args.chunk_size, train=train, laplace=laplace,
+                  warm_start=args.warm_start, chunk_size=args.chunk_size, train=train,
                   model=ModelConfig(dropout=dropout, channels=tuple(args.channels),
-                                    hidden=args.hidden), ensemble_size=args.ensemble_size,
-                  dropout_samples=args.dropout_samples, eval_samples=args.eval_samples,
-                  pool_subset=args.pool_subset)
+                                    hidden=args.hidden),
+                  eval_samples=args.eval_samples, pool_subset=args.pool_subset)
+    from jaxal.loop import default_predictive
+
+    al = al._replace(predictive=args.predictive or default_predictive(al))
     return ExperimentConfig(dataset=args.dataset, seed=args.seed, val_size=args.val_size,
                             pool_size=args.pool_size, data_dir=args.data_dir, al=al,
                             devices=args.devices, from_protocol=tuple(from_protocol))
+
+
+def default_out_dir(args: argparse.Namespace) -> str:
+    """runs/<dataset>-<acq>[-<batch>]-<posterior>[-<predictive>]-seed<seed>: what sets the
+    run apart (the batch selector when not top-k, the predictive when named)."""
+    parts = [args.dataset, args.acq]
+    parts += [args.batch] if args.batch != _AL.batch else []
+    parts += [args.posterior] + ([args.predictive] if args.predictive else [])
+    return f"runs/{'-'.join(parts)}-seed{args.seed}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -293,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.steps is not None and args.epochs is not None:   # before JAX, like the rest
         p.error(SCHEDULE_CONFLICT.format(args.steps, args.epochs))
-    out = args.out or f"runs/{args.dataset}-{args.acq}-{args.posterior}-seed{args.seed}"
+    out = args.out or default_out_dir(args)
     # One process: the out dir is held before JAX starts. Several: only process 0 holds
     # it, and which one this is is known once it has joined (run_experiment locks then).
     with user_errors(out), (contextlib.nullcontext() if distributed(args)
