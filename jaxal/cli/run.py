@@ -187,7 +187,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--process-id", type=whole(0), default=None,
                    help="with --distributed: this process's index, 0 to N-1")
     p.add_argument("--out", default=None,
-                   help="output dir (default: runs/<dataset>-<acq>-<posterior>-seed<seed>)")
+                   help="output dir (default: runs/<dataset>-<acq>[-<batch>]-<posterior>"
+                        "[-<predictive>]-seed<seed>: the batch selector when not topk, the "
+                        "predictive when given)")
     return p
 
 
