@@ -51,7 +51,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], *
       path: the file to (re)write.
       write: writes the whole content to the open binary file it is given, e.g.
         ``lambda f: f.write(data)`` or ``lambda f: fig.savefig(f, format="png")``.
-      full_disk_fix: a full disk (ENOSPC, EDQUOT) raises ``RunDirError`` naming this fix;
+      full_disk_fix: a full disk (ENOSPC, EDQUOT) raises ``RunDirError`` naming this fix,
+        and so does a dir that cannot be written (read-only file system, no permission);
         None lets the ``OSError`` through, for a file its caller can do without (a cache).
     """
     path = Path(path)
@@ -68,5 +69,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], *
         if (full_disk_fix is not None and isinstance(e, OSError)
                 and e.errno in (errno.ENOSPC, errno.EDQUOT)):
             raise RunDirError(f"disk full writing {path}; free space and "
+                              f"{full_disk_fix}") from e
+        if (full_disk_fix is not None and isinstance(e, OSError)
+                and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)):
+            raise RunDirError(f"cannot write {path} ({e.strerror}); make {path.parent} "
+                              f"writable (or copy it to a writable place) and "
                               f"{full_disk_fix}") from e
         raise

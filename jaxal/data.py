@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxal.atomic import write_atomic
 from jaxal.errors import ConfigError, JaxalError
+from jaxal.files import loads_json, npy_bytes, read_bytes, read_npz
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ class DatasetNotPreparedError(JaxalError, RuntimeError):
 
 class DatasetCorruptError(DatasetNotPreparedError):
     """The prepared files are unreadable, truncated or corrupt; preparing again fixes them."""
+
+
+class DataDirPermissionError(DatasetNotPreparedError):
+    """The data dir, or the dataset's files in it, cannot be read by this user."""
 
 
 class ChecksumError(JaxalError, ValueError):
@@ -173,10 +178,45 @@ def _builder_or_unknown(name: str, data_dir: Path) -> Any:
     try:
         return tfds.builder(name, data_dir=str(data_dir))
     except Exception as err:   # TFDS raises DatasetNotFoundError and others
+        # TFDS's message lists its whole catalogue (kilobytes): name the closest instead.
+        if type(err).__name__ == "DatasetNotFoundError":
+            reason = "not a TFDS dataset" + _close_names(name)
+        else:
+            reason = _one_line(err)[:200]
         raise UnknownDatasetError(
-            f"Unknown dataset {name!r} ({_one_line(err)}); known datasets: "
+            f"Unknown dataset {name!r} ({reason}); known datasets: "
             f"{', '.join(sorted(DATASETS))}, or any TFDS image-classification dataset "
             "(e.g. svhn_cropped, emnist/letters)") from None
+
+
+def _close_names(name: str) -> str:
+    """'; did you mean ...?' with up to three dataset names close to ``name``, or ''."""
+    import difflib
+
+    import tensorflow_datasets as tfds
+
+    try:
+        names = [*DATASETS, *tfds.list_builders()]
+    except Exception:   # the catalogue is a hint only
+        names = list(DATASETS)
+    close = difflib.get_close_matches(name, list(dict.fromkeys(names)), n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def _check_readable(name: str, data_dir: Path) -> None:
+    """Refuse a data dir (or the dataset's dirs in it) this user may not read, naming the
+    permission: TFDS would report such a dataset as not prepared."""
+    tfds_name = DATASETS[name].tfds_name if name in DATASETS else name
+    dataset_dir = data_dir / tfds_name.split("/")[0]
+    paths = [data_dir, dataset_dir]
+    if os.access(dataset_dir, os.R_OK | os.X_OK) and dataset_dir.is_dir():
+        paths += sorted(p for p in dataset_dir.iterdir() if p.is_dir())
+    for path in paths:
+        if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+            raise DataDirPermissionError(
+                f"cannot read {path} (permission denied for this user); give it read "
+                f"access (chmod -R u+rX {path}), or point --data-dir / TFDS_DATA_DIR at a "
+                "data dir you can read")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -227,6 +267,7 @@ def load_dataset(
       ChecksumError: a downloaded original file has the wrong checksum.
     """
     data_dir = resolve_data_dir(data_dir)
+    _check_readable(name, data_dir)
     # Imported here so that `import jaxal` (and toy-data users) need not pay for TFDS.
     import tensorflow_datasets as tfds
 
@@ -275,6 +316,11 @@ def load_dataset(
         fingerprint = prepared_fingerprint(version_dir, (len(train), len(test)))
     except OSError as err:
         path = Path(err.filename) if err.filename else version_dir
+        if isinstance(err, PermissionError):
+            raise DataDirPermissionError(
+                f"cannot read {path} (permission denied for this user); give it read "
+                f"access (chmod -R u+rX {version_dir}), or point --data-dir / "
+                "TFDS_DATA_DIR at a data dir you can read") from err
         raise DatasetCorruptError(_corrupt_message(name, data_dir, path, err)) from err
     key = f"{name}-{version}-{fingerprint[:16]}"
     if key in _MEMORY_CACHE:
@@ -282,7 +328,12 @@ def load_dataset(
 
     meta = {"format": _CACHE_FORMAT, "name": name, "version": version, "fingerprint": fingerprint}
     cache_dir = resolve_cache_dir(cache_dir)
-    arrays = _read_cache(cache_dir, key, meta)
+    # The arrays this dataset decodes to: a cache file claiming more is never inflated.
+    layout = {f"{split}_{what}": (shape, dtype) for split, n in (("train", len(train)),
+                                                                   ("test", len(test)))
+              for what, shape, dtype in (("images", (n, *spec.image_shape), np.uint8),
+                                         ("labels", (n,), np.int32))}
+    arrays = _read_cache(cache_dir, key, meta, layout)
     if arrays is None:
         start = time.perf_counter()
         train_images, train_labels = _read_prepared_split(
@@ -419,25 +470,42 @@ def _array_checksum(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _read_cache(cache_dir: Path, key: str, meta: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    """Returns the cached arrays, or None (with a warning unless simply absent) if invalid."""
+def _read_cache(cache_dir: Path, key: str, meta: dict[str, Any],
+                expected: dict[str, tuple[tuple[int, ...], Any]] | None = None
+                ) -> dict[str, np.ndarray] | None:
+    """Returns the cached arrays, or None (with a warning unless simply absent) if invalid.
+
+    ``expected``: name -> (shape, dtype) of the arrays the dataset decodes to; a cache
+    whose archive claims other sizes is refused before anything is inflated
+    (``jaxal.files.read_npz``), so a crafted one costs no memory.
+    """
     meta_path, npz_path = cache_dir / f"{key}.json", cache_dir / f"{key}.npz"
     if not meta_path.exists() and not npz_path.exists():
         return None
+    fix = "it is decoded again"
     try:
-        stored = json.loads(meta_path.read_text())
+        stored = loads_json(read_bytes(meta_path, fix, max_bytes=1 << 20))
+        if not isinstance(stored, dict):
+            raise ValueError("the metadata is not a JSON object")
         stale = {k: (stored.get(k), v) for k, v in meta.items() if stored.get(k) != v}
         if stale:
             raise ValueError(f"stale metadata (stored, expected): {stale}")
-        with np.load(npz_path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        if expected is None:
+            bounds, total = (lambda name: 1 << 40), None
+        else:
+            bounds = {k: npy_bytes(shape, dtype) for k, (shape, dtype) in expected.items()}
+            total = sum(bounds.values()) + (1 << 20)
+        arrays = read_npz(npz_path, bounds, fix, max_bytes=total)
         layout = {k: [list(a.shape), a.dtype.str] for k, a in arrays.items()}
+        if expected is not None and layout != {
+                k: [list(shape), np.dtype(dtype).str] for k, (shape, dtype) in expected.items()}:
+            raise ValueError(f"arrays {layout} are not the dataset's")
         if layout != stored["arrays"]:
             raise ValueError(f"arrays {layout} do not match the metadata {stored['arrays']}")
         if _array_checksum(arrays) != stored["sha256"]:
             raise ValueError("sha256 of the arrays does not match the metadata")
     # Whatever is wrong (truncated zip, bad JSON, missing file, mismatch), the fix is the same.
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, JaxalError) as err:
         warnings.warn(
             f"Ignoring invalid dataset cache {npz_path} ({type(err).__name__}: {err}); "
             "decoding the dataset again and rewriting the cache.",

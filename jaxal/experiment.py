@@ -32,6 +32,7 @@ from jaxal.results import (
     checkpoint_manifest,
     config_difference,
     load_checkpoint,
+    read_json,
     read_run_config,
     remove_temp_files,
     save_checkpoint,
@@ -102,19 +103,27 @@ def to_device(split: datasets.ALSplit) -> ALData:
 
 
 def prepare_out_dir(out_dir: Path, config_dict: dict) -> None:
-    """Create ``out_dir``; refuse one written by a different configuration, as its
-    config.json or (should that be deleted) its checkpoint says, before writing to it."""
+    """Create ``out_dir``; refuse a labelling session's dir, or one written by a different
+    configuration, as its config.json or (should that be deleted) its checkpoint says,
+    before writing to it. config.json is rewritten only where more than its ``started``
+    time would change, so a resume refused later leaves it as it was."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "session.json").exists():
+        raise RunDirError(f"{out_dir} is a labelling session of python -m jaxal.label "
+                          "(session.json); a run needs its own out dir: choose another --out")
     existing = out_dir / "config.json"
+    # Through JSON, so tuples compare equal to the lists they were written as.
+    new = json.loads(json.dumps(config_dict))
+    old = None
     if existing.exists():
-        # Through JSON, so tuples compare equal to the lists they were written as.
-        new = json.loads(json.dumps(config_dict["experiment"]))
-        if diffs := config_difference(read_run_config(out_dir), new):
+        if diffs := config_difference(read_run_config(out_dir), new["experiment"]):
             raise RunDirError(f"{out_dir} holds a run with a different configuration ("
                               + "; ".join(diffs)
                               + "); choose another --out or delete that directory")
+        old = read_json(existing, "delete it and rerun the run's command")
     checkpoint_manifest(out_dir, config_dict["experiment"])
-    write_json_atomic(existing, config_dict)
+    if not (isinstance(old, dict) and {**old, "started": None} == {**new, "started": None}):
+        write_json_atomic(existing, config_dict)
 
 
 def progress_line(info, rounds: int) -> str:

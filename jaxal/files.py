@@ -84,11 +84,13 @@ def open_regular(path: str | os.PathLike, fix: str, *, max_bytes: int | None = N
     except FileNotFoundError:
         raise
     except IsADirectoryError:
-        raise error(f"{what} is a directory, not a file; {fix}") from None
+        raise error(f"{what} is a directory; {fix}") from None
     except OSError as e:
         raise error(f"{what} cannot be opened ({e.strerror}); {fix}") from None
     try:
         info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise error(f"{what} is a directory; {fix}")
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{what} is {kind_of(info.st_mode)}, not a regular file; {fix}")
         if max_bytes is not None and info.st_size > max_bytes:
@@ -149,8 +151,7 @@ def npz_members(path: str | os.PathLike, fix: str, *, max_bytes: int | None,
             with zipfile.ZipFile(f) as archive:
                 return {_array_name(i.filename): i.file_size for i in archive.infolist()}
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-            raise error(f"{path} is damaged or not a jaxal file ({_one_line(e)}); "
-                        f"{fix}") from e
+            raise error(f"{path} is {_damage(path, e)}; {fix}") from e
 
 
 def read_npz(path: str | os.PathLike, bounds: Mapping[str, int] | Callable[[str], int],
@@ -182,7 +183,7 @@ def read_npz(path: str | os.PathLike, bounds: Mapping[str, int] | Callable[[str]
             for name in wanted:
                 if (size := members[name].file_size) > (most := bound(name)):
                     raise error(f"{path} holds {name} of {size_text(size)} inflated, more "
-                                f"than the {size_text(most)} this run's needs; {fix}")
+                                f"than the {size_text(most)} this run needs; {fix}")
             try:
                 return {name: _read_member(archive, members[name]) for name in wanted}
             except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
@@ -191,24 +192,44 @@ def read_npz(path: str | os.PathLike, bounds: Mapping[str, int] | Callable[[str]
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
     """The array of one ``.npy`` member whose header agrees with its size."""
-    fmt = np.lib.format
     with archive.open(info) as member:
-        version = fmt.read_magic(member)
-        read_header = {(1, 0): fmt.read_array_header_1_0,
-                       (2, 0): fmt.read_array_header_2_0}.get(version)
-        if read_header is None:
-            raise ValueError(f"{info.filename} has .npy format {version}")
-        shape, fortran, dtype = read_header(member, max_header_size=MAX_NPY_HEADER)
-        if dtype.hasobject:
-            raise ValueError(f"{info.filename} is an object array (a pickle), never read")
-        size = math.prod(shape) * dtype.itemsize
-        if member.tell() + size != info.file_size:
-            raise ValueError(f"{info.filename} claims {list(shape)} {dtype}, which is not "
-                             "its size")
-        data = member.read(size)
-    if len(data) != size:
-        raise ValueError(f"{info.filename} is truncated")
+        return _read_npy(member, info.file_size, info.filename)
+
+
+def _read_npy(f: BinaryIO, size: int, name: str) -> np.ndarray:
+    """The array of the ``.npy`` stream ``f`` of ``size`` bytes, read only after its
+    header's shape and dtype are found to take exactly those bytes."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    read_header = {(1, 0): fmt.read_array_header_1_0,
+                   (2, 0): fmt.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f"{name} has .npy format {version}")
+    shape, fortran, dtype = read_header(f, max_header_size=MAX_NPY_HEADER)
+    if dtype.hasobject:
+        raise ValueError(f"{name} is an object array (a pickle), never read")
+    num_bytes = math.prod(shape) * dtype.itemsize
+    if f.tell() + num_bytes != size:
+        raise ValueError(f"{name} claims {list(shape)} {dtype}, which is not its size")
+    data = f.read(num_bytes)
+    if len(data) != num_bytes:
+        raise ValueError(f"{name} is truncated")
     return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def read_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype: np.dtype | str,
+             fix: str, *, error: type[JaxalError] = RunDirError) -> np.ndarray:
+    """The array of the ``.npy`` file ``path`` if it holds exactly ``shape`` and
+    ``dtype`` (checked from its size and header before the data is read)."""
+    with open_regular(path, fix, max_bytes=npy_bytes(shape, dtype), error=error) as f:
+        try:
+            array = _read_npy(f, os.fstat(f.fileno()).st_size, str(path))
+        except (ValueError, OSError, EOFError) as e:
+            raise error(f"{path} is {_damage(path, e)}; {fix}") from e
+    if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
+        raise error(f"{path} holds {array.dtype}{list(array.shape)}, not "
+                    f"{np.dtype(dtype)}{list(shape)}; {fix}")
+    return array
 
 
 def _array_name(filename: str) -> str:

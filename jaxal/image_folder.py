@@ -19,15 +19,20 @@ Hidden files and files with other suffixes are skipped (and counted); a file wit
 image suffix that cannot be decoded, or one of the wrong size without resizing, stops the
 read with a one-line ``ImageFolderError`` naming the file.
 
-Decoding thousands of large photos takes minutes, so with a ``cache_dir`` (a labelling
-session's dir) the decoded arrays are kept in one ``.npy`` file, keyed by every file's
-path, size and modification time and the declared shape; a later read with the same key
-loads it (``allow_pickle=False``), any change decodes afresh.
+An image is known by its content: every file is read (a regular file only: a FIFO or
+device named like an image is refused, never waited on; ``jaxal.files``) and its sha256
+kept (``ImageFolder.sha256``), so an image replaced under the same name, size and
+modification time is a changed image, and one merely touched is not. Decoding thousands
+of large photos takes minutes, so with a ``cache_dir`` (a labelling session's dir) the
+decoded arrays are kept in one ``.npy`` file, keyed by every file's path and content
+hash and the declared shape; a later read with the same key loads it (its shape checked
+before it is read), any change decodes afresh.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -39,9 +44,12 @@ from jaxal.atomic import write_atomic
 from jaxal.config import IMAGE_FOLDER  # noqa: F401  (re-exported: the dataset's name)
 from jaxal.data import ALSplit, channel_statistics
 from jaxal.errors import JaxalError
+from jaxal.files import read_bytes, read_npy
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_SHAPE = (32, 32, 3)
+# The largest image file read (PIL refuses decompression bombs on its own).
+MAX_IMAGE_BYTES = 256 << 20
 
 
 class ImageFolderError(JaxalError, ValueError):
@@ -54,7 +62,8 @@ class ImageFolder(NamedTuple):
     labels: np.ndarray              # int32 [n]: class of a subfolder's image, -1 if none
     class_names: tuple[str, ...]
     skipped: int                    # files that are not images (other suffix, hidden)
-    cache_key: str = ""             # of the files' paths, sizes, mtimes and the shape
+    cache_key: str = ""             # of the files' paths, contents and the shape
+    sha256: tuple[str, ...] = ()    # of each file's content, in the order of ``files``
 
     @property
     def digest(self) -> str:
@@ -128,15 +137,30 @@ def read_image_folder(root: str | os.PathLike, shape: tuple[int, int, int] = DEF
     if not files:
         raise ImageFolderError(f"{root} holds no images (looked for {', '.join(SUFFIXES)} "
                                "files, directly and in class subfolders)")
-    key = _cache_key(root, files, shape, resize)
+    sha256 = tuple(hashlib.sha256(_image_bytes(root / name)).hexdigest() for name in files)
+    key = _cache_key(files, sha256, shape, resize)
     images = (None if cache_dir is None else
               _load_cached(Path(cache_dir) / f"images-{key}.npy", (len(files), *shape)))
     if images is None:
         images = np.empty((len(files), height, width, channels), np.uint8)
         for i, name in enumerate(files):
-            images[i] = _read_image(root / name, (height, width, channels), resize)
+            data = _image_bytes(root / name)
+            if hashlib.sha256(data).hexdigest() != sha256[i]:
+                raise ImageFolderError(f"{root / name} changed while the folder was read; "
+                                       "read it again once nothing writes to it")
+            images[i] = _read_image(root / name, (height, width, channels), resize, data)
     return ImageFolder(images, tuple(files), np.asarray(labels, np.int32),
-                       tuple(class_names), skipped, key)
+                       tuple(class_names), skipped, key, sha256)
+
+
+def _image_bytes(path: Path) -> bytes:
+    """The content of an image file: a regular file of at most ``MAX_IMAGE_BYTES``."""
+    try:
+        return read_bytes(path, "replace or remove it", max_bytes=MAX_IMAGE_BYTES,
+                          error=ImageFolderError)
+    except FileNotFoundError:
+        raise ImageFolderError(f"{path} disappeared while the folder was read; read it "
+                               "again once nothing changes it") from None
 
 
 def save_cache(folder: ImageFolder, cache_dir: str | os.PathLike) -> None:
@@ -150,28 +174,27 @@ def save_cache(folder: ImageFolder, cache_dir: str | os.PathLike) -> None:
     write_atomic(path, lambda f: np.save(f, folder.images, allow_pickle=False))
 
 
-def _cache_key(root: Path, files: list[str], shape, resize: bool) -> str:
-    """sha256 over every file's path, size and mtime, the shape and the resize flag."""
+def _cache_key(files: list[str], sha256: tuple[str, ...], shape, resize: bool) -> str:
+    """sha256 over every file's path and content hash, the shape and the resize flag."""
     digest = hashlib.sha256(repr((tuple(shape), resize)).encode())
-    for name in files:
-        stat = (root / name).stat()
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for name, content in zip(files, sha256, strict=True):
+        digest.update(f"{name}\0{content}\n".encode())
     return digest.hexdigest()[:32]
 
 
 def _load_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     """The cached uint8 array of ``shape``, or None if absent or not that (a damaged
-    cache is decoded afresh, never trusted)."""
+    cache is decoded afresh, never trusted; one of another size is never read)."""
     try:
-        images = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+        return read_npy(path, shape, np.uint8, "it is decoded afresh").copy()
+    except (OSError, JaxalError):
         return None
-    if images.dtype != np.uint8 or images.shape != shape:
-        return None
-    return images
 
 
-def _read_image(path: Path, shape: tuple[int, int, int], resize: bool) -> np.ndarray:
+def _read_image(path: Path, shape: tuple[int, int, int], resize: bool,
+                data: bytes | None = None) -> np.ndarray:
+    """The image ``path`` (decoded from ``data``, its content, when given) as uint8
+    ``shape``."""
     from PIL import Image
 
     height, width, channels = shape
@@ -179,7 +202,7 @@ def _read_image(path: Path, shape: tuple[int, int, int], resize: bool) -> np.nda
         with warnings.catch_warnings():
             # A decompression-bomb warning (a huge image) is an unreadable file here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data) if data is not None else path) as image:
                 # JPEG decodes at a reduced scale (1/2 ... 1/8) when that still covers
                 # the target: large photos decode many times faster.
                 image.draft("L" if channels == 1 else "RGB", (width, height))

@@ -50,6 +50,7 @@ import numpy as np
 from jaxal.config import IMAGE_FOLDER
 from jaxal.errors import ConfigError, JaxalError
 from jaxal.experiment import ExperimentConfig, check_config, load_split, read_folder
+from jaxal.files import open_regular
 from jaxal.loop import ALData, make_learner, train_and_fit, validate_config
 from jaxal.model import build_model
 from jaxal.results import config_difference, read_json, write_json_atomic, write_text_atomic
@@ -59,6 +60,11 @@ PENDING = "pending.json"
 SESSION = "session.json"
 MAX_PROBLEMS = 20       # problems listed for a bad label file; the rest are counted
 MAX_FIELD = 64          # characters in one CSV field; longer is a problem, not a number
+# Characters of one line read at most: a longer one (a file without newlines) is a
+# problem line, read on in pieces of this size, so a huge file never fills memory.
+MAX_LINE = 1 << 20
+# Files a run writes in its out dir: a session dir holding one is a run's, not a session.
+RUN_FILES = ("config.json", "checkpoint.npz", "metrics.jsonl")
 HEADERS = (("index", "label"), ("pool_index", "label"))
 # Not int(): it also takes '3_41', '+341' and non-ASCII digits such as '３４１'. The '-'
 # lets '-1' be reported as out of range rather than as not a number.
@@ -124,6 +130,9 @@ def open_session(session_dir: str | os.PathLike, config: ExperimentConfig, split
     (and, for an image ``folder``, on the same files). A new folder session starts with
     the labels of its class subfolders."""
     session_dir = Path(session_dir)
+    if run_file := next((f for f in RUN_FILES if (session_dir / f).exists()), None):
+        raise LabelError(f"{session_dir} holds a run of python -m jaxal.run ({run_file}); "
+                         "a labelling session needs its own dir: choose another --out")
     if folder is not None and Path(config.data_dir).resolve() in (
             session_dir.resolve(), *session_dir.resolve().parents):
         raise ConfigError(f"session dir {session_dir} is inside --images {config.data_dir}, "
@@ -147,17 +156,36 @@ def open_session(session_dir: str | os.PathLike, config: ExperimentConfig, split
                 f"the images in {config.data_dir} changed since session {session_dir} began "
                 f"(now {len(folder.files)} files); its labels name pool indices of the old "
                 "file list: restore the folder, or start another session dir")
+        if folder is not None:
+            _check_contents(session_dir, folder, config.data_dir)
     else:
         session = {"experiment": new, "num_pool": int(split.pool_x.shape[0]),
                    "num_classes": int(split.num_classes)}
         if folder is not None:
             session |= {"class_names": list(folder.class_names),
-                        "files_digest": folder.digest}
+                        "files_digest": folder.digest, "files_sha256": list(folder.sha256)}
             given = {int(i): int(y) for i, y in enumerate(folder.labels) if y >= 0}
             if given:
                 _write_labels(session_dir, given)
         write_json_atomic(path, session)
     return session_dir
+
+
+def _check_contents(session_dir: Path, folder, images_dir) -> None:
+    """Refuse a folder whose image under a name the session knows was replaced: its label
+    or the pending proposal is of the old image. (A session begun before jaxal recorded
+    the contents has nothing to compare.)"""
+    recorded = _session(session_dir).get("files_sha256")
+    if not isinstance(recorded, list) or len(recorded) != len(folder.files):
+        return
+    changed = [name for name, old, new in zip(folder.files, recorded, folder.sha256,
+                                              strict=True) if old != new]
+    if changed:
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        raise ConfigError(
+            f"{Path(images_dir) / changed[0]}{more} changed content since session "
+            f"{session_dir} began; its labels and pending proposal are of the old image: "
+            "restore it, or start another session dir")
 
 
 def _session(session_dir: Path) -> dict:
@@ -336,6 +364,7 @@ def parse_label_csv(lines: str | Iterable[str], num_classes: int, num_pool: int,
     known = {} if known is None else known
     if isinstance(lines, str):
         lines = io.StringIO(lines, newline="")
+    lines = _BoundedLines(lines)
     reader = csv.reader(lines)
     new: dict[int, int] = {}
     first_line: dict[int, int] = {}
@@ -346,6 +375,8 @@ def parse_label_csv(lines: str | Iterable[str], num_classes: int, num_pool: int,
         line = reader.line_num + 1          # a row that spans lines starts here
         try:
             row = next(reader)
+            if line in lines.overlong:
+                raise csv.Error(f"a line of more than {MAX_LINE} characters")
         except StopIteration:
             break
         except csv.Error as e:              # e.g. a field over csv.field_size_limit()
@@ -383,6 +414,36 @@ def parse_label_csv(lines: str | Iterable[str], num_classes: int, num_pool: int,
         raise LabelError("\n  ".join([head, *problems]
                                       + ([f"... and {more} more problems"] if more else [])))
     return new
+
+
+class _BoundedLines:
+    """The lines of a text file (or any iterable of lines), none longer than MAX_LINE:
+    the rest of a longer one is read in pieces and dropped, and the line (numbered in
+    ``overlong``, and given to csv as blank) is a problem line."""
+
+    def __init__(self, lines: Iterable[str]):
+        self._readline = getattr(lines, "readline", None)
+        self._lines = iter(lines) if self._readline is None else None
+        self.overlong: set[int] = set()
+        self._count = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self._readline is None:
+            line = next(self._lines)
+        else:
+            line = self._readline(MAX_LINE + 1)
+            if not line:
+                raise StopIteration
+        self._count += 1
+        if len(line) > MAX_LINE:
+            while self._readline is not None and line and not line.endswith(("\n", "\r")):
+                line = self._readline(MAX_LINE)
+            self.overlong.add(self._count)
+            return "\n"
+        return line
 
 
 def _row_problem(cells: list[str], num_fields: int, num_classes: int, num_pool: int,
@@ -427,8 +488,11 @@ def read_label_csv(path: str | os.PathLike, num_classes: int, num_pool: int,
     fix = ("correct or delete that line" if session_file
            else "save it as UTF-8 text and record it again")
     try:
+        # A FIFO or device (/dev/zero) is refused unread; a huge file is read line by
+        # line, each at most MAX_LINE characters (parse_label_csv).
+        raw = open_regular(path, "give the CSV file of 'index,label' lines", error=LabelError)
         # utf-8-sig drops a BOM (spreadsheets write one); newline="" as csv asks.
-        with open(path, encoding="utf-8-sig", errors="strict", newline="") as f:
+        with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline="") as f:
             return parse_label_csv(f, num_classes, num_pool, known, source=str(path),
                                    session_file=session_file, class_names=class_names)
     except UnicodeDecodeError:

@@ -63,7 +63,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
     """Save ``fig`` to ``path`` atomically (``jaxal.atomic.write_atomic``), in the format
     its suffix names (.png, .pdf): a killed run leaves the old figure, not half a new one."""
     fmt = Path(path).suffix.lstrip(".").lower() or None   # None: savefig.format (png)
-    write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
+    write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi),
+                 full_disk_fix="rerun the same command")
 
 
 def _save(fig, path: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")) -> None:
@@ -196,6 +197,17 @@ def learning_curves(curves: dict[str, dict], path: str | os.PathLike, title: str
     _save(fig, path)
 
 
+def _check_rows(rows: Sequence[dict], path: Path) -> None:
+    """Refuse metric rows without the numbers Figure 5 plots (a hand-edited file)."""
+    for n, row in enumerate(rows, 1):
+        for key in ("num_labels", *(key for key, _ in FIGURE5_PANELS)):
+            value = row.get(key)
+            if key not in row or (value is not None and type(value) not in (int, float)):
+                what = f"{key} {value!r:.40}, not a number" if key in row else f"no {key}"
+                raise RunDirError(f"{path} record {n} has {what}; rerun the run's command, "
+                                  "which rewrites it from the checkpoint")
+
+
 def plot_run(out_dir: str | os.PathLike, round_: int | None = None) -> None:
     """(Re)draw a run's figure5.png/pdf and figure4.png/pdf from its files alone.
 
@@ -209,6 +221,7 @@ def plot_run(out_dir: str | os.PathLike, round_: int | None = None) -> None:
     # Every file is read (a damaged one refused, RunDirError) before any figure is drawn.
     config = read_run_config(out_dir)
     rows = read_metrics(out_dir)
+    _check_rows(rows, out_dir / "metrics.jsonl")
     queried = [y for q in read_queries(out_dir) for y in q["label"]]
     extremes = read_extremes(out_dir)
     try:

@@ -104,15 +104,19 @@ class _Tempered(NamedTuple):
 def _gumbel_top_k(key: jax.Array, log_weights: _Tempered, labelled: jax.Array, k: int):
     """k distinct draws without replacement, P(i) ∝ exp(β ℓ_i) (Gumbel-top-k).
 
-    The k largest of β ℓ_i + g_i, g_i ~ Gumbel(0, 1); for β > 1 the k largest of the same
-    order divided by β, ℓ_i + g_i / β. Each term is finite for every finite β > 0: the
-    distribution wherever float32 resolves it, and as β grows (g / β below ℓ's rounding,
-    or 0) top-k on ℓ, ties by index.
+    The k largest of β ℓ_i + g_i, g_i ~ Gumbel(0, 1), or for β > 1 of the same order
+    divided by β, ℓ_i + g_i / β. Every term is finite for any finite β > 0, so this is
+    the distribution wherever float32 resolves it, and top-k on ℓ (ties by index) where
+    g / β rounds below ℓ's resolution (1 / β rounds to 0 past float32's range).
     """
-    ell, beta = finite_scores(log_weights.log_weights), log_weights.beta
+    lowest, highest = jnp.finfo(log_weights.log_weights.dtype).min, jnp.finfo(
+        log_weights.log_weights.dtype).max
+    ell = jnp.nan_to_num(log_weights.log_weights, nan=lowest, posinf=highest,
+                         neginf=lowest)
     gumbel = jax.random.gumbel(key, ell.shape, ell.dtype)
-    perturbed = jnp.where(beta > 1, ell + gumbel / beta,
-                          jnp.minimum(beta, 1) * ell + gumbel)
+    inverse = 1 / log_weights.beta      # for a Python β computed in float64
+    perturbed = jnp.where(inverse < 1, ell + gumbel * inverse,
+                          ell / jnp.maximum(inverse, 1) + gumbel)
     _, idx = jax.lax.top_k(jnp.where(labelled, -jnp.inf, perturbed), k)
     return idx
 

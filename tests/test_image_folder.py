@@ -117,7 +117,7 @@ def test_bad_folders_name_the_file_or_folder(photos, case, message):
     assert message.format(root=photos) in text and "\n" not in text
 
 
-def test_decoded_images_are_cached_by_path_size_and_mtime(photos, tmp_path, monkeypatch):
+def test_decoded_images_are_cached_by_path_and_content(photos, tmp_path, monkeypatch):
     import jaxal.image_folder as image_folder
 
     cache = tmp_path / "cache"

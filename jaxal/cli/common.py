@@ -15,8 +15,11 @@ import contextlib
 import importlib
 import json
 import math
+import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -136,11 +139,44 @@ def last_finished_round(out_dir: str | Path) -> int | None:
 
 
 @contextlib.contextmanager
-def user_errors(out_dir: str | Path | None = None) -> Iterator[None]:
-    """Turn a user's error into one line and exit code 2, Ctrl-C into where to resume
-    and exit code 130. Anything else is a bug and keeps its traceback."""
+def interrupts_delivered() -> Iterator[None]:
+    """Ctrl-C stops the command even where it lands in a callback.
+
+    Python cannot raise from a garbage-collector callback (JAX's ``_xla_gc_callback``
+    runs on every collection while JAX is imported and starts up) or a ``__del__``: the
+    KeyboardInterrupt raised there goes to ``sys.unraisablehook``, which prints
+    "Exception ignored ... KeyboardInterrupt", and the command runs on to its end. Here
+    that hook sends SIGINT again from a helper thread, so that it is raised in the main
+    thread's own code a moment later (again, should it land in a callback again).
+    """
+    previous, timers = sys.unraisablehook, []
+
+    def hook(unraisable) -> None:
+        if not (issubclass(unraisable.exc_type, KeyboardInterrupt)
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            previous(unraisable)
+            return
+        timers.append(threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT)))
+        timers[-1].daemon = True
+        timers[-1].start()
+
+    sys.unraisablehook = hook
     try:
         yield
+    finally:
+        sys.unraisablehook = previous
+        for timer in timers:
+            timer.cancel()
+
+
+@contextlib.contextmanager
+def user_errors(out_dir: str | Path | None = None) -> Iterator[None]:
+    """Turn a user's error into one line and exit code 2, Ctrl-C into where to resume
+    and exit code 130 (``interrupts_delivered``: also a Ctrl-C that lands in a
+    callback). Anything else is a bug and keeps its traceback."""
+    try:
+        with interrupts_delivered():
+            yield
     except JaxalError as e:
         fail(str(e))
     except KeyboardInterrupt:
