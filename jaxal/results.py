@@ -71,7 +71,7 @@ _REWRITE = "rerun the run's command, which rewrites it from the checkpoint"
 # The most a file of one kind can hold, so that a crafted one is refused before it is
 # read: config.json and a labelling session's files, a run's JSON-lines records, and
 # extremes.npz (Figure 4's few images per round). The checkpoint's bound is the run's
-# own (``_checkpoint_bounds``).
+# own: its template's leaves and ``_manifest_bound``.
 MAX_JSON_BYTES = 64 << 20
 MAX_RECORDS_BYTES = 256 << 20
 MAX_EXTREMES_BYTES = 256 << 20

@@ -400,6 +400,24 @@ def test_9_power_batch_with_beta_1e308_queries_the_top_k(tmp_path):
                                rtol=1e-6)
 
 
+@pytest.mark.parametrize("beta", [1e-30, 1.0, 1e4, 1e30, 1e308])
+@pytest.mark.parametrize("name", ["power", "softmax", "softrank"])
+def test_9_any_finite_beta_gives_a_valid_batch_and_a_cold_one_top_k(name, beta):
+    import jax
+    from test_selection import make_pool, run_selector
+
+    scores = np.random.default_rng(0).random(40).astype(np.float32)
+    labelled = np.zeros(40, bool)
+    labelled[np.argsort(scores)[-3:]] = True     # the 3 best are labelled already
+    pool = make_pool(scores, labelled=labelled)
+    idx, _ = run_selector(name, jax.random.key(0), pool, query_size=5, beta=beta)
+    idx = np.asarray(idx)
+    assert len(set(idx.tolist())) == 5 and not labelled[idx].any(), idx
+    if beta >= 1e30:
+        top = np.argsort(np.where(labelled, -np.inf, scores))[-5:]
+        np.testing.assert_array_equal(np.sort(idx), np.sort(top))
+
+
 # --- 10. jaxal.plot refuses what it cannot read or write --------------------------------
 
 
