@@ -26,14 +26,22 @@ modification time is a changed image, and one merely touched is not. Decoding th
 of large photos takes minutes, so with a ``cache_dir`` (a labelling session's dir) the
 decoded arrays are kept in one ``.npy`` file, keyed by every file's path and content
 hash and the declared shape; a later read with the same key loads it (its shape checked
-before it is read), any change decodes afresh.
+before it is read), any change decodes afresh. The cache dir also keeps each file's
+hash with its size, mtime, ctime and inode (``HASHES``), so that a file none of these
+changed for is not read again, as git's index does: replacing a file, or rewriting it
+and resetting its mtime, changes its ctime, which no user can set. (Like git, a file
+changed within ``RACY_NS`` of being hashed is not trusted so: a clock tick could hide
+a second change.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import stat
+import time
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -44,12 +52,15 @@ from jaxal.atomic import write_atomic
 from jaxal.config import IMAGE_FOLDER  # noqa: F401  (re-exported: the dataset's name)
 from jaxal.data import ALSplit, channel_statistics
 from jaxal.errors import JaxalError
-from jaxal.files import read_bytes, read_npy
+from jaxal.files import loads_json, read_bytes, read_npy
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_SHAPE = (32, 32, 3)
 # The largest image file read (PIL refuses decompression bombs on its own).
 MAX_IMAGE_BYTES = 256 << 20
+# In the cache dir: path -> [[size, mtime, ctime, inode, device], sha256] of each file.
+HASHES = "image-hashes.json"
+RACY_NS = 2_000_000_000   # coarser than any file system's timestamps
 
 
 class ImageFolderError(JaxalError, ValueError):
@@ -64,6 +75,7 @@ class ImageFolder(NamedTuple):
     skipped: int                    # files that are not images (other suffix, hidden)
     cache_key: str = ""             # of the files' paths, contents and the shape
     sha256: tuple[str, ...] = ()    # of each file's content, in the order of ``files``
+    signatures: tuple[tuple[int, ...], ...] = ()   # each file's stat when it was hashed
 
     @property
     def digest(self) -> str:
@@ -137,7 +149,7 @@ def read_image_folder(root: str | os.PathLike, shape: tuple[int, int, int] = DEF
     if not files:
         raise ImageFolderError(f"{root} holds no images (looked for {', '.join(SUFFIXES)} "
                                "files, directly and in class subfolders)")
-    sha256 = tuple(hashlib.sha256(_image_bytes(root / name)).hexdigest() for name in files)
+    sha256, signatures = _content_hashes(root, files, cache_dir)
     key = _cache_key(files, sha256, shape, resize)
     images = (None if cache_dir is None else
               _load_cached(Path(cache_dir) / f"images-{key}.npy", (len(files), *shape)))
@@ -150,7 +162,42 @@ def read_image_folder(root: str | os.PathLike, shape: tuple[int, int, int] = DEF
                                        "read it again once nothing writes to it")
             images[i] = _read_image(root / name, (height, width, channels), resize, data)
     return ImageFolder(images, tuple(files), np.asarray(labels, np.int32),
-                       tuple(class_names), skipped, key, sha256)
+                       tuple(class_names), skipped, key, sha256, signatures)
+
+
+def _content_hashes(root: Path, files: list[str], cache_dir: str | os.PathLike | None
+                    ) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+    """(sha256 of each file's content, the stat signature it was hashed at); a file whose
+    signature ``cache_dir``'s ``HASHES`` holds unchanged is not read again."""
+    known, now = _read_hashes(cache_dir), time.time_ns()
+    hashes, signatures = [], []
+    for name in files:
+        path = root / name
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            info = None
+        signature = () if info is None or info.st_ctime_ns > now - RACY_NS else (
+            info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev)
+        old = known.get(name)
+        if (signature and stat.S_ISREG(info.st_mode) and isinstance(old, list)
+                and len(old) == 2 and old[0] == list(signature) and isinstance(old[1], str)):
+            hashes.append(old[1])
+        else:   # _image_bytes refuses a special file, or one that is gone
+            hashes.append(hashlib.sha256(_image_bytes(path)).hexdigest())
+        signatures.append(signature)
+    return tuple(hashes), tuple(signatures)
+
+
+def _read_hashes(cache_dir: str | os.PathLike | None) -> dict:
+    """The ``HASHES`` of ``cache_dir`` ({} if none, or not one: then every file is read)."""
+    if cache_dir is None:
+        return {}
+    try:
+        known = loads_json(read_bytes(Path(cache_dir) / HASHES, "", max_bytes=256 << 20))
+    except (OSError, ValueError, JaxalError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def _image_bytes(path: Path) -> bytes:
@@ -164,8 +211,13 @@ def _image_bytes(path: Path) -> bytes:
 
 
 def save_cache(folder: ImageFolder, cache_dir: str | os.PathLike) -> None:
-    """Keep ``folder``'s decoded images in ``cache_dir`` for ``read_image_folder`` (one
-    folder state: older caches there are removed)."""
+    """Keep ``folder``'s decoded images and its files' hashes in ``cache_dir`` for
+    ``read_image_folder`` (one folder state: older caches there are removed)."""
+    hashes = {name: [list(signature), sha256] for name, signature, sha256 in zip(
+        folder.files, folder.signatures, folder.sha256, strict=True)}
+    if hashes != _read_hashes(cache_dir):
+        text = json.dumps(hashes, sort_keys=True)
+        write_atomic(Path(cache_dir) / HASHES, lambda f: f.write(text.encode()))
     path = Path(cache_dir) / f"images-{folder.cache_key}.npy"
     if path.exists():
         return

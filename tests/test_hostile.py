@@ -523,6 +523,7 @@ def test_12_replaced_image_is_decoded_afresh_not_read_from_the_cache(photos, tmp
 
     cache = tmp_path / "cache"
     cache.mkdir()
+    time.sleep(2.1)   # files older than RACY_NS: the cache dir's hashes trust their stat
     first = read_image_folder(photos, (8, 8, 3), ("cat", "dog"), cache_dir=cache)
     save_cache(first, cache)
     _bmp(photos / "img_3.bmp", seed=99, mtime=1_700_000_000)   # same name, size, mtime
@@ -548,3 +549,20 @@ def test_12_session_refuses_an_image_replaced_under_its_name(photos, tmp_path, c
     _bmp(photos / "img_3.bmp", seed=3)
     label_main(command)
     assert io.StringIO(capsys.readouterr().out).read().startswith("round 1: label pool")
+
+
+def test_12_an_unchanged_folder_is_known_without_reading_its_files(photos, tmp_path,
+                                                                   monkeypatch):
+    import jaxal.image_folder as image_folder
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    time.sleep(2.1)   # the files' ctime older than RACY_NS: their stat can be trusted
+    first = image_folder.read_image_folder(photos, (8, 8, 3), ("cat", "dog"),
+                                           cache_dir=cache)
+    image_folder.save_cache(first, cache)
+    monkeypatch.setattr(image_folder, "_image_bytes", lambda path: pytest.fail(f"read {path}"))
+    again = image_folder.read_image_folder(photos, (8, 8, 3), ("cat", "dog"),
+                                           cache_dir=cache)
+    assert again.sha256 == first.sha256 and again.cache_key == first.cache_key
+    np.testing.assert_array_equal(again.images, first.images)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import math
 import os
 import re
@@ -24,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from jaxal.errors import JaxalError
+from jaxal.files import loads_json, read_bytes
 
 # jax.random.key takes a uint32 seed without 64-bit mode (larger ones overflow).
 SEED_MAX = 2**32 - 1
@@ -130,11 +130,13 @@ def number(minimum: float | None = None, *, exclusive: bool = False,
 
 
 def last_finished_round(out_dir: str | Path) -> int | None:
-    """The last round in ``out_dir``'s metrics.jsonl (written after every round), if any."""
+    """The last round in ``out_dir``'s metrics.jsonl (written after every round), if any
+    (read as ``jaxal.files`` reads: a FIFO there is not waited on)."""
     try:
-        lines = Path(out_dir, "metrics.jsonl").read_text().splitlines()
-        return int(json.loads(lines[-1])["round"]) if lines else None
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        lines = read_bytes(Path(out_dir, "metrics.jsonl"), "", max_bytes=256 << 20
+                           ).decode().splitlines()
+        return int(loads_json(lines[-1])["round"]) if lines else None
+    except (OSError, ValueError, KeyError, IndexError, TypeError, JaxalError):
         return None
 
 
