@@ -79,8 +79,19 @@ def _negative_log_joint(logits, w, y, weights, prior_precision):
     return -log_likelihood(logits, y, weights) + 0.5 * jnp.vdot(w, prior_precision * w)
 
 
+def _repeat(step: Callable, carry, steps: int, unroll: bool):
+    """``steps`` applications of ``step(carry) -> carry``: a ``lax.scan``, or with
+    ``unroll`` straight-line code (XLA:CPU runs convolutions ~10x slower inside a while
+    loop, and ``lax.scan(unroll=True)`` still emits one)."""
+    if unroll:
+        for _ in range(steps):
+            carry = step(carry)
+        return carry
+    return jax.lax.scan(lambda c, _: (step(c), None), carry, None, steps)[0]
+
+
 def _conjugate_gradients(matvec: Callable, b: jax.Array, steps: int,
-                         preconditioner: jax.Array | None, unroll: int | bool = 1
+                         preconditioner: jax.Array | None, unroll: bool = False
                          ) -> jax.Array:
     """x ≈ A⁻¹ b by ``steps`` iterations of (diagonally preconditioned) CG from 0.
 
@@ -90,7 +101,7 @@ def _conjugate_gradients(matvec: Callable, b: jax.Array, steps: int,
     """
     m = jnp.ones_like(b) if preconditioner is None else preconditioner
 
-    def step(carry, _):
+    def step(carry):
         x, r, p, rz = carry
         ap = matvec(p)
         pap = jnp.vdot(p, ap)
@@ -99,11 +110,10 @@ def _conjugate_gradients(matvec: Callable, b: jax.Array, steps: int,
         z = m * r
         rz_new = jnp.vdot(r, z)
         beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0)
-        return (x, r, z + beta * p, rz_new), None
+        return x, r, z + beta * p, rz_new
 
     z = m * b
-    init = (jnp.zeros_like(b), b, z, jnp.vdot(b, z))
-    return jax.lax.scan(step, init, None, steps, unroll=unroll)[0][0]
+    return _repeat(step, (jnp.zeros_like(b), b, z, jnp.vdot(b, z)), steps, unroll)[0]
 
 
 # Newton's step length is chosen among 1, ½, ..., 2^-(LINE_SEARCH_STEPS - 1) and 0 by the
@@ -115,7 +125,7 @@ LINE_SEARCH_STEPS = 16
 def solve_linear_mode(lin: Linearisation, y: jax.Array, weights: jax.Array,
                       prior_precision: jax.Array, init: jax.Array | None = None,
                       newton_steps: int = 10, cg_steps: int = 50,
-                      preconditioner: jax.Array | None = None, unroll: int | bool = 1
+                      preconditioner: jax.Array | None = None, unroll: bool = False
                       ) -> LinearMode:
     """``linear_mode`` on a linearisation computed once (``linearise``): the MacKay
     iterations solve for several λ around the same θ*."""
@@ -129,7 +139,7 @@ def solve_linear_mode(lin: Linearisation, y: jax.Array, weights: jax.Array,
         # ∂/∂f of the weighted cross-entropy is w_n (p_n - e_yn), pulled back by Jᵀ.
         return lin.vjp(weights[:, None] * (jax.nn.softmax(logits) - onehot)) + lam * w
 
-    def newton(w, _):
+    def newton(w):
         logits = lin.logits + lin.jvp(w - lin.theta)
         probs = jax.nn.softmax(logits)
 
@@ -145,10 +155,9 @@ def solve_linear_mode(lin: Linearisation, y: jax.Array, weights: jax.Array,
         jd = lin.jvp(d)
         objective = jax.vmap(lambda t: _negative_log_joint(logits + t * jd, w + t * d, y,
                                                            weights, lam))(steps)
-        return w + steps[jnp.argmin(objective)] * d, None
+        return w + steps[jnp.argmin(objective)] * d
 
-    w = lin.theta if init is None else init
-    w = jax.lax.scan(newton, w, None, newton_steps, unroll=unroll)[0]
+    w = _repeat(newton, lin.theta if init is None else init, newton_steps, unroll)
     logits = lin.logits + lin.jvp(w - lin.theta)
     return LinearMode(w, log_likelihood(logits, y, weights),
                       jnp.linalg.norm(gradient(w, logits)))
@@ -157,7 +166,7 @@ def solve_linear_mode(lin: Linearisation, y: jax.Array, weights: jax.Array,
 def linear_mode(logits_fn: Callable, params, x: jax.Array, y: jax.Array,
                 weights: jax.Array, prior_precision: jax.Array, init: jax.Array | None = None,
                 newton_steps: int = 10, cg_steps: int = 50,
-                preconditioner: jax.Array | None = None, unroll: int | bool = 1
+                preconditioner: jax.Array | None = None, unroll: bool = False
                 ) -> LinearMode:
     """The mode of the tangent linear model under the prior N(0, Λ⁻¹):
 
@@ -177,12 +186,13 @@ def linear_mode(logits_fn: Callable, params, x: jax.Array, y: jax.Array,
     line search that evaluates the network (the step length is chosen on f_lin, which is
     linear in w). ``init`` starts it elsewhere than θ* (a warm start over λ);
     ``preconditioner`` [p] is a diagonal approximation of the inverse Hessian for CG
-    (e.g. ``posterior_variance`` of the Laplace posterior at θ*). ``unroll``: of both
-    loops (``lax.scan``'s). XLA:CPU runs a CNN's convolutions several times slower inside a
-    while loop (a JVP and VJP of a small CNN on 64 images: 6.3 ms unrolled, 41 ms in a
-    scan; ``jaxal.train`` loops in Python on CPU for the same reason): there, jit one
-    Newton step (``newton_steps=1``, ``unroll=True``, ``init`` the last w̃) and loop in
-    Python; elsewhere keep the loops rolled (one small program).
+    (e.g. ``posterior_variance`` of the Laplace posterior at θ*). ``unroll``: both loops as
+    straight-line code instead of ``lax.scan``s. XLA:CPU runs a CNN's convolutions about
+    ten times slower inside a while loop (one Newton step with 10 CG steps, a small CNN on
+    64 images: 65 ms unrolled, 720 ms in scans; ``jaxal.train`` loops in Python on CPU for
+    the same reason): there, jit one Newton step (``newton_steps=1``, ``unroll=True``,
+    ``init`` the last w̃) and loop in Python; elsewhere keep the loops rolled (one small
+    program).
 
     Returns w̃ [p] raveled in ``ravel_pytree`` order, log p(y | f_lin(w̃)) and the
     gradient norm at w̃ (the convergence measure).
@@ -303,6 +313,11 @@ def fit_prior_precision_linear_mode(post, logits_fn: Callable, params, x: jax.Ar
     ``groups`` None: one scalar λ; otherwise an int [p] array of group ids
     (``layer_groups``: one λ per layer) and λ per weight [p], as
     ``jaxal.posterior.fit_prior_precision`` returns it. Also returns a ``LinearModeFit``.
+
+    One program of nested scans, the form for GPUs. On CPU (see ``linear_mode``'s
+    ``unroll``) the same iteration is a Python loop over jitted pieces: per λ, Newton steps
+    of ``linear_mode(..., newton_steps=1, unroll=True)``, then
+    ``log_marginal_likelihood_at_mode`` and ``mackay_update``.
     """
     structure = structure_of(post)
     lin = linearise(logits_fn, params, x)
