@@ -52,7 +52,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], *
       write: writes the whole content to the open binary file it is given, e.g.
         ``lambda f: f.write(data)`` or ``lambda f: fig.savefig(f, format="png")``.
       full_disk_fix: a full disk (ENOSPC, EDQUOT) raises ``RunDirError`` naming this fix,
-        and so does a dir that cannot be written (read-only file system, no permission);
+        and so do a dir that cannot be written (read-only file system, no permission)
+        and a directory in the file's place;
         None lets the ``OSError`` through, for a file its caller can do without (a cache).
     """
     path = Path(path)
@@ -70,6 +71,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], *
                 and e.errno in (errno.ENOSPC, errno.EDQUOT)):
             raise RunDirError(f"disk full writing {path}; free space and "
                               f"{full_disk_fix}") from e
+        if (full_disk_fix is not None and isinstance(e, OSError)
+                and e.errno in (errno.EISDIR, errno.ENOTEMPTY)):
+            raise RunDirError(f"{path} is a directory, where jaxal writes a file; move it "
+                              f"away and {full_disk_fix}") from e
         if (full_disk_fix is not None and isinstance(e, OSError)
                 and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)):
             raise RunDirError(f"cannot write {path} ({e.strerror}); make {path.parent} "

@@ -275,6 +275,16 @@ def test_4_fifo_checkpoint_is_refused_without_blocking(run_dir):
     assert digests(run_dir) == before
 
 
+def test_4_directory_where_a_run_writes_a_file_is_refused(run_dir, capsys):
+    (run_dir / "metrics.csv").unlink()
+    (run_dir / "metrics.csv").mkdir()
+    before = digests(run_dir)
+    refused_in_process(run_main, [*MOONS, "--out", str(run_dir)],
+                       "metrics.csv is a directory, where jaxal writes a file; move it away",
+                       capsys)
+    assert digests(run_dir) == before
+
+
 def _bmp(path: Path, seed: int, mtime: int | None = None) -> None:
     from PIL import Image
 
