@@ -76,8 +76,12 @@ def _unit_float(text: str) -> float:
 
 # Half-decade grid of the "val-nll" prior fit: 10^-2 ... 10^4.
 VALIDATION_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-4, 9))
-# How the Laplace prior precision λ is set after each fit (the curvature is kept).
-PRIOR_FITS = ("val-nll", "evidence", "evidence-layerwise", "none")
+# How the Laplace prior precision λ is set after each fit (the curvature is kept), and
+# the --prior-precision value that asks for each (a number: "none").
+PRIOR_FLAG = {"val-nll": "val-nll", "evidence": "auto",
+              "evidence-layerwise": "auto-layerwise", "linear-mode": "linear-mode",
+              "linear-mode-layerwise": "linear-mode-layerwise"}
+PRIOR_FITS = (*PRIOR_FLAG, "none")
 SUBSETS = ("last-layer", "all")
 
 
@@ -91,7 +95,10 @@ class LaplaceOptions(NamedTuple):
     prior_precision: float | None = None  # None: the MAP objective's prior precision
     # How λ is set after each fit (the curvature is kept): "val-nll", the grid value whose
     # predictive (the run's) has the lowest validation NLL; "evidence", the Laplace
-    # evidence maximiser ("evidence-layerwise": one λ per layer); "none", λ as given. The
+    # evidence maximiser at θ* ("evidence-layerwise": one λ per layer); "linear-mode"
+    # ("linear-mode-layerwise"), MacKay's fixed point with the evidence taken at the
+    # tangent linear model's mode (Antorán et al. 2022; ``jaxal.evidence``); "none", λ
+    # as given. The
     # default is measured: ``benchmarks/laplace_curves.py`` (with λ = 1 or the evidence
     # fit the last-layer predictive on MNIST is near-uniform and its queries worse than
     # the plugin's).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -130,7 +131,11 @@ def progress_line(info, rounds: int) -> str:
     m, t = info.metrics, info.timings
     return (f"round {info.round:>3}/{rounds}  labels {info.num_labels:>5}  "
             f"train loss {m.train_loss:.3f}  test loss {m.test_loss:.3f}  "
-            f"test acc {m.test_accuracy:.4f}  val acc {m.val_accuracy:.4f}  "
+            f"test acc {m.test_accuracy:.4f}"
+            # The MAP network's own, where the predictive is another (NaN: not recorded).
+            + (f" (MAP {m.map_test_accuracy:.4f})" if not math.isnan(m.map_test_accuracy)
+               and m.map_test_accuracy != m.test_accuracy else "")
+            + f"  val acc {m.val_accuracy:.4f}  "
             f"entropy {m.test_entropy:.3f}"
             + (f"  pseudo {info.pseudo.count} ({info.pseudo.correct} right)"
                if info.pseudo.count else "")

@@ -75,6 +75,11 @@ class Metrics(NamedTuple):
     # Expected calibration error of the predictive on the test set (ECE_BINS equal-width
     # confidence bins); NaN in records written before it existed.
     test_ece: float = float("nan")
+    # The MAP network's own (plugin) NLL and accuracy on the test set, beside the
+    # predictive's: a posterior's predictive is told apart from the network it was
+    # fitted at (for an ensemble, member 0). NaN in records written before them.
+    map_test_loss: float = float("nan")
+    map_test_accuracy: float = float("nan")
 
 
 class Timings(NamedTuple):
@@ -136,6 +141,9 @@ class ActiveLearner(NamedTuple):
     query: Callable         # (key, posterior, x_pool, labelled) -> Query
     evaluate: Callable      # (key, posterior, x, y) -> (nll, accuracy, entropy, ece)
     trainer: Any = None     # the jitted Trainer behind ``train`` (``jaxal.seeds`` vmaps it)
+    # The same as ``evaluate`` for the MAP network's plugin predictive (None: the run's
+    # predictive is the plugin, so ``evaluate`` is it).
+    evaluate_map: Callable | None = None
 
 
 def query_strategy(config: ALConfig):
@@ -466,6 +474,10 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
     def evaluate_fn(key, posterior, x, y):
         return evaluate(key, model, predict_eval, posterior, x, y, chunk_size)
 
+    def evaluate_map(key, posterior, x, y):
+        return evaluate(key, model, PREDICTIVES["plugin"].predict, posterior, x, y,
+                        chunk_size)
+
     return ActiveLearner(
         config=config,
         init=jax.jit(init_one),
@@ -474,6 +486,7 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
         query=jax.jit(query),
         evaluate=jax.jit(evaluate_fn),
         trainer=trainer,
+        evaluate_map=None if config.predictive == "plugin" else jax.jit(evaluate_map),
     )
 
 
@@ -483,9 +496,49 @@ def _timed(fn, *args):
     return out, time.perf_counter() - start
 
 
+class Stages(NamedTuple):
+    """The stages of a round as they run: for one run, the learner's functions
+    (``single_stages``); for S seeds stacked on a leading axis, the same functions vmapped
+    over it (``jaxal.seeds``). The round itself (``init_state``, ``al_round``) is written
+    once, over these."""
+
+    split: Callable             # (key, num) -> num keys (each [S] for stacked seeds)
+    init: Callable              # init_key -> params
+    initial_labelled: Callable  # (key, data) -> bool [n] (or [S, n])
+    train: Callable             # (key, params0, data, labelled, pseudo) -> (params, nll)
+    fit: Callable               # as ``ActiveLearner.fit``
+    query: Callable             # as ``ActiveLearner.query``
+    evaluate: Callable          # as ``ActiveLearner.evaluate``
+    evaluate_map: Callable | None  # as ``ActiveLearner.evaluate_map``
+    label: Callable             # (labelled, queried indices) -> labelled with them set
+    # (fn, *trees) -> fn of the run's values: one result, or a list of them over the
+    # seeds (a tree is cut at each seed; a list is already one entry per seed).
+    each: Callable
+
+
+def single_stages(learner: ActiveLearner) -> Stages:
+    """The stages of one run: the learner's own jitted functions."""
+    def train(key, params0, data: ALData, labelled, pseudo):
+        params, info = learner.train(key, params=params0, x_pool=data.pool_x,
+                                     y_pool=data.pool_y, labelled=labelled,
+                                     pseudo_labels=pseudo)
+        return params, info.train_nll
+
+    def first_labels(key, data: ALData):
+        return initial_labelled(key, np.asarray(data.pool_y), data.num_classes,
+                                learner.config.init_per_class)
+
+    return Stages(split=lambda key, num: tuple(jax.random.split(key, num)),
+                  init=learner.init, initial_labelled=first_labels, train=train,
+                  fit=learner.fit, query=learner.query, evaluate=learner.evaluate,
+                  evaluate_map=learner.evaluate_map,
+                  label=lambda labelled, queried: labelled.at[queried].set(True),
+                  each=lambda fn, *values: fn(*values))
+
+
 def train_and_fit(key_train: jax.Array, key_fit: jax.Array, learner: ActiveLearner,
                   data: ALData, params0, labelled: jax.Array,
-                  pseudo: jax.Array | None = None):
+                  pseudo: jax.Array | None = None, stages: Stages | None = None):
     """Train θ_MAP on ``labelled`` (and this round's pseudo-labels) from ``params0``, then
     fit the posterior at θ_MAP on ``labelled`` alone (the validation set tunes λ).
 
@@ -493,37 +546,45 @@ def train_and_fit(key_train: jax.Array, key_fit: jax.Array, learner: ActiveLearn
     only the pool and validation arrays of ``data`` are read.
 
     Returns:
-      (params, train_info, posterior, (train seconds, posterior seconds)).
+      (params, mean NLL of θ_MAP on the labelled set, posterior, (train seconds,
+      posterior seconds)).
     """
-    (params, train_info), t_train = _timed(
-        lambda: learner.train(key_train, params=params0, x_pool=data.pool_x,
-                              y_pool=data.pool_y, labelled=labelled, pseudo_labels=pseudo))
-    posterior, t_fit = _timed(learner.fit, key_fit, params, data.pool_x, data.pool_y,
+    s = stages or single_stages(learner)
+    (params, train_nll), t_train = _timed(s.train, key_train, params0, data, labelled,
+                                          pseudo)
+    posterior, t_fit = _timed(s.fit, key_fit, params, data.pool_x, data.pool_y,
                               labelled, data.val_x, data.val_y)
-    return params, train_info, posterior, (t_train, t_fit)
+    return params, train_nll, posterior, (t_train, t_fit)
 
 
 def fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, params0,
-                     labelled: jax.Array, pseudo: jax.Array | None = None):
+                     labelled: jax.Array, pseudo: jax.Array | None = None,
+                     stages: Stages | None = None):
     """Train θ_MAP on ``labelled`` (and this round's pseudo-labels) from ``params0``, fit
-    the posterior on ``labelled`` alone, compute metrics."""
-    key_train, key_fit, key_eval = jax.random.split(key, 3)
-    params, train_info, posterior, (t_train, t_fit) = train_and_fit(
-        key_train, key_fit, learner, data, params0, labelled, pseudo)
+    the posterior on ``labelled`` alone, compute metrics (a list over stacked seeds)."""
+    s = stages or single_stages(learner)
+    key_train, key_fit, key_eval = s.split(key, 3)
+    params, train_nll, posterior, (t_train, t_fit) = train_and_fit(
+        key_train, key_fit, learner, data, params0, labelled, pseudo, s)
     start = time.perf_counter()
-    test = learner.evaluate(key_eval, posterior, data.test_x, data.test_y)
-    val = learner.evaluate(key_eval, posterior, data.val_x, data.val_y)
-    test, val = jax.device_get((test, val))
+    test = s.evaluate(key_eval, posterior, data.test_x, data.test_y)
+    val = s.evaluate(key_eval, posterior, data.val_x, data.val_y)
+    map_test = test if s.evaluate_map is None else s.evaluate_map(
+        key_eval, posterior, data.test_x, data.test_y)
+    test, val, map_test = jax.device_get((test, val, map_test))
     t_eval = time.perf_counter() - start
-    metrics = round_metrics(learner.config, train_info.train_nll, test, val, posterior,
-                            data.num_classes)
+    metrics = s.each(lambda nll, te, va, post, mt: round_metrics(
+        learner.config, nll, te, va, post, data.num_classes, mt),
+                     train_nll, test, val, posterior, map_test)
     return params, posterior, metrics, (t_train, t_fit, t_eval)
 
 
 def round_metrics(config: ALConfig, train_nll: float, test, val, posterior,
-                  num_classes: int) -> Metrics:
+                  num_classes: int, map_test=None) -> Metrics:
     """A round's ``Metrics`` from the labelled-set NLL and the (nll, accuracy, entropy,
-    ece) of the predictive on the test and validation sets."""
+    ece) of the predictive on the test and validation sets, and of the MAP network's
+    plugin predictive on the test set (``map_test``; None: the predictive's)."""
+    map_test = test if map_test is None else map_test
     lam = POSTERIORS[config.posterior].prior_precision(posterior)
     return Metrics(
         train_loss=float(train_nll), test_loss=float(test[0]),
@@ -531,50 +592,60 @@ def round_metrics(config: ALConfig, train_nll: float, test, val, posterior,
         val_loss=float(val[0]), val_accuracy=float(val[1]),
         prior_precision=float(lam if lam is not None else config.train.prior_precision),
         diverged=bool(train_nll >= math.log(num_classes)),
-        test_ece=float(test[3]))
+        test_ece=float(test[3]), map_test_loss=float(map_test[0]),
+        map_test_accuracy=float(map_test[1]))
 
 
-def init_state(key: jax.Array, learner: ActiveLearner, data: ALData
-               ) -> tuple[ALState, RoundInfo]:
-    """Round 0: draw the balanced initial labels, train, fit the posterior, evaluate."""
-    key_init, key_labels, key_fit = jax.random.split(key, 3)
-    labelled = initial_labelled(key_labels, np.asarray(data.pool_y), data.num_classes,
-                                learner.config.init_per_class)
+def init_state(key: jax.Array, learner: ActiveLearner, data: ALData,
+               stages: Stages | None = None) -> tuple[ALState, RoundInfo]:
+    """Round 0: draw the balanced initial labels, train, fit the posterior, evaluate.
+
+    ``stages``: how the stages run (default: one run, ``single_stages``); for stacked
+    seeds the info is a list, one per seed."""
+    s = stages or single_stages(learner)
+    key_init, key_labels, key_fit = s.split(key, 3)
+    labelled = s.initial_labelled(key_labels, data)
     params, posterior, metrics, (t_train, t_fit, t_eval) = fit_and_evaluate(
-        key_fit, learner, data, learner.init(key_init), labelled)
+        key_fit, learner, data, s.init(key_init), labelled, stages=s)
     state = ALState(params, posterior, labelled, 0, key_init)
     empty = np.zeros(0, np.int64)
-    info = RoundInfo(0, int(labelled.sum()), empty, np.zeros(0, np.float32), empty,
-                     metrics, Timings(0.0, t_train, t_fit, t_eval))
+    info = s.each(lambda m, lab: RoundInfo(0, int(lab.sum()), empty, np.zeros(0, np.float32),
+                                           empty, m, Timings(0.0, t_train, t_fit, t_eval)),
+                  metrics, labelled)
     return state, info
 
 
-def al_round(key: jax.Array, state: ALState, learner: ActiveLearner, data: ALData
-             ) -> tuple[ALState, RoundInfo]:
+def al_round(key: jax.Array, state: ALState, learner: ActiveLearner, data: ALData,
+             stages: Stages | None = None) -> tuple[ALState, RoundInfo]:
     """One round: score the pool, query a batch, label it, refit and evaluate.
 
     With pseudo-labelling on, confident unqueried pool points are trained on with the
     model's label in this round only: they never enter ``labelled`` (no label is spent),
     the posterior is fitted on the true labels alone, and the next round starts afresh.
+    ``stages``: as in ``init_state``.
     """
-    key_score, key_fit = jax.random.split(key)
+    s = stages or single_stages(learner)
+    key_score, key_fit = s.split(key, 2)
     start = time.perf_counter()
-    query = learner.query(key_score, state.posterior, data.pool_x, state.labelled)
+    query = s.query(key_score, state.posterior, data.pool_x, state.labelled)
     queried, queried_scores = jax.device_get((query.indices, query.scores))
     t_score = time.perf_counter() - start
 
-    labelled = state.labelled.at[queried].set(True)
-    params0 = state.params if learner.config.warm_start else learner.init(state.init_key)
+    labelled = s.label(state.labelled, queried)
+    params0 = state.params if learner.config.warm_start else s.init(state.init_key)
     pseudo = query.pseudo_labels if learner.config.pseudo_label is not None else None
     extremes = Extremes(*jax.device_get(query.extremes))
     params, posterior, metrics, (t_train, t_fit, t_eval) = fit_and_evaluate(
-        key_fit, learner, data, params0, labelled, pseudo)
+        key_fit, learner, data, params0, labelled, pseudo, stages=s)
     new_state = ALState(params, posterior, labelled, state.round + 1, state.init_key)
-    info = RoundInfo(new_state.round, int(labelled.sum()), queried, queried_scores,
-                     np.asarray(data.pool_y)[queried], metrics,
-                     Timings(t_score, t_train, t_fit, t_eval),
-                     pseudo_label_info(query.pseudo_labels, data.pool_y), extremes)
-    return new_state, info
+    timings = Timings(t_score, t_train, t_fit, t_eval)
+
+    def info(m, lab, q, scores, pool_y, pseudo_labels, ex):
+        return RoundInfo(new_state.round, int(lab.sum()), q, scores, pool_y[q], m, timings,
+                         pseudo_label_info(pseudo_labels, pool_y), ex)
+
+    return new_state, s.each(info, metrics, labelled, queried, queried_scores,
+                             np.asarray(data.pool_y), query.pseudo_labels, extremes)
 
 
 def pseudo_label_info(pseudo: jax.Array, pool_y: jax.Array) -> PseudoLabelInfo:

@@ -29,6 +29,7 @@ from jax.flatten_util import ravel_pytree
 from jaxal.batching import over_samples
 from jaxal.components import POSTERIORS as POSTERIORS  # re-exported: the table
 from jaxal.components import PRIOR_FITS as PRIOR_FITS
+from jaxal.components import PRIOR_FLAG
 from jaxal.components import SUBSETS as SUBSETS
 from jaxal.components import VALIDATION_GRID as VALIDATION_GRID
 from jaxal.components import LaplaceOptions as LaplaceOptions
@@ -199,11 +200,19 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights,
     lam = prior_precision if lc.prior_precision is None else lc.prior_precision
     lam = jnp.asarray(lam, x.dtype)
     post = structure.build(problem.theta, form(key, problem), lam)
+    groups = layer_groups(problem.theta)[0] if lc.prior_fit.endswith("-layerwise") else None
     if lc.prior_fit in ("evidence", "evidence-layerwise"):
         ll = log_likelihood(problem.logits_fn(problem.theta, problem.inputs), y, weights)
-        groups = layer_groups(problem.theta)[0] if lc.prior_fit == "evidence-layerwise" else None
         post = structure.with_prior_precision(
             post, fit_prior_precision(post, ll, init=lam, groups=groups))
+    elif lc.prior_fit in ("linear-mode", "linear-mode-layerwise"):
+        # Imported here: jaxal.evidence builds on this module's subset problems.
+        from jaxal.evidence import fit_prior_precision_linear_mode
+
+        fitted, _ = fit_prior_precision_linear_mode(post, problem.logits_fn, problem.theta,
+                                                    problem.inputs, y, weights,
+                                                    groups=groups, init=lam)
+        post = structure.with_prior_precision(post, fitted)
     if lc.subset == "last-layer":
         return LastLayerLaplace(params, post)
     return WeightsLaplace(params, post)
@@ -415,9 +424,11 @@ def check_laplace(options: LaplaceOptions, config) -> None:
     if (config.predictive in PER_POINT_PREDICTIVES and lc.subset != "last-layer"
             and structure.layer_variance is None):
         raise ConfigError(probit_fix(config.predictive))
-    _need(lc.prior_fit != "evidence-layerwise" or lc.subset != "last-layer",
-          "a layerwise prior needs more than one layer, and the last layer is one: use "
-          "--prior-precision auto (one λ), or --subset all for one λ per layer")
+    if lc.prior_fit.endswith("-layerwise") and lc.subset == "last-layer":
+        one = PRIOR_FLAG[lc.prior_fit].removesuffix("-layerwise")
+        raise ConfigError("a layerwise prior needs more than one layer, and the last layer "
+                          f"is one: use --prior-precision {one} (one λ), or --subset all for "
+                          "one λ per layer")
     _need(lc.prior_fit != "val-nll" or (
               len(lc.prior_precision_grid) > 0
               and all(math.isfinite(v) and v > 0 for v in lc.prior_precision_grid)),

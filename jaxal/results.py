@@ -60,7 +60,8 @@ PICKLE_CHECKPOINT = "checkpoint.pkl"
 
 METRIC_COLUMNS = ("round", "num_labels", "train_loss", "test_loss", "test_accuracy",
                   "test_entropy", "val_loss", "val_accuracy", "prior_precision",
-                  "diverged", "test_ece", "pseudo_labels", "pseudo_label_accuracy",
+                  "diverged", "test_ece", "map_test_loss", "map_test_accuracy",
+                  "pseudo_labels", "pseudo_label_accuracy",
                   "score_s", "train_s", "posterior_s", "eval_s")
 
 EXTREMES_KEYS = ("round", *(f"{side}_{what}" for side in ("top", "bottom")

@@ -22,7 +22,6 @@ after another.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,14 +43,13 @@ from jaxal.experiment import (
 from jaxal.loop import (
     ALData,
     ALState,
-    Extremes,
     RoundInfo,
-    Timings,
+    Stages,
+    al_round,
     check_finite,
+    init_state,
     initial_labelled,
     make_learner,
-    pseudo_label_info,
-    round_metrics,
     validate_data,
 )
 from jaxal.model import build_model
@@ -95,92 +93,51 @@ def _split(keys: jax.Array, num: int) -> list[jax.Array]:
 _fold_in_each = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
 
 
-class _SeedFunctions:
-    """The learner's functions over the seed axis (jitted once per learner)."""
+def seed_stages(learner, seeds: int) -> Stages:
+    """The stages of a round for ``seeds`` runs stacked on a leading axis: the learner's
+    functions vmapped over it (jitted once per learner), so that ``jaxal.loop``'s
+    ``init_state`` and ``al_round`` run every seed as one program."""
+    trainer = learner.trainer
+    all_seeds = lambda fn, n: over_members(fn, (0,) * n, seeds, "vmap", split=True)
+    train_init = jax.jit(jax.vmap(trainer.init))
+    step = jax.jit(all_seeds(trainer.step, 6))
+    labelled_nll = jax.jit(jax.vmap(trainer.labelled_nll))
+    indices = jax.jit(jax.vmap(labelled_indices))
 
-    def __init__(self, learner, seeds: int):
-        trainer = learner.trainer
-        all_seeds = lambda fn, n: over_members(fn, (0,) * n, seeds, "vmap", split=True)
-        self.learner = learner
-        self.init = jax.jit(jax.vmap(learner.init))
-        self.train_init = jax.jit(jax.vmap(trainer.init))
-        self.step = jax.jit(all_seeds(trainer.step, 6))
-        self.labelled_nll = jax.jit(jax.vmap(trainer.labelled_nll))
-        self.indices = jax.jit(jax.vmap(labelled_indices))
-        self.fit = jax.jit(all_seeds(learner.fit, 7))
-        self.query = jax.jit(all_seeds(learner.query, 4))
-        self.evaluate = jax.jit(all_seeds(learner.evaluate, 4))
-
-    def train(self, keys, params0, x_pool, y_pool, labelled):
+    def train(keys, params0, data: ALData, labelled, pseudo):
         """``jaxal.train.train_map`` of every seed (step t keyed ``fold_in(key_s, t)``).
-        The seeds' labelled sets have one size, so one step count."""
-        idx, num = self.indices(labelled), labelled.sum(1)
-        steps = training_steps(self.learner.trainer.config, int(num[0]))
-        state = self.train_init(params0)
+        The seeds' labelled sets have one size, so one step count; no pseudo-labels
+        (``stackable`` refuses them)."""
+        del pseudo
+        idx, num = indices(labelled), labelled.sum(1)
+        steps = training_steps(trainer.config, int(num[0]))
+        state = train_init(params0)
         for t in range(steps):
-            state, _ = self.step(_fold_in_each(keys, t), state, x_pool, y_pool, idx, num)
-        nll = self.labelled_nll(state.params, x_pool, y_pool, idx, num)
+            state, _ = step(_fold_in_each(keys, t), state, data.pool_x, data.pool_y, idx,
+                            num)
+        nll = labelled_nll(state.params, data.pool_x, data.pool_y, idx, num)
         return state.params, np.asarray(jax.device_get(nll))
 
+    def first_labels(keys, data: ALData):
+        pool_ys = np.asarray(data.pool_y)
+        return jnp.stack([initial_labelled(keys[s], pool_ys[s], data.num_classes,
+                                           learner.config.init_per_class)
+                          for s in range(seeds)])
 
-def _fit_and_evaluate(fns: _SeedFunctions, keys, data: ALData, params0, labelled):
-    """``jaxal.loop.fit_and_evaluate`` of every seed: (params, posterior, [Metrics],
-    seconds of training, fit and evaluation, shared by the seeds)."""
-    key_train, key_fit, key_eval = _split(keys, 3)
-    start = time.perf_counter()
-    params, train_nll = fns.train(key_train, params0, data.pool_x, data.pool_y, labelled)
-    t_train = time.perf_counter() - start
-    start = time.perf_counter()
-    posterior = jax.block_until_ready(fns.fit(key_fit, params, data.pool_x, data.pool_y,
-                                              labelled, data.val_x, data.val_y))
-    t_fit = time.perf_counter() - start
-    start = time.perf_counter()
-    test = jax.device_get(fns.evaluate(key_eval, posterior, data.test_x, data.test_y))
-    val = jax.device_get(fns.evaluate(key_eval, posterior, data.val_x, data.val_y))
-    t_eval = time.perf_counter() - start
-    config = fns.learner.config
-    metrics = [round_metrics(config, train_nll[s], [m[s] for m in test], [m[s] for m in val],
-                             _seed(posterior, s), data.num_classes)
-               for s in range(len(train_nll))]
-    return params, posterior, metrics, (t_train, t_fit, t_eval)
+    def each(fn, *values):
+        return [fn(*(v[s] if isinstance(v, list) else _seed(v, s) for v in values))
+                for s in range(seeds)]
 
-
-def _first_round(fns: _SeedFunctions, keys, data: ALData, pool_ys):
-    """Round 0 of every seed, as ``jaxal.loop.init_state``."""
-    key_init, key_labels, key_fit = _split(keys, 3)
-    config = fns.learner.config
-    labelled = jnp.stack([initial_labelled(key_labels[s], y, data.num_classes,
-                                           config.init_per_class)
-                          for s, y in enumerate(pool_ys)])
-    params, posterior, metrics, (t_train, t_fit, t_eval) = _fit_and_evaluate(
-        fns, key_fit, data, fns.init(key_init), labelled)
-    state = ALState(params, posterior, labelled, 0, key_init)
-    empty = np.zeros(0, np.int64)
-    infos = [RoundInfo(0, int(labelled[s].sum()), empty, np.zeros(0, np.float32), empty, m,
-                       Timings(0.0, t_train, t_fit, t_eval)) for s, m in enumerate(metrics)]
-    return state, infos
-
-
-def _next_round(fns: _SeedFunctions, keys, state: ALState, data: ALData, pool_ys):
-    """One AL round of every seed, as ``jaxal.loop.al_round`` (no pseudo-labels)."""
-    key_score, key_fit = _split(keys, 2)
-    start = time.perf_counter()
-    query = fns.query(key_score, state.posterior, data.pool_x, state.labelled)
-    queried, scores = jax.device_get((query.indices, query.scores))
-    t_score = time.perf_counter() - start
-    seeds = np.arange(len(pool_ys))[:, None]
-    labelled = state.labelled.at[seeds, queried].set(True)
-    params0 = state.params if fns.learner.config.warm_start else fns.init(state.init_key)
-    params, posterior, metrics, (t_train, t_fit, t_eval) = _fit_and_evaluate(
-        fns, key_fit, data, params0, labelled)
-    new = ALState(params, posterior, labelled, state.round + 1, state.init_key)
-    extremes = jax.device_get(query.extremes)
-    infos = [RoundInfo(new.round, int(labelled[s].sum()), queried[s], scores[s],
-                       pool_ys[s][queried[s]], m, Timings(t_score, t_train, t_fit, t_eval),
-                       pseudo_label_info(query.pseudo_labels[s], pool_ys[s]),
-                       Extremes(*(e[s] for e in extremes)))
-             for s, m in enumerate(metrics)]
-    return new, infos
+    rows = np.arange(seeds)[:, None]
+    return Stages(split=_split, init=jax.jit(jax.vmap(learner.init)),
+                  initial_labelled=first_labels, train=train,
+                  fit=jax.jit(all_seeds(learner.fit, 7)),
+                  query=jax.jit(all_seeds(learner.query, 4)),
+                  evaluate=jax.jit(all_seeds(learner.evaluate, 4)),
+                  evaluate_map=(None if learner.evaluate_map is None
+                                else jax.jit(all_seeds(learner.evaluate_map, 4))),
+                  label=lambda labelled, queried: labelled.at[rows, queried].set(True),
+                  each=each)
 
 
 def run_seeds(configs: Sequence[ExperimentConfig], out_dirs: Sequence[str | Path],
@@ -232,10 +189,9 @@ def _run(configs, out_dirs, progress, devices):
         progress(f"seeds {[cf.seed for cf in configs]} as one program")
     data = ALData(*(jnp.stack([getattr(d, f) for d in datas])
                     for f in ALData._fields[:-1]), num_classes=c)
-    pool_ys = [np.asarray(split.pool_y) for split in splits]
     keys = jax.vmap(jax.random.key)(jnp.asarray([cf.seed for cf in configs], jnp.uint32))
     key_init, key_rounds = _split(keys, 2)
-    fns = _SeedFunctions(learner, len(configs))
+    stages = seed_stages(learner, len(configs))
     if resumed[0] is None:
         state, infos = None, [[] for _ in configs]
     else:
@@ -249,10 +205,10 @@ def _run(configs, out_dirs, progress, devices):
                      f"{state.round} of {al.rounds}")
     while state is None or state.round < al.rounds:
         if state is None:
-            state, new = _first_round(fns, key_init, data, pool_ys)
+            state, new = init_state(key_init, learner, data, stages)
         else:
-            state, new = _next_round(fns, _fold_in_each(key_rounds, state.round + 1), state,
-                                     data, pool_ys)
+            state, new = al_round(_fold_in_each(key_rounds, state.round + 1), state, learner,
+                                  data, stages)
         for s, (config, out, info) in enumerate(zip(configs, out_dirs, new, strict=True)):
             one = ALState(_seed(state.params, s), _seed(state.posterior, s),
                           state.labelled[s], state.round, state.init_key[s])

@@ -11,9 +11,10 @@ from jax.flatten_util import ravel_pytree
 
 from jaxal import data as datasets
 from jaxal.batching import over_members
-from jaxal.components import EnsembleOptions, MCDropoutOptions
+from jaxal.components import BatchBALDOptions, EnsembleOptions, MCDropoutOptions
 from jaxal.config import ALConfig, LaplaceOptions, ModelConfig, TrainConfig
 from jaxal.curvature import STRUCTURES
+from jaxal.ensemble import stacked
 from jaxal.errors import ConfigError
 from jaxal.experiment import to_device
 from jaxal.loop import (
@@ -21,7 +22,6 @@ from jaxal.loop import (
     make_learner,
     pool_subset_indices,
     run_rounds,
-    stacked,
     validate_config,
     validate_data,
 )
@@ -445,3 +445,27 @@ def test_new_options_are_refused_with_the_fix():
     for config, match in cases:
         with pytest.raises(ConfigError, match=match):
             validate_config(config)
+
+
+@pytest.mark.parametrize("structure", ["kfac", "diag"])
+def test_all_weights_glm_samples_are_joint_over_chunks_and_batchbald_runs_on_them(structure):
+    """Sample s of the all-weights GLM predictive is one linearised network for every pool
+    point: two chunks scored apart give the rows of the pool scored at once (BatchBALD's
+    joint entropies and power-BALD read them so), and BatchBALD on it picks distinct
+    unlabelled points."""
+    toy, model, _, post, config = _mlp_laplace(structure, "glm", 16)
+    x = toy.pool_x[:20]
+    whole = laplace_glm_sample_probs(jax.random.key(7), model, post, x,
+                                     config.options("posterior"))
+    parts = [laplace_glm_sample_probs(jax.random.key(7), model, post, x[i:i + 10],
+                                      config.options("posterior")) for i in (0, 10)]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, rtol=1e-5, atol=1e-6)
+    batch = config._replace(acquisition="batchbald", rounds=1, query_size=4,
+                            train=TrainConfig(steps=10, batch_size=8),
+                            acquisition_options=BatchBALDOptions(candidates=20, configs=30))
+    validate_config(batch)
+    toy2 = _toy()
+    infos = [i for _, i in run_rounds(jax.random.key(0), make_learner(
+        mlp(2, hidden=(5,)), batch, (2,), 2), toy2)]
+    queried = infos[-1].queried
+    assert len(set(queried.tolist())) == 4 and np.isfinite(infos[-1].scores).all()

@@ -23,6 +23,16 @@ from jaxal.model import mlp
 from jaxal.results import read_metrics, read_queries
 
 
+def stop_after_round_1(line: str):
+    """A progress callback that interrupts a run once round 1 is written."""
+    if line.startswith("round   1"):
+        raise KeyboardInterrupt
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rows]
+
+
 @pytest.fixture
 def jitter(monkeypatch):
     monkeypatch.setitem(POSTERIORS, "jitter", toy_posterior.ENTRY)
@@ -77,10 +87,6 @@ def test_it_runs_in_the_loop_records_its_options_and_resumes(jitter, tmp_path):
     assert recorded["experiment"]["al"]["posterior_options"] == {
         "scale": 0.05, "samples": 4, "init_scale": 0.5}
 
-    def stop_after_round_1(line: str):
-        if line.startswith("round   1"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "stopped", progress=stop_after_round_1)
     assert len(read_metrics(tmp_path / "stopped")) == 2
@@ -89,8 +95,8 @@ def test_it_runs_in_the_loop_records_its_options_and_resumes(jitter, tmp_path):
     assert lines[0].startswith(f"resuming {tmp_path / 'stopped'} after round 1")
     assert read_queries(tmp_path / "stopped") == read_queries(tmp_path / "whole")
     # Seconds per stage aside, the same numbers.
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rows]
-    assert strip(read_metrics(tmp_path / "stopped")) == strip(read_metrics(tmp_path / "whole"))
+    assert (without_seconds(read_metrics(tmp_path / "stopped"))
+            == without_seconds(read_metrics(tmp_path / "whole")))
 
 
 # config.json's "experiment" of a run written before options moved into the components,
@@ -108,3 +114,55 @@ def test_an_old_format_config_reads_as_the_same_run_today():
     today = json.loads(json.dumps(config_from_args(args).to_dict()))
     assert migrate_config_dict(json.loads(OLD_FORMAT.read_text())) == today
     assert migrate_config_dict(today) == today
+
+
+def _to_old_format(experiment: dict) -> dict:
+    """Today's ``experiment`` dict of an ensemble run written as jaxal at 57b3532 wrote it
+    (the layout of OLD_FORMAT): the options flat in ``al`` and an ``al.laplace`` object."""
+    old = json.loads(OLD_FORMAT.read_text())["al"]
+    al = {k: v for k, v in experiment["al"].items() if not k.endswith("_options")}
+    al.update(hybrid_beta=old["hybrid_beta"], stochastic_beta=old["stochastic_beta"],
+              batchbald_candidates=old["batchbald_candidates"],
+              batchbald_configs=old["batchbald_configs"], laplace=old["laplace"],
+              ensemble_size=experiment["al"]["posterior_options"]["size"],
+              dropout_samples=old["dropout_samples"])
+    return {**experiment, "al": al}
+
+
+def test_a_run_dir_of_the_old_format_resumes_to_the_same_result(tmp_path):
+    """A run stopped after round 1, its config.json and checkpoint manifest rewritten in
+    the old format (as an earlier jaxal left them), resumes and ends as an uninterrupted
+    run does; its config.json is then today's format."""
+    import numpy as np
+
+    from jaxal.components import EnsembleOptions
+    from jaxal.results import config_digest
+
+    config = ExperimentConfig(dataset="moons", val_size=50, pool_size=200, al=ALConfig(
+        acquisition="bald", posterior="ensemble", predictive="mc",
+        posterior_options=EnsembleOptions(size=2), rounds=3, query_size=5,
+        train=TrainConfig(steps=20, batch_size=8)))
+    run_experiment(config, tmp_path / "whole", progress=None)
+
+    run = tmp_path / "old"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, run, progress=stop_after_round_1)
+    recorded = json.loads((run / "config.json").read_text())
+    old = _to_old_format(recorded["experiment"])
+    assert migrate_config_dict(old) == recorded["experiment"]
+    (run / "config.json").write_text(json.dumps({**recorded, "experiment": old}))
+    with np.load(run / "checkpoint.npz") as f:
+        arrays = {name: f[name] for name in f.files}
+    manifest = json.loads(arrays["manifest"].tobytes())
+    manifest.update(config=old, config_sha256=config_digest(old))
+    arrays["manifest"] = np.frombuffer(json.dumps(manifest, sort_keys=True).encode(),
+                                       np.uint8)
+    np.savez(run / "checkpoint.npz", **arrays)
+
+    lines = []
+    run_experiment(config, run, progress=lines.append)
+    assert lines[0].startswith(f"resuming {run} after round 1")
+    assert without_seconds(read_metrics(run)) == without_seconds(read_metrics(tmp_path / "whole"))
+    assert read_queries(run) == read_queries(tmp_path / "whole")
+    assert "posterior_options" in json.loads((run / "config.json").read_text())[
+        "experiment"]["al"]

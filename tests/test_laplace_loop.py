@@ -17,6 +17,7 @@ from jaxal.loop import ALConfig, ConfigError, make_learner, run_rounds, validate
 from jaxal.model import apply_head, cnn, init_params, mlp
 from jaxal.posterior import (
     LaplaceOptions,
+    fit_laplace,
     last_layer_logit_variance,
     posterior_covariance,
     sample_laplace,
@@ -214,3 +215,56 @@ def test_cli_prior_precision_defaults_and_choices():
     assert auto.options("posterior").prior_fit == "evidence"
     fixed = config("--posterior", "laplace", "--prior-precision", "5")
     assert fixed.options("posterior").prior_fit == "none" and fixed.train.prior_precision == 5.0
+
+
+@pytest.mark.parametrize("prior_fit, structure, subset", [
+    ("linear-mode", "full", "last-layer"), ("linear-mode-layerwise", "kfac", "all"),
+    ("linear-mode-layerwise", "diag", "all")])
+def test_linear_mode_prior_fit_is_the_evidence_modules_fixed_point(prior_fit, structure,
+                                                                    subset, toy):
+    """fit_laplace with a linear-mode prior fit sets λ to what
+    ``jaxal.evidence.fit_prior_precision_linear_mode`` returns for the same curvature
+    (tested there against dense references), per layer when layerwise; and a loop with
+    it runs with finite numbers."""
+    from jaxal.evidence import fit_prior_precision_linear_mode
+    from jaxal.posterior import curvature_problem, layer_groups
+
+    model = mlp(2, hidden=(4,))
+    params = init_params(model, jax.random.key(0), (2,))
+    x, y, w = toy.pool_x[:30], toy.pool_y[:30], jnp.ones(30)
+    fitted = fit_laplace(jax.random.key(0), model, params, x, y, w, 1.0,
+                         Options(structure=structure, subset=subset, prior_fit=prior_fit))
+    plain = fit_laplace(jax.random.key(0), model, params, x, y, w, 1.0,
+                        Options(structure=structure, subset=subset, prior_fit="none"))
+    inner = plain.weights if subset == "all" else plain.head
+    problem = curvature_problem(model, params, x, y, w, subset)
+    groups = layer_groups(problem.theta)[0] if prior_fit.endswith("layerwise") else None
+    expected, _ = fit_prior_precision_linear_mode(inner, problem.logits_fn, problem.theta,
+                                                  problem.inputs, y, w, groups=groups,
+                                                  init=1.0)
+    got = (fitted.weights if subset == "all" else fitted.head).prior_precision
+    np.testing.assert_allclose(np.broadcast_to(got, np.shape(expected)), expected, rtol=1e-5)
+    if groups is not None:   # one λ per layer, not all equal
+        per_layer = [float(np.asarray(expected)[groups == g][0]) for g in set(groups)]
+        assert len(set(np.round(per_layer, 6))) > 1
+    config = ALConfig(posterior="laplace", predictive="mc", rounds=1, query_size=3,
+                      train=TrainConfig(steps=10, batch_size=8),
+                      posterior_options=Options(structure=structure, subset=subset,
+                                                prior_fit=prior_fit, samples=4))
+    validate_config(config)
+    infos = [i for _, i in run_rounds(jax.random.key(0), make_learner(model, config, (2,), 2),
+                                      toy)]
+    assert all(np.isfinite(i.metrics.test_loss) for i in infos)
+
+
+def test_cli_linear_mode_prior_and_its_layerwise_refusal_on_the_last_layer():
+    from jaxal.cli.run import config_from_args, parser
+
+    def options(*argv):
+        args = parser().parse_args(["--dataset", "moons", "--posterior", "laplace", *argv])
+        return config_from_args(args).al.options("posterior")
+
+    assert options("--prior-precision", "linear-mode").prior_fit == "linear-mode"
+    with pytest.raises(ConfigError, match=r"use --prior-precision linear-mode \(one λ\)"):
+        validate_config(ALConfig(posterior="laplace", posterior_options=Options(
+            prior_fit="linear-mode-layerwise")))

@@ -178,3 +178,29 @@ def test_validate_config_checks_classes_in_pool():
     y = np.array([0] * 50 + [1])
     with pytest.raises(ConfigError, match=r"classes \[1\] have fewer than 2"):
         validate_data(ALConfig(rounds=1), num_pool=51, pool_labels=y, num_classes=2)
+
+
+@pytest.mark.parametrize("posterior, predictive", [("laplace", "mc"), ("plugin", "plugin")])
+def test_the_map_networks_own_test_metrics_are_recorded_beside_the_predictive(
+        posterior, predictive):
+    """map_test_accuracy / map_test_loss: the θ_MAP network's softmax on the test set,
+    computed here directly; for the plugin predictive they are its own metrics."""
+    from jaxal.components import LaplaceOptions
+
+    toy = to_device(datasets.toy_al_split(0, n_pool=60, n_val=20, n_test=50))
+    config = ALConfig(posterior=posterior, predictive=predictive, rounds=0, query_size=3,
+                      train=TrainConfig(steps=20, batch_size=8),
+                      posterior_options=(LaplaceOptions(samples=4, prior_fit="none")
+                                         if posterior == "laplace" else ()))
+    model = mlp(2, hidden=(6,))
+    state, info = init_state(jax.random.key(0), make_learner(model, config, (2,), 2), toy)
+    probs = np.asarray(jax.nn.softmax(model.apply(state.params, toy.test_x)))
+    y = np.asarray(toy.test_y)
+    m = info.metrics
+    assert m.map_test_accuracy == pytest.approx((probs.argmax(1) == y).mean())
+    assert m.map_test_loss == pytest.approx(-np.log(probs[np.arange(y.size), y]).mean(),
+                                            rel=1e-5)
+    if predictive == "plugin":
+        assert (m.map_test_accuracy, m.map_test_loss) == (m.test_accuracy, m.test_loss)
+    else:   # 4 posterior samples: another predictive than the network's
+        assert m.map_test_loss != m.test_loss

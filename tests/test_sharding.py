@@ -164,7 +164,7 @@ def _member_splits() -> int:
     import jax
     import jax.numpy as jnp
 
-    from jaxal.loop import stacked
+    from jaxal.ensemble import stacked
     from jaxal.model import init_params, mlp
     from jaxal.train import make_trainer
 

@@ -38,7 +38,7 @@ def strategy_config(acquisition, batch="topk", **kw):
                                            if acquisition == "batchbald" else ()),
                       train=TrainConfig(steps=20, batch_size=8),
                       posterior_options=LaplaceOptions(samples=8, prior_fit="none"))
-    return config._replace(predictive=default_predictive(config), **kw)
+    return config._replace(predictive=default_predictive(config))._replace(**kw)
 
 
 CHOICES = ([(a, "topk") for a in [*ACQUISITIONS, *strategies()]]
@@ -79,7 +79,7 @@ def test_batchbald_query_with_one_point_is_the_bald_top_1(toy):
 
 def test_pseudo_labels_train_but_never_enter_the_labelled_set(toy):
     config = strategy_config("entropy", pseudo_label=0.6, rounds=3, posterior="plugin",
-                             predictive="plugin",
+                             predictive="plugin", posterior_options=(),
                              train=TrainConfig(steps=100, batch_size=8, learning_rate=1e-2))
     learner = make_learner(mlp(2, hidden=(8,)), config, (2,), 2)
     labelled = None
@@ -101,7 +101,7 @@ def test_pseudo_labels_train_but_never_enter_the_labelled_set(toy):
 
 def test_pseudo_label_query_reports_confident_unqueried_points(toy):
     config = strategy_config("entropy", pseudo_label=0.7, posterior="plugin",
-                             predictive="plugin")
+                             predictive="plugin", posterior_options=())
     learner = make_learner(mlp(2, hidden=(8,)), config, (2,), 2)
     state, _ = init_state(jax.random.key(0), learner, toy)
     query = learner.query(jax.random.key(1), state.posterior, toy.pool_x, state.labelled)

@@ -20,7 +20,14 @@ from jaxal.cli.common import (
     user_errors,
     whole,
 )
-from jaxal.components import KINDS, POSTERIORS, all_flags, flag_users, options_from_flags
+from jaxal.components import (
+    KINDS,
+    POSTERIORS,
+    PRIOR_FLAG,
+    all_flags,
+    flag_users,
+    options_from_flags,
+)
 from jaxal.config import (
     PROTOCOLS,
     TOY_DATASETS,
@@ -150,10 +157,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-precision", type=_float_or_auto, default=None,
                    help="precision of the Gaussian prior on all weights (sum-scaled "
                         "objective; see jaxal.objective), used for training and the "
-                        "posterior. 'auto', 'auto-layerwise' and 'val-nll' (Laplace only) "
+                        "posterior. 'auto', 'auto-layerwise', 'linear-mode', "
+                        "'linear-mode-layerwise' and 'val-nll' (Laplace only) "
                         f"train with {_TRAIN.prior_precision} and refit the posterior's every "
                         "round: 'auto' maximises the Laplace evidence, 'auto-layerwise' too "
-                        "with one value per layer (--subset all), 'val-nll' takes the value of "
+                        "with one value per layer (--subset all); 'linear-mode' takes "
+                        "MacKay's fixed point with the evidence at the tangent linear "
+                        "model's mode (Antorán et al. 2022), per layer with "
+                        "'linear-mode-layerwise'; 'val-nll' takes the value of "
                         "lowest validation NLL of the predictive on a half-decade grid "
                         "1e-2..1e4. Default: val-nll for --posterior laplace (measured "
                         f"best, see benchmarks/laplace_curves.py), {_TRAIN.prior_precision} "
@@ -194,8 +205,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 # --prior-precision value -> LaplaceOptions.prior_fit (a number: "none").
-PRIOR_FIT_OF = {"auto": "evidence", "auto-layerwise": "evidence-layerwise",
-                "val-nll": "val-nll"}
+PRIOR_FIT_OF = {flag: fit for fit, flag in PRIOR_FLAG.items()}
 
 
 def _float_or_auto(value: str) -> float | str:
@@ -205,7 +215,7 @@ def _float_or_auto(value: str) -> float | str:
         return number(0.0)(value)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"expected a finite number >= 0, 'auto', 'auto-layerwise' or 'val-nll', got "
+            f"expected a finite number >= 0 or one of {', '.join(PRIOR_FIT_OF)}, got "
             f"{value!r}") from None
 
 
@@ -215,12 +225,11 @@ SCHEDULE_CONFLICT = "--steps {} and --epochs {:g} both set how long a fit trains
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     posterior_options = POSTERIORS.options_type(args.posterior)
     # A posterior whose options fit its prior (Laplace: ``prior_fit``) takes
-    # --prior-precision auto|auto-layerwise|val-nll, and its default fit by default.
+    # --prior-precision auto|linear-mode|val-nll|..., and its default fit by default.
     fits_prior = "prior_fit" in posterior_options._fields
     if args.prior_precision is None:
         default_fit = posterior_options._field_defaults.get("prior_fit", "none")
-        args.prior_precision = {fit: name for name, fit in PRIOR_FIT_OF.items()}.get(
-            default_fit, _TRAIN.prior_precision)
+        args.prior_precision = PRIOR_FLAG.get(default_fit, _TRAIN.prior_precision)
     auto = args.prior_precision in PRIOR_FIT_OF
     if auto and not fits_prior:
         users = [f"--posterior {name}" for name in POSTERIORS
