@@ -184,7 +184,10 @@ def linear_mode(logits_fn: Callable, params, x: jax.Array, y: jax.Array,
     float precision, which the evidence's gradient in λ relies on: it is taken with w̃
     held fixed, exact only at the mode), and the iteration counts are fixed without a
     line search that evaluates the network (the step length is chosen on f_lin, which is
-    linear in w). ``init`` starts it elsewhere than θ* (a warm start over λ);
+    linear in w). The default counts converge on the seed CNN with 220 MNIST labels (500
+    Adam steps at λ = 1; KFAC-preconditioned, float32): gradient norm 65 -> 1e-4 at λ = 1
+    and 700 -> 2e-4 at λ = 14 in 10 Newton steps of 50 CG steps, where 10 CG steps a
+    Newton step never got below 17. ``init`` starts it elsewhere than θ* (a warm start over λ);
     ``preconditioner`` [p] is a diagonal approximation of the inverse Hessian for CG
     (e.g. ``posterior_variance`` of the Laplace posterior at θ*). ``unroll``: both loops as
     straight-line code instead of ``lax.scan``s. XLA:CPU runs a CNN's convolutions about
