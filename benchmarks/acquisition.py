@@ -35,11 +35,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxal.components import BatchBALDOptions, LaplaceOptions
 from jaxal.data import load_dataset, make_al_split
 from jaxal.experiment import ExperimentConfig, run_experiment, to_device
 from jaxal.loop import ALConfig, default_predictive, init_state, make_learner
 from jaxal.model import cnn
-from jaxal.posterior import LaplaceConfig
 from jaxal.runtime import configure_cpu
 from jaxal.train import TrainConfig
 
@@ -70,9 +70,10 @@ TARGETS = (0.90, 0.95)
 
 def al_config(name: str, **kw) -> ALConfig:
     fields = STRATEGIES[name]
-    predictive = default_predictive("laplace", "last-layer", fields["acquisition"])
+    predictive = default_predictive(ALConfig(acquisition=fields["acquisition"],
+                                             posterior="laplace"))
     return ALConfig(posterior="laplace", predictive=predictive,
-                    laplace=LaplaceConfig(prior_fit="val-nll"), **fields, **kw)
+                    posterior_options=LaplaceOptions(prior_fit="val-nll"), **fields, **kw)
 
 
 def _seconds(fn, repeats: int) -> float:
@@ -106,16 +107,16 @@ def timing(args) -> None:
               f"{learner.config.predictive})", flush=True)
     result = {"setting": {"pool": int(split.pool_x.shape[0]), "query_size": 10,
                           "labelled": int(state.labelled.sum()), "repeats": args.repeats,
-                          "batchbald": {"candidates": ALConfig().batchbald_candidates,
-                                        "configs": ALConfig().batchbald_configs,
-                                        "samples": LaplaceConfig().samples}},
+                          "batchbald": {"candidates": BatchBALDOptions().candidates,
+                                        "configs": BatchBALDOptions().configs,
+                                        "samples": LaplaceOptions().samples}},
               "strategies": rows}
     write_json(RESULTS / "acquisition_timing.json", result)
     lines = [f"One query of 10 from the MNIST pool ({result['setting']['pool']:,} images), "
              "seed CNN after 20 labels, last-layer Laplace (full GGN); median of "
-             f"{args.repeats}, seconds. BatchBALD: {ALConfig().batchbald_candidates} "
-             f"candidates, {ALConfig().batchbald_configs} configurations, "
-             f"{LaplaceConfig().samples} samples.", "",
+             f"{args.repeats}, seconds. BatchBALD: {BatchBALDOptions().candidates} "
+             f"candidates, {BatchBALDOptions().configs} configurations, "
+             f"{LaplaceOptions().samples} samples.", "",
              "| strategy | predictive | query (s) | compile (s) |", "|---|---|---|---|"]
     lines += [f"| {n} | {r['predictive']} | {r['seconds']:.2f} | {r['compile_s']:.1f} |"
               for n, r in rows.items()]

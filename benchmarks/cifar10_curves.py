@@ -61,7 +61,7 @@ from acquisition import aubc, curve_record, write_json
 from machine import cpu_info, describe
 from timing import time_calls
 
-from jaxal.config import LaplaceConfig, describe_protocol, protocol_of
+from jaxal.config import LaplaceOptions, describe_protocol, protocol_of
 from jaxal.experiment import ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig
 from jaxal.runtime import configure_cpu
@@ -77,9 +77,10 @@ METHODS = {
     "entropy": {"acquisition": "entropy"},
     "badge": {"acquisition": "badge"},
     "ll-laplace-entropy": {"acquisition": "entropy", "posterior": "laplace",
-                           "predictive": "probit", "laplace": LaplaceConfig(prior_fit="val-nll")},
+                           "predictive": "probit",
+                           "posterior_options": LaplaceOptions(prior_fit="val-nll")},
     "ll-laplace-bald": {"acquisition": "bald", "posterior": "laplace", "predictive": "mc",
-                        "laplace": LaplaceConfig(prior_fit="val-nll")},
+                        "posterior_options": LaplaceOptions(prior_fit="val-nll")},
 }
 DEFAULT_METHODS = ["random", "margin", "entropy", "badge", "ll-laplace-entropy"]
 

@@ -41,12 +41,15 @@ from jax.flatten_util import ravel_pytree
 
 from jaxal import data as datasets
 from jaxal.chunks import map_chunks
-from jaxal.loop import PROBIT_ALL_WEIGHTS_CHUNK, ALConfig, tune_prior_precision
+from jaxal.loop import tune_prior_precision
 from jaxal.model import cnn, init_params
 from jaxal.objective import log_likelihood
 from jaxal.posterior import (
+    LAPLACE,
+    PROBIT_ALL_WEIGHTS_CHUNK,
     VALIDATION_GRID,
-    LaplaceConfig,
+    LaplaceOptions,
+    bind,
     fit_laplace,
     fit_prior_precision,
     subset_problem,
@@ -58,22 +61,22 @@ from jaxal.train import TrainConfig, make_trainer, train_map
 RESULTS = Path(__file__).parent / "results"
 MC_SAMPLES = 100
 
-# name -> (LaplaceConfig, predictives, prior fits, laplace-torch counterpart)
+# name -> (LaplaceOptions, predictives, prior fits, laplace-torch counterpart)
 VARIANTS = {
-    "last_layer_full": (LaplaceConfig("ggn", "full", "last-layer"), ("probit", "mc"),
+    "last_layer_full": (LaplaceOptions("ggn", "full", "last-layer"), ("probit", "mc"),
                         ("evidence", "val-nll"), "last_layer_full"),
-    "last_layer_full_hessian": (LaplaceConfig("hessian", "full", "last-layer"), ("probit",),
+    "last_layer_full_hessian": (LaplaceOptions("hessian", "full", "last-layer"), ("probit",),
                                 ("evidence",), None),
-    "last_layer_diag": (LaplaceConfig("ggn", "diag", "last-layer"), ("probit", "mc"), (),
+    "last_layer_diag": (LaplaceOptions("ggn", "diag", "last-layer"), ("probit", "mc"), (),
                         None),
-    "all_diag": (LaplaceConfig("ggn", "diag", "all"), ("probit", "mc"), ("evidence",),
+    "all_diag": (LaplaceOptions("ggn", "diag", "all"), ("probit", "mc"), ("evidence",),
                  "all_diag"),
-    "all_iso": (LaplaceConfig("ggn", "iso", "all"), ("probit", "mc"), ("evidence",), None),
-    "all_kron": (LaplaceConfig("ggn", "kfac", "all"), ("probit", "mc"), ("evidence",),
+    "all_iso": (LaplaceOptions("ggn", "iso", "all"), ("probit", "mc"), ("evidence",), None),
+    "all_kron": (LaplaceOptions("ggn", "kfac", "all"), ("probit", "mc"), ("evidence",),
                  "all_kron"),
-    "all_diag_sampled": (LaplaceConfig("ggn-mc", "diag", "all"), ("probit",), (),
+    "all_diag_sampled": (LaplaceOptions("ggn-mc", "diag", "all"), ("probit",), (),
                          "all_diag"),
-    "all_kron_sampled": (LaplaceConfig("ggn-mc", "kfac", "all"), ("probit",), (),
+    "all_kron_sampled": (LaplaceOptions("ggn-mc", "kfac", "all"), ("probit",), (),
                          "all_kron"),
 }
 SWEEP_VARIANTS = ("all_diag", "all_kron", "last_layer_full")
@@ -141,22 +144,23 @@ def run_variant(name: str, params, model, arrays, repeats: int, predictives=None
     predictives = default_predictives if predictives is None else predictives
     prior_fits = default_prior_fits if prior_fits is None else prior_fits
     lc = lc._replace(samples=MC_SAMPLES)
-    config = ALConfig(posterior="laplace", laplace=lc, train=TrainConfig())
+    posterior = bind(LAPLACE, lc)   # the record's functions with these options
+    prior_precision = TrainConfig().prior_precision   # the MAP objective's λ
     weights = jnp.ones(x.shape[0], x.dtype)
     out = {"num_params": int(ravel_pytree(params)[0].size), "n": int(x.shape[0]),
            "rss_before_mib": peak_rss_mib()}
 
     fit = jax.jit(lambda p, x, y: fit_laplace(jax.random.key(0), model, p, x, y, weights,
-                                              config))
+                                              prior_precision, lc))
     out["fit"], post = timed(lambda: fit(params, x, y), repeats)
     print(f"   fit {out['fit']['seconds']:.2f} s", flush=True)
     for predictive in predictives:
         chunk = (PROBIT_ALL_WEIGHTS_CHUNK if (predictive, lc.subset) == ("probit", "all")
                  else x_test.shape[0])
-        cfg = config._replace(predictive=predictive)
-        predict = jax.jit(lambda post, xs, predictive=predictive, chunk=chunk, cfg=cfg:
+        predict = jax.jit(lambda post, xs, predictive=predictive, chunk=chunk:
                           map_chunks(lambda i, xc: PREDICTIVES[predictive].predict(
-                              jax.random.key(1), model, post, xc, cfg).probs, xs, chunk))
+                              jax.random.key(1), model, post, xc, posterior).probs,
+                              xs, chunk))
         out[predictive], probs = timed(lambda predict=predict: predict(post, x_test), repeats)
         out[predictive] |= quality(probs, y_test)
         print(f"   {predictive} {out[predictive]['seconds']:.2f} s", flush=True)
@@ -171,8 +175,8 @@ def run_variant(name: str, params, model, arrays, repeats: int, predictives=None
               f"(λ = {float(lam):.3g})", flush=True)
     if "val-nll" in prior_fits:
         predictive = predictives[0]
-        cfg = config._replace(predictive=predictive)
-        predict = lambda key, m, p, xs: PREDICTIVES[predictive].predict(key, m, p, xs, cfg)
+        predict = lambda key, m, p, xs: PREDICTIVES[predictive].predict(key, m, p, xs,
+                                                                        posterior)
         grid = jax.jit(lambda post: tune_prior_precision(
             jax.random.key(2), model, predict, post, x_val, y_val, VALIDATION_GRID,
             x_val.shape[0]))

@@ -24,14 +24,15 @@ from acquisition import curve_record
 
 from jaxal.experiment import ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig
-from jaxal.posterior import LaplaceConfig
+from jaxal.posterior import LaplaceOptions
 from jaxal.runtime import configure_cpu
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def laplace(predictive: str, **kw) -> dict:
-    return {"posterior": "laplace", "predictive": predictive, "laplace": LaplaceConfig(**kw)}
+    return {"posterior": "laplace", "predictive": predictive,
+            "posterior_options": LaplaceOptions(**kw)}
 
 
 VARIANTS = {

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from acquisition import _median_labels, aubc, curve_record, labels_to_reach, write_json
 
-from jaxal.config import LaplaceConfig, ModelConfig, TrainConfig
+from jaxal.config import LaplaceOptions, ModelConfig, TrainConfig
 from jaxal.experiment import ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig
 from jaxal.runtime import configure_cpu
@@ -51,7 +51,7 @@ MC_DROPOUT_STEPS = 2000
 
 def _laplace(predictive: str, **laplace) -> dict:
     return {"posterior": "laplace", "predictive": predictive,
-            "laplace": LaplaceConfig(**laplace)}
+            "posterior_options": LaplaceOptions(**laplace)}
 
 
 # The posteriors of the table; each is crossed with entropy and BALD (plugin: entropy).
@@ -265,6 +265,7 @@ def timing(args) -> None:
     import jax
     from machine import cpu_info
 
+    from jaxal.components import EnsembleOptions
     from jaxal.experiment import load_split, to_device
     from jaxal.loop import init_state, make_learner
     from jaxal.model import build_model
@@ -322,7 +323,7 @@ def timing(args) -> None:
     if old is None:
         train["ratio"] = train["ensemble"] / train["one network"]
     result = {"machine": cpu_info(), "queries": rows, "training_s": train,
-              "ensemble_size": ALConfig().ensemble_size}
+              "ensemble_size": EnsembleOptions().size}
     write_json(out, result)
     lines = ["One BALD query of 10 after one fit on 20 labels (median of 3, compile apart), "
              "and 500 training steps of one network vs the ensemble (median of 3).", "",
@@ -503,6 +504,7 @@ def bald_noise(args) -> dict:
     import numpy as np
     from scipy.stats import spearmanr
 
+    from jaxal.posterior import POSTERIORS, bind
     from jaxal.predictive import PREDICTIVES
 
     seed, rows = args.seeds[0], {}
@@ -511,8 +513,10 @@ def bald_noise(args) -> dict:
         if config.pool_subset is not None:
             unlabelled = np.sort(np.random.default_rng(seed).choice(
                 unlabelled, config.pool_subset, replace=False))
+        # The run's posterior record with its options (the query's S samples).
+        posterior = bind(POSTERIORS[config.posterior], config.options("posterior"))
         predict = jax.jit(partial(PREDICTIVES[config.predictive].predict, model=model,
-                                  posterior=state.posterior, config=config))
+                                  state=state.posterior, posterior=posterior))
         x = data.pool_x[unlabelled]
         (b1, e1), (b2, _) = (
             _bald_and_entropy(lambda x_chunk, k=k, f=predict: f(k, x=x_chunk), x)
@@ -565,7 +569,14 @@ def evidence_diagnosis(args) -> dict:
     from jax.flatten_util import ravel_pytree
 
     from jaxal.curvature import kfac
-    from jaxal.posterior import LastLayerLaplace, head_params, laplace_logit_variance, layer_groups
+    from jaxal.posterior import (
+        POSTERIORS,
+        LastLayerLaplace,
+        bind,
+        head_params,
+        laplace_logit_variance,
+        layer_groups,
+    )
     from jaxal.predictive import PREDICTIVES
 
     seed, rows = args.seeds[0], {}
@@ -590,9 +601,11 @@ def evidence_diagnosis(args) -> dict:
                              "gamma_spectral": next((g for k, g in spectral.items()
                                                      if layer.endswith(k)), None)}
         x, y = data.test_x[:1000], np.asarray(data.test_y[:1000])
-        logits, variance = laplace_logit_variance(model, post, x, config)
+        options = config.options("posterior")
+        logits, variance = laplace_logit_variance(model, post, x, options)
         probs = PREDICTIVES[config.predictive].predict(
-            jax.random.key(seed + 1), model=model, posterior=post, config=config, x=x).probs
+            jax.random.key(seed + 1), model=model, state=post, x=x,
+            posterior=bind(POSTERIORS[config.posterior], options)).probs
         rows[f"{name}-seed{seed}-round{int(state.round)}"] = row = {
             "round": int(state.round), "labels": int(np.asarray(state.labelled).sum()),
             "layers": layers,

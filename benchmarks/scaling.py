@@ -53,7 +53,7 @@ def child(args) -> dict:
     """The measurements on this process's devices (run under the count's XLA_FLAGS)."""
     import jax
 
-    from jaxal.config import ALConfig, ExperimentConfig, LaplaceConfig, TrainConfig
+    from jaxal.config import ALConfig, ExperimentConfig, LaplaceOptions, TrainConfig
     from jaxal.experiment import load_split, to_device
     from jaxal.loop import al_round, init_state, make_learner
     from jaxal.model import build_model
@@ -69,7 +69,7 @@ def child(args) -> dict:
                 ("pool_scoring", ALConfig(acquisition="entropy", train=quick)),
                 ("mc100_bald", ALConfig(acquisition="bald", posterior="laplace",
                                         predictive="mc", train=quick,
-                                        laplace=LaplaceConfig(samples=100)))):
+                                        posterior_options=LaplaceOptions(samples=100)))):
             split = load_split(ExperimentConfig(dataset="mnist", data_dir=args.data_dir, al=al))
             data = to_device(split)
             learner = make_learner(build_model("mnist", 10, al), al, split.pool_x.shape[1:], 10)

@@ -35,11 +35,13 @@ from jax.flatten_util import ravel_pytree
 
 from jaxal.acquisition import entropy  # H[p] = -Σ_c p_c log p_c, in nats
 from jaxal.data import toy_2d
-from jaxal.loop import ALConfig
 from jaxal.model import init_params, mlp, num_params
 from jaxal.posterior import (
-    LaplaceConfig,
+    LAPLACE,
+    PLUGIN,
+    LaplaceOptions,
     PointMass,
+    bind,
     fit_laplace,
     posterior_samples,
     prior_precision_of,
@@ -101,19 +103,22 @@ POSTERIORS = {   # column title: (subset, structure)
 }
 
 
-def laplace_config(subset: str, structure: str, predictive: str) -> ALConfig:
-    return ALConfig(posterior="laplace", predictive=predictive, train=train_config,
-                    laplace=LaplaceConfig(curvature="ggn", structure=structure,
-                                          subset=subset, samples=SAMPLES,
-                                          prior_fit="evidence"))
+def laplace_options(subset: str, structure: str) -> LaplaceOptions:
+    return LaplaceOptions(curvature="ggn", structure=structure, subset=subset,
+                          samples=SAMPLES, prior_fit="evidence")
+
+
+def laplace(subset: str, structure: str):
+    """The Laplace record with these options bound: what the predictives read."""
+    return bind(LAPLACE, laplace_options(subset, structure))
 
 
 posteriors = {}
 for title, (subset, structure) in POSTERIORS.items():
-    config = laplace_config(subset, structure, "probit")
+    options = laplace_options(subset, structure)
     start = time.perf_counter()
-    fit = jax.jit(lambda key, p, c=config: fit_laplace(key, model, p, x, y,
-                                                        jnp.ones(N_TRAIN), c))
+    fit = jax.jit(lambda key, p, o=options: fit_laplace(key, model, p, x, y, jnp.ones(N_TRAIN),
+                                                         train_config.prior_precision, o))
     posteriors[title] = jax.block_until_ready(fit(key_fit, params))
     print(f"{title:>10}: λ = {float(prior_precision_of(posteriors[title])):6.3f} "
           f"(evidence), fitted in {time.perf_counter() - start:.1f} s (compile included)")
@@ -150,14 +155,14 @@ def linearised_mc(key, posterior, inputs):
 def predictive(title: str, posterior, inputs):
     """The figure's predictive of one column (all columns but the plugin are Laplace)."""
     if title == "last layer":
-        config = laplace_config(*POSTERIORS[title], "mc")
-        return PREDICTIVES["mc"].predict(key_predict, model, posterior, inputs, config).probs
+        return PREDICTIVES["mc"].predict(key_predict, model, posterior, inputs,
+                                         laplace(*POSTERIORS[title])).probs
     return linearised_mc(key_predict, posterior, inputs)
 
 
 plugin = PointMass(params)
 predictions = {"plugin (MAP)": PREDICTIVES["plugin"].predict(key_predict, model, plugin, grid,
-                                                     ALConfig()).probs}
+                                                             PLUGIN).probs}
 for title, posterior in posteriors.items():
     predictions[title] = predictive(title, posterior, grid)
 
@@ -218,7 +223,7 @@ distance = np.min(np.linalg.norm(np.asarray(grid)[:, None] - x_np[None], axis=-1
 far = distance > 1.0
 print(f"{far.sum()} of {far.size} grid points are more than 1 unit from the data")
 at_data = {"plugin (MAP)": PREDICTIVES["plugin"].predict(key_predict, model, plugin, x,
-                                                 ALConfig()).probs}
+                                                         PLUGIN).probs}
 for title, posterior in posteriors.items():
     at_data[title] = predictive(title, posterior, x)
 far_entropy = {title: float(entropy(probs)[far].mean()) for title, probs in predictions.items()}
@@ -253,9 +258,9 @@ for title in ("full", "diagonal", "isotropic"):
 # %%
 network_mc = {}
 for title, posterior in posteriors.items():
-    config = laplace_config(*POSTERIORS[title], "mc")
-    predict = jax.jit(lambda key, post, inputs, c=config:
-                      PREDICTIVES["mc"].predict(key, model, post, inputs, c).probs)
+    record = laplace(*POSTERIORS[title])
+    predict = jax.jit(lambda key, post, inputs, r=record:
+                      PREDICTIVES["mc"].predict(key, model, post, inputs, r).probs)
     network_mc[title] = predict(key_predict, posterior, grid)
     on_data = predict(key_predict, posterior, x)
     print(f"{title:>10}, mc with {SAMPLES} samples: training accuracy "
@@ -289,8 +294,8 @@ print(f"{'posterior':>10}  max |Δp(class 1)| vs linearised MC  mean entropy far
 for title, posterior in posteriors.items():
     if title == "full":
         continue
-    config = laplace_config(*POSTERIORS[title], "probit")
-    probs = PREDICTIVES["probit"].predict(key_predict, model, posterior, grid, config).probs
+    probs = PREDICTIVES["probit"].predict(key_predict, model, posterior, grid,
+                                          laplace(*POSTERIORS[title])).probs
     gap = float(jnp.abs(probs[:, 1] - predictions[title][:, 1]).max())
     print(f"{title:>10}  {gap:34.3f}  {float(entropy(probs)[far].mean()):12.3f} / "
           f"{far_entropy[title]:.3f}")

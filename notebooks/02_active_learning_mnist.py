@@ -30,7 +30,7 @@ import numpy as np
 from jaxal.experiment import ExperimentConfig, load_split, progress_line, to_device
 from jaxal.loop import ALConfig, make_learner, run_rounds
 from jaxal.model import cnn
-from jaxal.posterior import LaplaceConfig
+from jaxal.posterior import LaplaceOptions
 from jaxal.train import TrainConfig
 
 QUICK = os.environ.get("JAXAL_NOTEBOOK_QUICK", "") not in ("", "0")
@@ -84,8 +84,8 @@ common = {"acquisition": "entropy", "rounds": ROUNDS, "query_size": QUERY_SIZE,
           "init_per_class": INIT_PER_CLASS, "train": TRAIN}
 CONFIGS = {
     "plugin": ALConfig(posterior="plugin", predictive="plugin", **common),
-    "Laplace": ALConfig(posterior="laplace", predictive="probit", laplace=LaplaceConfig(),
-                        **common),
+    "Laplace": ALConfig(posterior="laplace", predictive="probit",
+                        posterior_options=LaplaceOptions(), **common),
 }
 runs = {}
 for name, config in CONFIGS.items():

@@ -38,10 +38,9 @@ from matplotlib.colors import SymLogNorm
 from jaxal.curvature.ggn import ggn_diagonal, ggn_full, hessian_full
 from jaxal.curvature.last_layer import linear_head_ggn
 from jaxal.curvature.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
-from jaxal.loop import ALConfig
 from jaxal.model import apply_head, init_params, mlp, num_params
 from jaxal.posterior import (
-    LaplaceConfig,
+    LaplaceOptions,
     fit_laplace,
     head_params,
     last_layer_logit_variance,
@@ -363,10 +362,10 @@ DENSE = {"full": ggn, "KFAC": kfac, "diagonal": np.diag(diagonal),
 variances = {"Hessian (clipped)": centred_logit_variance(
     jac, covariance(APPROXIMATIONS["Hessian (eigenvalues clipped at 0)"]))}
 for name, (subset, structure) in STRUCTURES.items():
-    config = ALConfig(posterior="laplace", train=train_config,
-                      laplace=LaplaceConfig(curvature="ggn", structure=structure,
-                                            subset=subset, prior_fit="none"))
-    post = fit_laplace(key_fit, model, params, x, y, jnp.ones(N_TRAIN), config)
+    options = LaplaceOptions(curvature="ggn", structure=structure, subset=subset,
+                             prior_fit="none")
+    post = fit_laplace(key_fit, model, params, x, y, jnp.ones(N_TRAIN),
+                       train_config.prior_precision, options)
     if subset == "last-layer":
         cov = np.asarray(posterior_covariance(post.head), np.float64)
         jaxal_var = last_layer_logit_variance(post, features)
