@@ -277,8 +277,9 @@ def one_size(args, seed: int, num_labels: int, data, x_test, y_test, evaluate_fn
 def table(result: dict) -> str:
     lines = [f"Linear-mode evidence against today's evidence fit, all-weights KFAC GGN "
              f"Laplace on MNIST (seed CNN, 500 Adam steps, λ = 1). {result['machine']}. "
-             f"Test metrics on the first {result['test_size']:,} test images (MAP on all "
-             f"10,000 in brackets); logit stds on the first 1,000. Command: "
+             f"Test metrics on the first {result['test_size']:,} test images (the MAP's "
+             f"accuracy on all 10,000 in each heading); logit stds on the first 1,000. "
+             f"Command: "
              f"`{result['command']}`.", ""]
     for row in result["rows"]:
         lines += [f"### N = {row['labels']} (seed {row['seed']}), train NLL "
