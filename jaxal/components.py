@@ -124,6 +124,17 @@ class LaplaceOptions(NamedTuple):
                         "consistent with the GGN)", type=_positive_int),
     }
 
+    SAMPLES = "samples"   # the field that sets the posterior samples per point
+
+    def memory(self, sizes) -> list:
+        """The weight samples of a query, [S, P] of the subset, drawn at once."""
+        from jaxal.resources import FLOAT, Need
+
+        p = sizes.params if self.subset == "all" else sizes.head_params
+        return [Need("the posterior's weight samples", self.samples * p * FLOAT,
+                     f"samples {self.samples:,} x {p:,} weights ({self.subset}) x {FLOAT} "
+                     "bytes", "lower --samples")]
+
     def check(self, config) -> None:
         """Rules of the options alone; those needing the curvature table are the record's
         (``jaxal.posterior.check_laplace``)."""
@@ -151,6 +162,8 @@ class MCDropoutOptions(NamedTuple):
     # What the model needs by default with this posterior (Kirsch et al. 2019's rate).
     MODEL_DEFAULTS = {"dropout": 0.5}  # noqa: RUF012
 
+    SAMPLES = "samples"
+
     def check(self, config) -> None:
         _need(self.samples >= 1, f"MC dropout needs --dropout-samples >= 1 (got "
                                  f"{self.samples}); 100 is Kirsch et al.'s")
@@ -169,6 +182,25 @@ class EnsembleOptions(NamedTuple):
         "size": Flag("--ensemble-size", "members M, trained together in one program",
                      type=_positive_int),
     }
+
+    SAMPLES = "size"      # each member is one sample
+
+    def memory(self, sizes) -> list:
+        """M networks trained at once: every member's weights, gradients and moments, and
+        on CPU, where the members are unrolled in one program, XLA's compilation of M
+        copies of the training step."""
+        from jaxal.resources import FLOAT, TRAINING_COPIES, UNROLLED_MEMBER_BYTES, Need
+
+        needs = [Need("the ensemble's members in training",
+                      self.size * sizes.params * FLOAT * TRAINING_COPIES,
+                      f"members {self.size:,} x {sizes.params:,} weights x {FLOAT} bytes x "
+                      f"{TRAINING_COPIES}", "lower --ensemble-size")]
+        if sizes.unrolled:
+            needs.append(Need("compiling the members' unrolled training step",
+                              self.size * UNROLLED_MEMBER_BYTES,
+                              f"members {self.size:,} x {UNROLLED_MEMBER_BYTES >> 20} MB",
+                              "lower --ensemble-size"))
+        return needs
 
     def check(self, config) -> None:
         _need(self.size >= 2, f"an ensemble needs --ensemble-size >= 2 (got {self.size}); "
@@ -223,6 +255,17 @@ class BatchBALDOptions(NamedTuple):
                         "label configurations M of the joint entropy (exact while "
                         "C^(picks) <= M, then sampled)", type=_positive_int),
     }
+
+    def memory(self, sizes) -> list:
+        """Its candidates' per-sample probabilities and the label configurations' joint
+        probabilities under every sample."""
+        from jaxal.resources import FLOAT, Need
+
+        return [Need("BatchBALD's candidates and label configurations",
+                     (self.candidates * sizes.classes + self.configs) * sizes.samples * FLOAT,
+                     f"(candidates {self.candidates:,} x classes {sizes.classes} + configs "
+                     f"{self.configs:,}) x samples {sizes.samples:,} x {FLOAT} bytes",
+                     "lower --batchbald-candidates, --batchbald-configs or the samples")]
 
     def check(self, config) -> None:
         _need(self.configs > 0, f"batchbald configs must be > 0 (got {self.configs})")

@@ -14,21 +14,28 @@ import jax.numpy as jnp
 
 from jaxal import __version__
 from jaxal import data as datasets
+from jaxal.batching import default_form
 from jaxal.config import IMAGE_FOLDER, ModelConfig, protocol_of
 from jaxal.config import TOY_DATASETS as TOY_DATASETS  # re-exported
 from jaxal.config import ExperimentConfig as ExperimentConfig
 from jaxal.errors import RunDirError
 from jaxal.loop import (
+    ALConfig,
     ALData,
     ConfigError,
     make_learner,
     run_rounds,
+    selector_options,
     validate_config,
     validate_data,
 )
-from jaxal.model import build_model
+from jaxal.model import build_model, init_params
 from jaxal.plots import plot_run
-from jaxal.posterior import POSTERIORS
+from jaxal.posterior import POSTERIORS, head_params
+from jaxal.predictive import PREDICTIVES
+from jaxal.resources import Sizes, check_memory, run_needs
+from jaxal.resources import describe as describe_memory
+from jaxal.resources import summary as memory_summary
 from jaxal.results import (
     checkpoint_manifest,
     config_difference,
@@ -176,14 +183,42 @@ def _run_experiment(config: ExperimentConfig, out_dir: Path | None,
         return _run_on_devices(config, out_dir, progress, devices, write)
 
 
+def memory_estimate(al: ALConfig, model, split: datasets.ALSplit) -> dict:
+    """The run's memory, part by part (``jaxal.resources``), from the data's shapes and
+    the model's parameter count (abstract: nothing is allocated).
+
+    Raises:
+      ResourceError: the machine cannot hold it (the largest part and its fix named).
+    """
+    input_shape = split.pool_x.shape[1:]
+    params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), input_shape))
+    count = lambda tree: sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+    options = al.options("posterior")
+    field = getattr(options, "SAMPLES", None)    # the option that sets its samples
+    sampled = field is not None and PREDICTIVES[al.predictive].gives_samples
+    num_pool = split.pool_x.shape[0]
+    sizes = Sizes(examples=num_pool + split.val_x.shape[0] + split.test_x.shape[0],
+                  input_size=math.prod(input_shape), classes=split.num_classes,
+                  params=count(params), head_params=count(head_params(params)),
+                  chunk=min(al.chunk_size, num_pool), batch=al.train.batch_size,
+                  samples=getattr(options, field) if sampled else 1,
+                  samples_flag=options.FLAGS[field].flag if sampled else "",
+                  unrolled=default_form() == "unroll")
+    needs = run_needs(sizes, options, selector_options(al))
+    check_memory(needs)
+    return memory_summary(needs)
+
+
 def _run_on_devices(config: ExperimentConfig, out_dir: Path | None,
                     progress: Callable[[str], None] | None, devices: list, write: bool):
     """The run; with ``write`` False (a multi-process run's other processes) ``out_dir``
     is only read: its checkpoint, to resume where process 0 resumes."""
     split = load_split(config)
     validate_data(config.al, split.pool_x.shape[0], split.pool_y, split.num_classes)
-    config_dict = run_config_dict(config, split, devices)
     model = build_model(config.dataset, split.num_classes, config.al)
+    # Refused here, before the out dir is written or anything is compiled.
+    estimate = memory_estimate(config.al, model, split)
+    config_dict = {**run_config_dict(config, split, devices), "memory_estimate": estimate}
     learner = make_learner(model, config.al, split.pool_x.shape[1:], split.num_classes)
     if out_dir is not None and write:
         prepare_out_dir(out_dir, config_dict)
@@ -197,6 +232,8 @@ def _run_on_devices(config: ExperimentConfig, out_dir: Path | None,
             write_round_files(writes, infos, split)
         if progress is not None:
             progress(f"resuming {out_dir} after round {state.round} of {config.al.rounds}")
+    elif progress is not None:   # a fresh run says what it will hold
+        progress(describe_memory(estimate))
     for step in run_rounds(jax.random.key(config.seed), learner, data, state):
         state, info = step
         infos.append(info)

@@ -53,6 +53,7 @@ from jaxal.config import IMAGE_FOLDER  # noqa: F401  (re-exported: the dataset's
 from jaxal.data import ALSplit, channel_statistics
 from jaxal.errors import JaxalError
 from jaxal.files import loads_json, read_bytes, read_npy
+from jaxal.resources import check_memory, image_folder_need
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_SHAPE = (32, 32, 3)
@@ -149,6 +150,8 @@ def read_image_folder(root: str | os.PathLike, shape: tuple[int, int, int] = DEF
     if not files:
         raise ImageFolderError(f"{root} holds no images (looked for {', '.join(SUFFIXES)} "
                                "files, directly and in class subfolders)")
+    # Before any file is read: a shape the machine cannot hold is refused with its size.
+    check_memory([image_folder_need(len(files), shape)])
     sha256, signatures = _content_hashes(root, files, cache_dir)
     key = _cache_key(files, sha256, shape, resize)
     images = (None if cache_dir is None else

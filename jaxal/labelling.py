@@ -49,7 +49,13 @@ import numpy as np
 
 from jaxal.config import IMAGE_FOLDER
 from jaxal.errors import ConfigError, JaxalError
-from jaxal.experiment import ExperimentConfig, check_config, load_split, read_folder
+from jaxal.experiment import (
+    ExperimentConfig,
+    check_config,
+    load_split,
+    memory_estimate,
+    read_folder,
+)
 from jaxal.files import open_regular
 from jaxal.loop import ALData, make_learner, train_and_fit, validate_config
 from jaxal.model import build_model
@@ -276,6 +282,7 @@ def _query(key, config: ExperimentConfig, split, labels: dict[int, int], labelle
     capacity = c + math.ceil(max(len(labels) + k - c, 0) / k) * k
     validate_config(config.al)
     model = build_model(config.dataset, c, config.al)
+    memory_estimate(config.al, model, split)   # refused before any work if too large
     learner = make_learner(model, config.al, split.pool_x.shape[1:], c, capacity=capacity)
     # Labels the person gave; unlabelled entries are never read (padding repeats a
     # labelled index), so they stay 0.

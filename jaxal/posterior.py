@@ -441,16 +441,29 @@ def check_laplace_fits(model: Classifier, options: LaplaceOptions,
     """Refuse, before training, a curvature the parameter subset makes too large for its
     structure (its record's ``check_size``: the dense one)."""
     lc = options
-    structure = STRUCTURES.get(lc.structure)
-    if structure is None or structure.check_size is None:
-        return   # check_laplace names the structures
     params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), input_shape))
     if lc.subset == "last-layer":
         params = head_params(params)
+    size = sum(p.size for p in jax.tree.leaves(params))
+    if (lc.prior_fit.startswith("linear-mode") and jax.default_backend() == "cpu"
+            and size > LINEAR_MODE_CPU_WEIGHTS):
+        raise ConfigError(
+            f"--prior-precision {PRIOR_FLAG[lc.prior_fit]} on {size:,} weights runs its "
+            "Newton-CG loops inside the jitted fit, where XLA:CPU takes ~75 s a Newton step "
+            "for the seed CNN (hours a round; benchmarks/linear_mode_evidence.py); use "
+            "--prior-precision auto-layerwise, --subset last-layer, or a GPU")
+    structure = STRUCTURES.get(lc.structure)
+    if structure is None or structure.check_size is None:
+        return   # check_laplace names the structures
     try:
-        structure.check_size(sum(p.size for p in jax.tree.leaves(params)))
+        structure.check_size(size)
     except CurvatureTooLargeError as e:
         raise ConfigError(f"--structure {lc.structure} on subset {lc.subset!r}: {e}") from e
+
+
+# The most weights the linear-mode prior fit takes on CPU: its while loops over Newton and CG
+# steps run convolutions ~45x slower there than unrolled (jaxal.evidence); the toy MLPs pass.
+LINEAR_MODE_CPU_WEIGHTS = 20_000
 
 
 def laplace_default_predictive(options: LaplaceOptions, needs_samples: bool) -> str:

@@ -396,6 +396,78 @@ def test_7_huge_label_file_is_read_in_bounded_memory(session, tmp_path):
     assert digests(session) == before
 
 
+# --- 8. every request is sized before it runs -------------------------------------------
+
+
+@pytest.mark.parametrize("args, fix", [
+    (["--posterior", "laplace", "--acq", "bald", "--samples", "1000000000"],
+     "of it for the per-sample probabilities of one pool chunk (chunk 200 x samples "
+     "1,000,000,000 x classes 2 x 4 bytes x 2), and the machine has"),
+    (["--posterior", "ensemble", "--acq", "bald", "--ensemble-size", "100000"],
+     "of it for compiling the members' unrolled training step (members 100,000 x 25 MB)"),
+])
+def test_8_a_run_the_machine_cannot_hold_is_refused_with_its_size(args, fix, tmp_path):
+    out = tmp_path / "run"
+    proc, peak = run_cli("jaxal.run", *MOONS, *args, "--out", str(out), timeout=120)
+    line = assert_refused(proc, fix)
+    assert line.startswith("error: this run needs about ")
+    assert line.endswith("; lower --samples or --chunk-size" if "--samples" in args
+                         else "; lower --ensemble-size")
+    assert not out.exists(), "nothing is written before the estimate"
+    baseline, _ = run_cli("jaxal.run", *MOONS, "--rounds", "0", "--out",
+                          str(tmp_path / "ok"), timeout=120)
+    assert baseline.returncode == 0, baseline.stderr
+    assert peak < 1024 * 1024, f"{peak} kB: the refusal allocated what it refused"
+
+
+def test_8_a_run_prints_and_records_its_estimate(tmp_path, capsys):
+    run_main([*MOONS, "--rounds", "0", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("memory: about "))
+    assert "of the machine's" in line and "(largest: " in line
+    estimate = json.loads((tmp_path / "run" / "config.json").read_text())["memory_estimate"]
+    assert estimate["bytes"] == sum(estimate["parts"].values()) > 0
+    # The data set: (200 pool + 50 validation + 1,000 test) x 2 features x 4 bytes.
+    assert estimate["parts"]["the data set"] == (200 + 50 + 1000) * 2 * 4
+
+
+def test_8_an_image_shape_the_machine_cannot_hold_is_refused_before_reading(photos,
+                                                                           tmp_path):
+    session = tmp_path / "session"
+    shape = ["--image-shape", "20000", "20000", "3", "--classes", "cat", "dog",
+             "--query-size", "2"]
+    proc, peak = run_cli("jaxal.label", "query", "--out", str(session), "--images",
+                         str(photos), *shape, timeout=60)
+    line = assert_refused(proc, "of it for 8 images decoded at 20000 x 20000 x 3")
+    assert line.endswith("; give a smaller --image-shape")
+    assert not session.exists()
+    assert peak < 1024 * 1024
+
+
+def test_8_the_estimate_names_the_largest_part_and_its_option():
+    from jaxal.components import BatchBALDOptions, EnsembleOptions, LaplaceOptions
+    from jaxal.resources import ResourceError, Sizes, check_memory, run_needs
+
+    sizes = Sizes(examples=1000, input_size=784, classes=10, params=130_000,
+                  head_params=1290, chunk=4096, batch=32, samples=100,
+                  samples_flag="--samples", unrolled=True)
+    needs = run_needs(sizes, LaplaceOptions(subset="all"), BatchBALDOptions())
+    parts = {n.what: n.bytes for n in needs}
+    assert parts["the per-sample probabilities of one pool chunk"] == 4096 * 100 * 10 * 4 * 2
+    assert parts["the posterior's weight samples"] == 100 * 130_000 * 4
+    assert parts["BatchBALD's candidates and label configurations"] == (
+        (1000 * 10 + 1000) * 100 * 4)
+    assert check_memory(needs, available=1 << 40) == sum(parts.values())
+    with pytest.raises(ResourceError,
+                       match=r"50 MB of it for the posterior.s weight samples .*--samples$"):
+        check_memory(needs, available=1 << 20)
+    ensemble = {n.what: n.bytes for n in run_needs(sizes, EnsembleOptions(size=7), None)}
+    assert ensemble["the ensemble's members in training"] == 7 * 130_000 * 4 * 4
+    assert ensemble["compiling the members' unrolled training step"] == 7 * (25 << 20)
+    vmapped = run_needs(sizes._replace(unrolled=False), EnsembleOptions(size=7), None)
+    assert not any(n.what.startswith("compiling") for n in vmapped)
+
+
 # --- 9. stochastic batch acquisition: any finite β, its distribution or top-k -----------
 
 

@@ -268,3 +268,12 @@ def test_cli_linear_mode_prior_and_its_layerwise_refusal_on_the_last_layer():
     with pytest.raises(ConfigError, match=r"use --prior-precision linear-mode \(one λ\)"):
         validate_config(ALConfig(posterior="laplace", posterior_options=Options(
             prior_fit="linear-mode-layerwise")))
+
+
+def test_linear_mode_prior_on_the_cnns_weights_is_refused_on_cpu_before_training():
+    config = ALConfig(posterior="laplace", predictive="glm", posterior_options=Options(
+        structure="kfac", subset="all", prior_fit="linear-mode-layerwise"))
+    validate_config(config)
+    with pytest.raises(ConfigError, match=r"on 130,890 weights .* ~75 s a Newton step .*"
+                                          r"use --prior-precision auto-layerwise"):
+        make_learner(cnn(10), config, (28, 28, 1), 10)
