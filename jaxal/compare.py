@@ -1,6 +1,6 @@
 """Shim for ``python -m jaxal.compare``; the command line lives in ``jaxal.cli.compare``."""
 
-from jaxal.cli.compare import main
-
 if __name__ == "__main__":
-    main()
+    from jaxal.cli.common import run_command
+
+    run_command("compare")

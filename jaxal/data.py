@@ -824,6 +824,6 @@ def toy_al_split(
 
 
 if __name__ == "__main__":   # ``python -m jaxal.data prepare|info``; the CLI is jaxal.cli.data
-    from jaxal.cli.data import main
+    from jaxal.cli.common import run_command
 
-    main()
+    run_command("data")

@@ -1,6 +1,6 @@
 """Shim for ``python -m jaxal.plot``; the command line lives in ``jaxal.cli.plot``."""
 
-from jaxal.cli.plot import main
-
 if __name__ == "__main__":
-    main()
+    from jaxal.cli.common import run_command
+
+    run_command("plot")

@@ -351,6 +351,24 @@ def test_6_ctrl_c_while_jax_starts_stops_the_run(tmp_path):
     assert not (out / "checkpoint.npz").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "compare", "label", "plot", "data"])
+def test_6_ctrl_c_while_python_imports_the_command_is_one_line(command, tmp_path):
+    """The earliest Ctrl-C: while ``python -m jaxal.<command>`` imports its command line
+    (a KeyboardInterrupt raised by that import, deterministically)."""
+    hook = (f"import runpy, sys\n"
+            f"class Interrupted:\n"
+            f"    def find_spec(self, name, path, target=None):\n"
+            f"        if name == 'jaxal.cli.{command}':\n"
+            f"            raise KeyboardInterrupt\n"
+            f"sys.meta_path.insert(0, Interrupted())\n"
+            f"sys.argv = ['jaxal.{command}', '--help']\n"
+            f"runpy.run_module('jaxal.{command}', run_name='__main__', alter_sys=True)\n")
+    proc = subprocess.run([sys.executable, "-c", hook], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "interrupted; rerun the same command to resume"
+
+
 # --- 7. label files are read within bounds ----------------------------------------------
 
 

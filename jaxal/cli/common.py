@@ -171,6 +171,19 @@ def interrupts_delivered() -> Iterator[None]:
             timer.cancel()
 
 
+def run_command(name: str) -> None:
+    """``python -m jaxal.<name>``: import the command line ``jaxal.cli.<name>`` and run it.
+
+    A Ctrl-C before the command's own handling starts (while Python imports it, or parses
+    the arguments) ends as one during the run does: one line and exit code 130, never a
+    traceback."""
+    try:
+        importlib.import_module(f"jaxal.cli.{name}").main()
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
 @contextlib.contextmanager
 def user_errors(out_dir: str | Path | None = None) -> Iterator[None]:
     """Turn a user's error into one line and exit code 2, Ctrl-C into where to resume
