@@ -320,9 +320,6 @@ class Registry(MutableMapping):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def component(self, name: str) -> Component:
-        return self._entries[name]
-
     def options_type(self, name: str) -> type:
         return self._entries[name].options
 
@@ -415,14 +412,3 @@ def options_from_flags(kind: str, name: str, values: Mapping[str, Any]):
 
 def options_to_dict(options) -> dict:
     return {} if options == () else dict(options._asdict())
-
-
-def options_from_dict(kind: str, name: str, d: Mapping[str, Any]):
-    """Inverse of ``options_to_dict`` (lists back to tuples), for config.json."""
-    registry = KINDS[kind][2]
-    if name not in registry:
-        return ()
-    options = registry.options_type(name)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
-              if k in options._fields}
-    return options(**fields)
