@@ -127,13 +127,20 @@ class LaplaceOptions(NamedTuple):
     SAMPLES = "samples"   # the field that sets the posterior samples per point
 
     def memory(self, sizes) -> list:
-        """The weight samples of a query, [S, P] of the subset, drawn at once."""
+        """The weight samples of a query, [S, P] of the subset, drawn at once; the full
+        structure's P x P curvature (the dense structure refuses what it cannot hold
+        itself, before training)."""
         from jaxal.resources import FLOAT, Need
 
         p = sizes.params if self.subset == "all" else sizes.head_params
-        return [Need("the posterior's weight samples", self.samples * p * FLOAT,
-                     f"samples {self.samples:,} x {p:,} weights ({self.subset}) x {FLOAT} "
-                     "bytes", "lower --samples")]
+        needs = [Need("the posterior's weight samples", self.samples * p * FLOAT,
+                      f"samples {self.samples:,} x {p:,} weights ({self.subset}) x {FLOAT} "
+                      "bytes", "lower --samples")]
+        if self.structure == "full":   # the P x P curvature and its eigenvectors
+            needs.append(Need("the full curvature", 2 * p * p * FLOAT,
+                              f"2 x {p:,} x {p:,} weights ({self.subset}) x {FLOAT} bytes",
+                              "use --structure diag or kfac, or --subset last-layer"))
+        return needs
 
     def check(self, config) -> None:
         """Rules of the options alone; those needing the curvature table are the record's

@@ -469,7 +469,8 @@ def test_8_the_estimate_names_the_largest_part_and_its_option():
     sizes = Sizes(examples=1000, input_size=784, classes=10, params=130_000,
                   head_params=1290, chunk=4096, batch=32, samples=100,
                   samples_flag="--samples", unrolled=True)
-    needs = run_needs(sizes, LaplaceOptions(subset="all"), BatchBALDOptions())
+    needs = run_needs(sizes, LaplaceOptions(structure="kfac", subset="all"),
+                      BatchBALDOptions())
     parts = {n.what: n.bytes for n in needs}
     assert parts["the per-sample probabilities of one pool chunk"] == 4096 * 100 * 10 * 4 * 2
     assert parts["the posterior's weight samples"] == 100 * 130_000 * 4
@@ -479,6 +480,8 @@ def test_8_the_estimate_names_the_largest_part_and_its_option():
     with pytest.raises(ResourceError,
                        match=r"50 MB of it for the posterior.s weight samples .*--samples$"):
         check_memory(needs, available=1 << 20)
+    full = {n.what: n.bytes for n in run_needs(sizes, LaplaceOptions(), None)}
+    assert full["the full curvature"] == 2 * 1290 * 1290 * 4       # the last layer's
     ensemble = {n.what: n.bytes for n in run_needs(sizes, EnsembleOptions(size=7), None)}
     assert ensemble["the ensemble's members in training"] == 7 * 130_000 * 4 * 4
     assert ensemble["compiling the members' unrolled training step"] == 7 * (25 << 20)
