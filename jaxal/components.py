@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, NamedTuple
 
 from jaxal.errors import ConfigError
+from jaxal.resources import FLOAT, TRAINING_COPIES, UNROLLED_MEMBER_BYTES, Need
 
 
 class Flag(NamedTuple):
@@ -130,8 +131,6 @@ class LaplaceOptions(NamedTuple):
         """The weight samples of a query, [S, P] of the subset, drawn at once; the full
         structure's P x P curvature (the dense structure refuses what it cannot hold
         itself, before training)."""
-        from jaxal.resources import FLOAT, Need
-
         p = sizes.params if self.subset == "all" else sizes.head_params
         needs = [Need("the posterior's weight samples", self.samples * p * FLOAT,
                       f"samples {self.samples:,} x {p:,} weights ({self.subset}) x {FLOAT} "
@@ -196,8 +195,6 @@ class EnsembleOptions(NamedTuple):
         """M networks trained at once: every member's weights, gradients and moments, and
         on CPU, where the members are unrolled in one program, XLA's compilation of M
         copies of the training step."""
-        from jaxal.resources import FLOAT, TRAINING_COPIES, UNROLLED_MEMBER_BYTES, Need
-
         needs = [Need("the ensemble's members in training",
                       self.size * sizes.params * FLOAT * TRAINING_COPIES,
                       f"members {self.size:,} x {sizes.params:,} weights x {FLOAT} bytes x "
@@ -266,8 +263,6 @@ class BatchBALDOptions(NamedTuple):
     def memory(self, sizes) -> list:
         """Its candidates' per-sample probabilities and the label configurations' joint
         probabilities under every sample."""
-        from jaxal.resources import FLOAT, Need
-
         return [Need("BatchBALD's candidates and label configurations",
                      (self.candidates * sizes.classes + self.configs) * sizes.samples * FLOAT,
                      f"(candidates {self.candidates:,} x classes {sizes.classes} + configs "
@@ -298,8 +293,7 @@ class Registry(MutableMapping):
     entries (and so the names and options) are read without importing anything.
     ``registry[name] = Component(...)`` registers one (``register``)."""
 
-    def __init__(self, kind: str, entries: dict[str, Component]):
-        self.kind = kind
+    def __init__(self, entries: dict[str, Component]):
         self._entries = dict(entries)
         self._records: dict[str, Any] = {}
 
@@ -340,7 +334,7 @@ class Registry(MutableMapping):
         self._records.pop(name, None)
 
 
-POSTERIORS = Registry("posterior", {
+POSTERIORS = Registry({
     "plugin": Component("jaxal.posterior:PLUGIN"),
     "laplace": Component("jaxal.posterior:LAPLACE", LaplaceOptions),
     "mc-dropout": Component("jaxal.mc_dropout:MC_DROPOUT", MCDropoutOptions),
@@ -348,7 +342,7 @@ POSTERIORS = Registry("posterior", {
 })
 
 # Batch selectors (``--batch``) and strategies (``--acq``, they bring their own score).
-SELECTORS = Registry("selector", {
+SELECTORS = Registry({
     "topk": Component("jaxal.selection:TOP_K"),
     "hybrid": Component("jaxal.selection:HYBRID", HybridOptions),
     "power": Component("jaxal.selection:POWER", StochasticOptions),

@@ -200,7 +200,7 @@ def memory_estimate(al: ALConfig, model, split: datasets.ALSplit) -> dict:
     sizes = Sizes(examples=num_pool + split.val_x.shape[0] + split.test_x.shape[0],
                   input_size=math.prod(input_shape), classes=split.num_classes,
                   params=count(params), head_params=count(head_params(params)),
-                  chunk=min(al.chunk_size, num_pool), batch=al.train.batch_size,
+                  chunk=min(al.chunk_size, num_pool),
                   samples=getattr(options, field) if sampled else 1,
                   samples_flag=options.FLAGS[field].flag if sampled else "",
                   unrolled=default_form() == "unroll")

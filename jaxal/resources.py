@@ -14,7 +14,6 @@ billion samples), not to predict a peak to the megabyte.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -40,7 +39,6 @@ class Sizes(NamedTuple):
     params: int           # weights of one network
     head_params: int      # weights of its last layer
     chunk: int            # pool points one pass holds at once (--chunk-size, or the pool)
-    batch: int            # training minibatch
     samples: int          # per-sample probabilities per point of the run's predictive
     samples_flag: str     # the option that sets them ("--samples", "--ensemble-size", ...)
     unrolled: bool        # stacked networks are unrolled in one program (CPU), not vmapped
@@ -138,7 +136,3 @@ def image_folder_need(files: int, shape: tuple[int, int, int]) -> Need:
                 files * height * width * channels * (1 + FLOAT),
                 f"{files:,} images x {height} x {width} x {channels} x (1 + {FLOAT}) bytes",
                 "give a smaller --image-shape")
-
-
-def product(shape: Sequence[int]) -> int:
-    return int(math.prod(shape))

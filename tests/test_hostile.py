@@ -467,7 +467,7 @@ def test_8_the_estimate_names_the_largest_part_and_its_option():
     from jaxal.resources import ResourceError, Sizes, check_memory, run_needs
 
     sizes = Sizes(examples=1000, input_size=784, classes=10, params=130_000,
-                  head_params=1290, chunk=4096, batch=32, samples=100,
+                  head_params=1290, chunk=4096, samples=100,
                   samples_flag="--samples", unrolled=True)
     needs = run_needs(sizes, LaplaceOptions(structure="kfac", subset="all"),
                       BatchBALDOptions())
