@@ -10,9 +10,11 @@ their differences come from the strategy. Each run is an ordinary resumable out 
 killed comparison loses at most one round of one run. The comparison dir holds
 
     comparison.json   the strategies, seeds and run dirs
-    summary.csv/json  per strategy: labels to reach each target test accuracy (median over
+    summary.csv/json  per strategy: labels to reach each target test accuracy (the
+                      dataset's protocol's ``targets``: MNIST 90% / 95%; median over
                       seeds, "not reached" within the budget), AUBC, final accuracy, wall
                       time per round (mean ± std over seeds)
+    summary.md        the same as a markdown table (``summary_table``)
     curves.csv        per strategy and label count: mean and std over seeds of every
                       Figure-5 metric
     figure5.png/pdf   the Figure-5 panels, one line and a ± std band per strategy
@@ -33,6 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxal.config import protocol_of
 from jaxal.errors import RunDirError
 from jaxal.experiment import ExperimentConfig, check_config, run_experiment
 from jaxal.plots import (
@@ -51,7 +54,6 @@ from jaxal.results import (
     write_text_atomic,
 )
 
-TARGETS = (0.90, 0.95)
 METRICS = tuple(key for key, _ in FIGURE5_PANELS)
 NOT_REACHED = "not reached"
 
@@ -145,6 +147,33 @@ def aubc(num_labels: Sequence[int], accuracy: Sequence[float]) -> float:
     return float(np.trapezoid(np.asarray(accuracy, float), x) / (x[-1] - x[0]))
 
 
+def targets_of(dataset: str) -> tuple[float, ...]:
+    """The test accuracies whose labels to reach a comparison on ``dataset`` reports: its
+    protocol's (``jaxal.config.PROTOCOLS``; MNIST's and unknown datasets' 90% / 95%)."""
+    return protocol_of(dataset).targets
+
+
+def target_key(target: float) -> str:
+    """The summary's key of a target: 0.9 -> 'labels_to_90'."""
+    return f"labels_to_{round(100 * target)}"
+
+
+def target_header(target: float, dataset: str) -> str:
+    """A table's column for a target, naming where it comes from where that is not the
+    literature's MNIST one: 'labels to 90%', 'labels to 60% (cifar10 protocol)'."""
+    source = protocol_of(dataset).targets_source
+    return f"labels to {100 * target:g}%" + (f" ({source})" if source else "")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """The one markdown table writer (the summary's and the benchmarks'): a header row, a
+    rule, one row per sequence of cells (``str()`` of each)."""
+    if any(len(row) != len(header) for row in rows):
+        raise ValueError(f"every row needs {len(header)} cells, one per column of {header}")
+    row = lambda cells: "| " + " | ".join(map(str, cells)) + " |"
+    return "\n".join([row(header), "|" + "---|" * len(header), *map(row, rows)])
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     values = [float(v) for v in values]
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -180,9 +209,11 @@ def aggregate(out_dir: str | os.PathLike) -> tuple[dict, dict, dict]:
     """(summary, curves, class counts) per strategy from the run dirs' files.
 
     Only the rounds every seed of a strategy has finished are aggregated, so a partly
-    finished comparison still gives a consistent picture.
+    finished comparison still gives a consistent picture. Labels to reach: at the
+    dataset's targets (``targets_of``).
     """
     out_dir = Path(out_dir)
+    targets = targets_of(read_comparison(out_dir)["dataset"])
     summary, curves, classes = {}, {}, {}
     for strategy, runs in _finished_runs(out_dir).items():
         if not runs:
@@ -201,10 +232,10 @@ def aggregate(out_dir: str | os.PathLike) -> tuple[dict, dict, dict]:
         accuracy = [[row["test_accuracy"] for row in r] for r in rows]
         entry = {"seeds": [seed for seed, _ in runs], "rounds": length - 1,
                  "final_labels": labels[-1]}
-        for t in TARGETS:
+        for t in targets:
             per_seed = [labels_to_reach(labels, a, t) for a in accuracy]
-            entry[f"labels_to_{round(100 * t)}"] = median_labels(per_seed)
-            entry[f"labels_to_{round(100 * t)}_per_seed"] = [
+            entry[target_key(t)] = median_labels(per_seed)
+            entry[f"{target_key(t)}_per_seed"] = [
                 NOT_REACHED if v is None else v for v in per_seed]
         entry["aubc_mean"], entry["aubc_std"] = _mean_std([aubc(labels, a) for a in accuracy])
         entry["final_accuracy_mean"], entry["final_accuracy_std"] = _mean_std(
@@ -226,10 +257,11 @@ def aggregate(out_dir: str | os.PathLike) -> tuple[dict, dict, dict]:
     return summary, curves, classes
 
 
-SUMMARY_COLUMNS = ("strategy", "seeds", "rounds", "final_labels",
-                   *(f"labels_to_{round(100 * t)}" for t in TARGETS), "aubc_mean", "aubc_std",
-                   "final_accuracy_mean", "final_accuracy_std", "seconds_per_round_mean",
-                   "seconds_per_round_std")
+def summary_columns(targets: Sequence[float]) -> tuple[str, ...]:
+    """summary.csv's columns: one labels-to-reach column per target."""
+    return ("strategy", "seeds", "rounds", "final_labels", *map(target_key, targets),
+            "aubc_mean", "aubc_std", "final_accuracy_mean", "final_accuracy_std",
+            "seconds_per_round_mean", "seconds_per_round_std")
 
 
 def _csv(rows: list[dict], columns: Sequence[str]) -> str:
@@ -241,16 +273,17 @@ def _csv(rows: list[dict], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def summary_table(summary: dict) -> str:
-    """A markdown table of the summary (the comparison's closing-note view)."""
-    lines = ["| strategy | seeds | labels to 90% | labels to 95% | AUBC | final accuracy | "
-             "s / round |", "|---|---|---|---|---|---|---|"]
-    for s, e in summary.items():
-        lines.append(
-            f"| {s} | {len(e['seeds'])} | {e['labels_to_90']} | {e['labels_to_95']} | "
-            f"{e['aubc_mean']:.3f} ± {e['aubc_std']:.3f} | {e['final_accuracy_mean']:.3f} ± "
-            f"{e['final_accuracy_std']:.3f} | {e['seconds_per_round_mean']:.1f} |")
-    return "\n".join(lines)
+def summary_table(summary: dict, dataset: str) -> str:
+    """A markdown table of the summary (the comparison's closing-note view); its
+    labels-to-reach columns are the dataset's targets, named with their source."""
+    targets = targets_of(dataset)
+    return markdown_table(
+        ["strategy", "seeds", *(target_header(t, dataset) for t in targets), "AUBC",
+         "final accuracy", "s / round"],
+        [[s, len(e["seeds"]), *(e[target_key(t)] for t in targets),
+          f"{e['aubc_mean']:.3f} ± {e['aubc_std']:.3f}",
+          f"{e['final_accuracy_mean']:.3f} ± {e['final_accuracy_std']:.3f}",
+          f"{e['seconds_per_round_mean']:.1f}"] for s, e in summary.items()])
 
 
 def plot_comparison(out_dir: str | os.PathLike, log_labels: bool = False) -> dict:
@@ -261,11 +294,12 @@ def plot_comparison(out_dir: str | os.PathLike, log_labels: bool = False) -> dic
     summary, curves, classes = aggregate(out_dir)
     if not summary:
         return summary
+    dataset = read_comparison(out_dir)["dataset"]
     write_json_atomic(out_dir / "summary.json", summary)
     write_text_atomic(out_dir / "summary.csv", _csv(
         [{"strategy": s, **e, "seeds": " ".join(map(str, e["seeds"]))}
-         for s, e in summary.items()], SUMMARY_COLUMNS))
-    write_text_atomic(out_dir / "summary.md", summary_table(summary) + "\n")
+         for s, e in summary.items()], summary_columns(targets_of(dataset))))
+    write_text_atomic(out_dir / "summary.md", summary_table(summary, dataset) + "\n")
     curve_rows = [{"strategy": s, "num_labels": n,
                    **{f"{k}_{stat}": c[f"{k}_{stat}"][i] for k in METRICS
                       for stat in ("mean", "std")}}

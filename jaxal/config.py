@@ -97,20 +97,31 @@ class Protocol(NamedTuple):
     rounds: int = 20
     train: TrainConfig = TrainConfig()
     source: str = ""
+    # Test accuracies a comparison reports the labels to reach (``jaxal.comparison``),
+    # and where they come from ("" for the literature's 90% / 95% on MNIST).
+    targets: tuple[float, ...] = (0.90, 0.95)
+    targets_source: str = ""
 
 
 # MNIST-like data keep the protocol of Gal et al. 2017 and Kirsch et al. 2019 (20
-# labels, 10 a round, 20 rounds). CIFAR-10 gets the scale of its literature: 1,000
-# initial labels and 1,000 a round (Beluch et al. 2018; Sener & Savarese 2018; Ash et al.
-# 2020 start from 1,000-5,000 and query 1,000+), trained by epochs: 30 over the labelled
-# set, at least 500 and at most 3,000 steps of 128 (provisional: the CIFAR-10 benchmark
-# decides them).
+# labels, 10 a round, 20 rounds; labels to 90% / 95% test accuracy). CIFAR-10 gets the
+# scale of its literature: 1,000 initial labels and 1,000 a round (Beluch et al. 2018;
+# Sener & Savarese 2018; Ash et al. 2020 start from 1,000-5,000 and query 1,000+), trained
+# by epochs: 30 over the labelled set, at least 500 and at most 3,000 steps of 128
+# (provisional: the CIFAR-10 benchmark decides them). Its targets sit inside the seed
+# CNN's range, which 90% is far above: random labels reach 0.63 at 5,000 and 0.68 at
+# 10,000 on the stand-in, the whole 49,000-image pool 0.71
+# (benchmarks/results/cifar10_curves.md, cifar10_timing.md). Fashion-MNIST's targets
+# are provisional (not measured here): a small CNN reaches about 0.70-0.75 on 100-220
+# labels, where 90% needs the whole training set.
 PROTOCOLS: dict[str, Protocol] = {
     "mnist": Protocol(source="Gal et al. 2017; Kirsch et al. 2019"),
-    "fashion_mnist": Protocol(source="as MNIST"),
+    "fashion_mnist": Protocol(source="as MNIST", targets=(0.70, 0.75),
+                              targets_source="fashion_mnist protocol"),
     "cifar10": Protocol(100, 1000, 10, TrainConfig(batch_size=128, epochs=30.0, min_steps=500,
                                                    max_steps=3000, augment=True),
-                        source="Beluch et al. 2018; Sener & Savarese 2018; Ash et al. 2020"),
+                        source="Beluch et al. 2018; Sener & Savarese 2018; Ash et al. 2020",
+                        targets=(0.60, 0.65), targets_source="cifar10 protocol"),
 }
 
 

@@ -10,7 +10,16 @@ import pytest
 
 from jaxal.cli.compare import main as compare_main
 from jaxal.cli.plot import main as plot_main
-from jaxal.comparison import NOT_REACHED, aubc, labels_to_reach, median_labels, plot_comparison
+from jaxal.comparison import (
+    NOT_REACHED,
+    aggregate,
+    aubc,
+    labels_to_reach,
+    markdown_table,
+    median_labels,
+    plot_comparison,
+    summary_table,
+)
 from jaxal.plots import protocol_line
 from jaxal.results import read_metrics
 
@@ -36,6 +45,57 @@ def test_labels_to_reach_median_and_aubc_by_hand():
     assert median_labels([30, 40]) == 35
     # Trapezoid: ((0.5 + 0.7) / 2 * 10 + (0.7 + 0.9) / 2 * 20) / 30.
     assert aubc([10, 20, 40], [0.5, 0.7, 0.9]) == pytest.approx((6 + 16) / 30)
+    assert aubc([20], [0.7]) == 0.7          # one budget: no range to divide by
+
+
+def _fake_comparison(out: Path, dataset: str, accuracy: dict[int, list[float]]) -> Path:
+    """A comparison dir on ``dataset`` with one strategy, one run per seed, whose test
+    accuracy per round is ``accuracy[seed]`` (1,000 labels + 1,000 a round)."""
+    runs = []
+    for seed, acc in accuracy.items():
+        run = out / "runs" / f"margin-seed{seed}"
+        run.mkdir(parents=True)
+        rows = [{"round": r, "num_labels": 1000 * (r + 1), "test_accuracy": a,
+                 "train_loss": 0.0, "test_loss": 0.0, "val_accuracy": a, "test_entropy": 0.0,
+                 "score_s": 0.0, "train_s": 1.0, "posterior_s": 0.0, "eval_s": 0.0}
+                for r, a in enumerate(acc)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run / "queries.jsonl").write_text("".join(
+            json.dumps({"round": r, "label": [r % 10]}) + "\n" for r in range(1, len(acc))))
+        runs.append({"strategy": "margin", "seed": seed, "dir": f"runs/margin-seed{seed}"})
+    (out / "comparison.json").write_text(json.dumps(
+        {"strategies": ["margin"], "seeds": sorted(accuracy), "dataset": dataset,
+         "runs": runs}))
+    return out
+
+
+@pytest.mark.parametrize("dataset, targets, header", [
+    ("mnist", (90, 95), "| strategy | seeds | labels to 90% | labels to 95% | AUBC |"),
+    ("cifar10", (60, 65), "| strategy | seeds | labels to 60% (cifar10 protocol) | "
+                          "labels to 65% (cifar10 protocol) | AUBC |"),
+    ("fashion_mnist", (70, 75), "| strategy | seeds | labels to 70% (fashion_mnist "
+                                "protocol) | labels to 75% (fashion_mnist protocol) |")])
+def test_summary_reports_labels_to_the_dataset_s_targets(tmp_path, dataset, targets, header):
+    """The labels to reach are the dataset's protocol's targets (MNIST's table as before),
+    so a CIFAR-10 curve that never nears 90% still gets numbers, and the header says so."""
+    accuracy = {0: [0.55, 0.61, 0.66, 0.71, 0.76, 0.91, 0.96],
+                1: [0.52, 0.58, 0.64, 0.68, 0.73, 0.80, 0.95]}
+    out = _fake_comparison(tmp_path / "cmp", dataset, accuracy)
+    entry = aggregate(out)[0]["margin"]
+    for target in targets:
+        per_seed = [labels_to_reach([1000 * (r + 1) for r in range(7)], a, target / 100)
+                    for a in accuracy.values()]
+        assert entry[f"labels_to_{target}"] == median_labels(per_seed)
+        assert entry[f"labels_to_{target}"] != NOT_REACHED
+    assert not any(f"labels_to_{t}" in entry for t in {90, 95} - set(targets))
+    assert summary_table({"margin": entry}, dataset).startswith(header)
+
+
+def test_markdown_table_writes_header_rule_rows_and_refuses_a_short_row():
+    assert markdown_table(["a", "b"], [[1, "x"], [2.5, ""]]) == (
+        "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 |  |")
+    with pytest.raises(ValueError, match="every row needs 2 cells"):
+        markdown_table(["a", "b"], [[1]])
 
 
 def test_comparison_skips_impossible_pairs_and_runs_the_rest(comparison, capsys):

@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             fail("no runnable (acquisition, posterior) pair; see the reasons above")
         summary = run_comparison(runs, args.out, progress=lambda s: print(s, flush=True),
                                  seeds_form=args.seeds_form)
-        print(summary_table(summary))
+        print(summary_table(summary, args.dataset))
     print(f"outputs in {args.out}/ (summary.csv, curves.csv, figure5.png, query_classes.png;"
           " runs/ holds every run)")
 
