@@ -34,6 +34,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from timing import time_calls
 
 from jaxal.components import BatchBALDOptions, LaplaceOptions
 from jaxal.data import load_dataset, make_al_split
@@ -76,15 +77,6 @@ def al_config(name: str, **kw) -> ALConfig:
                     posterior_options=LaplaceOptions(prior_fit="val-nll"), **fields, **kw)
 
 
-def _seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def timing(args) -> None:
     split = make_al_split(load_dataset("mnist", args.data_dir), seed=0, val_size=1000)
     data = to_device(split)
@@ -97,13 +89,10 @@ def timing(args) -> None:
         learner = make_learner(model, al_config(name), shape, split.num_classes)
         query = lambda learner=learner: learner.query(jax.random.key(1), state.posterior,
                                                       data.pool_x, state.labelled)
-        start = time.perf_counter()
-        jax.block_until_ready(query())
-        first = time.perf_counter() - start
-        seconds = _seconds(query, args.repeats)
-        rows[name] = {"seconds": seconds, "compile_s": max(first - seconds, 0.0),
+        timed = time_calls(query, args.repeats)
+        rows[name] = {"seconds": timed.seconds, "compile_s": timed.compile_s,
                       "predictive": learner.config.predictive}
-        print(f"{name:>22}: {seconds:6.2f} s  (compile {rows[name]['compile_s']:.1f} s, "
+        print(f"{name:>22}: {timed.seconds:6.2f} s  (compile {rows[name]['compile_s']:.1f} s, "
               f"{learner.config.predictive})", flush=True)
     result = {"setting": {"pool": int(split.pool_x.shape[0]), "query_size": 10,
                           "labelled": int(state.labelled.sum()), "repeats": args.repeats,

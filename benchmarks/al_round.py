@@ -69,11 +69,9 @@ def bench_training(data, batch_size: int, steps: int) -> dict:
             s, _ = step(jax.random.key(t), s, data.pool_x, data.pool_y, idx, n)
         return s
 
-    start = time.perf_counter()
-    jax.block_until_ready(step(jax.random.key(0), state, data.pool_x, data.pool_y, idx, n))
-    first = time.perf_counter() - start
-    _, times = time_calls(run_steps, repeats=3)
-    per_step = statistics.median(times) / steps
+    first = time_calls(lambda: step(jax.random.key(0), state, data.pool_x, data.pool_y,
+                                    idx, n), 0).first_s
+    per_step = time_calls(run_steps, repeats=3).seconds / steps
     return {"batch_size": batch_size, "images_per_s": batch_size / per_step,
             "step_ms": 1e3 * per_step, "compile_s": first - per_step}
 
@@ -87,11 +85,11 @@ def bench_scoring(data, chunk_size: int) -> dict:
         predict = lambda k, xc: plugin_predictive(k, model, posterior, xc)
         return score_pool(key, predict, ACQUISITIONS["entropy"].score, x, chunk_size)
 
-    first, times = time_calls(lambda: scores(jax.random.key(0), posterior, data.pool_x), 3)
-    t = statistics.median(times)
+    timed = time_calls(lambda: scores(jax.random.key(0), posterior, data.pool_x), 3)
+    t = timed.seconds
     n = data.pool_x.shape[0]
     return {"chunk_size": chunk_size, "pool": n, "seconds": t, "images_per_s": n / t,
-            "compile_s": first - t}
+            "compile_s": timed.first_s - t}
 
 
 def bench_round(split, repeats: int) -> dict:

@@ -411,11 +411,11 @@ def pool_one(args) -> None:
     before = _peak_mb()
     query = lambda: learner.query(jax.random.key(1), state.posterior, data.pool_x,
                                   state.labelled)
-    first, times = time_calls(query, 3)
+    timed = time_calls(query, 3)
     n = int(split.pool_x.shape[0])
     print(json.dumps({"pool": n, "query_size": al.query_size, "forward_flops": flops,
-                      "us_per_image": 1e6 * statistics.median(times) / n,
-                      "compile_s": first - statistics.median(times),
+                      "us_per_image": 1e6 * timed.seconds / n,
+                      "compile_s": timed.first_s - timed.seconds,
                       "peak_mb": _peak_mb() - before}))
 
 
@@ -472,7 +472,7 @@ def layers(args) -> None:
     for _ in range(repeats):   # interleaved, so a load change hits both shapes alike
         for d in shapes:
             for j, (_, fn, x) in enumerate(built[d]):
-                times[d][j].append(time_calls(partial(fn, x), 1)[1][0])
+                times[d][j].append(time_calls(partial(fn, x), 1).times_s[0])
     rows = []
     for j in range(len(built["mnist"])):
         m, c = (1e6 * statistics.median(times[d][j]) / batch for d in shapes)

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from timing import time_calls
 
 from jaxal import data as datasets
 from jaxal.chunks import map_chunks
@@ -94,20 +94,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(fn, repeats: int) -> tuple[dict, object]:
-    """{"seconds": median, "compile_s": first - median, "times_s"}, and the last output."""
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"seconds": median, "compile_s": max(first - median, 0.0), "times_s": times}, out
-
-
 def mnist_arrays(data_dir: str | None, n_train: int, n_test: int):
     ds = datasets.load_dataset("mnist", data_dir)
     x = datasets.normalise(ds.train_images[: 2 * n_train], "mnist")
@@ -152,7 +138,8 @@ def run_variant(name: str, params, model, arrays, repeats: int, predictives=None
 
     fit = jax.jit(lambda p, x, y: fit_laplace(jax.random.key(0), model, p, x, y, weights,
                                               prior_precision, lc))
-    out["fit"], post = timed(lambda: fit(params, x, y), repeats)
+    timed = time_calls(lambda: fit(params, x, y), repeats)
+    out["fit"], post = timed.record(), timed.out
     print(f"   fit {out['fit']['seconds']:.2f} s", flush=True)
     for predictive in predictives:
         chunk = (PROBIT_ALL_WEIGHTS_CHUNK if (predictive, lc.subset) == ("probit", "all")
@@ -161,7 +148,8 @@ def run_variant(name: str, params, model, arrays, repeats: int, predictives=None
                           map_chunks(lambda i, xc: PREDICTIVES[predictive].predict(
                               jax.random.key(1), model, post, xc, posterior).probs,
                               xs, chunk))
-        out[predictive], probs = timed(lambda predict=predict: predict(post, x_test), repeats)
+        timed = time_calls(lambda predict=predict: predict(post, x_test), repeats)
+        out[predictive], probs = timed.record(), timed.out
         out[predictive] |= quality(probs, y_test)
         print(f"   {predictive} {out[predictive]['seconds']:.2f} s", flush=True)
     inner = post.head if lc.subset == "last-layer" else post.weights
@@ -169,7 +157,8 @@ def run_variant(name: str, params, model, arrays, repeats: int, predictives=None
         theta, logits_fn, inputs = subset_problem(model, params, x, lc.subset)
         ll = log_likelihood(logits_fn(theta, inputs), y, weights)
         evidence = jax.jit(lambda inner: fit_prior_precision(inner, ll))
-        out["prior_fit_evidence"], lam = timed(lambda: evidence(inner), repeats)
+        timed = time_calls(lambda: evidence(inner), repeats)
+        out["prior_fit_evidence"], lam = timed.record(), timed.out
         out["prior_fit_evidence"]["prior_precision"] = float(lam)
         print(f"   evidence prior fit {out['prior_fit_evidence']['seconds']:.2f} s "
               f"(λ = {float(lam):.3g})", flush=True)
@@ -180,7 +169,8 @@ def run_variant(name: str, params, model, arrays, repeats: int, predictives=None
         grid = jax.jit(lambda post: tune_prior_precision(
             jax.random.key(2), model, predict, post, x_val, y_val, VALIDATION_GRID,
             x_val.shape[0]))
-        out["prior_fit_val_nll"], tuned = timed(lambda: grid(post), repeats)
+        timed = time_calls(lambda: grid(post), repeats)
+        out["prior_fit_val_nll"], tuned = timed.record(), timed.out
         tuned_inner = tuned.head if lc.subset == "last-layer" else tuned.weights
         out["prior_fit_val_nll"]["prior_precision"] = float(tuned_inner.prior_precision)
         out["prior_fit_val_nll"]["predictive"] = predictive

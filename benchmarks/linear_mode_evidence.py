@@ -47,6 +47,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import time_calls
 
 from jaxal.runtime import configure_cpu
 
@@ -56,12 +57,6 @@ PREDICTIVES_REPORTED = ("plugin", "glm", "probit")
 # (iterations, newton_steps, cg_steps): the library's defaults and the cheaper setting.
 DEFAULT_SETTING = (10, 10, 50)
 CHEAP_SETTING = (5, 5, 20)
-
-
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
 
 
 def _compiled(fn, *args):
@@ -138,7 +133,8 @@ def library_check(post, model, params, x, y, weights, groups, setting) -> dict:
     fn = lambda post, params, x, y, weights: library(post, params=params, x=x, y=y,
                                                      weights=weights)[0]
     compiled, t_compile = _compiled(fn, post, params, x, y, weights)
-    lam_library, seconds = _timed(compiled, post, params, x, y, weights)
+    timed = time_calls(partial(compiled, post, params, x, y, weights), 0)
+    lam_library, seconds = timed.out, timed.first_s
     cpu = linear_mode_fit_cpu(post, model, params, x, y, weights, groups, *setting)
     a, b = np.asarray(lam_library), np.asarray(cpu["lam"])
     return {"setting": list(setting), "library_seconds": seconds,
@@ -174,8 +170,8 @@ def evaluators(model, record, chunk_size: int) -> dict:
 def metrics_of(evaluate_fns, key, posterior, x, y) -> dict:
     out = {}
     for name, fn in evaluate_fns.items():
-        (nll, accuracy, _, ece), seconds = _timed(partial(fn, key, posterior=posterior,
-                                                          x=x, y=y))
+        timed = time_calls(partial(fn, key, posterior=posterior, x=x, y=y), 0)
+        (nll, accuracy, _, ece), seconds = timed.out, timed.first_s
         out[name] = {"accuracy": float(accuracy), "nll": float(nll), "ece": float(ece),
                      "seconds": seconds}
     return out
@@ -205,12 +201,12 @@ def one_size(args, seed: int, num_labels: int, data, x_test, y_test, evaluate_fn
     learner = make_learner(model, config, data.pool_x.shape[1:], data.num_classes,
                            capacity=num_labels)
     params0 = learner.init(key_init)
-    (params, train_info), t_train = _timed(lambda: learner.train(
-        key_train, params=params0, x_pool=data.pool_x, y_pool=data.pool_y,
-        labelled=labelled))
+    timed = time_calls(lambda: learner.train(key_train, params=params0, x_pool=data.pool_x,
+                                             y_pool=data.pool_y, labelled=labelled), 0)
+    (params, train_info), t_train = timed.out, timed.first_s
     fit_args = (key_fit, params, data.pool_x, data.pool_y, labelled, data.val_x, data.val_y)
-    _, t_fit_first = _timed(learner.fit, *fit_args)
-    evidence_post, t_fit = _timed(learner.fit, *fit_args)
+    timed = time_calls(partial(learner.fit, *fit_args), 1)
+    evidence_post, t_fit_first, t_fit = timed.out, timed.first_s, timed.seconds
     row = {"seed": seed, "labels": num_labels, "train_seconds": t_train,
            "train_nll": float(train_info.train_nll),
            "learner_fit_seconds": {"first": t_fit_first, "second": t_fit}, "fits": {}}
@@ -226,8 +222,8 @@ def one_size(args, seed: int, num_labels: int, data, x_test, y_test, evaluate_fn
     ll = log_likelihood(model.apply(params, x), y, weights)
     evidence_fit = jax.jit(lambda post, ll: fit_prior_precision(post, ll, init=1.0,
                                                                 groups=groups))
-    lam_evidence, t_first = _timed(evidence_fit, at_one, ll)
-    lam_evidence, t_evidence = _timed(evidence_fit, at_one, ll)
+    timed = time_calls(partial(evidence_fit, at_one, ll), 1)
+    lam_evidence, t_first, t_evidence = timed.out, timed.first_s, timed.seconds
     row["fits"]["evidence-layerwise"] = {
         "prior_fit_seconds": t_evidence, "prior_fit_compile_and_run_seconds": t_first,
         "matches_learner_fit": bool(np.allclose(lam_evidence, inner.prior_precision,

@@ -45,8 +45,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def _median_time(fn, repeats: int = 3) -> tuple[float, float]:
     """(median seconds of ``repeats`` calls after a first one, first call's extra)."""
-    first, times = time_calls(fn, repeats)
-    return statistics.median(times), first - statistics.median(times)
+    timed = time_calls(fn, repeats)
+    return timed.seconds, timed.first_s - timed.seconds
 
 
 def child(args) -> dict:

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from machine import cpu_info, describe
+from timing import time_calls
 
 from jaxal.model import (
     cnn,
@@ -48,13 +47,7 @@ CONVS = (("Conv_0", 28, 1, 32), ("Conv_1", 14, 32, 64), ("Conv_2", 7, 64, 64))
 
 def ms(fn, *args, repeats: int = 30) -> float:
     """Median milliseconds of ``fn(*args)`` after one warm-up (compile) call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * time_calls(lambda: fn(*args), repeats).seconds
 
 
 def conv_parts(batch: int) -> list[dict]:
