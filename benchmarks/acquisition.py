@@ -10,14 +10,15 @@ the whole 59,000-image pool for every strategy: the pool pass (predictive, score
 where needed) plus the batch selection, i.e. ``ActiveLearner.query``, compile time apart
 (median of 3). Written to ``results/acquisition_timing.{json,md}``.
 
-``curves``: ``jaxal.experiment.run_experiment`` per strategy and seed with the default
+``curves``: ``jaxal.comparison.run_comparison`` over strategies x seeds with the default
 Laplace posterior (probit; mc with 100 samples for BALD and BatchBALD), 20 balanced
 initial labels, 10 per round. All strategies of a seed share the initial labels, the
 validation split, the pool subset and the initial weights. Reported: labels needed to
 reach 90% and 95% test accuracy (median over seeds; "not reached" within the budget), the
 area under the learning curve (trapezoid over labels, normalised by the label range) and
 the final accuracy. Resumable: finished (strategy, seed) runs are kept in
-``results/acquisition_curves.json``; run outputs in ``results/curves/acq-*``. With
+``results/acquisition_curves.json``; run dirs (``jaxal.comparison.run_comparison``) in
+``results/curves/acquisition_curves/runs/``. With
 ``--epochs E [--min-steps m] [--max-steps M]`` each fit trains by epochs
 (``jaxal.train.training_steps``) instead of 500 steps, written to
 ``results/acquisition_curves-epochsE-minm-maxM.json`` so schedules can be compared.
@@ -26,25 +27,29 @@ the final accuracy. Resumable: finished (strategy, seed) runs are kept in
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import time
-from pathlib import Path
+from functools import partial
 
 import jax
-import numpy as np
+from common import (
+    RESULTS,
+    area,
+    labels_to,
+    mean_std,
+    per_round,
+    run_curves,
+    runs_of,
+    write_json,
+)
 from timing import time_calls
 
+from jaxal.comparison import Run, markdown_table, target_header, targets_of
 from jaxal.components import BatchBALDOptions, LaplaceOptions
 from jaxal.data import load_dataset, make_al_split
-from jaxal.experiment import ExperimentConfig, run_experiment, to_device
+from jaxal.experiment import ExperimentConfig, to_device
 from jaxal.loop import ALConfig, default_predictive, init_state, make_learner
 from jaxal.model import cnn
 from jaxal.runtime import configure_cpu
 from jaxal.train import TrainConfig
-
-RESULTS = Path(__file__).parent / "results"
 
 # name -> ALConfig fields; the predictive follows jaxal.loop.default_predictive.
 STRATEGIES = {
@@ -66,7 +71,7 @@ STRATEGIES = {
     "entropy_pseudo_label": dict(acquisition="entropy", pseudo_label=0.99),
 }
 CURVE_STRATEGIES = ["random", "entropy", "margin", "bald", "batchbald", "badge", "kcenter"]
-TARGETS = (0.90, 0.95)
+TARGETS = targets_of("mnist")     # the protocol's 90% / 95%
 
 
 def al_config(name: str, **kw) -> ALConfig:
@@ -101,49 +106,16 @@ def timing(args) -> None:
                                         "samples": LaplaceOptions().samples}},
               "strategies": rows}
     write_json(RESULTS / "acquisition_timing.json", result)
-    lines = [f"One query of 10 from the MNIST pool ({result['setting']['pool']:,} images), "
-             "seed CNN after 20 labels, last-layer Laplace (full GGN); median of "
-             f"{args.repeats}, seconds. BatchBALD: {BatchBALDOptions().candidates} "
-             f"candidates, {BatchBALDOptions().configs} configurations, "
-             f"{LaplaceOptions().samples} samples.", "",
-             "| strategy | predictive | query (s) | compile (s) |", "|---|---|---|---|"]
-    lines += [f"| {n} | {r['predictive']} | {r['seconds']:.2f} | {r['compile_s']:.1f} |"
-              for n, r in rows.items()]
-    (RESULTS / "acquisition_timing.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def labels_to_reach(labels, accuracy, target: float):
-    hit = [n for n, a in zip(labels, accuracy, strict=True) if a >= target]
-    return hit[0] if hit else None
-
-
-def aubc(labels, accuracy) -> float:
-    """Trapezoid area under accuracy vs labels, divided by the label range (in [0, 1])."""
-    labels = np.asarray(labels, float)
-    return float(np.trapezoid(accuracy, labels) / (labels[-1] - labels[0]))
-
-
-def curve_record(infos) -> dict:
-    """What a curves benchmark keeps of one run: per round labels, test metrics and the
-    seconds of query, training and posterior (``RoundInfo`` list)."""
-    m = [i.metrics for i in infos]
-    return {"labels": [i.num_labels for i in infos],
-            "test_accuracy": [x.test_accuracy for x in m],
-            "test_nll": [x.test_loss for x in m],
-            "test_ece": [x.test_ece for x in m],
-            "test_entropy": [x.test_entropy for x in m],
-            "prior_precision": [x.prior_precision for x in m],
-            "query_s": [i.timings.score for i in infos],
-            "train_s": [i.timings.train for i in infos],
-            "posterior_s": [i.timings.posterior for i in infos]}
-
-
-def _median_labels(values):
-    """Median over seeds with "not reached" (None) counted as larger than any budget."""
-    keyed = sorted(values, key=lambda v: float("inf") if v is None else v)
-    mid = keyed[len(keyed) // 2]
-    return "not reached" if mid is None else mid
+    text = (f"One query of 10 from the MNIST pool ({result['setting']['pool']:,} images), "
+            "seed CNN after 20 labels, last-layer Laplace (full GGN); median of "
+            f"{args.repeats}, seconds. BatchBALD: {BatchBALDOptions().candidates} "
+            f"candidates, {BatchBALDOptions().configs} configurations, "
+            f"{LaplaceOptions().samples} samples.\n\n" + markdown_table(
+                ["strategy", "predictive", "query (s)", "compile (s)"],
+                [[n, r["predictive"], f"{r['seconds']:.2f}", f"{r['compile_s']:.1f}"]
+                 for n, r in rows.items()]))
+    (RESULTS / "acquisition_timing.md").write_text(text + "\n")
+    print(text)
 
 
 def schedule(args) -> tuple[TrainConfig, str]:
@@ -163,31 +135,12 @@ def curves(args) -> None:
                                               "init_per_class")}
     if suffix:   # the fixed 500-step schedule keeps its old setting (and results)
         setting["train"] = {k: getattr(train, k) for k in ("epochs", "min_steps", "max_steps")}
-    result = {"setting": setting, "runs": {}}
-    if out.exists():
-        old = json.loads(out.read_text())
-        if old["setting"] == setting:
-            result["runs"] = old["runs"]
-    for seed in args.seeds:
-        for name in args.strategies:
-            key = f"{name}-seed{seed}"
-            if key in result["runs"]:
-                continue
-            config = ExperimentConfig(
-                dataset="mnist", seed=seed, pool_size=args.pool_size, data_dir=args.data_dir,
-                al=al_config(name, rounds=args.rounds, query_size=args.query_size,
-                             init_per_class=args.init_per_class, train=train))
-            print(f"== {key}", flush=True)
-            start = time.perf_counter()
-            _, infos = run_experiment(config, RESULTS / "curves" / f"acq-{key}{suffix}",
-                                      progress=None)
-            result["runs"][key] = {
-                "labels": [i.num_labels for i in infos],
-                "test_accuracy": [i.metrics.test_accuracy for i in infos],
-                "query_s": [i.timings.score for i in infos],
-                "train_s": [i.timings.train for i in infos],
-                "seconds": time.perf_counter() - start}
-            write_json(out, result)
+    runs = [Run(name, seed, ExperimentConfig(
+        dataset="mnist", seed=seed, pool_size=args.pool_size, data_dir=args.data_dir,
+        al=al_config(name, rounds=args.rounds, query_size=args.query_size,
+                     init_per_class=args.init_per_class, train=train)))
+        for seed in args.seeds for name in args.strategies]
+    result = run_curves(out, setting, runs, RESULTS / "curves" / f"acquisition_curves{suffix}")
     text = curves_table(result, args.seeds, args.strategies)
     out.with_suffix(".md").write_text(text + "\n")
     print(text)
@@ -198,39 +151,22 @@ def curves_table(result: dict, seeds, strategies) -> str:
     train = s.get("train")
     fit = (f"{train['epochs']:g} epochs a fit, {train['min_steps']}-{train['max_steps']} steps"
            if train else f"{TrainConfig().steps} steps a fit")
-    lines = [f"MNIST, pool {s['pool_size']}, {s['init_per_class']} labels per class to start "
-             f"+ {s['rounds']} rounds x {s['query_size']}; {fit}; default Laplace posterior "
-             "(last-layer full GGN, val-NLL prior precision; probit, or MC-100 for BALD and "
-             f"BatchBALD); seeds {list(seeds)}. Labels to reach: median over seeds.", "",
-             "| strategy | labels to 90% | labels to 95% | AUBC (mean ± std) | final acc "
-             "(mean ± std) | query s/round | train s/round |", "|---|---|---|---|---|---|---|"]
+    head = (f"MNIST, pool {s['pool_size']}, {s['init_per_class']} labels per class to start "
+            f"+ {s['rounds']} rounds x {s['query_size']}; {fit}; default Laplace posterior "
+            "(last-layer full GGN, val-NLL prior precision; probit, or MC-100 for BALD and "
+            f"BatchBALD); seeds {list(seeds)}. Labels to reach: median over seeds.")
+    rows = []
     for name in strategies:
-        runs = [result["runs"].get(f"{name}-seed{seed}") for seed in seeds]
-        runs = [r for r in runs if r is not None]
-        if not runs:
+        if not (runs := runs_of(result, name, seeds)):
             continue
-        reach = [_median_labels([labels_to_reach(r["labels"], r["test_accuracy"], t)
-                                 for r in runs]) for t in TARGETS]
-        areas = [aubc(r["labels"], r["test_accuracy"]) for r in runs]
-        final = [r["test_accuracy"][-1] for r in runs]
-        query = statistics.mean(statistics.mean(r["query_s"][1:]) for r in runs)
-        train_s = [statistics.mean(r["train_s"]) for r in runs if "train_s" in r]
-        train_s = f"{statistics.mean(train_s):.1f}" if train_s else "–"
-        std = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
-        lines.append(f"| {name} ({len(runs)} seeds) | {reach[0]} | {reach[1]} | "
-                     f"{statistics.mean(areas):.3f} ± {std(areas):.3f} | "
-                     f"{statistics.mean(final):.3f} ± {std(final):.3f} | {query:.1f} | "
-                     f"{train_s} |")
-    return "\n".join(lines)
-
-
-def write_json(path: Path, obj) -> None:
-    """Write ``obj`` as JSON atomically (a temp file per process, then a rename), so
-    concurrent benchmark processes never leave a half-written result file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+        per_round_s = partial(per_round, runs)
+        rows.append([f"{name} ({len(runs)} seeds)", *(labels_to(runs, t) for t in TARGETS),
+                     mean_std(map(area, runs), True),
+                     mean_std((r["test_accuracy"][-1] for r in runs), True),
+                     f"{per_round_s('query_s'):.1f}", f"{per_round_s('train_s'):.1f}"])
+    return head + "\n\n" + markdown_table(
+        ["strategy", *(target_header(t, "mnist") for t in TARGETS), "AUBC (mean ± std)",
+         "final acc (mean ± std)", "query s/round", "train s/round"], rows)
 
 
 def main():

@@ -10,7 +10,7 @@ On these machines only the *CIFAR-10 stand-in* exists (a lossy JPEG copy of CIFA
 ``../shared/README.md``): every figure this script writes says so, and none of them is a
 CIFAR-10 result.
 
-``curves``: ``run_experiment`` per method and seed with the protocol of
+``curves``: ``jaxal.comparison.run_comparison`` over methods x seeds with the protocol of
 ``jaxal.config.PROTOCOLS["cifar10"]`` untouched: 1,000 balanced initial labels, 1,000 a
 round, 10 rounds (1,000 ... 11,000 labels), the seed CNN trained from scratch by epochs
 with random crop and flip; the pool is the 49,000 training images outside the validation
@@ -22,7 +22,7 @@ there but trains 5 networks a round, out of reach on 2 cores). Reported: test ac
 2k / 5k / 10k labels (mean ± std over seeds), AUBC (trapezoid over 1k-11k, mean ± std),
 seconds per round for training / query / posterior (indicative unless the machine was
 quiet). Resumable: finished runs in ``results/cifar10_curves.json``, a killed run resumes
-from ``results/curves/cifar10-<method>-seed<k>/``.
+from ``results/curves/cifar10_curves/runs/<method>-seed<k>/``.
 
 ``ceiling``: the seed CNN trained with the protocol's schedule on the whole pool (one fit,
 no queries): the accuracy that shows the schedule trains properly.
@@ -57,16 +57,17 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from acquisition import aubc, curve_record, write_json
+from common import RESULTS, mean_std, read_result, run_curves, runs_of, write_json
 from machine import cpu_info, describe
+from tables import cifar10_curves as curves_table
 from timing import time_calls
 
+from jaxal.comparison import Run
 from jaxal.config import LaplaceOptions, describe_protocol, protocol_of
-from jaxal.experiment import ExperimentConfig, run_experiment
+from jaxal.experiment import ExperimentConfig
 from jaxal.loop import ALConfig
 from jaxal.runtime import configure_cpu
 
-RESULTS = Path(__file__).parent / "results"
 DATASET = "cifar10"
 STAND_IN = "CIFAR-10 stand-in (lossy JPEG copy; not CIFAR-10 results)"
 BUDGETS = (2000, 5000, 10000)
@@ -96,98 +97,18 @@ def experiment(method: str, seed: int, data_dir: str | None, **al) -> Experiment
 
 
 def curves(args) -> dict:
+    """Run (or resume) ``--methods`` x ``--seeds`` into ``results/cifar10_curves.json``;
+    the file also holds what its table needs (the methods' order, the budgets)."""
     out = RESULTS / "cifar10_curves.json"
     setting = {"protocol": describe_protocol(DATASET), "data": STAND_IN}
-    result = {"setting": setting, "runs": {}}
-    if out.exists() and (old := json.loads(out.read_text()))["setting"] == setting:
-        result["runs"] = old["runs"]
-    if args.table_only:
-        return result
-    for seed in args.seeds:
-        for method in args.methods:
-            key = f"{method}-seed{seed}"
-            if key in result["runs"]:
-                continue
-            print(f"== {key}", flush=True)
-            start = time.perf_counter()
-            _, infos = run_experiment(experiment(method, seed, args.data_dir),
-                                      RESULTS / "curves" / f"cifar10-{key}", progress=None)
-            result["runs"][key] = {**curve_record(infos),
-                                   "seconds": time.perf_counter() - start,
-                                   "machine": describe(cpu_info())}
-            # Other processes may run other methods into the same file: merge, ours win.
-            if out.exists() and (old := json.loads(out.read_text()))["setting"] == setting:
-                result["runs"] = {**old["runs"], **result["runs"]}
-            write_json(out, result)
+    runs = [Run(method, seed, experiment(method, seed, args.data_dir))
+            for seed in args.seeds for method in args.methods]
+    result = (read_result(out, setting) if args.table_only else
+              run_curves(out, setting, runs, RESULTS / "curves" / "cifar10_curves",
+                         extra={"machine": describe(cpu_info())}))
+    result["table"] = {"methods": list(METHODS), "budgets": list(BUDGETS)}
+    write_json(out, result)
     return result
-
-
-def _runs(result: dict, method: str, seeds) -> list[dict]:
-    return [r for s in seeds if (r := result["runs"].get(f"{method}-seed{s}"))]
-
-
-def _mean_std(values) -> str:
-    values = list(values)
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):.3f} ± {std:.3f}" if len(values) > 1 else \
-        f"{values[0]:.3f}"
-
-
-def table(result: dict, seeds, methods) -> str:
-    lines = [f"{STAND_IN}. Protocol: {result['setting']['protocol']}; pool 49,000, test "
-             "10,000. Accuracy: test set, mean ± std over the seeds run (one seed: no "
-             "spread). AUBC: trapezoid over 1,000-11,000 labels / range. s/round: median over "
-             "rounds 1-10 (indicative: two runs shared the 2 cores, one core each; the "
-             "quiet figures are in cifar10_timing.md).", "",
-             "| method | seeds | " + " | ".join(f"acc @ {b:,}" for b in BUDGETS) +
-             " | final acc (11k) | AUBC | train s | query s | posterior s |",
-             "|---|---|" + "---|" * (len(BUDGETS) + 5)]
-    for method in methods:
-        runs = _runs(result, method, seeds)
-        if not runs:
-            continue
-        at = [_mean_std(r["test_accuracy"][r["labels"].index(b)] for r in runs)
-              for b in BUDGETS]
-        # Median over rounds: a round paused for a quiet timing does not count.
-        per_round = lambda key, runs=runs: statistics.mean(
-            statistics.median(r[key][1:]) for r in runs)
-        lines.append(
-            f"| {method} | {len(runs)} | " + " | ".join(at) +
-            f" | {_mean_std(r['test_accuracy'][-1] for r in runs)} | "
-            f"{_mean_std(aubc(r['labels'], r['test_accuracy']) for r in runs)} | "
-            f"{per_round('train_s'):.0f} | {per_round('query_s'):.1f} | "
-            f"{per_round('posterior_s'):.1f} |")
-    return "\n".join([*lines, "", *against_random(result, seeds, methods)])
-
-
-def against_random(result: dict, seeds, methods) -> list[str]:
-    """The issue's target, budget by budget: each method's accuracy minus random's (mean
-    over the seeds both ran) against the spread over seeds (the larger of the two standard
-    deviations); above / within / below the spread."""
-    budgets = (*BUDGETS, 11000)
-    lines = ["Against random (seeds both ran): accuracy difference, mean over seeds, and "
-             "the spread over seeds (the larger of the two std); 'above' only where the "
-             "difference exceeds the spread.", "",
-             "| method | seeds | " + " | ".join(f"@ {b:,}" for b in budgets) + " |",
-             "|---|---|" + "---|" * len(budgets)]
-    for method in methods:
-        shared = [s for s in seeds if f"{method}-seed{s}" in result["runs"]
-                  and f"random-seed{s}" in result["runs"]]
-        if method == "random" or not shared:
-            continue
-        cells = []
-        for b in budgets:
-            acc = {m: [(r := result["runs"][f"{m}-seed{s}"])["test_accuracy"][
-                r["labels"].index(b)] for s in shared] for m in (method, "random")}
-            diff = statistics.mean(acc[method]) - statistics.mean(acc["random"])
-            if len(shared) < 2:
-                cells.append(f"{diff:+.3f} (1 seed: no spread)")
-                continue
-            spread = max(statistics.stdev(acc[method]), statistics.stdev(acc["random"]))
-            verdict = "above" if diff > spread else "below" if diff < -spread else "within"
-            cells.append(f"{diff:+.3f} vs {spread:.3f}: {verdict}")
-        lines.append(f"| {method} | {len(shared)} | " + " | ".join(cells) + " |")
-    return lines
 
 
 def figure(result: dict, seeds, methods, path: Path) -> None:
@@ -199,7 +120,7 @@ def figure(result: dict, seeds, methods, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for method in methods:
-        runs = _runs(result, method, seeds)
+        runs = runs_of(result, method, seeds)
         if not runs:
             continue
         labels = np.asarray(runs[0]["labels"])
@@ -572,7 +493,7 @@ def timing_table(timing: dict) -> str:
                   "|---|---|---|---|---|"]
         for labels, acc in timing["fit_noise"]["rows"].items():
             lines.append(f"| {int(labels):,} | {len(acc)} | "
-                         f"{', '.join(f'{a:.3f}' for a in acc)} | {_mean_std(acc)} | "
+                         f"{', '.join(f'{a:.3f}' for a in acc)} | {mean_std(acc)} | "
                          f"{max(acc) - min(acc):.3f} |")
     if "ceiling" in timing:
         c = timing["ceiling"]
@@ -619,7 +540,7 @@ def main():
     result = curves(args)
     every = [m for m in METHODS if any(k.startswith(f"{m}-seed") for k in result["runs"])]
     seeds = sorted({int(k.rsplit("seed", 1)[1]) for k in result["runs"]})
-    text = table(result, seeds, every)
+    text = curves_table(result)
     (RESULTS / "cifar10_curves.md").write_text(text + "\n")
     figure(result, seeds, every, RESULTS / "cifar10_curves.png")
     print(text)

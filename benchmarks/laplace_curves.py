@@ -3,31 +3,28 @@
     python benchmarks/laplace_curves.py [--data-dir ../shared/data/tfds] [--seeds 0]
         [--pool-size 10000] [--rounds 10] [--variants plugin ll_probit ...]
 
-Every variant is one ``jaxal.experiment.run_experiment`` with entropy acquisition, the same
+Every variant runs under ``jaxal.comparison.run_comparison`` with entropy acquisition, the same
 seeds, pool subset, initial labels and MAP training; only the posterior, predictive and
 prior precision differ. Reported per variant: test accuracy and NLL at the first and last
 round, their mean over rounds (area under the learning curve / rounds), the mean
-predictive entropy on the test set, the prior precision used, and the wall time. Run
-outputs go to ``benchmarks/results/curves/<variant>-seed<k>/``; the summary to
+predictive entropy on the test set, the prior precision used, and the seconds of the
+rounds. Run outputs go to ``benchmarks/results/curves/laplace_curves/runs/``; the summary to
 ``benchmarks/results/laplace_curves.json`` and a markdown table beside it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from pathlib import Path
 
-from acquisition import curve_record
+from common import RESULTS, run_curves, runs_of
 
-from jaxal.experiment import ExperimentConfig, run_experiment
+from jaxal.comparison import Run, markdown_table
+from jaxal.experiment import ExperimentConfig
 from jaxal.loop import ALConfig
 from jaxal.posterior import LaplaceOptions
 from jaxal.runtime import configure_cpu
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def laplace(predictive: str, **kw) -> dict:
@@ -52,30 +49,27 @@ VARIANTS = {
 }
 
 
-def summarise(infos, seconds: float) -> dict:
-    return {**curve_record(infos), "seconds": seconds}
-
-
 def table(result: dict) -> str:
     s = result["setting"]
-    lines = [f"MNIST, entropy acquisition, pool {s['pool_size']}, {s['rounds']} rounds x "
-             f"{s['query_size']} queries from {s['init_per_class']} per class, seeds "
-             f"{s['seeds']}; means over seeds.", "",
-             "| variant | acc first -> last | mean acc over rounds | NLL last | mean NLL "
-             "| entropy last | prior precision (last) | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, runs in result["variants"].items():
+    rows = []
+    for name in VARIANTS:
+        if not (runs := runs_of(result, name, s["seeds"])):
+            continue
         mean = lambda f, runs=runs: statistics.mean(f(r) for r in runs)
-        lines.append(
-            f"| {name} | {mean(lambda r: r['test_accuracy'][0]):.3f} -> "
-            f"{mean(lambda r: r['test_accuracy'][-1]):.3f} | "
-            f"{mean(lambda r: statistics.mean(r['test_accuracy'])):.3f} | "
-            f"{mean(lambda r: r['test_nll'][-1]):.3f} | "
-            f"{mean(lambda r: statistics.mean(r['test_nll'])):.3f} | "
-            f"{mean(lambda r: r['test_entropy'][-1]):.3f} | "
-            f"{mean(lambda r: r['prior_precision'][-1]):.3g} | "
-            f"{mean(lambda r: r['seconds']):.0f} |")
-    return "\n".join(lines)
+        rows.append([
+            name, f"{mean(lambda r: r['test_accuracy'][0]):.3f} -> "
+                  f"{mean(lambda r: r['test_accuracy'][-1]):.3f}",
+            f"{mean(lambda r: statistics.mean(r['test_accuracy'])):.3f}",
+            f"{mean(lambda r: r['test_nll'][-1]):.3f}",
+            f"{mean(lambda r: statistics.mean(r['test_nll'])):.3f}",
+            f"{mean(lambda r: r['test_entropy'][-1]):.3f}",
+            f"{mean(lambda r: r['prior_precision'][-1]):.3g}",
+            f"{mean(lambda r: r['seconds']):.0f}"])
+    return (f"MNIST, entropy acquisition, pool {s['pool_size']}, {s['rounds']} rounds x "
+            f"{s['query_size']} queries from {s['init_per_class']} per class, seeds "
+            f"{s['seeds']}; means over seeds.\n\n") + markdown_table(
+        ["variant", "acc first -> last", "mean acc over rounds", "NLL last", "mean NLL",
+         "entropy last", "prior precision (last)", "round s"], rows)
 
 
 def main():
@@ -91,32 +85,15 @@ def main():
     args = p.parse_args()
     configure_cpu()   # as jaxal's CLIs run; before JAX's first computation
     out = Path(args.out)
-    result = {"setting": {k: getattr(args, k) for k in
-                          ("seeds", "pool_size", "rounds", "query_size", "init_per_class")},
-              "variants": {}}
-    if out.exists():   # resume: keep finished variants of the same setting
-        old = json.loads(out.read_text())
-        if old["setting"] == result["setting"]:
-            result["variants"] = old["variants"]
-    for name in args.variants:
-        if name in result["variants"]:
-            continue
-        runs = []
-        for seed in args.seeds:
-            al = ALConfig(acquisition="entropy", rounds=args.rounds,
-                          query_size=args.query_size, init_per_class=args.init_per_class)
-            al = al._replace(**VARIANTS[name])
-            config = ExperimentConfig(dataset="mnist", seed=seed, pool_size=args.pool_size,
-                                      data_dir=args.data_dir, al=al)
-            start = time.perf_counter()
-            print(f"== {name}, seed {seed}", flush=True)
-            _, infos = run_experiment(config, RESULTS / "curves" / f"{name}-seed{seed}")
-            runs.append(summarise(infos, time.perf_counter() - start))
-        result["variants"][name] = runs
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(out)
+    setting = {k: getattr(args, k) for k in
+               ("seeds", "pool_size", "rounds", "query_size", "init_per_class")}
+    al = ALConfig(acquisition="entropy", rounds=args.rounds, query_size=args.query_size,
+                  init_per_class=args.init_per_class)
+    runs = [Run(name, seed, ExperimentConfig(dataset="mnist", seed=seed,
+                                             pool_size=args.pool_size, data_dir=args.data_dir,
+                                             al=al._replace(**VARIANTS[name])))
+            for name in args.variants for seed in args.seeds]
+    result = run_curves(out, setting, runs, RESULTS / "curves" / out.stem)
     text = table(result)
     out.with_suffix(".md").write_text(text + "\n")
     print(text)

@@ -25,20 +25,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from functools import partial
 from pathlib import Path
 
-from acquisition import _median_labels, aubc, curve_record, labels_to_reach, write_json
+from common import RESULTS, read_result, run_curves, write_json
+from tables import posterior_curves as table
+from timing import time_calls
 
+from jaxal.comparison import Run, aubc, labels_to_reach, targets_of
 from jaxal.config import LaplaceOptions, ModelConfig, TrainConfig
-from jaxal.experiment import ExperimentConfig, run_experiment
+from jaxal.experiment import ExperimentConfig
 from jaxal.loop import ALConfig
 from jaxal.runtime import configure_cpu
 
-RESULTS = Path(__file__).parent / "results"
-TARGETS = (0.90, 0.95)
+TARGETS = targets_of("mnist")     # the protocol's 90% / 95%
 # Posteriors whose pool pass is too slow for the whole 10,000 on 2 cores score a fresh
 # random subset of this many unlabelled points each round (``--pool-subset``).
 SUBSET = 2000
@@ -149,37 +150,29 @@ def stem(args) -> str:
     return "posterior_curves-" + "-".join(f"{k}{v}" for k, v in setting.items())
 
 
+def comparison_dir(args) -> Path:
+    """The comparison dir of the runs: run dirs ``runs/<variant>-seed<k>`` in it."""
+    return RESULTS / "curves" / stem(args)
+
+
 def run_dir(args, key: str) -> Path:
-    sub = "curves" if stem(args) == "posterior_curves" else f"curves-{stem(args)}"
-    return RESULTS / sub / f"post-{key}"
+    return comparison_dir(args) / "runs" / key
 
 
 def run(args, names) -> dict:
+    """Run (or resume) ``names`` x ``--seeds`` into ``results/<stem>.json``; the file also
+    holds what its table needs of the variants (their order, which score a subset)."""
     out = RESULTS / f"{stem(args)}.json"
-    setting = setting_of(args)
-    result = {"setting": setting, "runs": {}}
-    if out.exists():
-        old = json.loads(out.read_text())
-        if old["setting"] == setting:
-            result["runs"] = old["runs"]
-    if args.table_only:
-        return result
-    for seed in args.seeds:
-        for name in names:
-            key = f"{name}-seed{seed}"
-            if key in result["runs"]:
-                continue
-            config = ExperimentConfig(dataset="mnist", seed=seed, pool_size=args.pool_size,
-                                      data_dir=args.data_dir, al=al_config(name, args))
-            print(f"== {key}", flush=True)
-            start = time.perf_counter()
-            _, infos = run_experiment(config, run_dir(args, key), progress=None)
-            result["runs"][key] = {**curve_record(infos),
-                                   "seconds": time.perf_counter() - start}
-            # Another process may run other variants into the same file: merge, ours win.
-            if out.exists() and (old := json.loads(out.read_text()))["setting"] == setting:
-                result["runs"] = {**old["runs"], **result["runs"]}
-            write_json(out, result)
+    runs = [Run(name, seed, ExperimentConfig(dataset="mnist", seed=seed,
+                                             pool_size=args.pool_size, data_dir=args.data_dir,
+                                             al=al_config(name, args)))
+            for seed in args.seeds for name in names]
+    result = (read_result(out, setting_of(args)) if args.table_only else
+              run_curves(out, setting_of(args), runs, comparison_dir(args)))
+    result["table"] = {"variants": {name: {"pool_subset": v.get("pool_subset")}
+                                    for name, v in VARIANTS.items()},
+                       "subset_size": SUBSET, "mc_dropout_steps": MC_DROPOUT_STEPS}
+    write_json(out, result)
     return result
 
 
@@ -215,49 +208,6 @@ def figure(result: dict, seeds, names, path: Path) -> None:
     plt.close(fig)
 
 
-def table(result: dict, seeds, names) -> str:
-    s = result["setting"]
-    lines = [f"MNIST, pool {s['pool_size']}, {s['init_per_class']} labels per class to start "
-             f"+ {s['rounds']} rounds x {s['query_size']}, seed CNN 500 steps a fit (MC dropout: "
-             f"{MC_DROPOUT_STEPS:,}; mc-dropout-500: 500); seeds "
-             f"{list(seeds)}. Labels to reach: median over seeds. NLL, ECE: test set, last "
-             "round. s/round: mean over rounds 1-20 (indicative: other jobs shared the "
-             f"2 cores). `subset`: the query scores {SUBSET:,} random unlabelled pool points "
-             "a round (--pool-subset), not all 10,000. AUBC - random: the difference "
-             "seed by seed (same initial labels, pool and weights), mean ± std over the "
-             "seeds both have; the seeds differ more from each other than the methods "
-             "within a seed.", "",
-             "| variant | labels to 90% | labels to 95% | AUBC (mean ± std) | "
-             "AUBC - random | final acc | NLL | ECE | query s | train s | posterior s | "
-             "λ (last) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    random_area = {seed: aubc(r["labels"], r["test_accuracy"]) for seed in seeds
-                   if (r := result["runs"].get(f"random-seed{seed}"))}
-    for name in names:
-        runs = [r for seed in seeds if (r := result["runs"].get(f"{name}-seed{seed}"))]
-        if not runs:
-            continue
-        gains = [aubc(r["labels"], r["test_accuracy"]) - random_area[seed] for seed in seeds
-                 if (r := result["runs"].get(f"{name}-seed{seed}")) and seed in random_area]
-        gain = ("—" if name == "random" or not gains else f"{statistics.mean(gains):+.3f}"
-                + (f" ± {statistics.stdev(gains):.3f}" if len(gains) > 1 else ""))
-        reach = [_median_labels([labels_to_reach(r["labels"], r["test_accuracy"], t)
-                                 for r in runs]) for t in TARGETS]
-        areas = [aubc(r["labels"], r["test_accuracy"]) for r in runs]
-        mean = lambda key, runs=runs: statistics.mean(r[key][-1] for r in runs)
-        per_round = lambda key, runs=runs: statistics.mean(
-            statistics.mean(r[key][1:]) for r in runs)
-        std = statistics.stdev(areas) if len(areas) > 1 else 0.0
-        subset = " (subset)" if VARIANTS.get(name, {}).get("pool_subset") else ""
-        lines.append(
-            f"| {name}{subset} ({len(runs)} seeds) | {reach[0]} | {reach[1]} | "
-            f"{statistics.mean(areas):.3f} ± {std:.3f} | {gain} | {mean('test_accuracy'):.3f} | "
-            f"{mean('test_nll'):.3f} | {mean('test_ece'):.3f} | {per_round('query_s'):.1f} | "
-            f"{per_round('train_s'):.1f} | {per_round('posterior_s'):.1f} | "
-            f"{mean('prior_precision'):.3g} |")
-    return "\n".join(lines)
-
-
 def timing(args) -> None:
     """Seconds of one query (pool pass + selection of 10 by BALD) on a 2,000-point pool
     subset for every posterior after one fit on 20 labels, compile apart (median of 3);
@@ -287,16 +237,9 @@ def timing(args) -> None:
         first = time.perf_counter() - start
         query = partial(learner.query, jax.random.key(1), state.posterior, data.pool_x,
                         state.labelled)
-        start = time.perf_counter()
-        jax.block_until_ready(query())
-        compile_and_run = time.perf_counter() - start
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            jax.block_until_ready(query())
-            times.append(time.perf_counter() - start)
-        rows[name] = {"query_s": statistics.median(times),
-                      "query_compile_s": compile_and_run - statistics.median(times),
+        timed = time_calls(query, 3)
+        rows[name] = {"query_s": timed.seconds,
+                      "query_compile_s": timed.first_s - timed.seconds,
                       "pool_scored": (al.pool_subset or args.pool_size),
                       "round0_train_s": info.timings.train, "round0_s": first}
         print(name, rows[name], flush=True)
@@ -312,14 +255,12 @@ def timing(args) -> None:
         init_state(jax.random.key(0), learner, data)          # compiles
         params0 = learner.init(jax.random.key(1))
         labelled = init_state(jax.random.key(2), learner, data)[0].labelled
-        times = []
-        for r in range(3):
-            start = time.perf_counter()
-            jax.block_until_ready(learner.train(jax.random.key(r), params=params0,
-                                                x_pool=data.pool_x, y_pool=data.pool_y,
-                                                labelled=labelled))
-            times.append(time.perf_counter() - start)
-        train[name] = statistics.median(times)
+        # Three calls after the compiling one (each its own key, as before).
+        fit = partial(learner.train, params=params0, x_pool=data.pool_x, y_pool=data.pool_y,
+                      labelled=labelled)
+        keys = iter([3, 0, 1, 2])
+        train[name] = time_calls(lambda fit=fit, keys=keys: fit(jax.random.key(next(keys))),
+                                 3).seconds
     if old is None:
         train["ratio"] = train["ensemble"] / train["one network"]
     result = {"machine": cpu_info(), "queries": rows, "training_s": train,
@@ -695,7 +636,7 @@ def main():
     names = args.variants or (STAGE1 if args.stage == 1 else stage2(args.stage2_posteriors))
     result = run(args, names)
     every = [n for n in VARIANTS if any(k.startswith(f"{n}-seed") for k in result["runs"])]
-    text = table(result, args.seeds, every)
+    text = table(result)
     (RESULTS / f"{stem(args)}.md").write_text(text + "\n")
     figure(result, args.seeds, every, RESULTS / f"{stem(args)}.png")
     print(text)
