@@ -17,8 +17,9 @@ reached" within 220 labels), AUBC (trapezoid over labels / label range, mean ± 
 seeds), final accuracy, test NLL and ECE at the last round, seconds per round for the
 query, training and posterior fit (compilation included in round 0/1; only indicative when
 other jobs share the machine), and the prior precision at the last round. Resumable:
-finished runs are kept in ``results/posterior_curves.json`` and a killed run resumes from
-its checkpoint in ``results/curves/post-<variant>-seed<k>/``.
+finished runs are kept in ``results/posterior_curves.json`` (its table: ``tables.py``) and
+a killed run resumes from its checkpoint in ``results/curves/posterior_curves/runs/
+<variant>-seed<k>/`` (``jaxal.comparison.run_comparison``; before, ``curves/post-*``).
 """
 
 from __future__ import annotations
