@@ -57,9 +57,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, mean_std, read_result, run_curves, runs_of, write_json
+from common import RESULTS, STAND_IN, read_result, run_curves, runs_of, write_json
 from machine import cpu_info, describe
-from tables import cifar10_curves as curves_table
+from tables import POOL_METHODS, write_table
 from timing import time_calls
 
 from jaxal.comparison import Run
@@ -69,7 +69,6 @@ from jaxal.loop import ALConfig
 from jaxal.runtime import configure_cpu
 
 DATASET = "cifar10"
-STAND_IN = "CIFAR-10 stand-in (lossy JPEG copy; not CIFAR-10 results)"
 BUDGETS = (2000, 5000, 10000)
 
 METHODS = {
@@ -240,9 +239,6 @@ def round_time(args) -> None:
     _merge("round", {"machine": describe(cpu_info()), "rows": rows})
 
 
-POOL_METHODS = ("margin", "badge", "ll-laplace-bald")
-
-
 def pool_pass(args) -> None:
     """Each (dataset, method) in a fresh process (``pool-one``), so its peak memory is its
     own; then the table."""
@@ -269,32 +265,13 @@ def pool_pass(args) -> None:
             rows[f"{dataset}/{method}"] = row
             print(dataset, method, row, flush=True)
     key = f"pool-chunk{args.chunk_size}" if args.chunk_size else "pool"
-    _merge(key, {"machine": describe(cpu_info()), "rows": rows})
-    lines = [f"One query over the whole pool, {describe(cpu_info())} (quiet); MNIST: 10 "
-             f"queried of 59,000; {STAND_IN}: 1,000 of 49,000. µs/image: median of 3, "
-             "compile apart; FLOPs: the CNN's forward pass per image; peak MB: memory the "
-             f"query adds to the process; {args.chunk_size or 4096} images a chunk.", "",
-             "| method | MNIST µs/image | CIFAR-10 stand-in µs/image | ratio | forward FLOPs "
-             "ratio | MNIST peak MB | CIFAR-10 stand-in peak MB |", "|---|---|---|---|---|---|---|"]
-    for method in POOL_METHODS:
-        m, c = rows[f"mnist/{method}"], rows[f"{DATASET}/{method}"]
-        lines.append(f"| {method} | {m['us_per_image']:.0f} | {c['us_per_image']:.0f} | "
-                     f"{c['us_per_image'] / m['us_per_image']:.2f} | "
-                     f"{c['forward_flops'] / m['forward_flops']:.2f} | {m['peak_mb']:.0f} | "
-                     f"{c['peak_mb']:.0f} |")
-    if args.reference_src:
-        commit = subprocess.run(["git", "-C", args.reference_src, "log", "-1",
-                                 "--format=%h %s"], capture_output=True, text=True).stdout
-        lines += ["", f"Against the jaxal of commit {commit.strip()[:80]!r} (time and peak "
-                  "MB of this version and that one's, same sitting):", "",
-                  "| dataset/method | µs/image now | before | ratio | peak MB now | before |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {k} | {r['us_per_image']:.0f} | {r['reference_us_per_image']:.0f} | "
-                  f"{r['us_per_image'] / r['reference_us_per_image']:.2f} | "
-                  f"{r['peak_mb']:.0f} | {r['reference_peak_mb']:.0f} |"
-                  for k, r in rows.items()]
-    (RESULTS / f"cifar10_{key}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    reference = {}
+    if args.reference_src:     # the table names it
+        reference["reference"] = subprocess.run(
+            ["git", "-C", args.reference_src, "log", "-1", "--format=%h %s"],
+            capture_output=True, text=True).stdout.strip()
+    _merge(key, {"machine": describe(cpu_info()), **reference, "rows": rows})
+    print(write_table(f"cifar10_{key}"))
 
 
 def _peak_mb() -> float:
@@ -402,7 +379,6 @@ def layers(args) -> None:
                      "cifar10_flops": flops[DATASET][j]})
     _merge("layers", {"machine": describe(cpu_info()), "rows": rows,
                       "train_step_ms": train_step_ms()})
-    print(layers_table(rows))
 
 
 def train_step_ms(repeats: int = 5, steps: int = 10) -> dict:
@@ -444,63 +420,12 @@ def train_step_ms(repeats: int = 5, steps: int = 10) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def layers_table(rows) -> str:
-    lines = ["| stage (MNIST / CIFAR-10 shape) | MNIST µs/image | CIFAR-10 µs/image | time "
-             "ratio | FLOPs ratio | MNIST GFLOP/s | CIFAR-10 GFLOP/s |",
-             "|---|---|---|---|---|---|---|"]
-    total = {k: sum(r[k] for r in rows if not r["mnist"].endswith("unpadded"))
-             for k in ("mnist_us", "cifar10_us", "mnist_flops", "cifar10_flops")}
-    for r in [*rows, {"mnist": "forward (sum)", "cifar10": "", **total}]:
-        lines.append(f"| {r['mnist']} / {r['cifar10']} | {r['mnist_us']:.1f} | "
-                     f"{r['cifar10_us']:.1f} | {r['cifar10_us'] / r['mnist_us']:.2f} | "
-                     f"{r['cifar10_flops'] / r['mnist_flops']:.2f} | "
-                     f"{r['mnist_flops'] / r['mnist_us'] / 1e3:.1f} | "
-                     f"{r['cifar10_flops'] / r['cifar10_us'] / 1e3:.1f} |")
-    return "\n".join(lines)
-
-
 def _merge(key: str, value) -> None:
+    """``value`` into ``results/cifar10_timing.json`` as ``key``; its table rewritten."""
     path = RESULTS / "cifar10_timing.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    write_json(path, new := {**old, key: value})
-    (RESULTS / "cifar10_timing.md").write_text(timing_table(new) + "\n")
-
-
-def timing_table(timing: dict) -> str:
-    """The readable form of ``cifar10_timing.json``: round time and ceiling."""
-    lines = [f"{STAND_IN}, {describe_protocol(DATASET)}."]
-    if "round" in timing:
-        lines += ["", f"One AL round from 10,000 labels (query 1,000, train on 11,000, "
-                  f"posterior, evaluation), quiet machine: {timing['round']['machine']}.", "",
-                  "| method | round s | train s (steps) | query s | posterior s | eval s |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {m} | {r['round_s']:.0f} | {r['train_s']:.0f} ({r['train_steps']}) | "
-                  f"{r['query_s']:.1f} | {r['posterior_s']:.1f} | {r['eval_s']:.1f} |"
-                  for m, r in timing["round"]["rows"].items()]
-    if "layers" in timing:
-        lines += ["", "The seed CNN's forward pass by stage, 4,096 images a call, MNIST's "
-                  f"shape against CIFAR-10's ({timing['layers']['machine']}):", "",
-                  layers_table(timing["layers"]["rows"])]
-        if "train_step_ms" in timing["layers"]:
-            ms = timing["layers"]["train_step_ms"]
-            lines += ["", f"One training step (minibatch of 128, augmented): {ms['padded']:.1f} "
-                      f"ms with the first conv padded to 4 channels, {ms['unpadded']:.1f} ms "
-                      f"without ({ms['padded'] / ms['unpadded']:.2f}x)."]
-    if "fit_noise" in timing:
-        lines += ["", "The protocol's fit repeated on one uniformly drawn labelled set (same "
-                  "initial weights, other training keys): test accuracy of each fit.", "",
-                  "| labels | fits | test accuracy, each | mean ± std | max - min |",
-                  "|---|---|---|---|---|"]
-        for labels, acc in timing["fit_noise"]["rows"].items():
-            lines.append(f"| {int(labels):,} | {len(acc)} | "
-                         f"{', '.join(f'{a:.3f}' for a in acc)} | {mean_std(acc)} | "
-                         f"{max(acc) - min(acc):.3f} |")
-    if "ceiling" in timing:
-        c = timing["ceiling"]
-        lines += ["", f"Ceiling: the seed CNN trained with the protocol's schedule on the "
-                  f"whole pool ({c['labels']:,} labels, {c['steps']} steps): test accuracy "
-                  f"{c['accuracy']:.3f}, {c['train_s']:.0f} s training ({c['machine']})."]
-    return "\n".join(lines)
+    write_json(path, {**old, key: value})
+    print(write_table("cifar10_timing"))
 
 
 def main():
@@ -540,8 +465,7 @@ def main():
     result = curves(args)
     every = [m for m in METHODS if any(k.startswith(f"{m}-seed") for k in result["runs"])]
     seeds = sorted({int(k.rsplit("seed", 1)[1]) for k in result["runs"]})
-    text = curves_table(result)
-    (RESULTS / "cifar10_curves.md").write_text(text + "\n")
+    text = write_table("cifar10_curves")
     figure(result, seeds, every, RESULTS / "cifar10_curves.png")
     print(text)
 

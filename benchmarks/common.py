@@ -18,6 +18,8 @@ from jaxal.errors import RunDirError
 from jaxal.results import read_metrics
 
 RESULTS = Path(__file__).parent / "results"
+# What every figure measured on the CIFAR-10 stand-in says (../shared/README.md).
+STAND_IN = "CIFAR-10 stand-in (lossy JPEG copy; not CIFAR-10 results)"
 
 # A record's key -> the metrics.jsonl column it is read from.
 RECORD_COLUMNS = {"labels": "num_labels", "test_accuracy": "test_accuracy",

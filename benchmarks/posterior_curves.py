@@ -32,15 +32,15 @@ from pathlib import Path
 
 from common import RESULTS, read_result, run_curves, write_json
 from tables import posterior_curves as table
+from tables import write_table
 from timing import time_calls
 
-from jaxal.comparison import Run, aubc, labels_to_reach, targets_of
+from jaxal.comparison import Run, aubc
 from jaxal.config import LaplaceOptions, ModelConfig, TrainConfig
 from jaxal.experiment import ExperimentConfig
 from jaxal.loop import ALConfig
 from jaxal.runtime import configure_cpu
 
-TARGETS = targets_of("mnist")     # the protocol's 90% / 95%
 # Posteriors whose pool pass is too slow for the whole 10,000 on 2 cores score a fresh
 # random subset of this many unlabelled points each round (``--pool-subset``).
 SUBSET = 2000
@@ -267,15 +267,7 @@ def timing(args) -> None:
     result = {"machine": cpu_info(), "queries": rows, "training_s": train,
               "ensemble_size": EnsembleOptions().size}
     write_json(out, result)
-    lines = ["One BALD query of 10 after one fit on 20 labels (median of 3, compile apart), "
-             "and 500 training steps of one network vs the ensemble (median of 3).", "",
-             "| posterior | points scored | query s | query compile s |", "|---|---|---|---|"]
-    lines += [f"| {n} | {r['pool_scored']:,} | {r['query_s']:.2f} | "
-              f"{r['query_compile_s']:.1f} |" for n, r in rows.items()]
-    lines += ["", f"Training 500 steps: one network {train['one network']:.2f} s, ensemble of "
-              f"{result['ensemble_size']} {train['ensemble']:.2f} s: {train['ratio']:.2f}x."]
-    (RESULTS / "posterior_timing.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_table("posterior_timing"))
 
 
 def _last_state(name: str, args, seed: int):
@@ -405,27 +397,9 @@ def map_replay(args) -> dict:
                 "recorded_aubc": (aubc(recorded["labels"], recorded["test_accuracy"])
                                   if recorded else None)}
             write_json(out, {"rows": rows})
-    # Random's recorded curve is its MAP's (plugin predictive): no replay needed.
-    random_aubc = {k.rsplit("-seed", 1)[1]: aubc(v["labels"], v["test_accuracy"])
-                   for k, v in recorded_runs.items() if k.startswith("random-seed")}
-    lines = ["Each run's queries replayed through the plugin learner (the run's own θ_MAP "
-             "each round, softmax predictive): the AUBC of the network its labels trained, "
-             "against the AUBC its own predictive recorded (for a plugin run the two must "
-             "agree, up to training's run-to-run noise: XLA:CPU is not bitwise reproducible "
-             "between processes). MAP - random: against the same seed's recorded random "
-             "run.", "",
-             "| run | labels to 90% / 95% (MAP) | AUBC, its predictive | AUBC, its MAP | "
-             "MAP - random |", "|---|---|---|---|---|"]
-    for key, r in rows.items():
-        seed = key.rsplit("-seed", 1)[1]
-        reach = " / ".join(str(labels_to_reach(r["labels"], r["map_test_accuracy"], t) or "–")
-                           for t in TARGETS)
-        diff = (f"{r['map_aubc'] - random_aubc[seed]:+.3f}" if seed in random_aubc
-                and not key.startswith("random-") else "—")
-        rec = "—" if r["recorded_aubc"] is None else f"{r['recorded_aubc']:.3f}"
-        lines.append(f"| {key} | {reach} | {rec} | {r['map_aubc']:.3f} | {diff} |")
-    (RESULTS / "map_replay.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    # Random's recorded curve is its MAP's (plugin predictive): the table compares
+    # against it, from the protocol's posterior_curves.json.
+    print(write_table("map_replay"))
     return rows
 
 
@@ -476,21 +450,7 @@ def bald_noise(args) -> dict:
         print(name, rows[name], flush=True)
     result = {"seed": seed, "rows": rows}
     write_json(RESULTS / "bald_noise.json", result)
-    lines = [f"BALD from each run's last checkpoint, seed {seed}: the unlabelled pool (subset "
-             "variants: a fixed 2,000 of it) scored twice with independent posterior "
-             "samples. MC se: rms(b₁ - b₂)/√2 per point. Spread: 10th highest score minus "
-             "the median.", "",
-             "| variant | round | points | mean BALD | spread | MC se | spread / se | "
-             "Spearman, two draws | top-10 overlap | Spearman with entropy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        ratio = "exact" if r["spread_over_se"] is None else f"{r['spread_over_se']:.1f}"
-        lines.append(f"| {name} | {r['round']} | {r['points']:,} | {r['mean_bald']:.4f} | "
-                     f"{r['top10_minus_median']:.4f} | {r['mc_se']:.4f} | {ratio} | "
-                     f"{r['spearman_draws']:.3f} | {r['top10_overlap']}/10 | "
-                     f"{r['spearman_bald_entropy']:.3f} |")
-    (RESULTS / "bald_noise.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_table("bald_noise"))
     return result
 
 
@@ -561,27 +521,7 @@ def evidence_diagnosis(args) -> dict:
     old = json.loads(out.read_text())["rows"] if out.exists() else {}
     result = {"rows": {**old, **rows}}
     write_json(out, result)
-    lines = ["Evidence-fitted prior precision, from a run's last checkpoint. "
-             "Per layer: mean square weight θ²/P against the prior variance 1/λ; λ||θ||² "
-             "(= γ, the effective number of parameters the data determine, at the "
-             "evidence's optimum) and, for KFAC, γ from the Kronecker eigenvalues. Logits "
-             "on 1,000 test points: the MAP's spread over classes against the linearised "
-             "posterior std sqrt(diag J Σ Jᵀ).", ""]
-    for name, r in result["rows"].items():
-        lines += [f"**{name}** (round {r['round']}, {r['labels']} labels): MAP logit std "
-                  f"{r['map_logit_std']:.2f}, GLM logit posterior std {r['glm_logit_std']:.2f}; "
-                  f"test accuracy (1,000) MAP {r['map_accuracy']:.3f}, predictive "
-                  f"{r['predictive_accuracy']:.3f}", "",
-                  "| layer | weights | θ²/P | 1/λ | λ | λ‖θ‖² | γ (spectral) |",
-                  "|---|---|---|---|---|---|---|"]
-        for layer, v in r["layers"].items():
-            gamma = "—" if v["gamma_spectral"] is None else f"{v['gamma_spectral']:.1f}"
-            lines.append(f"| {layer} | {v['weights']:,} | {v['mean_square_weight']:.2e} | "
-                         f"{v['prior_variance']:.3g} | {v['prior_precision']:.3g} | "
-                         f"{v['lambda_norm2']:.1f} | {gamma} |")
-        lines.append("")
-    (RESULTS / "evidence_diagnosis.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    print(write_table("evidence_diagnosis"))
     return result
 
 

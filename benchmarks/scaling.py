@@ -37,10 +37,10 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_info, describe
+from common import RESULTS, write_json
+from machine import cpu_info
+from tables import write_table
 from timing import time_calls
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _median_time(fn, repeats: int = 3) -> tuple[float, float]:
@@ -133,13 +133,8 @@ def seeds_form(args) -> None:
             print(form, times[form], flush=True)
     result = {"machine": cpu_info(), "seeds": len(SEEDS), "rounds": al.rounds,
               "steps": al.train.steps, "seconds": times}
-    (RESULTS / "scaling_seeds.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = (f"{len(SEEDS)} seeds of an MNIST run (pool 2,000, {al.rounds} rounds of 10, "
-            f"{al.train.steps} training steps a fit, entropy), {describe(cpu_info())}, one "
-            "process; wall time with compilation.\n\n| seeds form | s |\n|---|---|\n"
-            + "".join(f"| {k} | {v:.1f} |\n" for k, v in times.items()))
-    (RESULTS / "scaling_seeds.md").write_text(text)
-    print(text)
+    write_json(RESULTS / "scaling_seeds.json", result)
+    print(write_table("scaling_seeds"))
 
 
 def main() -> None:
@@ -174,31 +169,8 @@ def main() -> None:
             sys.exit(f"{n} devices failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    machine = cpu_info()
-    result = {"machine": machine, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    tmp = RESULTS / "scaling.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(RESULTS / "scaling.json")
-    base = rows[0]
-    kind = "GPU" if args.gpu else ("forced host devices sharing the same cores: overhead, "
-                                   "not speed-up")
-    lines = [f"Pool passes split over devices ({describe(machine)}; {kind}). "
-             "Median of 3, compile apart; x: time relative to the first row.", "",
-             "| devices | pool scoring img/s (x) | MC-100 BALD img/s (x) | AL round s (x) | "
-             "query / train / eval s |", "|---|---|---|---|---|"]
-    for r in rows:
-        a = r["al_round"]
-        lines.append(
-            f"| {r['devices']} {r['backend']} | {r['pool_scoring']['images_per_s']:,.0f} "
-            f"({r['pool_scoring']['s'] / base['pool_scoring']['s']:.2f}) | "
-            f"{r['mc100_bald']['images_per_s']:,.0f} "
-            f"({r['mc100_bald']['s'] / base['mc100_bald']['s']:.2f}) | "
-            f"{a['s']:.1f} ({a['s'] / base['al_round']['s']:.2f}) | "
-            f"{a['query_s']:.1f} / {a['train_s']:.1f} / {a['eval_s']:.1f} |")
-    text = "\n".join(lines) + "\n"
-    (RESULTS / "scaling.md").write_text(text)
-    print(text)
+    write_json(RESULTS / "scaling.json", {"machine": cpu_info(), "rows": rows})
+    print(write_table("scaling"))
 
 
 if __name__ == "__main__":

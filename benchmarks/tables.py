@@ -21,10 +21,13 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
-from common import RESULTS, area, labels_to, mean_std, per_round, runs_of
+from common import RESULTS, STAND_IN, area, labels_to, mean_std, per_round, runs_of
+from machine import describe
 
-from jaxal.comparison import markdown_table, target_header, targets_of
+from jaxal.comparison import labels_to_reach, markdown_table, target_header, targets_of
+from jaxal.config import describe_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
@@ -129,27 +132,259 @@ def cifar10_curves(result: dict) -> str:
         markdown_table(["method", "seeds", *(f"@ {b:,}" for b in final)], against)])
 
 
-# name -> (its table, the command that writes benchmarks/results/<name>.json)
-TABLES: dict[str, tuple[Callable[[dict], str], str]] = {
-    "posterior_curves": (posterior_curves, "python benchmarks/posterior_curves.py "
-                                           "--data-dir ../shared/data/tfds [--stage 1|2]"),
-    "cifar10_curves": (cifar10_curves, "python benchmarks/cifar10_curves.py curves "
-                                       "--data-dir ../shared/data/cifar10-standin/tfds"),
+def posterior_timing(result: dict) -> str:
+    """``benchmarks/posterior_curves.py --timing``: one BALD query per posterior, and the
+    ensemble's training against one network's."""
+    train = result["training_s"]
+    rows = [[name, f"{r['pool_scored']:,}", f"{r['query_s']:.2f}", f"{r['query_compile_s']:.1f}"]
+            for name, r in result["queries"].items()]
+    return "\n\n".join([
+        "One BALD query of 10 after one fit on 20 labels (median of 3, compile apart), and "
+        "500 training steps of one network vs the ensemble (median of 3).",
+        markdown_table(["posterior", "points scored", "query s", "query compile s"], rows),
+        f"Training 500 steps: one network {train['one network']:.2f} s, ensemble of "
+        f"{result['ensemble_size']} {train['ensemble']:.2f} s: {train['ratio']:.2f}x."])
+
+
+def map_replay(result: dict, curves: dict) -> str:
+    """``benchmarks/posterior_curves.py --map-replay``: each replayed run's AUBC through
+    one network against its own predictive's, and against the same seed's random run of
+    ``curves`` (the posterior curves' result)."""
+    random = {key.rsplit("-seed", 1)[1]: area(r) for key, r in curves["runs"].items()
+              if key.startswith("random-seed")}
+    rows = []
+    for key, r in result["rows"].items():
+        seed = key.rsplit("-seed", 1)[1]
+        reach = " / ".join(str(labels_to_reach(r["labels"], r["map_test_accuracy"], t) or "–")
+                           for t in TARGETS)
+        diff = (f"{r['map_aubc'] - random[seed]:+.3f}" if seed in random
+                and not key.startswith("random-") else "—")
+        recorded = "—" if r["recorded_aubc"] is None else f"{r['recorded_aubc']:.3f}"
+        rows.append([key, reach, recorded, f"{r['map_aubc']:.3f}", diff])
+    return ("Each run's queries replayed through the plugin learner (the run's own θ_MAP each "
+            "round, softmax predictive): the AUBC of the network its labels trained, against "
+            "the AUBC its own predictive recorded (for a plugin run the two must agree, up to "
+            "training's run-to-run noise: XLA:CPU is not bitwise reproducible between "
+            "processes). MAP - random: against the same seed's recorded random run.\n\n"
+            + markdown_table(["run", "labels to 90% / 95% (MAP)", "AUBC, its predictive",
+                              "AUBC, its MAP", "MAP - random"], rows))
+
+
+def bald_noise(result: dict) -> str:
+    """``benchmarks/posterior_curves.py --bald-noise``: BALD's Monte Carlo error against the
+    spread of its scores, per run."""
+    rows = [[name, r["round"], f"{r['points']:,}", f"{r['mean_bald']:.4f}",
+             f"{r['top10_minus_median']:.4f}", f"{r['mc_se']:.4f}",
+             "exact" if r["spread_over_se"] is None else f"{r['spread_over_se']:.1f}",
+             f"{r['spearman_draws']:.3f}", f"{r['top10_overlap']}/10",
+             f"{r['spearman_bald_entropy']:.3f}"] for name, r in result["rows"].items()]
+    return (f"BALD from each run's last checkpoint, seed {result['seed']}: the unlabelled pool "
+            "(subset variants: a fixed 2,000 of it) scored twice with independent posterior "
+            "samples. MC se: rms(b₁ - b₂)/√2 per point. Spread: 10th highest score minus the "
+            "median.\n\n" + markdown_table(
+                ["variant", "round", "points", "mean BALD", "spread", "MC se", "spread / se",
+                 "Spearman, two draws", "top-10 overlap", "Spearman with entropy"], rows))
+
+
+def evidence_diagnosis(result: dict) -> str:
+    """``benchmarks/posterior_curves.py --evidence-diagnosis``: per run and layer, the
+    evidence's λ against the weights; the GLM logits' posterior std against the MAP's."""
+    parts = ["Evidence-fitted prior precision, from a run's last checkpoint. Per layer: mean "
+             "square weight θ²/P against the prior variance 1/λ; λ||θ||² (= γ, the effective "
+             "number of parameters the data determine, at the evidence's optimum) and, for "
+             "KFAC, γ from the Kronecker eigenvalues. Logits on 1,000 test points: the MAP's "
+             "spread over classes against the linearised posterior std sqrt(diag J Σ Jᵀ)."]
+    for name, r in result["rows"].items():
+        rows = [[layer, f"{v['weights']:,}", f"{v['mean_square_weight']:.2e}",
+                 f"{v['prior_variance']:.3g}", f"{v['prior_precision']:.3g}",
+                 f"{v['lambda_norm2']:.1f}",
+                 "—" if v["gamma_spectral"] is None else f"{v['gamma_spectral']:.1f}"]
+                for layer, v in r["layers"].items()]
+        parts += [f"**{name}** (round {r['round']}, {r['labels']} labels): MAP logit std "
+                  f"{r['map_logit_std']:.2f}, GLM logit posterior std {r['glm_logit_std']:.2f}; "
+                  f"test accuracy (1,000) MAP {r['map_accuracy']:.3f}, predictive "
+                  f"{r['predictive_accuracy']:.3f}",
+                  markdown_table(["layer", "weights", "θ²/P", "1/λ", "λ", "λ‖θ‖²",
+                                  "γ (spectral)"], rows)]
+    return "\n\n".join(parts)
+
+
+def cifar10_layers(layers: dict) -> str:
+    """The seed CNN's forward pass by stage, MNIST's shape against CIFAR-10's, and their
+    sum (``cifar10_curves.py layers``)."""
+    stages = layers["rows"]
+    total = {k: sum(r[k] for r in stages if not r["mnist"].endswith("unpadded"))
+             for k in ("mnist_us", "cifar10_us", "mnist_flops", "cifar10_flops")}
+    rows = [[f"{r['mnist']} / {r['cifar10']}", f"{r['mnist_us']:.1f}", f"{r['cifar10_us']:.1f}",
+             f"{r['cifar10_us'] / r['mnist_us']:.2f}",
+             f"{r['cifar10_flops'] / r['mnist_flops']:.2f}",
+             f"{r['mnist_flops'] / r['mnist_us'] / 1e3:.1f}",
+             f"{r['cifar10_flops'] / r['cifar10_us'] / 1e3:.1f}"]
+            for r in [*stages, {"mnist": "forward (sum)", "cifar10": "", **total}]]
+    return markdown_table(["stage (MNIST / CIFAR-10 shape)", "MNIST µs/image",
+                           "CIFAR-10 µs/image", "time ratio", "FLOPs ratio", "MNIST GFLOP/s",
+                           "CIFAR-10 GFLOP/s"], rows)
+
+
+def cifar10_timing(timing: dict) -> str:
+    """``benchmarks/cifar10_curves.py round|layers|noise|ceiling``: what of them has run."""
+    protocol = (timing["ceiling"]["protocol"] if "ceiling" in timing
+                else describe_protocol("cifar10"))
+    parts = [f"{STAND_IN}, {protocol}."]
+    if "round" in timing:
+        rows = [[m, f"{r['round_s']:.0f}", f"{r['train_s']:.0f} ({r['train_steps']})",
+                 f"{r['query_s']:.1f}", f"{r['posterior_s']:.1f}", f"{r['eval_s']:.1f}"]
+                for m, r in timing["round"]["rows"].items()]
+        parts += ["One AL round from 10,000 labels (query 1,000, train on 11,000, posterior, "
+                  f"evaluation), quiet machine: {timing['round']['machine']}.",
+                  markdown_table(["method", "round s", "train s (steps)", "query s",
+                                  "posterior s", "eval s"], rows)]
+    if "layers" in timing:
+        parts += ["The seed CNN's forward pass by stage, 4,096 images a call, MNIST's shape "
+                  f"against CIFAR-10's ({timing['layers']['machine']}):",
+                  cifar10_layers(timing["layers"])]
+        if "train_step_ms" in timing["layers"]:
+            ms = timing["layers"]["train_step_ms"]
+            parts.append(f"One training step (minibatch of 128, augmented): {ms['padded']:.1f} "
+                         f"ms with the first conv padded to 4 channels, {ms['unpadded']:.1f} ms "
+                         f"without ({ms['padded'] / ms['unpadded']:.2f}x).")
+    if "fit_noise" in timing:
+        rows = [[f"{int(labels):,}", len(acc), ", ".join(f"{a:.3f}" for a in acc),
+                 mean_std(acc), f"{max(acc) - min(acc):.3f}"]
+                for labels, acc in timing["fit_noise"]["rows"].items()]
+        parts += ["The protocol's fit repeated on one uniformly drawn labelled set (same "
+                  "initial weights, other training keys): test accuracy of each fit.",
+                  markdown_table(["labels", "fits", "test accuracy, each", "mean ± std",
+                                  "max - min"], rows)]
+    if "ceiling" in timing:
+        c = timing["ceiling"]
+        parts.append(f"Ceiling: the seed CNN trained with the protocol's schedule on the whole "
+                     f"pool ({c['labels']:,} labels, {c['steps']} steps): test accuracy "
+                     f"{c['accuracy']:.3f}, {c['train_s']:.0f} s training ({c['machine']}).")
+    return "\n\n".join(parts)
+
+
+POOL_METHODS = ("margin", "badge", "ll-laplace-bald")
+
+
+def cifar10_pool(timing: dict, key: str = "pool") -> str:
+    """``benchmarks/cifar10_curves.py pool [--chunk-size N]`` (``timing[key]``): one query
+    over the whole pool, CIFAR-10 stand-in against MNIST; against the reference version's
+    jaxal where it was timed too."""
+    pool = timing[key]
+    rows = pool["rows"]
+    chunk = key.removeprefix("pool-chunk") if key != "pool" else "4096"
+    per_method = []
+    for method in POOL_METHODS:
+        m, c = rows[f"mnist/{method}"], rows[f"cifar10/{method}"]
+        per_method.append([method, f"{m['us_per_image']:.0f}", f"{c['us_per_image']:.0f}",
+                           f"{c['us_per_image'] / m['us_per_image']:.2f}",
+                           f"{c['forward_flops'] / m['forward_flops']:.2f}",
+                           f"{m['peak_mb']:.0f}", f"{c['peak_mb']:.0f}"])
+    parts = [f"One query over the whole pool, {pool['machine']} (quiet); MNIST: 10 queried of "
+             f"59,000; {STAND_IN}: 1,000 of 49,000. µs/image: median of 3, compile apart; "
+             "FLOPs: the CNN's forward pass per image; peak MB: memory the query adds to the "
+             f"process; {chunk} images a chunk.",
+             markdown_table(["method", "MNIST µs/image", "CIFAR-10 stand-in µs/image", "ratio",
+                             "forward FLOPs ratio", "MNIST peak MB",
+                             "CIFAR-10 stand-in peak MB"], per_method)]
+    if "reference" in pool:
+        against = [[k, f"{r['us_per_image']:.0f}", f"{r['reference_us_per_image']:.0f}",
+                    f"{r['us_per_image'] / r['reference_us_per_image']:.2f}",
+                    f"{r['peak_mb']:.0f}", f"{r['reference_peak_mb']:.0f}"]
+                   for k, r in rows.items()]
+        parts += [f"Against the jaxal of commit {pool['reference'][:80]!r} (time and peak MB of "
+                  "this version and that one's, same sitting):",
+                  markdown_table(["dataset/method", "µs/image now", "before", "ratio",
+                                  "peak MB now", "before"], against)]
+    return "\n\n".join(parts)
+
+
+def scaling(result: dict) -> str:
+    """``benchmarks/scaling.py``: the pool passes and one AL round on 1, 2, 4, 8 devices."""
+    rows, base = result["rows"], result["rows"][0]
+    kind = "GPU" if rows[0]["backend"] != "cpu" else (
+        "forced host devices sharing the same cores: overhead, not speed-up")
+    ratio = lambda r, key: f"{r[key]['s'] / base[key]['s']:.2f}"
+    table = [[f"{r['devices']} {r['backend']}",
+              f"{r['pool_scoring']['images_per_s']:,.0f} ({ratio(r, 'pool_scoring')})",
+              f"{r['mc100_bald']['images_per_s']:,.0f} ({ratio(r, 'mc100_bald')})",
+              f"{r['al_round']['s']:.1f} ({ratio(r, 'al_round')})",
+              f"{r['al_round']['query_s']:.1f} / {r['al_round']['train_s']:.1f} / "
+              f"{r['al_round']['eval_s']:.1f}"] for r in rows]
+    return (f"Pool passes split over devices ({describe(result['machine'])}; {kind}). Median "
+            "of 3, compile apart; x: time relative to the first row.\n\n" + markdown_table(
+                ["devices", "pool scoring img/s (x)", "MC-100 BALD img/s (x)",
+                 "AL round s (x)", "query / train / eval s"], table))
+
+
+def scaling_seeds(result: dict) -> str:
+    """``benchmarks/scaling.py --seeds``: a comparison's seeds one after another against one
+    vmapped program."""
+    return (f"{result['seeds']} seeds of an MNIST run (pool 2,000, {result['rounds']} rounds "
+            f"of 10, {result['steps']} training steps a fit, entropy), "
+            f"{describe(result['machine'])}, one process; wall time with compilation.\n\n"
+            + markdown_table(["seeds form", "s"],
+                             [[form, f"{s:.1f}"] for form, s in result["seconds"].items()]))
+
+
+class Table(NamedTuple):
+    """A result table: ``make`` renders it from the result file ``results/<result>.json``
+    (default: the table's name) and those of ``needs``, which ``command`` writes."""
+    make: Callable[..., str]
+    command: str
+    result: str = ""
+    needs: tuple[str, ...] = ()
+
+
+_CURVES = "python benchmarks/posterior_curves.py --data-dir ../shared/data/tfds"
+_CIFAR10 = "python benchmarks/cifar10_curves.py {} --data-dir ../shared/data/cifar10-standin/tfds"
+_POOL = _CIFAR10.format("pool") + " --mnist-data-dir ../shared/data/tfds"
+# name -> its table: one per results/<name>.md, and per docs region naming it.
+TABLES: dict[str, Table] = {
+    "posterior_curves": Table(posterior_curves, f"{_CURVES} [--stage 1|2]"),
+    "cifar10_curves": Table(cifar10_curves, _CIFAR10.format("curves")),
+    "posterior_timing": Table(posterior_timing, f"{_CURVES} --timing"),
+    "map_replay": Table(map_replay, f"{_CURVES} --map-replay --variants ... --seeds 0 1 2",
+                        needs=("posterior_curves",)),
+    "bald_noise": Table(bald_noise, f"{_CURVES} --bald-noise --variants ..."),
+    "evidence_diagnosis": Table(evidence_diagnosis,
+                                f"{_CURVES} --evidence-diagnosis --variants ..."),
+    "cifar10_timing": Table(cifar10_timing, _CIFAR10.format("round|layers|noise|ceiling")),
+    "cifar10_pool": Table(cifar10_pool, f"{_POOL} [--reference-src DIR]",
+                          result="cifar10_timing"),
+    "cifar10_pool-chunk512": Table(partial(cifar10_pool, key="pool-chunk512"),
+                                   f"{_POOL} --chunk-size 512", result="cifar10_timing"),
+    "scaling": Table(scaling, "python benchmarks/scaling.py --data-dir ../shared/data/tfds"),
+    "scaling_seeds": Table(scaling_seeds,
+                           "python benchmarks/scaling.py --seeds --data-dir ../shared/data/tfds"),
 }
 
 
 def table_of(name: str, results: Path = RESULTS) -> str:
-    """The table ``name`` from ``results/<name>.json``, as ``results/<name>.md`` holds it."""
+    """The table ``name`` from its result files, as ``results/<name>.md`` holds it."""
     if name not in TABLES:
         raise ValueError(f"no table {name!r}; the tables are {', '.join(TABLES)} "
                          "(benchmarks/tables.py TABLES)")
-    return TABLES[name][0](json.loads((results / f"{name}.json").read_text()))
+    table = TABLES[name]
+    read = lambda stem: json.loads((results / f"{stem}.json").read_text())
+    return table.make(read(table.result or name), *map(read, table.needs))
+
+
+def write_table(name: str, results: Path = RESULTS) -> str:
+    """Write ``results/<name>.md`` from the result files (what a benchmark script calls
+    once its result file is written); return the table."""
+    text = table_of(name, results)
+    (results / f"{name}.md").write_text(text + "\n")
+    return text
 
 
 def region_of(name: str, results: Path = RESULTS) -> str:
     """A docs region's body: the command that made the result, then its table."""
-    return (f"Made by `{TABLES[name][1]}` (result: `benchmarks/results/{name}.json`); "
-            f"table by `python benchmarks/tables.py`.\n\n{table_of(name, results)}\n")
+    text, table = table_of(name, results), TABLES[name]
+    return (f"Made by `{table.command}` (result: "
+            f"`benchmarks/results/{table.result or name}.json`); table by "
+            f"`python benchmarks/tables.py`.\n\n{text}\n")
 
 
 def rewrite(text: str, results: Path = RESULTS) -> str:
