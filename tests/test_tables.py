@@ -3,6 +3,7 @@ and docs/*.md) are what ``python benchmarks/tables.py`` makes from the result JS
 training, only reading files and comparing text."""
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -22,12 +23,37 @@ def test_committed_tables_match_their_result_files(path):
         f"{path} differs from its result JSON; run python benchmarks/tables.py")
 
 
-def test_every_table_has_a_docs_region_naming_its_command():
-    text = "".join(path.read_text() for path in tables.DOCS)
-    for name, (_, command) in tables.TABLES.items():
-        assert f"<!-- table: {name} -->" in text, name
-        region = text.split(f"<!-- table: {name} -->\n", 1)[1].split("<!-- /table -->", 1)[0]
-        assert region.startswith(f"Made by `{command}`"), name
+def _regions():
+    """(doc, table name, body) of every marked region of README.md and docs/*.md."""
+    return [(path.name, m.group("name"), m.group("body")) for path in tables.DOCS
+            for m in tables.REGION.finditer(path.read_text())]
+
+
+def test_every_docs_region_names_a_table_and_its_command():
+    regions = _regions()
+    assert {"posterior_curves", "cifar10_curves"} <= {name for _, name, _ in regions}
+    for doc, name, body in regions:
+        assert name in tables.TABLES, f"{doc}: region {name!r} names no table in TABLES"
+        assert body.startswith(f"Made by `{tables.TABLES[name].command}`"), (doc, name)
+
+
+def test_every_marker_opens_a_region_that_closes():
+    """A misspelt or unclosed marker (a line of its own) would leave its table unchecked."""
+    for path in tables.DOCS:
+        text = path.read_text()
+        opening = re.findall(r"^<!-- ?table", text, re.M)
+        closing = re.findall(r"^<!-- ?/ ?table", text, re.M)
+        assert len(opening) == len(closing) == len(tables.REGION.findall(text)), path.name
+
+
+def test_every_result_table_is_made_from_its_result_file():
+    """Each results/*.md is one of TABLES (none written by hand), and each table's result
+    files are committed."""
+    made = {path.stem for path in BENCHMARKS.glob("results/*.md")}
+    assert made == set(tables.TABLES)
+    for name, table in tables.TABLES.items():
+        for stem in (table.result or name, *table.needs):
+            assert (BENCHMARKS / "results" / f"{stem}.json").exists(), (name, stem)
 
 
 def test_a_changed_number_in_the_json_shows_in_the_docs(tmp_path):
@@ -49,6 +75,27 @@ def test_a_changed_number_in_the_json_shows_in_the_docs(tmp_path):
     assert margin.split(" | ")[5] == f"{sum(final) / len(final):.3f}" != "0.961"
 
 
+def test_a_table_of_several_result_files_follows_each(tmp_path):
+    """map_replay's MAP - random reads the random runs of posterior_curves.json."""
+    results = tmp_path / "results"
+    shutil.copytree(BENCHMARKS / "results", results,
+                    ignore=shutil.ignore_patterns("*.png", "curves*"))
+    before = tables.table_of("map_replay", results)
+    curves = json.loads((results / "posterior_curves.json").read_text())
+    for key, run in curves["runs"].items():
+        if key.startswith("random-seed"):
+            run["test_accuracy"] = [a - 0.1 for a in run["test_accuracy"]]
+    (results / "posterior_curves.json").write_text(json.dumps(curves))
+    after = tables.table_of("map_replay", results)
+    row = lambda text: next(line for line in text.splitlines()
+                            if line.startswith("| plugin-entropy-power-seed0 "))
+    assert float(row(after).split(" | ")[-1].rstrip(" |")) == pytest.approx(
+        float(row(before).split(" | ")[-1].rstrip(" |")) + 0.1, abs=0.0015)
+
+
 def test_an_unknown_table_name_is_refused_with_the_names():
     with pytest.raises(ValueError, match="no table 'nope'; the tables are posterior_curves"):
         tables.table_of("nope")
+    doc = "<!-- table: nope -->\nold\n<!-- /table -->\n"
+    with pytest.raises(ValueError, match="no table 'nope'"):
+        tables.rewrite(doc)
