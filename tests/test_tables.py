@@ -46,6 +46,33 @@ def test_every_marker_opens_a_region_that_closes():
         assert len(opening) == len(closing) == len(tables.REGION.findall(text)), path.name
 
 
+# The tables of README.md and docs/*.md that list rather than measure: their header rows.
+REFERENCE_TABLES = {
+    "cli.md": {"| command | what |", "| file | what |",
+               "| dataset | initial labels | per round | rounds | training a round | after |"},
+    "extending.md": {"| family | record | declares |"},
+    "strategies.md": {"| `--acq` | what | needs |"},
+}
+
+
+def test_every_docs_table_is_generated_or_says_why_not():
+    """A measured table outside the marked regions must say, just above it, that it is not
+    regenerated (its result file is not in the repository); a reference list must be one
+    of REFERENCE_TABLES."""
+    for path in tables.DOCS:
+        lines = tables.REGION.sub("", path.read_text()).splitlines()
+        for i, line in enumerate(lines):
+            if i == 0 or not line.startswith("|---"):
+                continue
+            header = lines[i - 1]
+            if header in REFERENCE_TABLES.get(path.name, ()):
+                continue
+            above = " ".join(lines[max(0, i - 8):i - 1])
+            assert "is not regenerated" in above, (
+                f"{path.name}: the table {header!r} is neither in a <!-- table: NAME --> "
+                "region nor says why it is not regenerated")
+
+
 def test_every_result_table_is_made_from_its_result_file():
     """Each results/*.md is one of TABLES (none written by hand), and each table's result
     files are committed."""
