@@ -5,10 +5,13 @@
     ...
     <!-- /table -->
 
-with the table of ``benchmarks/results/<name>.json`` (``--check``: change nothing, list
-what differs; exit 1 if anything does). Each table opens with the command that made its
-result file. ``tests/test_tables.py`` checks that the committed docs match. Every table is
-written by ``jaxal.comparison.markdown_table``; its statistics are the library's.
+with the table ``<name>`` of ``TABLES``, made from its result file(s)
+``benchmarks/results/*.json`` (``--check``: change nothing, list what differs; exit 1 if
+anything does). Each docs region opens with the command that made its result file.
+``tests/test_tables.py`` checks that the committed files match. Every table is written by
+``jaxal.comparison.markdown_table``; its statistics are the library's. A benchmark script
+writes its ``.md`` with ``write_table(name)`` once its JSON is written, so the table it
+prints is the one this file makes.
 """
 
 from __future__ import annotations
