@@ -118,3 +118,23 @@ def per_round(records: Sequence[dict], key: str, over=statistics.mean) -> float:
     """Seconds ``key`` a round: ``over`` rounds 1 on (round 0 compiles), mean over the
     records' seeds."""
     return statistics.mean(over(r[key][1:]) for r in records)
+
+
+def mnist_pool(data_dir: str | None, test_size: int):
+    """(``ALData`` of the MNIST protocol's pool of 10,000, its first ``test_size`` test
+    images and labels): the data the evidence benchmarks fit on and evaluate."""
+    from jaxal.experiment import ExperimentConfig, load_split, to_device
+
+    data = to_device(load_split(ExperimentConfig(dataset="mnist", pool_size=10000,
+                                                 data_dir=data_dir)))
+    return data, data.test_x[:test_size], data.test_y[:test_size]
+
+
+def result_header(script: str, argv: Sequence[str], test_size: int) -> dict:
+    """The head of an evidence benchmark's result: machine, command, test size, no rows."""
+    from machine import cpu_info, describe
+
+    return {"machine": describe(cpu_info()), "cpu": cpu_info(),
+            "command": f"python benchmarks/{script} " + " ".join(argv),
+            "test_size": test_size, "rows": []}
+

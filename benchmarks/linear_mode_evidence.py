@@ -42,16 +42,15 @@ import json
 import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import RESULTS, mnist_pool, result_header
 from timing import time_calls
 
 from jaxal.runtime import configure_cpu
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FITS = ("evidence-layerwise", "linear-mode-layerwise")
 PREDICTIVES_REPORTED = ("plugin", "glm", "probit")
 # (iterations, newton_steps, cg_steps): the library's defaults and the cheaper setting.
@@ -341,23 +340,15 @@ def main():
     args = p.parse_args()
     configure_cpu()   # as jaxal's CLIs run; before JAX's first computation
 
-    from machine import cpu_info, describe
-
     from jaxal.config import LaplaceOptions
-    from jaxal.experiment import ExperimentConfig, load_split, to_device
     from jaxal.model import cnn
     from jaxal.posterior import POSTERIORS, bind
 
-    split = load_split(ExperimentConfig(dataset="mnist", pool_size=10000,
-                                        data_dir=args.data_dir))
-    data = to_device(split)
-    x_test, y_test = data.test_x[:args.test_size], data.test_y[:args.test_size]
+    data, x_test, y_test = mnist_pool(args.data_dir, args.test_size)
     record = bind(POSTERIORS["laplace"], LaplaceOptions(structure="kfac", subset="all",
                                                         samples=100))
     evaluate_fns = evaluators(cnn(data.num_classes), record, args.chunk_size)
-    result = {"machine": describe(cpu_info()), "cpu": cpu_info(),
-              "command": "python benchmarks/linear_mode_evidence.py " + " ".join(sys.argv[1:]),
-              "test_size": int(x_test.shape[0]), "rows": []}
+    result = result_header("linear_mode_evidence.py", sys.argv[1:], int(x_test.shape[0]))
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     def record_json():

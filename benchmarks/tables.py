@@ -331,6 +331,45 @@ def scaling_seeds(result: dict) -> str:
                              [[form, f"{s:.1f}"] for form, s in result["seconds"].items()]))
 
 
+def marglik(result: dict) -> str:
+    """``benchmarks/marglik.py``: per N, per prior fit and layer, λ, γ and the prior
+    variance against the mean square weight; then the logit stds, the test metrics of the
+    MAP, GLM and probit predictives and the training seconds against plain training."""
+    lines = [f"Online marginal-likelihood training against the post-hoc evidence fit, "
+             f"all-weights KFAC GGN Laplace on MNIST (seed CNN, {result['steps']} Adam steps "
+             f"of 32). {result['machine']}. Test metrics on the first "
+             f"{result['test_size']:,} test images; logit stds on the first 1,000. "
+             "F/B/K: λ updated every F steps from step B on, K Adam steps on log λ each. "
+             "train s: compilation apart; x plain: against the evidence-layerwise row's "
+             "training (λ = 1) in the same sitting.", ""]
+    by_size: dict = {}
+    for row in result["rows"]:
+        by_size.setdefault((row["seed"], row["labels"]), []).append(row)
+    metrics = lambda t: f"{t['accuracy']:.4f} / {t['nll']:.3f} / {t['ece']:.3f}"
+    for (seed, labels), rows in by_size.items():
+        plain = next((r for r in rows if r["name"] == "evidence-layerwise"), None)
+        layers = [[row["name"], layer.replace("'", ""), f"{v['num_weights']:,.0f}",
+                   f"{v['prior_precision']:.3g}", f"{v['effective_dimension']:.1f}",
+                   f"{v['prior_variance']:.3g}", f"{v['mean_square_weight']:.3g}",
+                   f"{v['variance_ratio']:.3g}"]
+                  for row in rows for layer, v in row["diagnosis"]["layers"].items()]
+        summary = [[row["name"], f"{row['diagnosis']['map_logit_std']:.2f}",
+                    f"{row['diagnosis']['glm_logit_std']:.2f}",
+                    *(metrics(row["test"][p]) for p in ("plugin", "glm", "probit")),
+                    f"{row['train_seconds']:.1f}",
+                    "—" if plain is None
+                    else f"{row['train_seconds'] / plain['train_seconds']:.2f}x",
+                    f"{row['fit_seconds']:.2f}"] for row in rows]
+        lines += [f"### N = {labels} (seed {seed})", "",
+                  markdown_table(["prior", "layer", "P", "λ", "γ", "1/λ", "θ²/P",
+                                  "(1/λ)/(θ²/P)"], layers), "",
+                  markdown_table(["prior", "MAP logit spread", "GLM logit std",
+                                  "MAP acc / NLL / ECE", "GLM acc / NLL / ECE",
+                                  "probit acc / NLL / ECE", "train s", "x plain", "fit s"],
+                                 summary), ""]
+    return "\n".join(lines).rstrip("\n")
+
+
 class Table(NamedTuple):
     """A result table: ``make`` renders it from the result file ``results/<result>.json``
     (default: the table's name) and those of ``needs``, which ``command`` writes."""
@@ -358,6 +397,7 @@ TABLES: dict[str, Table] = {
                           result="cifar10_timing"),
     "cifar10_pool-chunk512": Table(partial(cifar10_pool, key="pool-chunk512"),
                                    f"{_POOL} --chunk-size 512", result="cifar10_timing"),
+    "marglik": Table(marglik, "python benchmarks/marglik.py --test-size 2000"),
     "scaling": Table(scaling, "python benchmarks/scaling.py --data-dir ../shared/data/tfds"),
     "scaling_seeds": Table(scaling_seeds,
                            "python benchmarks/scaling.py --seeds --data-dir ../shared/data/tfds"),

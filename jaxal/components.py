@@ -63,6 +63,12 @@ def _positive_int(text: str) -> int:
     return whole(1)(text)
 
 
+def _whole_int(text: str) -> int:
+    from jaxal.cli.common import whole
+
+    return whole(0)(text)
+
+
 def _positive_float(text: str) -> float:
     from jaxal.cli.common import number
 
@@ -81,7 +87,11 @@ VALIDATION_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-4, 9))
 # the --prior-precision value that asks for each (a number: "none").
 PRIOR_FLAG = {"val-nll": "val-nll", "evidence": "auto",
               "evidence-layerwise": "auto-layerwise", "linear-mode": "linear-mode",
-              "linear-mode-layerwise": "linear-mode-layerwise"}
+              "linear-mode-layerwise": "linear-mode-layerwise",
+              "marglik": "marglik", "marglik-layerwise": "marglik-layerwise"}
+# The prior fits learned during MAP training (online marginal likelihood: the Laplace
+# record's training hook, ``jaxal.marglik``) rather than after it.
+ONLINE_PRIOR_FITS = ("marglik", "marglik-layerwise")
 PRIOR_FITS = (*PRIOR_FLAG, "none")
 SUBSETS = ("last-layer", "all")
 
@@ -98,16 +108,40 @@ class LaplaceOptions(NamedTuple):
     # predictive (the run's) has the lowest validation NLL; "evidence", the Laplace
     # evidence maximiser at θ* ("evidence-layerwise": one λ per layer); "linear-mode"
     # ("linear-mode-layerwise"), MacKay's fixed point with the evidence taken at the
-    # tangent linear model's mode (Antorán et al. 2022; ``jaxal.evidence``); "none", λ
-    # as given. The
+    # tangent linear model's mode (Antorán et al. 2022; ``jaxal.evidence``); "marglik"
+    # ("marglik-layerwise"), learned during training by online marginal likelihood
+    # (Immer et al. 2021; ``jaxal.marglik``); "none", λ as given. The
     # default is measured: ``benchmarks/laplace_curves.py`` (with λ = 1 or the evidence
     # fit the last-layer predictive on MNIST is near-uniform and its queries worse than
     # the plugin's).
     prior_fit: str = "val-nll"
     prior_precision_grid: tuple[float, ...] = VALIDATION_GRID
     chunk_size: int | None = None    # examples per curvature chunk (None: by subset)
+    # Online marginal-likelihood training (prior_fit "marglik"/"marglik-layerwise"):
+    # after every F = ``marglik_every`` training steps from step B = ``marglik_burn_in``
+    # on, the curvature is refitted on the labelled set and K = ``marglik_steps`` Adam
+    # steps (learning rate ``marglik_learning_rate``) on log λ maximise the evidence.
+    marglik_every: int = 50
+    marglik_burn_in: int = 100
+    marglik_steps: int = 10
+    marglik_learning_rate: float = 0.1
+
+    # Fields added after run dirs were written: left out of config.json at these values
+    # (``options_to_dict``), so older run dirs keep their config digest and resume.
+    ADDED_LATER = {"marglik_every": 50, "marglik_burn_in": 100,  # noqa: RUF012
+                   "marglik_steps": 10, "marglik_learning_rate": 0.1}
 
     FLAGS = {  # noqa: RUF012
+        **{field: Flag(flag, f"with --prior-precision marglik[-layerwise]: {text}", kind)
+           for field, flag, text, kind in (
+               ("marglik_every", "--marglik-every",
+                "training steps F between updates of the prior precision", _positive_int),
+               ("marglik_burn_in", "--marglik-burn-in",
+                "training steps B before the first update", _whole_int),
+               ("marglik_steps", "--marglik-steps", "Adam steps K on log λ per update",
+                _positive_int),
+               ("marglik_learning_rate", "--marglik-lr", "Adam's learning rate on log λ",
+                _positive_float))},
         "curvature": Flag("--curvature",
                           "generalised Gauss-Newton, exact Hessian, or the GGN sampled with "
                           "one label per example (ggn-mc: all weights, diag/iso/kfac; ~C "
@@ -153,6 +187,25 @@ class LaplaceOptions(NamedTuple):
               f"unknown subset {self.subset!r}; choose one of {SUBSETS}")
         _need(self.prior_fit in PRIOR_FITS,
               f"unknown prior fit {self.prior_fit!r}; choose one of {list(PRIOR_FITS)}")
+        if self.prior_fit in ONLINE_PRIOR_FITS:
+            _need(self.marglik_every > 0 and self.marglik_steps > 0,
+                  f"online marglik needs --marglik-every F > 0 and --marglik-steps K > 0 "
+                  f"(got F {self.marglik_every}, K {self.marglik_steps}); laplace-torch's "
+                  "K is 10")
+            _need(math.isfinite(self.marglik_learning_rate)
+                  and self.marglik_learning_rate > 0,
+                  f"--marglik-lr must be a finite number > 0 (got "
+                  f"{self.marglik_learning_rate}); laplace-torch's is 0.1")
+            _need(self.marglik_burn_in >= 0,
+                  f"--marglik-burn-in must be >= 0 (got {self.marglik_burn_in})")
+            train = config.train
+            shortest = train.steps if train.epochs is None else train.min_steps
+            _need(self.marglik_burn_in + self.marglik_every <= shortest,
+                  f"online marglik first updates λ after step {self.marglik_burn_in} + "
+                  f"{self.marglik_every}, past the {shortest} steps a fit may train "
+                  f"({'--steps' if train.epochs is None else '--min-steps'}), so λ would "
+                  "never be learned; lower --marglik-burn-in or --marglik-every, or train "
+                  "longer")
 
 
 class MCDropoutOptions(NamedTuple):
@@ -412,4 +465,10 @@ def options_from_flags(kind: str, name: str, values: Mapping[str, Any]):
 
 
 def options_to_dict(options) -> dict:
-    return {} if options == () else dict(options._asdict())
+    """config.json's record of ``options``: its fields, less those added later (the
+    record's ``ADDED_LATER``) that hold the value older run dirs ran with."""
+    if options == ():
+        return {}
+    later = getattr(options, "ADDED_LATER", {})
+    return {k: v for k, v in options._asdict().items()
+            if not (k in later and v == later[k])}

@@ -71,4 +71,5 @@ def stacked(trainer, init_one: Callable, members: int, form: str | None = None):
 ENSEMBLE = Posterior(
     fit, sample_probs=sample_probs,
     default_predictive=lambda options, needs_samples: "mc",
-    training=lambda trainer, init_one, options: stacked(trainer, init_one, options.size))
+    training=lambda trainer, init_one, options, *, model, capacity: stacked(
+        trainer, init_one, options.size))

@@ -141,6 +141,10 @@ class ActiveLearner(NamedTuple):
     query: Callable         # (key, posterior, x_pool, labelled) -> Query
     evaluate: Callable      # (key, posterior, x, y) -> (nll, accuracy, entropy, ece)
     trainer: Any = None     # the jitted Trainer behind ``train`` (``jaxal.seeds`` vmaps it)
+    # (previous params, init_key) -> params0 of a round that retrains from scratch: a
+    # fresh init, keeping what the trainer carries over (``Trainer.restart``: online
+    # marglik's λ).
+    restart: Callable | None = None
     # The same as ``evaluate`` for the MAP network's plugin predictive (None: the run's
     # predictive is the plugin, so ``evaluate`` is it).
     evaluate_map: Callable | None = None
@@ -406,10 +410,20 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
     trainer = make_trainer(model, config.train, capacity)
     init_one = partial(init_params, model, input_shape=input_shape)
     if record.training is not None:   # the posterior trains θ_MAP its own way
-        trainer, init_one = record.training(trainer, init_one, options)
+        trainer, init_one = record.training(trainer, init_one, options, model=model,
+                                            capacity=capacity)
+    hyper = trainer.hyper
     trainer = trainer._replace(init=jax.jit(trainer.init),
                                step=jax.jit(trainer.step),
-                               labelled_nll=jax.jit(trainer.labelled_nll))
+                               labelled_nll=jax.jit(trainer.labelled_nll),
+                               result=jax.jit(trainer.result),
+                               hyper=hyper and hyper._replace(update=jax.jit(hyper.update)))
+    init = jax.jit(init_one)
+    if trainer.restart is None:
+        restart = lambda previous, init_key: init(init_key)
+    else:
+        restart = jax.jit(lambda previous, init_key: trainer.restart(previous,
+                                                                     init_one(init_key)))
 
     chunk_size = min(config.chunk_size,
                      record.chunk_size(options, config.predictive) or config.chunk_size)
@@ -480,7 +494,8 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
 
     return ActiveLearner(
         config=config,
-        init=jax.jit(init_one),
+        init=init,
+        restart=restart,
         train=partial(train_map, trainer=trainer),
         fit=jax.jit(fit),
         query=jax.jit(query),
@@ -504,6 +519,7 @@ class Stages(NamedTuple):
 
     split: Callable             # (key, num) -> num keys (each [S] for stacked seeds)
     init: Callable              # init_key -> params
+    restart: Callable           # (previous params, init_key) -> params0 (from scratch)
     initial_labelled: Callable  # (key, data) -> bool [n] (or [S, n])
     train: Callable             # (key, params0, data, labelled, pseudo) -> (params, nll)
     fit: Callable               # as ``ActiveLearner.fit``
@@ -529,7 +545,9 @@ def single_stages(learner: ActiveLearner) -> Stages:
                                 learner.config.init_per_class)
 
     return Stages(split=lambda key, num: tuple(jax.random.split(key, num)),
-                  init=learner.init, initial_labelled=first_labels, train=train,
+                  init=learner.init, restart=learner.restart or (
+                      lambda previous, init_key: learner.init(init_key)),
+                  initial_labelled=first_labels, train=train,
                   fit=learner.fit, query=learner.query, evaluate=learner.evaluate,
                   evaluate_map=learner.evaluate_map,
                   label=lambda labelled, queried: labelled.at[queried].set(True),
@@ -632,7 +650,8 @@ def al_round(key: jax.Array, state: ALState, learner: ActiveLearner, data: ALDat
     t_score = time.perf_counter() - start
 
     labelled = s.label(state.labelled, queried)
-    params0 = state.params if learner.config.warm_start else s.init(state.init_key)
+    params0 = (state.params if learner.config.warm_start
+               else s.restart(state.params, state.init_key))
     pseudo = query.pseudo_labels if learner.config.pseudo_label is not None else None
     extremes = Extremes(*jax.device_get(query.extremes))
     params, posterior, metrics, (t_train, t_fit, t_eval) = fit_and_evaluate(

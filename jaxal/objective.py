@@ -39,11 +39,25 @@ def squared_norm(params) -> jax.Array:
     return sum(jnp.vdot(p, p) for p in jax.tree.leaves(params))
 
 
+def prior_energy(params, prior_precision: float | jax.Array) -> jax.Array:
+    """θᵀ Λ θ: λ ‖θ‖² for one prior precision λ (a scalar), or Σ_p λ_p θ_p² for one per
+    weight (λ [P] in ``ravel_pytree``'s order, e.g. one per layer broadcast to its
+    weights: online marginal-likelihood training, ``jaxal.marglik``)."""
+    if jnp.ndim(prior_precision) == 0:
+        return prior_precision * squared_norm(params)
+    flat = ravel_pytree(params)[0]
+    return jnp.vdot(flat, prior_precision * flat)
+
+
 def log_prior(params, prior_precision: float | jax.Array) -> jax.Array:
-    """log N(θ; 0, prior_precision⁻¹ I) = -λ/2 ‖θ‖² + P/2 log(λ / 2π), λ = prior_precision."""
+    """log N(θ; 0, Λ⁻¹) = -½ θᵀ Λ θ + ½ Σ_p log(λ_p / 2π), Λ = diag(λ): ``prior_precision``
+    one λ (a scalar) or one per weight [P]."""
     num_params = ravel_pytree(params)[0].size
-    return (-0.5 * prior_precision * squared_norm(params)
-            + 0.5 * num_params * jnp.log(prior_precision / (2 * jnp.pi)))
+    if jnp.ndim(prior_precision) == 0:
+        log_det = num_params * jnp.log(prior_precision / (2 * jnp.pi))
+    else:
+        log_det = jnp.log(prior_precision / (2 * jnp.pi)).sum()
+    return -0.5 * prior_energy(params, prior_precision) + 0.5 * log_det
 
 
 def map_objective(params, logits: jax.Array, labels: jax.Array,
@@ -58,7 +72,8 @@ def minibatch_objective(params, logits: jax.Array, labels: jax.Array,
                         ) -> jax.Array:
     """Unbiased minibatch estimate of L(θ)/N, up to the constant: the training loss.
 
-    mean_b CE + prior_precision/(2N) ‖θ‖², with N = ``num_data`` the labelled-set size.
+    mean_b CE + θᵀ Λ θ / (2N), with N = ``num_data`` the labelled-set size and Λ one prior
+    precision or one per weight (``prior_energy``).
     """
     nll = -log_likelihood(logits, labels) / labels.shape[0]
-    return nll + 0.5 * prior_precision * squared_norm(params) / num_data
+    return nll + 0.5 * prior_energy(params, prior_precision) / num_data

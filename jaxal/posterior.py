@@ -27,12 +27,11 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxal.batching import over_samples
+from jaxal.components import ONLINE_PRIOR_FITS, PRIOR_FLAG, LaplaceOptions
 from jaxal.components import POSTERIORS as POSTERIORS  # re-exported: the table
 from jaxal.components import PRIOR_FITS as PRIOR_FITS
-from jaxal.components import PRIOR_FLAG
 from jaxal.components import SUBSETS as SUBSETS
 from jaxal.components import VALIDATION_GRID as VALIDATION_GRID
-from jaxal.components import LaplaceOptions as LaplaceOptions
 from jaxal.curvature import STRUCTURES, CurvatureProblem, sources, structure_of
 from jaxal.curvature.ggn import CurvatureTooLargeError
 from jaxal.curvature.last_layer import (
@@ -196,8 +195,16 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights,
     form = structure.forms.get((lc.curvature, lc.subset))
     if form is None:
         raise ConfigError(refusal(lc.structure, lc.curvature, lc.subset))
+    if lc.prior_fit in ONLINE_PRIOR_FITS:
+        # Trained with its prior (``jaxal.marglik``): θ and the learned log λ.
+        from jaxal.marglik import prior_groups, subset_prior_precision
+
+        lam = subset_prior_precision(params.log_prior_precision,
+                                     prior_groups(model, params.params, lc))
+        params = params.params
+    else:
+        lam = prior_precision if lc.prior_precision is None else lc.prior_precision
     problem = curvature_problem(model, params, x, y, weights, lc.subset, lc.chunk_size)
-    lam = prior_precision if lc.prior_precision is None else lc.prior_precision
     lam = jnp.asarray(lam, x.dtype)
     post = structure.build(problem.theta, form(key, problem), lam)
     groups = layer_groups(problem.theta)[0] if lc.prior_fit.endswith("-layerwise") else None
@@ -466,6 +473,17 @@ def check_laplace_fits(model: Classifier, options: LaplaceOptions,
 LINEAR_MODE_CPU_WEIGHTS = 20_000
 
 
+def laplace_training(trainer, init_one, options: LaplaceOptions, *, model: Classifier,
+                     capacity: int):
+    """The online prior fits (``marglik``, ``marglik-layerwise``) learn λ while training
+    θ (``jaxal.marglik.online_marglik``); the others train θ_MAP as it is."""
+    if options.prior_fit not in ONLINE_PRIOR_FITS:
+        return trainer, init_one
+    from jaxal.marglik import online_marglik  # builds on this module's subset problems
+
+    return online_marglik(trainer, init_one, options, model=model, capacity=capacity)
+
+
 def laplace_default_predictive(options: LaplaceOptions, needs_samples: bool) -> str:
     """mc when the acquisition needs samples or the subset is all weights, else probit
     (last layer: measured best, ``benchmarks/laplace_curves.py``)."""
@@ -509,9 +527,11 @@ class Posterior(NamedTuple):
     # (model, options, input_shape) -> None, raises ConfigError; before training.
     check_model: Callable = lambda model, options, input_shape: None
     default_predictive: Callable = lambda options, needs_samples: "plugin"
-    # How the loop trains θ_MAP for this posterior: (trainer, init_one, options) ->
-    # (trainer, init_one), a transformed ``jaxal.train.Trainer`` and initialiser (a deep
-    # ensemble's stacks M networks: ``jaxal.loop.stacked``); None: as it is.
+    # How the loop trains θ_MAP for this posterior: (trainer, init_one, options, *,
+    # model, capacity) -> (trainer, init_one), a transformed ``jaxal.train.Trainer`` and
+    # initialiser (a deep ensemble's stacks M networks: ``jaxal.ensemble.stacked``; online
+    # marginal likelihood learns λ with θ: ``jaxal.marglik``); None: as it is. What the
+    # trainer's ``result`` returns is the ``params`` the fit receives.
     training: Callable | None = None
     # The prior-precision grid whose validation NLL picks λ after each fit (the loop's
     # ``tune_prior_precision``, with ``with_prior_precision``); None: no such fit.
@@ -540,7 +560,7 @@ LAPLACE = Posterior(
     logit_covariance=laplace_logit_covariance,
     prior_precision=prior_precision_of, with_prior_precision=with_prior_precision,
     check=check_laplace, check_model=check_laplace_fits,
-    default_predictive=laplace_default_predictive,
+    default_predictive=laplace_default_predictive, training=laplace_training,
     validation_grid=lambda options: (options.prior_precision_grid
                                      if options.prior_fit == "val-nll" else None),
     chunk_size=laplace_chunk_size, num_samples=lambda options: options.samples)

@@ -62,7 +62,7 @@ from jaxal.results import (
 )
 from jaxal.rundir import lock_out_dir
 from jaxal.sharding import use_devices
-from jaxal.train import labelled_indices, training_steps
+from jaxal.train import hyper_key, labelled_indices, training_steps
 
 
 def stackable(configs: Sequence[ExperimentConfig]) -> str | None:
@@ -102,7 +102,12 @@ def seed_stages(learner, seeds: int) -> Stages:
     train_init = jax.jit(jax.vmap(trainer.init))
     step = jax.jit(all_seeds(trainer.step, 6))
     labelled_nll = jax.jit(jax.vmap(trainer.labelled_nll))
+    result = jax.jit(jax.vmap(trainer.result))
     indices = jax.jit(jax.vmap(labelled_indices))
+    hyper = trainer.hyper
+    if hyper is not None:
+        hyper_update = jax.jit(all_seeds(hyper.update, 6))
+        hyper_keys = jax.jit(jax.vmap(hyper_key, in_axes=(0, None)))
 
     def train(keys, params0, data: ALData, labelled, pseudo):
         """``jaxal.train.train_map`` of every seed (step t keyed ``fold_in(key_s, t)``).
@@ -115,8 +120,12 @@ def seed_stages(learner, seeds: int) -> Stages:
         for t in range(steps):
             state, _ = step(_fold_in_each(keys, t), state, data.pool_x, data.pool_y, idx,
                             num)
-        nll = labelled_nll(state.params, data.pool_x, data.pool_y, idx, num)
-        return state.params, np.asarray(jax.device_get(nll))
+            if hyper is not None and hyper.due(t + 1):
+                state = hyper_update(hyper_keys(keys, t), state, data.pool_x, data.pool_y,
+                                     idx, num)
+        params = result(state)
+        nll = labelled_nll(params, data.pool_x, data.pool_y, idx, num)
+        return params, np.asarray(jax.device_get(nll))
 
     def first_labels(keys, data: ALData):
         pool_ys = np.asarray(data.pool_y)
@@ -130,6 +139,7 @@ def seed_stages(learner, seeds: int) -> Stages:
 
     rows = np.arange(seeds)[:, None]
     return Stages(split=_split, init=jax.jit(jax.vmap(learner.init)),
+                  restart=jax.jit(jax.vmap(learner.restart)),
                   initial_labelled=first_labels, train=train,
                   fit=jax.jit(all_seeds(learner.fit, 7)),
                   query=jax.jit(all_seeds(learner.query, 4)),

@@ -76,6 +76,29 @@ class TrainInfo(NamedTuple):
 class TrainState(NamedTuple):
     params: Any
     opt_state: Any
+    # The objective's prior precision: None, the config's one λ; else a scalar or one per
+    # weight [P] that training itself learns (``Hyper``: online marginal likelihood).
+    prior_precision: Any = None
+    hyper: Any = None           # the ``Hyper`` update's own state (None without one)
+
+
+class Hyper(NamedTuple):
+    """A periodic update of the training state's hyperparameters between optimiser steps
+    (online marginal-likelihood training: ``jaxal.marglik``).
+
+    After every ``every``-th step from step ``burn_in`` on (counting steps done from 1:
+    done >= burn_in and done % every == 0), ``update(key, state, x_pool, y_pool,
+    labelled_idx, num_labelled) -> state`` runs on the labelled set; static shapes, so
+    one compilation serves every call.
+    """
+
+    every: int
+    burn_in: int
+    update: Callable
+
+    def due(self, done):
+        """Whether the update runs after ``done`` steps (an int, or traced in a loop)."""
+        return (done >= self.burn_in) & (done % self.every == 0)
 
 
 class Trainer(NamedTuple):
@@ -84,12 +107,19 @@ class Trainer(NamedTuple):
     init(params) -> TrainState
     step(key, state, x_pool, y_pool, labelled_idx, num_labelled) -> (state, loss)
     labelled_nll(params, x_pool, y_pool, labelled_idx, num_labelled) -> mean NLL
+    result(state) -> params: what a fit returns (the loop's params; default state.params)
+    hyper: a ``Hyper`` update between steps, or None
+    restart(previous, fresh) -> params: the next round's starting point when it retrains
+      from scratch, from the last round's result and a fresh initialisation (None: fresh)
     """
 
     config: TrainConfig
     init: Callable
     step: Callable
     labelled_nll: Callable
+    result: Callable = lambda state: state.params
+    hyper: Hyper | None = None
+    restart: Callable | None = None
 
 
 def labelled_indices(labelled: jax.Array) -> jax.Array:
@@ -131,14 +161,18 @@ def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Train
         if config.augment:   # its own key: runs without augmentation draw as before
             x = random_crop_flip(jax.random.fold_in(key, 2), x)
 
+        prior_precision = (config.prior_precision if state.prior_precision is None
+                           else state.prior_precision)
+
         def loss_fn(params):
             logits = model.apply(params, x, train=True, rngs={"dropout": key_dropout})
-            return minibatch_objective(params, logits, y_pool[idx], config.prior_precision,
+            return minibatch_objective(params, logits, y_pool[idx], prior_precision,
                                        num_labelled.astype(logits.dtype))
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
+        return state._replace(params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state), loss
 
     def labelled_nll(params, x_pool, y_pool, labelled_idx, num_labelled):
         valid = jnp.arange(capacity) < num_labelled
@@ -154,6 +188,7 @@ def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Train
 # Jitted: an eager fold_in costs ~0.2 ms a call (primitive dispatch), 2% of a training
 # step at batch 32; through jit's fast path ~0.03 ms. Same keys.
 _fold_in = jax.jit(jax.random.fold_in)
+_hyper_key = jax.jit(lambda key, t: hyper_key(key, t))
 
 
 def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
@@ -198,14 +233,25 @@ def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
         losses = np.asarray(jax.device_get(losses))[:steps]
     else:
         losses = []
+        hyper = trainer.hyper
         for t in range(steps):
             state, loss = trainer.step(_fold_in(key, t), state, x_pool, y_train,
                                        train_idx, num_train)
             losses.append(loss)
+            if hyper is not None and hyper.due(t + 1):
+                state = hyper.update(_hyper_key(key, t), state, x_pool, y_train,
+                                     train_idx, num_train)
         # device_get, not jnp.stack: a stack of a new length would compile a new concat.
         losses = np.asarray(jax.device_get(losses))
-    nll = trainer.labelled_nll(state.params, x_pool, y_pool, labelled_idx, num_labelled)
-    return state.params, TrainInfo(losses, float(nll))
+    params = trainer.result(state)
+    nll = trainer.labelled_nll(params, x_pool, y_pool, labelled_idx, num_labelled)
+    return params, TrainInfo(losses, float(nll))
+
+
+def hyper_key(key: jax.Array, t) -> jax.Array:
+    """The key of a ``Hyper`` update after step t: step t's own key folded with 3 (the step
+    splits its key in two and folds in 2 for augmentation)."""
+    return jax.random.fold_in(jax.random.fold_in(key, t), 3)
 
 
 def _step_buffer(config: TrainConfig) -> int:
@@ -227,6 +273,12 @@ def _steps_in_one_loop(trainer: Trainer, buffer: int, key, state, x_pool, y_trai
         state, losses = carry
         state, loss = trainer.step(jax.random.fold_in(key, t), state, x_pool, y_train,
                                    train_idx, num_train)
+        if trainer.hyper is not None:
+            state = jax.lax.cond(
+                trainer.hyper.due(t + 1),
+                lambda s: trainer.hyper.update(hyper_key(key, t), s, x_pool,
+                                               y_train, train_idx, num_train),
+                lambda s: s, state)
         return state, losses.at[t].set(loss)
 
     return jax.lax.fori_loop(0, steps, body, (state, losses))

@@ -48,8 +48,9 @@ def sample_probs(key, model, state, x, options: JitterOptions):
     return jax.vmap(lambda e: jax.nn.softmax(model.apply(unravel(flat + e), x)))(noise)
 
 
-def training(trainer, init_one, options: JitterOptions):
+def training(trainer, init_one, options: JitterOptions, *, model, capacity):
     """Every fit starts from the initial weights times ``init_scale``."""
+    del model, capacity
     def init(key):
         return jax.tree.map(lambda p: options.init_scale * p, init_one(key))
     return trainer, init
