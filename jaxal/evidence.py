@@ -244,6 +244,39 @@ _VARIANCE = {DiagLaplace: _diagonal_variance, IsoLaplace: _diagonal_variance,
              kfac.KFACLaplace: _kfac_variance}
 
 
+def _diagonal_data_fraction(state) -> jax.Array:
+    """d / (d + λ) [p]."""
+    d = jnp.broadcast_to(state.curvature, state.mean.shape)
+    return d / (d + state.prior_precision)
+
+
+def _kfac_data_fraction(state: kfac.KFACLaplace) -> jax.Array:
+    """Per layer diag((Q_A ⊗ Q_G) diag(h / s) (Q_A ⊗ Q_G)ᵀ), h = e_A e_Gᵀ, s = h + λ_l."""
+    fraction = jax.tree.map(jnp.zeros_like, state.params)
+    for name, spectrum in kfac.precision_eigenvalues(state).items():
+        qa, ea, qg, eg = state.layers[name]
+        set_layer(fraction["params"], name,
+                  qa**2 @ (jnp.outer(ea, eg) / spectrum) @ (qg**2).T)
+    return ravel_pytree(fraction)[0]
+
+
+# diag((H + Λ)⁻¹ H) per structure from its eigenvalues h: Σ_j Q_ij² h_j / (h_j + λ), with
+# no cancellation where λ ≫ h (1 - λ diag((H + Λ)⁻¹) loses every digit there in float32:
+# γ of a 73,856-weight layer came out 0.0 or negative). Others: 1 - λ diag((H + Λ)⁻¹).
+_DATA_FRACTION = {DiagLaplace: _diagonal_data_fraction, IsoLaplace: _diagonal_data_fraction,
+                  kfac.KFACLaplace: _kfac_data_fraction}
+
+
+def data_fraction(post) -> jax.Array:
+    """diag((H + Λ)⁻¹ H) = 1 - λ_i [(H + Λ)⁻¹]_ii [p]: how far the data, not the prior,
+    determine each weight (0: prior only, 1: data only)."""
+    fraction = _DATA_FRACTION.get(type(post))
+    if fraction is None:
+        lam = jnp.broadcast_to(post.prior_precision, post.mean.shape)
+        return 1.0 - lam * posterior_variance(post)
+    return fraction(post)
+
+
 def posterior_variance(post) -> jax.Array:
     """diag((H + Λ)⁻¹) [p], the posterior variance of each weight."""
     variance = _VARIANCE.get(type(post))
@@ -262,15 +295,17 @@ def _group_sum(values: jax.Array, groups: np.ndarray | None) -> jax.Array:
 def effective_dimension(post, groups: np.ndarray | None = None) -> jax.Array:
     """γ_g = Σ_{i ∈ g} (1 - λ_i [(H + Λ)⁻¹]_ii) [g], the number of directions of each
     group (``layer_groups``: each layer) that the data determine (MacKay 1992); for λ
-    constant over a layer, P_l - λ_l tr_l((H + Λ)⁻¹). ``groups`` None: one, [1]."""
-    lam = jnp.broadcast_to(post.prior_precision, post.mean.shape)
-    return _group_sum(1.0 - lam * posterior_variance(post), groups)
+    constant over a layer, P_l - λ_l tr_l((H + Λ)⁻¹). ``groups`` None: one, [1].
+    Summed from ``data_fraction``, which needs no cancellation where λ ≫ H."""
+    return _group_sum(data_fraction(post), groups)
 
 
-# MacKay's update divides by ‖w̃_g‖² and γ_g may round to 0: both are floored at the
-# dtype's eps, so λ stays finite and positive (log λ enters the evidence).
-def _floor(values: jax.Array) -> jax.Array:
-    return jnp.maximum(values, jnp.finfo(values.dtype).eps)
+# MacKay's update divides by ‖w̃_g‖² and γ_g may round to 0: γ is floored at the dtype's
+# eps and ‖w̃‖² at eps², so λ stays finite and positive (log λ enters the evidence) and a
+# group the data leave at 0 gets a large λ (≤ 1/eps), not 1 (eps / eps, as both floored
+# at eps gave).
+def _floor(values: jax.Array, power: int = 1) -> jax.Array:
+    return jnp.maximum(values, jnp.finfo(values.dtype).eps ** power)
 
 
 def mackay_update(post, mode: jax.Array, groups: np.ndarray | None = None) -> jax.Array:
@@ -283,7 +318,7 @@ def mackay_update(post, mode: jax.Array, groups: np.ndarray | None = None) -> ja
 
 def _mackay_by_group(post, mode: jax.Array, groups: np.ndarray | None) -> jax.Array:
     """γ_g / ‖w̃_g‖² [g]."""
-    return _floor(effective_dimension(post, groups)) / _floor(_group_sum(mode**2, groups))
+    return _floor(effective_dimension(post, groups)) / _floor(_group_sum(mode**2, groups), 2)
 
 
 class LinearModeFit(NamedTuple):

@@ -222,6 +222,26 @@ def test_effective_dimension_and_mackay_update_match_the_dense_trace(prob, state
     np.testing.assert_allclose(scalar, gamma_ref.sum() / norm2.sum(), rtol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["diag", "iso", "kfac"])
+def test_effective_dimension_keeps_its_digits_in_float32_where_the_prior_dominates(
+        prob, states, name):
+    """λ ≫ H (a layer the labels barely touch): γ_l = tr_l((H + Λ)⁻¹ H) is small, and
+    P_l - λ_l tr_l((H + Λ)⁻¹) in float32 loses it; the structures' eigenvalue form keeps
+    it to float32 precision against the float64 dense trace."""
+    out, _ = states
+    lam = 1e5 * LAYER_LAMBDA
+    dense = dense_curvature(prob, name)
+    reference = np.bincount(prob.groups, np.diag(
+        np.linalg.solve(dense + np.diag(lam[prob.groups]), dense)))
+    state32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32)
+                           if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                           STRUCTURES[name].with_prior_precision(
+                               out[name], jnp.asarray(lam[prob.groups])))
+    gamma = np.asarray(effective_dimension(state32, prob.groups))
+    assert (reference < 1e-2).all(), "the prior dominates every layer"
+    np.testing.assert_allclose(gamma, reference, rtol=1e-4)
+
+
 @pytest.mark.parametrize("per_layer", [True, False])
 def test_fit_prior_precision_linear_mode_reaches_a_stationary_evidence(prob, states,
                                                                        per_layer):
