@@ -71,6 +71,11 @@ POSTERIORS = {
     "kfac-glm-layerwise": {**_laplace("glm", structure="kfac", subset="all",
                                       prior_fit="evidence-layerwise"),
                            "pool_subset": SUBSET, "eval_samples": EVAL_SAMPLES},
+    # All weights, KFAC GGN, one λ per layer learned in training by online marginal
+    # likelihood (jaxal.marglik; F/B/K 50/100/10, benchmarks/marglik.py), GLM predictive.
+    "kfac-glm-marglik": {**_laplace("glm", structure="kfac", subset="all",
+                                    prior_fit="marglik-layerwise"),
+                         "pool_subset": SUBSET, "eval_samples": EVAL_SAMPLES},
     # The same with the GLM predictive sampled per point in logit space, N(f(x), J Σ Jᵀ)
     # (glm-logits): one backward pass per chunk instead of 100 JVPs; not for BatchBALD.
     "kfac-glm-logits-layerwise": {**_laplace("glm-logits", structure="kfac", subset="all",
