@@ -82,6 +82,10 @@ class ALConfig(NamedTuple):
     # val-nll prior fit); None: as many as the query uses. Fewer keep costly sampling
     # posteriors affordable over the 11,000 evaluation images.
     eval_samples: int | None = None
+    # Per round, the posterior's diagnosis (Laplace: the evidence diagnosis per layer and
+    # the GLM logit std against the MAP's spread, on the first DIAGNOSIS_POINTS validation
+    # points) into diagnosis.jsonl.
+    diagnose: bool = False
 
     def options(self, kind: str):
         """The options record of the chosen component of ``kind`` (defaults filled in)."""
@@ -151,6 +155,7 @@ ADDED_LATER: dict[tuple[str, ...], object] = {
     ("image_shape",): None,
     ("classes",): (),
     ("resize",): True,
+    ("al", "diagnose"): False,
 }
 
 

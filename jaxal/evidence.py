@@ -416,15 +416,27 @@ class EvidenceDiagnosis(NamedTuple):
     map_logit_std: jax.Array        # mean_n std_c f_c(x_n; θ*)
     glm_logit_std: jax.Array        # mean_{n,c} sqrt([J_n Σ J_nᵀ]_cc)
 
-    def as_dict(self, layer_names) -> dict:
-        """Plain floats for JSON: {"layers": {name: {field: value}}, and the logit stds}."""
+    def as_tree(self, layer_names) -> dict:
+        """{"layers": {name: {field: value [] }}, and the logit stds}: the same arrays
+        keyed by name (a pytree a jitted function may return)."""
         per_layer = [f for f in self._fields if f not in ("map_logit_std", "glm_logit_std")
                      and getattr(self, f) is not None]
-        return {"layers": {name: {f: float(getattr(self, f)[i]) for f in per_layer}
-                           | {"num_weights": int(self.num_weights[i])}
+        return {"layers": {name: {f: getattr(self, f)[i] for f in per_layer}
                            for i, name in enumerate(layer_names)},
-                "map_logit_std": float(self.map_logit_std),
-                "glm_logit_std": float(self.glm_logit_std)}
+                "map_logit_std": self.map_logit_std, "glm_logit_std": self.glm_logit_std}
+
+    def as_dict(self, layer_names) -> dict:
+        """``as_tree`` in plain floats for JSON (``num_weights`` an int)."""
+        return plain_diagnosis(self.as_tree(layer_names))
+
+
+def plain_diagnosis(tree: dict) -> dict:
+    """A diagnosis tree (``EvidenceDiagnosis.as_tree``) in plain floats for JSON, each
+    layer's ``num_weights`` an int."""
+    plain = jax.tree.map(float, jax.device_get(tree))
+    for layer in plain.get("layers", {}).values():
+        layer["num_weights"] = int(layer["num_weights"])
+    return plain
 
 
 def glm_logit_variance(model: Classifier, params, post, x: jax.Array, subset: str = "all",

@@ -23,6 +23,7 @@ import numpy as np
 from jaxal.acquisition import ACQUISITIONS, entropy, map_chunks, score_pool, select_top_k
 from jaxal.config import ALConfig as ALConfig  # re-exported
 from jaxal.errors import ConfigError, DivergedError
+from jaxal.evidence import plain_diagnosis
 from jaxal.model import Classifier, init_params
 from jaxal.posterior import POSTERIORS, bind, with_prior_precision
 from jaxal.predictive import PREDICTIVES, works_with
@@ -119,6 +120,9 @@ class RoundInfo(NamedTuple):
     timings: Timings
     pseudo: PseudoLabelInfo = PseudoLabelInfo(0, 0)
     extremes: Extremes | None = None   # the round's best and worst scored pool points
+    # With ``--diagnose``: the posterior's diagnosis in plain floats (``Posterior.diagnose``,
+    # ``jaxal.evidence.plain_diagnosis``), written to diagnosis.jsonl.
+    diagnosis: dict | None = None
 
 
 class Query(NamedTuple):
@@ -148,6 +152,8 @@ class ActiveLearner(NamedTuple):
     # The same as ``evaluate`` for the MAP network's plugin predictive (None: the run's
     # predictive is the plugin, so ``evaluate`` is it).
     evaluate_map: Callable | None = None
+    # (posterior, x) -> the posterior's diagnosis tree (``--diagnose``; None: off).
+    diagnose: Callable | None = None
 
 
 def query_strategy(config: ALConfig):
@@ -263,6 +269,11 @@ def validate_config(config: ALConfig) -> None:
           f"--eval-samples must be > 0 (got {config.eval_samples}); or drop it to evaluate "
           "with the query's samples")
     posterior.check(config.options("posterior"), config)
+    _need(not config.diagnose or posterior.diagnose is not None,
+          f"--diagnose reports the Laplace evidence diagnosis, and the {config.posterior!r} "
+          f"posterior has none; use --posterior "
+          + " or ".join(p for p, r in POSTERIORS.items() if r.diagnose is not None)
+          + " or drop --diagnose")
     check_train_config(config.train)
 
 
@@ -306,6 +317,9 @@ def initial_labelled(key: jax.Array, pool_y: np.ndarray, num_classes: int,
         mask[members[np.argsort(draws[members], kind="stable")[:per_class]]] = True
     return jnp.asarray(mask)
 
+
+# Validation points whose GLM logit std ``--diagnose`` reports each round.
+DIAGNOSIS_POINTS = 256
 
 # Confidence bins of the expected calibration error (Guo et al. 2017 use 15).
 ECE_BINS = 15
@@ -492,6 +506,11 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
         return evaluate(key, model, PREDICTIVES["plugin"].predict, posterior, x, y,
                         chunk_size)
 
+    diagnose = None
+    if config.diagnose:
+        diagnose = jax.jit(lambda state, x_val: posterior.diagnose(
+            model, state, x_val[:DIAGNOSIS_POINTS]))
+
     return ActiveLearner(
         config=config,
         init=init,
@@ -502,6 +521,7 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
         evaluate=jax.jit(evaluate_fn),
         trainer=trainer,
         evaluate_map=None if config.predictive == "plugin" else jax.jit(evaluate_map),
+        diagnose=diagnose,
     )
 
 
@@ -526,6 +546,7 @@ class Stages(NamedTuple):
     query: Callable             # as ``ActiveLearner.query``
     evaluate: Callable          # as ``ActiveLearner.evaluate``
     evaluate_map: Callable | None  # as ``ActiveLearner.evaluate_map``
+    diagnose: Callable | None      # as ``ActiveLearner.diagnose``
     label: Callable             # (labelled, queried indices) -> labelled with them set
     # (fn, *trees) -> fn of the run's values: one result, or a list of them over the
     # seeds (a tree is cut at each seed; a list is already one entry per seed).
@@ -549,7 +570,7 @@ def single_stages(learner: ActiveLearner) -> Stages:
                       lambda previous, init_key: learner.init(init_key)),
                   initial_labelled=first_labels, train=train,
                   fit=learner.fit, query=learner.query, evaluate=learner.evaluate,
-                  evaluate_map=learner.evaluate_map,
+                  evaluate_map=learner.evaluate_map, diagnose=learner.diagnose,
                   label=lambda labelled, queried: labelled.at[queried].set(True),
                   each=lambda fn, *values: fn(*values))
 
@@ -594,7 +615,10 @@ def fit_and_evaluate(key: jax.Array, learner: ActiveLearner, data: ALData, param
     metrics = s.each(lambda nll, te, va, post, mt: round_metrics(
         learner.config, nll, te, va, post, data.num_classes, mt),
                      train_nll, test, val, posterior, map_test)
-    return params, posterior, metrics, (t_train, t_fit, t_eval)
+    diagnosis = None
+    if s.diagnose is not None:
+        diagnosis = s.each(plain_diagnosis, s.diagnose(posterior, data.val_x))
+    return params, posterior, metrics, (t_train, t_fit, t_eval), diagnosis
 
 
 def round_metrics(config: ALConfig, train_nll: float, test, val, posterior,
@@ -623,13 +647,15 @@ def init_state(key: jax.Array, learner: ActiveLearner, data: ALData,
     s = stages or single_stages(learner)
     key_init, key_labels, key_fit = s.split(key, 3)
     labelled = s.initial_labelled(key_labels, data)
-    params, posterior, metrics, (t_train, t_fit, t_eval) = fit_and_evaluate(
+    params, posterior, metrics, (t_train, t_fit, t_eval), diagnosis = fit_and_evaluate(
         key_fit, learner, data, s.init(key_init), labelled, stages=s)
     state = ALState(params, posterior, labelled, 0, key_init)
     empty = np.zeros(0, np.int64)
-    info = s.each(lambda m, lab: RoundInfo(0, int(lab.sum()), empty, np.zeros(0, np.float32),
-                                           empty, m, Timings(0.0, t_train, t_fit, t_eval)),
-                  metrics, labelled)
+    info = s.each(lambda m, lab, d: RoundInfo(0, int(lab.sum()), empty,
+                                              np.zeros(0, np.float32), empty, m,
+                                              Timings(0.0, t_train, t_fit, t_eval),
+                                              diagnosis=d),
+                  metrics, labelled, diagnosis)
     return state, info
 
 
@@ -654,17 +680,18 @@ def al_round(key: jax.Array, state: ALState, learner: ActiveLearner, data: ALDat
                else s.restart(state.params, state.init_key))
     pseudo = query.pseudo_labels if learner.config.pseudo_label is not None else None
     extremes = Extremes(*jax.device_get(query.extremes))
-    params, posterior, metrics, (t_train, t_fit, t_eval) = fit_and_evaluate(
+    params, posterior, metrics, (t_train, t_fit, t_eval), diagnosis = fit_and_evaluate(
         key_fit, learner, data, params0, labelled, pseudo, stages=s)
     new_state = ALState(params, posterior, labelled, state.round + 1, state.init_key)
     timings = Timings(t_score, t_train, t_fit, t_eval)
 
-    def info(m, lab, q, scores, pool_y, pseudo_labels, ex):
+    def info(m, lab, q, scores, pool_y, pseudo_labels, ex, d):
         return RoundInfo(new_state.round, int(lab.sum()), q, scores, pool_y[q], m, timings,
-                         pseudo_label_info(pseudo_labels, pool_y), ex)
+                         pseudo_label_info(pseudo_labels, pool_y), ex, d)
 
     return new_state, s.each(info, metrics, labelled, queried, queried_scores,
-                             np.asarray(data.pool_y), query.pseudo_labels, extremes)
+                             np.asarray(data.pool_y), query.pseudo_labels, extremes,
+                             diagnosis)
 
 
 def pseudo_label_info(pseudo: jax.Array, pool_y: jax.Array) -> PseudoLabelInfo:

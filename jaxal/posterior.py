@@ -473,6 +473,20 @@ def check_laplace_fits(model: Classifier, options: LaplaceOptions,
 LINEAR_MODE_CPU_WEIGHTS = 20_000
 
 
+def laplace_diagnose(model: Classifier, posterior, x: jax.Array, options: LaplaceOptions
+                     ) -> dict:
+    """The evidence diagnosis of a fitted Laplace posterior over the points x
+    (``jaxal.evidence.evidence_diagnosis``): per layer of its subset λ, γ, λ ‖θ‖², the prior
+    variance against the mean square weight, and the GLM logit std against the MAP's logit
+    spread; a tree of arrays (``EvidenceDiagnosis.as_tree``)."""
+    from jaxal.evidence import evidence_diagnosis  # builds on this module
+
+    inner = posterior.head if options.subset == "last-layer" else posterior.weights
+    theta = head_params(posterior.params) if options.subset == "last-layer" else posterior.params
+    diagnosis = evidence_diagnosis(model, posterior.params, inner, x, options.subset)
+    return diagnosis.as_tree(layer_groups(theta)[1])
+
+
 def laplace_training(trainer, init_one, options: LaplaceOptions, *, model: Classifier,
                      capacity: int):
     """The online prior fits (``marglik``, ``marglik-layerwise``) learn λ while training
@@ -540,11 +554,14 @@ class Posterior(NamedTuple):
     chunk_size: Callable = lambda options, predictive: None
     # options: () -> S, the posterior samples a sampling predictive draws (glm-logits).
     num_samples: Callable | None = None
+    # options: (model, state, x) -> a tree of arrays keyed by name, what ``--diagnose``
+    # records each round (Laplace: ``laplace_diagnose``); None: nothing to diagnose.
+    diagnose: Callable | None = None
 
 
 # The record functions that take the options record last.
 _WITH_OPTIONS = ("fit", "sample_probs", "glm_sample_probs", "logit_variance",
-                 "logit_covariance", "num_samples")
+                 "logit_covariance", "num_samples", "diagnose")
 
 
 def bind(record: Posterior, options) -> Posterior:
@@ -563,4 +580,5 @@ LAPLACE = Posterior(
     default_predictive=laplace_default_predictive, training=laplace_training,
     validation_grid=lambda options: (options.prior_precision_grid
                                      if options.prior_fit == "val-nll" else None),
-    chunk_size=laplace_chunk_size, num_samples=lambda options: options.samples)
+    chunk_size=laplace_chunk_size, num_samples=lambda options: options.samples,
+    diagnose=laplace_diagnose)

@@ -203,7 +203,9 @@ _RECORDS = {"metrics": Metrics, "timings": Timings, "pseudo": PseudoLabelInfo,
 def _info_from_json(d: dict) -> RoundInfo:
     fields = {}
     for name, value in d.items():
-        if name in _RECORDS and value is not None:
+        if name == "diagnosis":   # plain JSON already (``RoundInfo.diagnosis``)
+            pass
+        elif name in _RECORDS and value is not None:
             value = _RECORDS[name](**{k: _array_from_json(v) if isinstance(v, dict) else v
                                       for k, v in value.items()})
         elif isinstance(value, dict):
@@ -481,6 +483,10 @@ def write_rounds(out_dir: str | os.PathLike, infos: Sequence[RoundInfo],
     write_text_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write_text_atomic(out_dir / "queries.jsonl", "".join(
         json.dumps(query_row(i, pool_index)) + "\n" for i in infos if i.round > 0))
+    if any(i.diagnosis is not None for i in infos):   # --diagnose
+        write_text_atomic(out_dir / "diagnosis.jsonl", "".join(
+            json.dumps({"round": i.round, "num_labels": i.num_labels, **i.diagnosis}) + "\n"
+            for i in infos if i.diagnosis is not None))
     if num_classes is not None:
         counts = query_class_counts(infos, num_classes)
         buf = io.StringIO()

@@ -146,6 +146,8 @@ def seed_stages(learner, seeds: int) -> Stages:
                   evaluate=jax.jit(all_seeds(learner.evaluate, 4)),
                   evaluate_map=(None if learner.evaluate_map is None
                                 else jax.jit(all_seeds(learner.evaluate_map, 4))),
+                  diagnose=(None if learner.diagnose is None
+                            else jax.jit(all_seeds(learner.diagnose, 2))),
                   label=lambda labelled, queried: labelled.at[rows, queried].set(True),
                   each=each)
 

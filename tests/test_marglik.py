@@ -5,6 +5,8 @@ resumes, and impossible settings are refused."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +19,9 @@ from jaxal import data as datasets
 from jaxal.cli.run import main as run_main
 from jaxal.config import ALConfig, ExperimentConfig, LaplaceOptions, TrainConfig
 from jaxal.errors import ConfigError
+from jaxal.evidence import evidence_diagnosis
 from jaxal.experiment import run_experiment, to_device
-from jaxal.loop import make_learner, run_rounds, validate_config
+from jaxal.loop import DIAGNOSIS_POINTS, make_learner, run_rounds, validate_config
 from jaxal.marglik import MarglikParams, network_prior_precision, prior_groups
 from jaxal.model import mlp
 from jaxal.objective import log_likelihood, log_prior, minibatch_objective, squared_norm
@@ -180,10 +183,37 @@ def test_lambda_carries_over_rounds_and_rounds_do_not_recompile(toy):
     assert all(i.metrics.prior_precision != 1.0 for i in infos)
 
 
+def flat(tree: dict) -> dict:
+    """{path: leaf} of a nested dict (``pytest.approx`` compares flat mappings)."""
+    return {jax.tree_util.keystr(path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_each_round_reports_the_evidence_diagnosis_of_its_posterior(toy):
+    """``--diagnose``: a round's diagnosis is ``evidence_diagnosis`` of the posterior it
+    fitted, on the first validation points, per layer of its subset."""
+    config = AL._replace(rounds=1, diagnose=True)
+    model = mlp(2, hidden=(8,))
+    learner = make_learner(model, config, (2,), 2)
+    (_, info0), (state, info1) = run_rounds(jax.random.key(0), learner, toy)
+    expected = evidence_diagnosis(model, state.posterior.params, state.posterior.weights,
+                                  toy.val_x[:DIAGNOSIS_POINTS], "all")
+    names = layer_groups(state.posterior.params)[1]
+    assert flat(info1.diagnosis) == pytest.approx(flat(expected.as_dict(names)), rel=1e-5)
+    assert list(info1.diagnosis["layers"]) == list(names)
+    lam = np.exp(np.asarray(state.params.log_prior_precision))
+    np.testing.assert_allclose([v["prior_precision"] for v in
+                                info1.diagnosis["layers"].values()], lam, rtol=1e-5)
+    assert info0.diagnosis["layers"] != info1.diagnosis["layers"]
+    with pytest.raises(ConfigError, match="--diagnose"):
+        validate_config(config._replace(posterior="plugin", predictive="plugin",
+                                        acquisition="entropy", posterior_options=()))
+
+
 def experiment(seed: int) -> ExperimentConfig:
     return ExperimentConfig(dataset="moons", seed=seed, val_size=40, pool_size=120,
                             al=AL._replace(posterior_options=OPTIONS._replace(
-                                structure="diag")))
+                                structure="diag"), diagnose=True))
 
 
 @pytest.mark.slow
@@ -198,6 +228,12 @@ def test_stacked_seeds_and_a_resumed_run_repeat_the_runs(tmp_path):
         for ra, rb in zip(a, b, strict=True):
             for k in ("prior_precision", "test_accuracy", "train_loss"):
                 np.testing.assert_allclose(ra[k], rb[k], rtol=2e-3, atol=1e-5, err_msg=k)
+        diagnosis = [(tmp_path / f"{d}{seed}" / "diagnosis.jsonl").read_text().splitlines()
+                     for d in "sv"]
+        assert len(diagnosis[0]) == len(diagnosis[1]) == 3
+        for a, b in zip(*diagnosis, strict=True):
+            assert flat(json.loads(a)) == pytest.approx(flat(json.loads(b)), rel=2e-3,
+                                                        abs=1e-5)
     # Killed after round 1 and resumed (the checkpoint holds θ and log λ): the same run.
     def kill_after_round_1(line: str):
         if line.startswith("round   1"):
@@ -211,6 +247,8 @@ def test_stacked_seeds_and_a_resumed_run_repeat_the_runs(tmp_path):
     drop = ("score_s", "train_s", "posterior_s", "eval_s")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]
     assert strip(read_metrics(tmp_path / "r0")) == strip(read_metrics(tmp_path / "s0"))
+    assert ((tmp_path / "r0" / "diagnosis.jsonl").read_text()
+            == (tmp_path / "s0" / "diagnosis.jsonl").read_text())
 
 
 @pytest.mark.parametrize(("flags", "says"), [

@@ -121,6 +121,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=whole(1), default=None,
                    help="posterior samples of the test/validation metrics (default: as "
                         "many as the query); fewer keep sampling posteriors affordable")
+    p.add_argument("--diagnose", action="store_true",
+                   help="each round, the Laplace posterior's evidence diagnosis into "
+                        "diagnosis.jsonl: per layer λ, γ, the prior variance against the "
+                        "mean square weight, and the GLM logit std against the MAP's logit "
+                        "spread (first 256 validation points)")
     p.add_argument("--pool-subset", type=whole(1), default=None, metavar="K",
                    help="score the labelled set and a fresh random K unlabelled pool "
                         "points each round instead of the whole pool (K >= --query-size)")
@@ -281,7 +286,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
                   warm_start=args.warm_start, chunk_size=args.chunk_size, train=train,
                   model=ModelConfig(dropout=dropout, channels=tuple(args.channels),
                                     hidden=args.hidden),
-                  eval_samples=args.eval_samples, pool_subset=args.pool_subset)
+                  eval_samples=args.eval_samples, pool_subset=args.pool_subset,
+                  diagnose=args.diagnose)
     from jaxal.loop import default_predictive
 
     al = al._replace(predictive=args.predictive or default_predictive(al))
