@@ -135,13 +135,18 @@ def online_marglik(trainer: Trainer, init_one: Callable, options: LaplaceOptions
         return MarglikParams(params, log_lam)
 
     def init(start: MarglikParams):
+        # The burn-in trains with the run's λ: a λ carried over from the last round (often
+        # 30-100x larger at 20-50 labels) on freshly initialised weights shrank them before
+        # they fitted anything (MNIST: train NLL 1.7, MAP accuracy 0.33 at 40 labels).
+        # The carried λ is where the first update's Adam steps start (the warm start).
         log_lam = start.log_prior_precision
+        log_base = jnp.full_like(log_lam, jnp.log(jnp.asarray(base_lambda, log_lam.dtype)))
         state = trainer.init(start.params)
         hyper = HyperState(log_lam, hyper_optimizer.init(log_lam), start,
                            jnp.asarray(-jnp.inf, log_lam.dtype),
                            jnp.asarray(jnp.nan, log_lam.dtype))
         return state._replace(
-            prior_precision=network_prior_precision(log_lam, groups, base_lambda),
+            prior_precision=network_prior_precision(log_base, groups, base_lambda),
             hyper=hyper)
 
     def update(key, state, x_pool, y_pool, labelled_idx, num_labelled):

@@ -170,6 +170,10 @@ def test_lambda_carries_over_rounds_and_rounds_do_not_recompile(toy):
     # From scratch: fresh weights, the last round's λ.
     start = learner.restart(state.params, state.init_key)
     np.testing.assert_array_equal(start.log_prior_precision, first)
+    # Training starts there: the burn-in with the run's λ (1), the updates from the last λ.
+    train_state = learner.trainer.init(start)
+    np.testing.assert_array_equal(train_state.prior_precision, 1.0)
+    np.testing.assert_array_equal(train_state.hyper.log_prior_precision, first)
     for got, want in zip(jax.tree.leaves(start.params),
                          jax.tree.leaves(learner.init(state.init_key).params), strict=True):
         np.testing.assert_array_equal(got, want)
