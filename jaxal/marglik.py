@@ -177,6 +177,8 @@ def online_marglik(trainer: Trainer, init_one: Callable, options: LaplaceOptions
         # loop's finiteness check then sees the posterior of the best one.
         ok = jnp.isfinite(log_ev) & jnp.all(jnp.isfinite(log_lam))
         log_lam = jnp.where(ok, log_lam, hyper.log_prior_precision)
+        opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), opt_state,
+                                 hyper.opt_state)
         better = ok & (log_ev > hyper.best_log_evidence)
         current = MarglikParams(state.params, log_lam)
         best = jax.tree.map(lambda new, old: jnp.where(better, new, old), current, hyper.best)

@@ -130,6 +130,31 @@ def test_one_update_is_K_adam_steps_on_the_dense_evidence(toy, learner):
     np.testing.assert_allclose(updated.prior_precision, np.exp(expected)[group], rtol=5e-3)
 
 
+def test_a_non_finite_evidence_keeps_the_last_lambda_and_best_iterate(toy, learner):
+    """An update whose evidence is not finite (here θ is NaN) changes neither λ nor the
+    best iterate; the NaN θ then stops the run in the loop's finiteness check."""
+    trainer = learner.trainer
+    labelled = labelled_of(toy)
+    idx, num = labelled_indices(labelled), labelled.sum()
+    state = trainer.init(learner.init(jax.random.key(1)))
+    state = trainer.hyper.update(jax.random.key(0), state, toy.pool_x, toy.pool_y, idx, num)
+    broken = state._replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+    after = trainer.hyper.update(jax.random.key(1), broken, toy.pool_x, toy.pool_y, idx,
+                                 num)
+    assert not np.isfinite(after.hyper.log_evidence)
+    np.testing.assert_array_equal(after.hyper.log_prior_precision,
+                                  state.hyper.log_prior_precision)
+    np.testing.assert_array_equal(after.prior_precision, state.prior_precision)
+    assert float(after.hyper.best_log_evidence) == float(state.hyper.best_log_evidence)
+    # Adam's moments too: the next finite update goes on as if this one had not run.
+    for got, want in zip(jax.tree.leaves(after.hyper.opt_state),
+                         jax.tree.leaves(state.hyper.opt_state), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(jax.tree.leaves(trainer.result(after)),
+                         jax.tree.leaves(trainer.result(state)), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_a_fit_returns_the_best_evidence_iterate(toy, learner):
     """Train by hand as ``train_map`` does, recording (θ, λ, evidence) at each update; the
     fit's result is the iterate of highest evidence, not the last."""
