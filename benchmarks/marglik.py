@@ -27,10 +27,12 @@ The command that made benchmarks/results/marglik.{json,md}:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from common import RESULTS, mnist_pool, result_header, write_json
 from tables import TABLES
@@ -110,6 +112,45 @@ def one_row(args, name: str, fields: dict, seed: int, num_labels: int, data, x_t
     return row
 
 
+def hyper_timing(args, data) -> dict:
+    """Seconds of one online-marglik update (``Hyper.update``: the KFAC refit on the
+    labelled set and K Adam steps on log λ per layer) and of one training step, at N =
+    ``args.hyper_n`` labels, against laplace-torch's step (``marglik_torch.py``'s JSON,
+    same sitting) where present."""
+    from jaxal.config import ALConfig, LaplaceOptions, TrainConfig
+    from jaxal.loop import make_learner
+    from jaxal.model import cnn
+    from jaxal.train import labelled_indices
+
+    n = args.hyper_n
+    options = LaplaceOptions(structure="kfac", subset="all", prior_fit="marglik-layerwise",
+                             marglik_steps=10)
+    config = ALConfig(posterior="laplace", predictive="glm", posterior_options=options,
+                      train=TrainConfig(steps=args.steps))
+    learner = make_learner(cnn(data.num_classes), config, data.pool_x.shape[1:],
+                           data.num_classes, capacity=n)
+    labelled = jnp.zeros(data.pool_y.shape, bool).at[:n].set(True)
+    params, _ = learner.train(jax.random.key(0), params=learner.init(jax.random.key(1)),
+                              x_pool=data.pool_x, y_pool=data.pool_y, labelled=labelled)
+    trainer, idx, num = learner.trainer, labelled_indices(labelled), labelled.sum()
+    state = trainer.init(params)
+    args_ = (data.pool_x, data.pool_y, idx, num)
+    update = time_calls(lambda: trainer.hyper.update(jax.random.key(2), state, *args_),
+                        args.repeats)
+    step = time_calls(lambda: trainer.step(jax.random.key(3), state, *args_), 50)
+    out = {"labels": n, "hyper_steps": options.marglik_steps,
+           "update_s": update.seconds, "update_compile_and_run_s": update.first_s,
+           "train_step_s": step.seconds,
+           "update_in_train_steps": update.seconds / step.seconds}
+    torch_json = RESULTS / "marglik_torch.json"
+    if torch_json.exists():
+        reference = json.loads(torch_json.read_text())
+        out["laplace_torch"] = {k: reference[k] for k in ("hyper_step_s", "fit_s", "adam_s",
+                                                          "n_train", "versions")}
+        out["speedup_over_laplace_torch"] = reference["hyper_step_s"] / update.seconds
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -121,8 +162,22 @@ def main():
     p.add_argument("--test-size", type=int, default=10000)
     p.add_argument("--chunk-size", type=int, default=250)
     p.add_argument("--name", default="marglik", help="results/<name>.{json,md}")
+    p.add_argument("--hyper-timing", action="store_true",
+                   help="only time one online-marglik update against laplace-torch's "
+                        "(run marglik_torch.py first, same sitting) into "
+                        "results/marglik_timing.json")
+    p.add_argument("--hyper-n", type=int, default=220)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     configure_cpu()   # as jaxal's CLIs run; before JAX's first computation
+    if args.hyper_timing:
+        data = mnist_pool(args.data_dir, 1)[0]
+        result = {**result_header("marglik.py", sys.argv[1:], 0),
+                  **hyper_timing(args, data)}
+        del result["rows"], result["test_size"]
+        write_json(RESULTS / "marglik_timing.json", result)
+        print(json.dumps({k: v for k, v in result.items() if k != "cpu"}, indent=1))
+        return
 
     data, x_test, y_test = mnist_pool(args.data_dir, args.test_size)
     result = {**result_header("marglik.py", sys.argv[1:], int(x_test.shape[0])),
