@@ -21,7 +21,13 @@ two identical fits) against plain training in the same sitting.
 
 The command that made benchmarks/results/marglik.{json,md}:
 
-    python benchmarks/marglik.py --test-size 2000
+    python benchmarks/marglik.py --sizes 20 50 220 --test-size 1000 --settings 50/100/10 25/50/10
+
+(about 30 minutes on 2 shared cores). The hyperparameter step against laplace-torch's,
+same sitting (results/marglik_timing.json):
+
+    /tmp/lt-venv/bin/python benchmarks/marglik_torch.py
+    python benchmarks/marglik.py --hyper-timing --data-dir ../shared/data/tfds
 """
 
 from __future__ import annotations

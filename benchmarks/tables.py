@@ -397,7 +397,8 @@ TABLES: dict[str, Table] = {
                           result="cifar10_timing"),
     "cifar10_pool-chunk512": Table(partial(cifar10_pool, key="pool-chunk512"),
                                    f"{_POOL} --chunk-size 512", result="cifar10_timing"),
-    "marglik": Table(marglik, "python benchmarks/marglik.py --test-size 2000"),
+    "marglik": Table(marglik, "python benchmarks/marglik.py --sizes 20 50 220 "
+                              "--test-size 1000 --settings 50/100/10 25/50/10"),
     "scaling": Table(scaling, "python benchmarks/scaling.py --data-dir ../shared/data/tfds"),
     "scaling_seeds": Table(scaling_seeds,
                            "python benchmarks/scaling.py --seeds --data-dir ../shared/data/tfds"),
