@@ -428,6 +428,10 @@ def check_laplace(options: LaplaceOptions, config) -> None:
     _need(lc.prior_fit != "none" or (lc.prior_precision or config.train.prior_precision) > 0,
           "the Laplace posterior needs a prior precision > 0 (got 0: its covariance would "
           "be infinite); use --prior-precision 1, val-nll or auto")
+    _need(lc.prior_fit not in ONLINE_PRIOR_FITS
+          or (lc.prior_precision or config.train.prior_precision) > 0,
+          "online marglik learns log λ from the run's prior precision, and it is 0 (no "
+          "log); train with a prior precision > 0 (TrainConfig.prior_precision, default 1)")
     if (config.predictive in PER_POINT_PREDICTIVES and lc.subset != "last-layer"
             and structure.layer_variance is None):
         raise ConfigError(probit_fix(config.predictive))

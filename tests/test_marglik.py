@@ -304,6 +304,8 @@ def test_impossible_settings_are_refused_in_one_line_before_work(tmp_path, capsy
 def test_options_check_refuses_what_the_flags_cannot_express():
     with pytest.raises(ConfigError, match="never be learned"):
         validate_config(AL._replace(train=TRAIN._replace(steps=25)))
+    with pytest.raises(ConfigError, match="no log"):
+        validate_config(AL._replace(train=TRAIN._replace(prior_precision=0.0)))
     with pytest.raises(ConfigError, match="--marglik-lr"):
         validate_config(AL._replace(posterior_options=OPTIONS._replace(
             marglik_learning_rate=float("inf"))))
