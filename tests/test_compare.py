@@ -38,6 +38,7 @@ def test_labels_to_reach_median_and_aubc_by_hand():
     assert aubc([10, 20, 40], [0.5, 0.7, 0.9]) == pytest.approx((6 + 16) / 30)
 
 
+@pytest.mark.slow
 def test_comparison_skips_impossible_pairs_and_runs_the_rest(comparison, capsys):
     meta = json.loads((comparison / "comparison.json").read_text())
     assert meta["strategies"] == ["random/plugin", "random/laplace", "entropy/plugin",
@@ -49,6 +50,7 @@ def test_comparison_skips_impossible_pairs_and_runs_the_rest(comparison, capsys)
         assert len(read_metrics(comparison / run["dir"])) == 3
 
 
+@pytest.mark.slow
 def test_runs_of_one_seed_share_their_start(comparison):
     """Round 0 (initial labels, weights, validation split) is the same for every strategy
     with the same posterior; the queries differ."""
@@ -62,6 +64,7 @@ def test_runs_of_one_seed_share_their_start(comparison):
         runs / "random-plugin-seed1")[0]["test_loss"]
 
 
+@pytest.mark.slow
 def test_aggregates_match_an_independent_computation(comparison):
     summary = json.loads((comparison / "summary.json").read_text())
     with open(comparison / "curves.csv") as f:
@@ -104,6 +107,7 @@ def test_protocol_line_names_the_protocol_in_the_literature_s_words():
         "cifar10: 20 initial labels, 1,000 a round, 10 rounds; 500 steps of 32 a fit")
 
 
+@pytest.mark.slow
 def test_learning_curve_draws_the_mean_accuracy_under_the_protocol(comparison, monkeypatch):
     import jaxal.plots
 
@@ -126,6 +130,7 @@ def test_learning_curve_draws_the_mean_accuracy_under_the_protocol(comparison, m
                                    [float(c["test_accuracy_mean"]) for c in mine])
 
 
+@pytest.mark.slow
 def test_plot_redraws_every_figure_without_recomputing(comparison, monkeypatch):
     import jaxal.experiment
 
