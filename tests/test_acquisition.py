@@ -98,6 +98,7 @@ def test_sample_scores_are_zero_when_samples_agree_and_refuse_without_samples(na
         ACQUISITIONS[name].score(jax.random.key(0), PredictiveOutput(probs))
 
 
+@pytest.mark.slow
 def test_bald_is_the_mutual_information_of_a_monte_carlo_table():
     """BALD against I[y; θ] computed from the joint table p(y, s) = p_s(y) / S."""
     sample_probs = jax.nn.softmax(jax.random.normal(jax.random.key(0), (7, 5, 4)) * 3.0)
@@ -243,6 +244,7 @@ def test_map_chunks_passes_chunk_indices_in_order(chunk_size, num_chunks):
     np.testing.assert_array_equal(chunk_of, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [1, 5, 7, 23])
 def test_chunk_at_is_the_padded_chunk(chunk):
     x = jnp.arange(23 * 3, dtype=jnp.float32).reshape(23, 3) + 1.0
@@ -275,6 +277,7 @@ def plugin(model, params):
     return lambda key, x: plugin_predictive(key, model, PointMass(params), x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_score_pool_equals_scoring_the_whole_pool(tiny_mlp, name):
     model, params, x_pool = tiny_mlp

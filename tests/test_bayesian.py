@@ -69,6 +69,7 @@ def _glm_logits(model, post, x, config):
     return logp - logp.mean(-1, keepdims=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("structure", ["full", "diag", "kfac"])
 def test_glm_samples_have_the_linearised_mean_and_covariance(structure):
     """f_lin samples: mean f(x; θ*) and covariance J Σ Jᵀ (dense jax.jacobian of the
@@ -92,6 +93,7 @@ def test_glm_samples_have_the_linearised_mean_and_covariance(structure):
                                atol=6 * sd.max()**2 * np.sqrt(2 / samples) + 1e-6)
 
 
+@pytest.mark.slow
 def test_glm_equals_mc_for_the_linear_head():
     """The head is linear in its weights: GLM and MC predictives give the same samples."""
     model = cnn(10, channels=(4,), hidden=8)
@@ -107,6 +109,7 @@ def test_glm_equals_mc_for_the_linear_head():
                                laplace_sample_probs(key, model, post, x, options), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_last_layer_logit_covariance_equals_dense():
     """J Σ Jᵀ [n, C, C] of the linear head against the dense Jacobian of its raveled
     weights (the full GGN's covariance has cross-class blocks)."""
@@ -192,6 +195,7 @@ def _laplace_blr(x, y, noise, lam_p):
     return mean, h, ll
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("structure", ["full", "diag"])
 def test_layerwise_evidence_matches_bayesian_linear_regression(structure):
     """One prior precision per block: the Laplace evidence equals the closed form (diag:
@@ -257,6 +261,7 @@ def test_kfac_takes_one_prior_precision_per_layer():
 # --- MC dropout -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_consistent_mc_dropout_is_one_network_per_key():
     """The same key gives each example the same network whatever the batch around it,
     different keys other networks, and the masks are off outside sampling."""
@@ -276,6 +281,7 @@ def test_consistent_mc_dropout_is_one_network_per_key():
     assert not np.allclose(train[0], train[1])
 
 
+@pytest.mark.slow
 def test_mc_dropout_run_and_its_bad_input():
     toy = _toy()
     config = ALConfig(posterior="mc-dropout", predictive="mc", acquisition="bald",
@@ -304,6 +310,7 @@ def test_over_members_forms_agree():
                                over_members(fn, (0, None), 3, "vmap")(w, x), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_sample_forms_agree(monkeypatch):
     """Posterior samples in sequence (CPU's form) or vmapped in groups (GPU/TPU's) give the
     same probabilities: the GLM of a tiny CNN's KFAC Laplace, and MC dropout;
@@ -335,6 +342,7 @@ def test_sample_forms_agree(monkeypatch):
     assert np.abs(got["map"]["dropout"][0] - got["map"]["dropout"][1]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_stacked_training_is_the_same_unrolled_or_vmapped():
     """One step of M stacked networks: the CPU form (unrolled) and the GPU form (vmap)
     give the same members, each as if trained alone with its key."""
@@ -362,6 +370,7 @@ def test_stacked_training_is_the_same_unrolled_or_vmapped():
         np.testing.assert_allclose(a, b[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ensemble_run_samples_are_its_members():
     toy = _toy()
     config = ALConfig(posterior="ensemble", predictive="mc", acquisition="bald", rounds=1,
@@ -397,6 +406,7 @@ def test_pool_subset_scores_the_labelled_buffer_and_fresh_unlabelled_points():
     assert set(other.tolist()) != set(fresh.tolist())    # a fresh draw each round
 
 
+@pytest.mark.slow
 def test_pool_subset_run_queries_unlabelled_points_only():
     toy = _toy()
     config = ALConfig(acquisition="entropy", rounds=3, query_size=4, pool_subset=10,
@@ -447,6 +457,7 @@ def test_new_options_are_refused_with_the_fix():
             validate_config(config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("structure", ["kfac", "diag"])
 def test_all_weights_glm_samples_are_joint_over_chunks_and_batchbald_runs_on_them(structure):
     """Sample s of the all-weights GLM predictive is one linearised network for every pool

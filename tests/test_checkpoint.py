@@ -91,6 +91,7 @@ def refused(path, match=""):
     return pytest.raises(RunDirError, match=rf"^{path}.*{match}")
 
 
+@pytest.mark.slow
 def test_round_trip_restores_every_bit(run):
     out, state, infos = run
     split = load_split(ONE_ROUND)

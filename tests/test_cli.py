@@ -27,6 +27,7 @@ def tiny_run(mnist_data_dir, tmp_path_factory):
     return out, proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_writes_every_output(tiny_run, mnist_data_dir):
     out, stdout = tiny_run
     assert sorted(p.name for p in out.iterdir()) == [
@@ -108,6 +109,7 @@ def test_cli_writes_every_output(tiny_run, mnist_data_dir):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+@pytest.mark.slow
 def test_rerun_with_other_config_refuses(tiny_run, mnist_data_dir, capsys):
     out, _ = tiny_run
     before = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -47,6 +47,23 @@ def assert_refused(proc: subprocess.CompletedProcess, fix: str) -> None:
     assert fix in lines[0], lines[0]
 
 
+def run_in_process(argv: list[str], capfd) -> subprocess.CompletedProcess:
+    """``python -m jaxal.run *argv`` run in this process, as ``run_cli`` reports it: its
+    exit code and what it wrote to stdout and stderr (``capfd``: also what C code writes).
+    No second JAX start-up: for refusals and runs after JAX is imported (one command per
+    kind stays a real process: ``finished_run``, the refusals before JAX, the locks)."""
+    from jaxal.cli.run import main
+
+    capfd.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """An out dir holding a finished moons run (its hash must survive every refusal)."""
@@ -83,8 +100,11 @@ FAST = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fix", FAST, ids=[" ".join(a) for a, _ in FAST])
-@pytest.mark.parametrize("fresh", [True, False], ids=["new-out", "finished-out"])
+# The finished out dir is a run of its own (a subprocess): the full run only.
+@pytest.mark.parametrize("fresh", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["new-out", "finished-out"])
 def test_bad_argument_refused_in_one_line_before_jax(args, fix, fresh, finished_run,
                                                      tmp_path):
     out = tmp_path / "out" if fresh else finished_run
@@ -111,32 +131,33 @@ DAMAGED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, content, fix", DAMAGED,
                          ids=[f"{n}={c[:8]!r}" for n, c, _ in DAMAGED])
 def test_damaged_run_dir_file_is_named_and_left_as_it_is(name, content, fix, finished_run,
-                                                         tmp_path):
+                                                         tmp_path, capfd):
     import shutil
 
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     (out / name).write_bytes(content)
     before = tree_digest(out)
-    assert_refused(run_cli("jaxal.run", *MOONS, "--out", str(out)), fix)
+    assert_refused(run_in_process([*MOONS, "--out", str(out)], capfd), fix)
     assert tree_digest(out) == before
 
 
-def test_out_dir_that_is_a_file_or_under_one_is_refused(tmp_path):
+def test_out_dir_that_is_a_file_or_under_one_is_refused(tmp_path, capfd):
     f = tmp_path / "a_file"
     f.write_text("x")
     for out, fix in [(f, "a_file is a file; choose another --out"),
                      (f / "sub", "a_file is a file; choose another --out")]:
-        assert_refused(run_cli("jaxal.run", *MOONS, "--out", str(out)), fix)
+        assert_refused(run_in_process([*MOONS, "--out", str(out)], capfd), fix)
     assert f.read_text() == "x"
 
 
-def test_unwritable_out_dir_is_refused(tmp_path):
+def test_unwritable_out_dir_is_refused(capfd):
     # As root no permission bit stops a write; /proc refuses new directories to anyone.
-    assert_refused(run_cli("jaxal.run", *MOONS, "--out", "/proc/jaxal-test-out"),
+    assert_refused(run_in_process([*MOONS, "--out", "/proc/jaxal-test-out"], capfd),
                    "choose a writable --out")
 
 
@@ -153,22 +174,25 @@ SLOW = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fix", SLOW, ids=[" ".join(a) for a, _ in SLOW])
-def test_bad_value_leaves_a_finished_out_dir_unchanged(args, fix, finished_run):
+def test_bad_value_leaves_a_finished_out_dir_unchanged(args, fix, finished_run, capfd):
     before = tree_digest(finished_run)
-    assert_refused(run_cli("jaxal.run", *MOONS, *args, "--out", str(finished_run)), fix)
+    assert_refused(run_in_process([*MOONS, *args, "--out", str(finished_run)], capfd), fix)
     assert tree_digest(finished_run) == before
     assert not (finished_run / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fix", [
     (["--pool-size", "70000"], "--pool-size"),
     (["--val-size", "70000"], "--val-size"),
 ])
-def test_split_sizes_beyond_the_dataset_are_refused(args, fix, mnist_data_dir, tmp_path):
+def test_split_sizes_beyond_the_dataset_are_refused(args, fix, mnist_data_dir, tmp_path,
+                                                    capfd):
     out = tmp_path / "out"
-    assert_refused(run_cli("jaxal.run", "--data-dir", str(mnist_data_dir), "--out", str(out),
-                           *args), fix)
+    assert_refused(run_in_process(["--data-dir", str(mnist_data_dir), "--out", str(out),
+                                   *args], capfd), fix)
     assert not out.exists()
 
 
@@ -221,7 +245,9 @@ def test_comparison_and_labelling_dirs_take_one_writer_too(module, args, tmp_pat
         assert tree_digest(out) == before
 
 
-def test_temp_files_of_a_killed_write_are_removed_by_the_next_run(finished_run, tmp_path):
+@pytest.mark.slow
+def test_temp_files_of_a_killed_write_are_removed_by_the_next_run(finished_run, tmp_path,
+                                                                   capfd):
     import shutil
 
     out = tmp_path / "run"
@@ -230,7 +256,7 @@ def test_temp_files_of_a_killed_write_are_removed_by_the_next_run(finished_run, 
     for path in stale:
         path.write_text("half a file")
     (out / "notes.tmp").write_text("the user's")   # not jaxal's name: kept
-    proc = run_cli("jaxal.run", *MOONS, "--out", str(out))
+    proc = run_in_process([*MOONS, "--out", str(out)], capfd)
     assert proc.returncode == 0, proc.stderr
     assert not any(p.exists() for p in stale) and (out / "notes.tmp").exists()
 
@@ -300,6 +326,7 @@ def small_moons_config(rounds: int):
                                         train=TrainConfig(steps=30, batch_size=8)))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_at_its_round_and_keeps_the_last_good_checkpoint(
         tmp_path, monkeypatch):
     import jaxal.loop as loop
@@ -349,6 +376,7 @@ def test_non_finite_posterior_stops_the_run(tmp_path, monkeypatch):
         run_experiment(config, tmp_path / "run", progress=None)
 
 
+@pytest.mark.slow
 def test_real_divergence_and_a_diverged_flag(tmp_path):
     from jaxal.experiment import ExperimentConfig, run_experiment
     from jaxal.loop import ALConfig
@@ -376,6 +404,7 @@ def test_real_divergence_and_a_diverged_flag(tmp_path):
     assert not any(r["diverged"] for r in read_metrics(tmp_path / "ok"))
 
 
+@pytest.mark.slow
 def test_diverged_cli_run_exits_2_with_the_round(tmp_path):
     proc = run_cli("jaxal.run", *MOONS, "--optimizer", "sgd", "--lr", "1000", "--out",
                    str(tmp_path / "o"))
@@ -384,11 +413,14 @@ def test_diverged_cli_run_exits_2_with_the_round(tmp_path):
 
 # --- Ctrl-C -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_says_where_to_resume_and_the_rerun_finishes(tmp_path):
     out = tmp_path / "run"
     # 1,000 steps a round: the run must still be going when round 1's line is read (with
-    # its programs in the compilation cache, 30 steps a round end in well under a second).
-    args = [sys.executable, "-m", "jaxal.run", *MOONS, "--rounds", "30", "--steps", "1000",
+    # its programs in the compilation cache, 30 steps a round end in well under a second);
+    # 4 rounds: the signal comes at once, 3 rounds of 1,000 steps before the end, and the
+    # rerun that finishes them stays short.
+    args = [sys.executable, "-m", "jaxal.run", *MOONS, "--rounds", "4", "--steps", "1000",
             "--out", str(out)]
     # Ctrl-C's default handling in the child, however pytest was started: a shell starts a
     # background job (`pytest &`) with SIGINT ignored, and children inherit that.
@@ -410,6 +442,6 @@ def test_ctrl_c_says_where_to_resume_and_the_rerun_finishes(tmp_path):
     assert again.returncode == 0, again.stderr
     # The devices it runs on first, then where it resumes.
     assert again.stdout.startswith(f"devices: 1 (cpu:0)\nresuming {out} after round {done} "
-                                   "of 30")
+                                   "of 4")
     rows = (out / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(row)["round"] for row in rows] == list(range(31))
+    assert [json.loads(row)["round"] for row in rows] == list(range(5))

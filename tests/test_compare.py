@@ -98,6 +98,7 @@ def test_markdown_table_writes_header_rule_rows_and_refuses_a_short_row():
         markdown_table(["a", "b"], [[1]])
 
 
+@pytest.mark.slow
 def test_comparison_skips_impossible_pairs_and_runs_the_rest(comparison, capsys):
     meta = json.loads((comparison / "comparison.json").read_text())
     assert meta["strategies"] == ["random/plugin", "random/laplace", "entropy/plugin",
@@ -109,6 +110,7 @@ def test_comparison_skips_impossible_pairs_and_runs_the_rest(comparison, capsys)
         assert len(read_metrics(comparison / run["dir"])) == 3
 
 
+@pytest.mark.slow
 def test_runs_of_one_seed_share_their_start(comparison):
     """Round 0 (initial labels, weights, validation split) is the same for every strategy
     with the same posterior; the queries differ."""
@@ -122,6 +124,7 @@ def test_runs_of_one_seed_share_their_start(comparison):
         runs / "random-plugin-seed1")[0]["test_loss"]
 
 
+@pytest.mark.slow
 def test_aggregates_match_an_independent_computation(comparison):
     summary = json.loads((comparison / "summary.json").read_text())
     with open(comparison / "curves.csv") as f:
@@ -164,6 +167,7 @@ def test_protocol_line_names_the_protocol_in_the_literature_s_words():
         "cifar10: 20 initial labels, 1,000 a round, 10 rounds; 500 steps of 32 a fit")
 
 
+@pytest.mark.slow
 def test_learning_curve_draws_the_mean_accuracy_under_the_protocol(comparison, monkeypatch):
     import jaxal.plots
 
@@ -186,6 +190,7 @@ def test_learning_curve_draws_the_mean_accuracy_under_the_protocol(comparison, m
                                    [float(c["test_accuracy_mean"]) for c in mine])
 
 
+@pytest.mark.slow
 def test_plot_redraws_every_figure_without_recomputing(comparison, monkeypatch):
     import jaxal.experiment
 

@@ -79,6 +79,7 @@ def test_its_training_hook_and_options_are_bound_in_the_learner(jitter):
         np.testing.assert_allclose(a, 0.5 * b, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_it_runs_in_the_loop_records_its_options_and_resumes(jitter, tmp_path):
     config = jitter_config(init_scale=0.5, samples=4)
     _, whole = run_experiment(config, tmp_path / "whole", progress=None)
@@ -129,6 +130,7 @@ def _to_old_format(experiment: dict) -> dict:
     return {**experiment, "al": al}
 
 
+@pytest.mark.slow
 def test_a_run_dir_of_the_old_format_resumes_to_the_same_result(tmp_path):
     """A run stopped after round 1, its config.json and checkpoint manifest rewritten in
     the old format (as an earlier jaxal left them), resumes and ends as an uninterrupted

@@ -142,6 +142,7 @@ def test_every_component_takes_part_in_some_combination():
         assert not reads_samples or PREDICTIVES[c.predictive].gives_samples, name(c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("posterior, predictive", pairs(), ids=[f"{p}-{q}" for p, q in pairs()])
 def test_predictive_contract(posterior, predictive, toy, fitted):
     state, _ = fitted[posterior, predictive]
@@ -184,6 +185,7 @@ def test_two_rounds_of_the_loop_compile_once(posterior, predictive, toy):
     assert info.round == 2 and math.isfinite(info.metrics.test_loss)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", combinations(), ids=name)
 def test_query_contract(config, toy, fitted):
     state, labelled = fitted[config.posterior, config.predictive]
@@ -227,6 +229,7 @@ def bottom_k(key, pool, k, options):
     return top_k(key, pool._replace(scores=-pool.scores), k, options)
 
 
+@pytest.mark.slow
 def test_new_components_are_one_entry_each(monkeypatch, toy):
     import toy_posterior
 

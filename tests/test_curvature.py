@@ -67,6 +67,7 @@ def test_output_hessian_sqrt_factorises_softmax_hessian():
         np.testing.assert_allclose(a @ a.T, np.diag(p) - np.outer(p, p), atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_size", [2, 3, 64])
 def test_ggn_full_diag_iso_equal_dense_reference(problem, chunk_size):
     fn, params, x, y, reference = problem
@@ -81,6 +82,7 @@ def test_ggn_full_diag_iso_equal_dense_reference(problem, chunk_size):
     assert np.linalg.eigvalsh(full).min() > -1e-9, "a GGN is positive semi-definite"
 
 
+@pytest.mark.slow
 def test_ggn_equals_hessian_for_linear_softmax():
     """For logits linear in θ the GGN is the exact Hessian of the NLL."""
     rng = np.random.default_rng(3)
@@ -103,6 +105,7 @@ def test_ggn_equals_hessian_for_linear_softmax():
     np.testing.assert_allclose(ggn, reference, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_hessian_is_ggn_plus_the_residual_term(problem, request):
     """H = G + Σ_n Σ_c (p_nc - [y_n = c]) ∇²_θ f_c(x_n; θ): the GGN drops the residual
     term, which vanishes only where the logits are linear in θ (the last layer)."""
@@ -152,6 +155,7 @@ def test_dense_forms_refuse_what_does_not_fit():
                                             jnp.zeros(2, jnp.int32))
 
 
+@pytest.mark.slow
 def test_weights_drop_padded_examples(problem):
     """A 0/1-weighted padded buffer gives the curvature of the weighted-in examples only."""
     fn, params, x, y, _ = problem
@@ -167,6 +171,7 @@ def test_weights_drop_padded_examples(problem):
             np.testing.assert_allclose(got, want, atol=1e-9, rtol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_layerwise_diagonal_equals_generic(name):
     """The per-layer GGN diagonal (one C-cotangent backward pass) equals the generic one."""

@@ -94,6 +94,7 @@ def test_make_al_split_sizes_cover_train_split(mnist):
     np.testing.assert_array_equal(split.test_y, mnist.test_labels)
 
 
+@pytest.mark.slow
 def test_make_al_split_is_seeded(mnist):
     a, b = data.make_al_split(mnist, seed=3), data.make_al_split(mnist, seed=3)
     c = data.make_al_split(mnist, seed=4)
@@ -172,6 +173,7 @@ def test_cli_help():
     assert exit_info.value.code == 0
 
 
+@pytest.mark.slow
 def test_loading_does_not_import_tensorflow(mnist_data_dir, tmp_path):
     code = (
         "import sys\n"
@@ -184,6 +186,7 @@ def test_loading_does_not_import_tensorflow(mnist_data_dir, tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, env=env)
 
 
+@pytest.mark.slow
 def test_prepare_from_raw_files_matches_shared(mnist, tmp_path, empty_memory_cache):
     data_dir = tmp_path / "tfds"
     subprocess.run(
@@ -207,6 +210,7 @@ def test_prepare_checks_manual_dir(tmp_path):
 # Errors that name the fix.
 
 
+@pytest.mark.slow
 def test_unknown_dataset_lists_known_ones():
     with pytest.raises(ValueError, match="known datasets: cifar10, fashion_mnist, mnist"):
         data.load_dataset("imagenet")
@@ -403,6 +407,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_without_tensorflow_prepare_refuses_and_loading_works(
     mnist, mnist_data_dir, tmp_path, capsys, monkeypatch, empty_memory_cache
 ):
@@ -564,6 +569,7 @@ def test_toy_al_split():
 # Any TFDS image-classification dataset, read from its info (mocked records).
 
 
+@pytest.mark.slow
 def test_any_tfds_image_dataset_by_its_info(mock_tfds, tmp_path, capsys):
     """svhn_cropped is not in jaxal's table: its shape and classes come from the builder's
     info, its normalisation from its own train images; a run trains the CNN on it."""

@@ -136,6 +136,7 @@ def states(prob):
         yield out, dense_mode(prob, prob.lam)
 
 
+@pytest.mark.slow
 def test_linear_mode_equals_a_dense_newton_solve(prob, states):
     _, reference = states
     with jax.enable_x64(True):
@@ -178,6 +179,7 @@ def test_linear_mode_one_unrolled_newton_step_at_a_time_converges(prob, states):
     np.testing.assert_allclose(np.asarray(mode.mode), reference, atol=1e-8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["full", "diag", "iso", "kfac"])
 def test_evidence_and_its_gradient_in_log_lambda_per_layer_match_dense(prob, states, name):
     """The value against slogdet of the dense precision; the gradient per layer (w̃ held
@@ -242,6 +244,7 @@ def test_effective_dimension_keeps_its_digits_in_float32_where_the_prior_dominat
     np.testing.assert_allclose(gamma, reference, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_layer", [True, False])
 def test_fit_prior_precision_linear_mode_reaches_a_stationary_evidence(prob, states,
                                                                        per_layer):

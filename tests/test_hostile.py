@@ -154,6 +154,7 @@ def manifest_array(manifest: dict | str) -> np.ndarray:
 # --- 1. the lock follows no symlink; a FIFO or a directory there is named --------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, fix", [
     ("symlink", "is a symlink, not a file jaxal wrote; remove it"),
     ("fifo", "is a FIFO (named pipe), not a file jaxal wrote; remove it"),
@@ -175,6 +176,7 @@ def test_1_lock_that_is_no_regular_file_is_refused_and_kept(kind, fix, run_dir, 
 # --- 2. archives are sized from the zip directory before anything is inflated ------------
 
 
+@pytest.mark.slow
 def test_2_checkpoint_and_manifest_bombs_are_refused_uninflated(run_dir, tmp_path):
     manifest, leaves = checkpoint_parts(run_dir)
     # The same refusal point without a bomb: the baseline of memory.
@@ -266,6 +268,7 @@ def test_3_crafted_manifest_is_refused(craft, fix, run_dir, capsys):
 # --- 4. special files are refused, never waited on ---------------------------------------
 
 
+@pytest.mark.slow
 def test_4_fifo_checkpoint_is_refused_without_blocking(run_dir):
     (run_dir / "checkpoint.npz").unlink()
     os.mkfifo(run_dir / "checkpoint.npz")
@@ -306,6 +309,7 @@ def photos(tmp_path) -> Path:
 FOLDER = ["--image-shape", "8", "8", "3", "--classes", "cat", "dog", "--query-size", "2"]
 
 
+@pytest.mark.slow
 def test_4_fifo_in_an_image_folder_is_refused_without_blocking(photos, tmp_path):
     os.mkfifo(photos / "pipe.png")
     session = tmp_path / "session"
@@ -319,6 +323,7 @@ def test_4_fifo_in_an_image_folder_is_refused_without_blocking(photos, tmp_path)
 # --- 5 and 11. a refused command removes only what it made; unknown names in one line ----
 
 
+@pytest.mark.slow
 def test_5_refused_command_keeps_the_users_dir_and_names_no_catalogue(tmp_path, capsys,
                                                                       monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -383,6 +388,7 @@ def session(tmp_path) -> Path:
     return session
 
 
+@pytest.mark.slow
 def test_7_label_csv_from_a_device_is_refused_unread(session):
     # Under a 4 GB data limit: reading /dev/zero grew without bound.
     code = ("import resource, runpy, sys\n"
@@ -397,6 +403,7 @@ def test_7_label_csv_from_a_device_is_refused_unread(session):
     assert digests(session) == before
 
 
+@pytest.mark.slow
 def test_7_huge_label_file_is_read_in_bounded_memory(session, tmp_path):
     small, huge = tmp_path / "small.csv", tmp_path / "huge.csv"
     small.write_text("x,y\n")
@@ -417,6 +424,7 @@ def test_7_huge_label_file_is_read_in_bounded_memory(session, tmp_path):
 # --- 8. every request is sized before it runs -------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fix", [
     (["--posterior", "laplace", "--acq", "bald", "--samples", "1000000000"],
      "of it for the per-sample probabilities of one pool chunk (chunk 200 x samples "
@@ -438,6 +446,7 @@ def test_8_a_run_the_machine_cannot_hold_is_refused_with_its_size(args, fix, tmp
     assert peak < 1024 * 1024, f"{peak} kB: the refusal allocated what it refused"
 
 
+@pytest.mark.slow
 def test_8_a_run_prints_and_records_its_estimate(tmp_path, capsys):
     run_main([*MOONS, "--rounds", "0", "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
@@ -449,6 +458,7 @@ def test_8_a_run_prints_and_records_its_estimate(tmp_path, capsys):
     assert estimate["parts"]["the data set"] == (200 + 50 + 1000) * 2 * 4
 
 
+@pytest.mark.slow
 def test_8_an_image_shape_the_machine_cannot_hold_is_refused_before_reading(photos,
                                                                            tmp_path):
     session = tmp_path / "session"
@@ -492,6 +502,7 @@ def test_8_the_estimate_names_the_largest_part_and_its_option():
 # --- 9. stochastic batch acquisition: any finite β, its distribution or top-k -----------
 
 
+@pytest.mark.slow
 def test_9_power_batch_with_beta_1e308_queries_the_top_k(tmp_path):
     out = tmp_path / "out"
     run_main([*MOONS, "--rounds", "1", "--batch", "power", "--stochastic-beta", "1e308",
@@ -568,6 +579,7 @@ def test_10_plot_refuses_in_one_line(damage, fix, run_dir, monkeypatch, capsys):
 # --- 11. messages that name the fix; a run and a session never share a dir --------------
 
 
+@pytest.mark.slow
 def test_11_unreadable_data_dir_names_the_permission(tmp_path):
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv to drop root's permission override")

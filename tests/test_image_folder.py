@@ -151,6 +151,7 @@ def _opts(photos, session, *extra):
             *extra]
 
 
+@pytest.mark.slow
 def test_query_label_session_on_a_folder(photos, tmp_path, capsys):
     """The class subfolders are the first labels; a query proposes unlabelled files and
     names them; labels come back by class name or number; the next query trains on them."""

@@ -25,6 +25,7 @@ def layer_block(params, dense, path):
     return dense[np.ix_(index, index)]
 
 
+@pytest.mark.slow
 def test_kfac_is_exact_for_dense_layers_on_one_example():
     model = mlp(3, hidden=(4,))
     with jax.enable_x64(True):
@@ -39,6 +40,7 @@ def test_kfac_is_exact_for_dense_layers_on_one_example():
                                    layer_block(params, dense, path), atol=1e-12)
 
 
+@pytest.mark.slow
 def test_kfac_is_close_on_more_examples_and_conv_factors_are_psd():
     model = mlp(3, hidden=(4,))
     rng = np.random.default_rng(0)
@@ -63,6 +65,7 @@ def test_kfac_is_close_on_more_examples_and_conv_factors_are_psd():
         assert np.linalg.eigvalsh(np.asarray(g)).min() > -1e-6
 
 
+@pytest.mark.slow
 def test_kfac_posterior_samples_and_log_det_match_dense_kronecker_form():
     model = mlp(2, hidden=())
     rng = np.random.default_rng(1)
@@ -101,6 +104,7 @@ def explicit_patches(a):
         n, h, w, 9 * c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(3, 1, 1, 2), (2, 1, 5, 3), (4, 2, 3, 2), (3, 6, 4, 1),
                                    (2, 7, 7, 3)])
 def test_patch_gram_equals_gram_of_explicit_patches(shape):
@@ -116,6 +120,7 @@ def test_patch_gram_equals_gram_of_explicit_patches(shape):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scanned", [False, True])
 def test_conv_kfac_factors_equal_their_definitions(scanned, monkeypatch):
     """A_l = Σ w p̃ p̃ᵀ / (N T) and G_l = Σ_n w_n Σ_t J_ntᵀ Λ_n J_nt, with J_nt the dense

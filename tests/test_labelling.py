@@ -31,6 +31,7 @@ def state(session):
     return {p.name: p.read_bytes() for p in sorted(session.iterdir())}
 
 
+@pytest.mark.slow
 def test_query_label_rounds_grow_the_labelled_set_and_use_the_labels(tmp_path):
     session = tmp_path / "s"
     split = load_split(CONFIG)
@@ -116,6 +117,7 @@ def test_session_refuses_another_config(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_cli_query_label_on_mnist_writes_a_contact_sheet(tmp_path, mnist_data_dir, capsys):
     opts = ["--out", str(tmp_path / "s"), "--dataset", "mnist", "--pool-size", "300",
             "--val-size", "100", "--query-size", "6", "--steps", "10", "--data-dir",
@@ -218,6 +220,7 @@ def test_a_50_mb_field_is_a_problem_line_not_a_csv_crash(session, tmp_path):
     assert "line 2: not a CSV row" in message and len(message) < 500
 
 
+@pytest.mark.slow
 def test_two_million_bad_rows_list_20_problems_and_count_the_rest(session, tmp_path):
     message = rejected(session, tmp_path, b"x,y\n" * 2_000_000)
     lines = message.splitlines()

@@ -78,6 +78,7 @@ def test_fit_prior_precision_maximises_the_evidence():
     assert at_fit >= max(values) - 1e-6
 
 
+@pytest.mark.slow
 def test_precision_uses_the_map_objectives_prior_scaling():
     """Bayesian logistic regression: GGN + λI at θ_MAP equals the Hessian of L(θ)."""
     rng = np.random.default_rng(2)
@@ -129,6 +130,7 @@ def test_indefinite_hessian_is_clipped_not_nan():
     np.testing.assert_allclose(np.asarray(diag.curvature), [2.0, 0.0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 @pytest.mark.parametrize("structure", ["diag", "iso"])
 def test_all_weights_mc_predictive_equals_a_loop_over_weight_samples(name, structure):

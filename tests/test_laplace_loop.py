@@ -47,6 +47,7 @@ def laplace_config(**kw):
                     train=TrainConfig(prior_precision=2.0))
 
 
+@pytest.mark.slow
 def test_fit_uses_only_weighted_labelled_rows():
     model, params, x, y = linear_problem()
     weights = jnp.asarray(np.arange(60) < 40, jnp.float32)
@@ -59,6 +60,7 @@ def test_fit_uses_only_weighted_labelled_rows():
     np.testing.assert_allclose(precision, reference, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("structure", ["full", "diag", "iso"])
 def test_probit_logit_variance_matches_samples_and_probit_matches_mc(structure):
     model, params, x, y = linear_problem(1)
@@ -100,6 +102,7 @@ def toy():
     return to_device(datasets.toy_al_split(0, n_pool=60, n_val=20, n_test=40))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("combo", list(valid_combinations()), ids="-".join)
 def test_loop_runs_every_combination(toy, combo):
     curvature, structure, subset, predictive = combo
@@ -180,6 +183,7 @@ def test_cli_fitted_prior_needs_laplace(value, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_val_nll_grid_picks_the_lowest_validation_nll(toy):
     """tune_prior_precision against a direct evaluation of every grid value."""
     from jaxal.loop import evaluate, tune_prior_precision
@@ -217,6 +221,7 @@ def test_cli_prior_precision_defaults_and_choices():
     assert fixed.options("posterior").prior_fit == "none" and fixed.train.prior_precision == 5.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prior_fit, structure, subset", [
     ("linear-mode", "full", "last-layer"), ("linear-mode-layerwise", "kfac", "all"),
     ("linear-mode-layerwise", "diag", "all")])

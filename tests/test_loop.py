@@ -31,6 +31,7 @@ def mnist_small(mnist_data_dir):
     return to_device(split._replace(test_x=split.test_x[:2000], test_y=split.test_y[:2000]))
 
 
+@pytest.mark.slow
 def test_cnn_rounds_do_not_recompile(mnist_small):
     config = ALConfig(acquisition="entropy", rounds=4, query_size=7, init_per_class=1,
                       train=TrainConfig(steps=5, batch_size=8))
@@ -77,6 +78,7 @@ def toy():
     return to_device(datasets.toy_al_split(0, n_pool=120, n_val=40, n_test=100))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("acquisition", ["random", "entropy", "margin", "least_confidence"])
 def test_round_queries_new_unlabelled_points(toy, acquisition):
     config = ALConfig(acquisition=acquisition, rounds=3, query_size=5, init_per_class=2,
@@ -140,6 +142,7 @@ def test_runs_are_reproducible(toy):
     assert any(not np.array_equal(x.queried, y.queried) for x, y in zip(a, c, strict=True))
 
 
+@pytest.mark.slow
 def test_warm_start_starts_from_previous_params(toy):
     base = ALConfig(acquisition="entropy", rounds=1, query_size=3, init_per_class=2,
                     train=TrainConfig(steps=1, batch_size=4, learning_rate=1e-3))
@@ -180,6 +183,7 @@ def test_validate_config_checks_classes_in_pool():
         validate_data(ALConfig(rounds=1), num_pool=51, pool_labels=y, num_classes=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("posterior, predictive", [("laplace", "mc"), ("plugin", "plugin")])
 def test_the_map_networks_own_test_metrics_are_recorded_beside_the_predictive(
         posterior, predictive):

@@ -77,6 +77,7 @@ def mlp_and_params():
 #            576*128 + 128 = 73,856; head 128*10 + 10 = 1,290.  Total 130,890.
 #   32x32x3: 896 + 18,496 + 36,928; pools 32 -> 16 -> 8 -> 4, Dense in 4*4*64 = 1,024:
 #            1,024*128 + 128 = 131,200; head 1,290.  Total 188,810.
+@pytest.mark.slow
 def test_cnn_parameter_count_mnist(cnn_and_params):
     model, params = cnn_and_params
     assert num_params(params) == 130_890
@@ -143,6 +144,7 @@ def test_features_then_head_equals_full_model(model_and_params, input_shape, num
 
 # --- dropout ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_dropout_is_random_in_training_and_off_in_evaluation(cnn_and_params):
     model, params = cnn_and_params
     x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
@@ -313,6 +315,7 @@ def test_relu_max_pool_equals_the_composition_with_ties(shape):
     assert np.abs(np.asarray(grad)).sum() > 0   # not trivially zero
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [5, 19])    # one chunk; chunks of 8, 8 and 3
 def test_chunked_filter_grad_conv_matches_plain_conv(batch):
     """Value, input gradient and filter gradient equal the plain convolution's."""
@@ -332,6 +335,7 @@ def test_chunked_filter_grad_conv_matches_plain_conv(batch):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cnn_training_gradient_matches_evaluation_gradient():
     """Without dropout, train=True (chunked filter gradients) and train=False (plain
     convolutions) are the same function: equal gradients on a batch of 20."""
@@ -403,6 +407,7 @@ def test_channel_padded_conv_equals_the_conv_it_wraps(base):
                                    rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cnn_on_rgb_images_is_the_same_function_with_and_without_channel_padding(
         monkeypatch):
     """The seed CNN on 32x32x3 with the padded first conv gives the unpadded logits and

@@ -25,6 +25,7 @@ def test_notebook_is_a_percent_file_opening_with_markdown(path):
     assert len(code_cells) >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_quick_mode(path, tmp_path, mnist_data_dir):
     env = {**os.environ, "JAXAL_NOTEBOOK_QUICK": "1", "MPLBACKEND": "Agg",

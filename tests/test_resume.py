@@ -47,6 +47,7 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_round", [0, 2])
 def test_killed_run_resumes_bit_identically(uninterrupted, tmp_path, kill_round):
     out = tmp_path / "run"
@@ -63,6 +64,7 @@ def test_killed_run_resumes_bit_identically(uninterrupted, tmp_path, kill_round)
     assert results(out) == results(uninterrupted)
 
 
+@pytest.mark.slow
 def test_finished_run_rerun_changes_nothing(uninterrupted):
     before = results(uninterrupted)
     lines = []
@@ -71,6 +73,7 @@ def test_finished_run_rerun_changes_nothing(uninterrupted):
     assert results(uninterrupted) == before
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_another_seed_differs(uninterrupted, tmp_path):
     run_experiment(CONFIG, tmp_path / "again", progress=None)
     assert results(tmp_path / "again") == results(uninterrupted)
@@ -78,6 +81,7 @@ def test_same_seed_same_metrics_and_another_seed_differs(uninterrupted, tmp_path
     assert results(tmp_path / "other")[1] != results(uninterrupted)[1]
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_config_is_never_mixed_in(uninterrupted, tmp_path):
     with pytest.raises(RunDirError, match=r"rounds: 4 .* != 5"):
         run_experiment(CONFIG._replace(al=CONFIG.al._replace(rounds=5)), uninterrupted,
@@ -86,6 +90,7 @@ def test_checkpoint_from_another_config_is_never_mixed_in(uninterrupted, tmp_pat
     assert config["experiment"]["al"]["rounds"] == 4
 
 
+@pytest.mark.slow
 def test_checkpoint_keeps_the_config_when_config_json_is_deleted(uninterrupted, tmp_path):
     out = shutil.copytree(uninterrupted, tmp_path / "run")
     (out / "config.json").unlink()

@@ -38,6 +38,7 @@ def test_with_huge_pages_adds_the_tunable_once():
     assert with_huge_pages(off) == off         # the user's explicit choice wins
 
 
+@pytest.mark.slow
 def test_importing_jaxal_changes_nothing_in_the_process():
     """Environment, JAX's config, glibc's malloc and matplotlib's backend stay as they were,
     whatever jaxal modules are imported."""
@@ -79,6 +80,7 @@ def test_configure_cpu_applies_malloc_settings_unless_turned_off():
     assert run_python(["-c", code], {"JAXAL_MALLOC_TUNING": "0"}).stdout.strip() == "False"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="the malloc settings are glibc's")
 def test_configure_cpu_runs_executables_on_the_calling_thread_unless_told_otherwise():
     code = ("import jaxal, jax; print(jaxal.runtime.configure_cpu().sync_dispatch, "
@@ -94,6 +96,7 @@ def test_configure_cpu_runs_executables_on_the_calling_thread_unless_told_otherw
     assert run_python(["-c", late], {}).stdout.split() == ["False", "True"]
 
 
+@pytest.mark.slow
 def test_configure_cpu_asks_for_one_lapack_thread_unless_told_otherwise():
     code = ("import os, jaxal; print(jaxal.runtime.configure_cpu().single_threaded_lapack, "
             "os.environ.get('OPENBLAS_NUM_THREADS'))")
@@ -107,6 +110,7 @@ def test_configure_cpu_asks_for_one_lapack_thread_unless_told_otherwise():
     assert run_python(["-c", late], {}).stdout.split() == ["False", "None"]
 
 
+@pytest.mark.slow
 def test_run_cli_answers_help_without_restarting():
     out = run_python(["-m", "jaxal.run", "--help"], {})
     assert out.returncode == 0, out.stderr

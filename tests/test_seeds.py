@@ -52,6 +52,7 @@ def sequential(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_query_and_score_as_one_seed_at_a_time(sequential, tmp_path):
     lines = []
     infos = run_seeds([config(s) for s in (0, 1)], [tmp_path / f"v{s}" for s in (0, 1)],
@@ -63,6 +64,7 @@ def test_vmapped_seeds_query_and_score_as_one_seed_at_a_time(sequential, tmp_pat
         assert (tmp_path / f"v{seed}" / "figure5.png").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_vmapped_run_resumes_and_seeds_at_other_rounds_run_one_by_one(
         sequential, tmp_path):
     class Killed(Exception):
@@ -89,6 +91,7 @@ def test_a_killed_vmapped_run_resumes_and_seeds_at_other_rounds_run_one_by_one(
         same_run(dirs[seed], sequential / f"s{seed}")
 
 
+@pytest.mark.slow
 def test_compare_runs_the_seeds_vmapped_and_the_rest_one_by_one(sequential, tmp_path, capsys):
     args = ["--dataset", "moons", "--acq", "bald", "--posterior", "laplace", "--predictive",
             "mc", "--samples", "8", "--rounds", "2", "--query-size", "4", "--steps", "30",

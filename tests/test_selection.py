@@ -53,6 +53,7 @@ def assert_valid(idx, labelled, k):
     assert len(set(idx.tolist())) == k, "an index was selected twice"
 
 
+@pytest.mark.slow
 def test_registry_split():
     """``--batch`` selectors turn whatever score they are given into a batch; strategies
     (``--acq``) bring their own criterion, and the score of their pool pass with it."""
@@ -314,6 +315,7 @@ def test_batchbald_with_one_query_is_the_bald_top_1():
     np.testing.assert_allclose(mi, top_scores, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_batchbald_exact_joint_entropy_matches_brute_force_greedy():
     """While C^(picks) <= M the joint entropy is exact: same picks as a brute-force
     greedy, and the returned values are the batch's joint MI."""
@@ -329,6 +331,7 @@ def test_batchbald_exact_joint_entropy_matches_brute_force_greedy():
         rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_batchbald_sampled_joint_entropy_is_close_to_exact():
     """Beyond M exact configurations they are sampled: the joint MI estimate of the
     picked batch is within Monte Carlo error of the exact value (mean over keys)."""
@@ -346,6 +349,7 @@ def test_batchbald_sampled_joint_entropy_is_close_to_exact():
     assert np.max(np.abs(errors)) < 0.2, errors
 
 
+@pytest.mark.slow
 def test_batchbald_prefers_a_diverse_batch_to_duplicate_top_bald_points():
     """Three copies of the top-BALD point and one slightly less informative distinct point:
     top-k takes copies, BatchBALD takes one copy and the distinct point (a duplicate adds

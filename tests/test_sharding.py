@@ -213,6 +213,7 @@ def four(tmp_path_factory, mnist_data_dir):
     return root, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["moons-bald", "moons-random", "moons-batchbald",
                                   "mnist-badge"])
 def test_queries_and_metrics_do_not_depend_on_the_device_count(four, tmp_path, name,
@@ -229,6 +230,7 @@ def test_queries_and_metrics_do_not_depend_on_the_device_count(four, tmp_path, n
     assert config["devices"] == ["cpu:0", "cpu:1", "cpu:2", "cpu:3"]
 
 
+@pytest.mark.slow
 def test_a_run_killed_on_four_devices_resumes_on_one(four, tmp_path, mnist_data_dir):
     root, _ = four
     killed = root / "killed"
@@ -240,6 +242,7 @@ def test_a_run_killed_on_four_devices_resumes_on_one(four, tmp_path, mnist_data_
     assert json.loads((killed / "config.json").read_text())["devices"] == ["cpu:0"]
 
 
+@pytest.mark.slow
 def test_a_pool_smaller_than_the_device_count_is_padded(four):
     _, out = four
     assert out["devices"] == 4
@@ -247,6 +250,7 @@ def test_a_pool_smaller_than_the_device_count_is_padded(four):
     assert out["shards"] == [[1, 1, 5]] and out["shard_devices"] == 4
 
 
+@pytest.mark.slow
 def test_the_curvature_over_the_labelled_set_splits_its_rows_and_matches(four):
     """All-weights GGN diagonal and KFAC factors with each chunk's rows split over the 4
     devices equal the one-device sums."""
@@ -260,6 +264,7 @@ def test_the_curvature_over_the_labelled_set_splits_its_rows_and_matches(four):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=path)
 
 
+@pytest.mark.slow
 def test_devices_beyond_those_present_are_refused_with_them_listed(tmp_path):
     for count in ("5", "0"):
         proc = subprocess.run(
@@ -275,6 +280,7 @@ def test_devices_beyond_those_present_are_refused_with_them_listed(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_vmapped_members_and_samples_split_over_devices_give_the_same_numbers(
         four, tmp_path, monkeypatch):
     """GPU/TPU's forms, forced here: an ensemble of 4 with its members split over the 4
@@ -328,6 +334,7 @@ def _two_processes(out: Path) -> tuple[subprocess.CompletedProcess, str]:
     return first, stdout
 
 
+@pytest.mark.slow
 def test_two_processes_run_as_one_and_process_0_alone_writes(tmp_path):
     """Two processes joined by jax.distributed (gloo collectives on CPU) run one experiment
     over their 2 devices: the same queries and metrics as one process; process 0 prints
@@ -351,6 +358,7 @@ def test_two_processes_run_as_one_and_process_0_alone_writes(tmp_path):
     assert results(out) == before
 
 
+@pytest.mark.slow
 def test_distributed_without_a_cluster_or_coordinator_is_refused(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("JAX_COORDINATOR_ADDRESS", None)

@@ -45,6 +45,7 @@ CHOICES = ([(a, "topk") for a in [*ACQUISITIONS, *strategies()]]
            + [("entropy", b) for b in batch_selectors() if b != "topk"] + [("bald", "power")])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("acquisition, batch", CHOICES, ids="-".join)
 def test_every_strategy_runs_in_the_loop(toy, acquisition, batch):
     config = strategy_config(acquisition, batch)
@@ -64,6 +65,7 @@ def test_every_strategy_runs_in_the_loop(toy, acquisition, batch):
         assert info.pseudo.count == 0
 
 
+@pytest.mark.slow
 def test_batchbald_query_with_one_point_is_the_bald_top_1(toy):
     """Through the learner: BatchBALD and BALD see the same posterior samples."""
     bald_learner = make_learner(mlp(2, hidden=(8,)), strategy_config("bald", query_size=1),
@@ -77,6 +79,7 @@ def test_batchbald_query_with_one_point_is_the_bald_top_1(toy):
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_pseudo_labels_train_but_never_enter_the_labelled_set(toy):
     config = strategy_config("entropy", pseudo_label=0.6, rounds=3, posterior="plugin",
                              predictive="plugin", posterior_options=(),
@@ -117,6 +120,7 @@ def test_pseudo_label_query_reports_confident_unqueried_points(toy):
     np.testing.assert_array_equal(pseudo[chosen], probs[chosen].argmax(1))
 
 
+@pytest.mark.slow
 def test_train_map_fits_the_pseudo_labels():
     """Two labelled points of class 0; every other point pseudo-labelled 1: the fit must
     follow the pseudo-labels, which it cannot without them."""

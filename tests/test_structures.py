@@ -109,6 +109,7 @@ def test_every_structure_has_a_dense_reference():
         assert structure.forms, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, source, subset", cases(), ids=["-".join(c) for c in cases()])
 def test_structure_contract(name, source, subset, toy):
     model, params, x, y, weights = toy
@@ -242,6 +243,7 @@ def test_a_registered_structure_is_what_fit_laplace_computes(scaled_diag, toy):
         assert float(inner.prior_precision) != 1.0     # the evidence fit moved λ
 
 
+@pytest.mark.slow
 def test_a_registered_structure_runs_in_the_loop_and_validation_reads_its_record(scaled_diag):
     from jaxal import data as datasets
     from jaxal.experiment import to_device

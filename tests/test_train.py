@@ -88,6 +88,7 @@ def test_labelled_indices_puts_labelled_points_first():
     np.testing.assert_array_equal(labelled_indices(labelled), [1, 3, 4, 0, 0, 0])
 
 
+@pytest.mark.slow
 def test_training_fits_the_labelled_points(fitted, params0):
     params, info, labelled = fitted
     assert info.loss.shape == (200,)
@@ -289,6 +290,7 @@ def test_random_crop_flip_is_a_padded_crop_flipped_or_not():
     assert not np.array_equal(np.asarray(random_crop_flip(jax.random.key(2), x)), out)
 
 
+@pytest.mark.slow
 def test_augmented_training_steps_see_other_images_and_toy_inputs_refuse_it():
     """The same step key trains on other (augmented) images with augment on; a run on
     non-image inputs refuses augmentation before any training, naming the fix."""

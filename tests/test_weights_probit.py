@@ -24,6 +24,7 @@ def problem(name):
     return model, params, jnp.asarray(rng.normal(size=(6, *shape)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 @pytest.mark.parametrize("structure", ["diag", "iso", "kfac"])
 def test_all_weights_logit_variance_equals_dense(name, structure):
@@ -72,6 +73,7 @@ def test_sampled_factors_are_unbiased_for_the_softmax_hessian():
     np.testing.assert_allclose(estimate, exact, atol=4 / 200)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_sampled_ggn_diagonal_averages_to_the_exact_one(name):
     with jax.enable_x64(True):
@@ -85,6 +87,7 @@ def test_sampled_ggn_diagonal_averages_to_the_exact_one(name):
     assert np.abs(many - exact).sum() < 0.05 * np.abs(exact).sum()
 
 
+@pytest.mark.slow
 def test_many_examples_scan_over_groups_and_match_one_chunk(monkeypatch):
     """Beyond a group's memory budget groups of chunks are scanned, with the same result."""
     from jaxal.curvature import layerwise
