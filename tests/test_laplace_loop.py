@@ -146,7 +146,7 @@ def test_expected_combinations_are_valid():
     (dict(predictive="probit", posterior_options=LaplaceOptions(subset="all")),
      "use --structure diag, iso or kfac, or --subset last-layer, or --predictive mc"),
     (dict(posterior_options=Options(curvature="ggn-mc")), "elsewhere use --curvature ggn"),
-    (dict(posterior_options=Options(prior_fit="marglik")), "unknown prior fit 'marglik'"),
+    (dict(posterior_options=Options(prior_fit="swag")), "unknown prior fit 'swag'"),
     (dict(posterior_options=Options(prior_precision_grid=(1.0, 0.0))), "a grid of values > 0"),
     (dict(posterior_options=Options(prior_precision_grid=())), "a grid of values > 0"),
     (dict(posterior_options=Options(curvature="hessian", structure="iso", subset="all")),
