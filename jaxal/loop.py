@@ -35,7 +35,13 @@ from jaxal.selection import (
     pseudo_labels,
     strategies,
 )
-from jaxal.train import check_train_config, labelled_indices, make_trainer, train_map
+from jaxal.train import (
+    check_train_config,
+    labelled_buffer,
+    labelled_indices,
+    make_trainer,
+    train_map,
+)
 
 
 class ALData(NamedTuple):
@@ -377,8 +383,7 @@ def pool_subset_indices(key: jax.Array, labelled: jax.Array, capacity: int, size
     """int [capacity + size]: the labelled buffer (padded with its first point), then
     ``size`` distinct unlabelled pool points drawn uniformly (``--pool-subset``; Gal et al.
     2017, BaaL's ``max_sample``)."""
-    idx = labelled_indices(labelled)[:capacity]
-    idx = jnp.where(jnp.arange(capacity) < labelled.sum(), idx, idx[0])
+    idx, _ = labelled_buffer(labelled_indices(labelled), labelled.sum(), capacity)
     fresh, _ = select_top_k(jax.random.uniform(key, labelled.shape), labelled, size)
     return jnp.concatenate([idx, fresh])
 
@@ -444,11 +449,8 @@ def make_learner(model: Classifier, config: ALConfig, input_shape: tuple[int, ..
     grid = record.validation_grid(options)
 
     def fit(key, params, x_pool, y_pool, labelled, x_val, y_val):
-        # The labelled set in a buffer of static size; padding rows repeat a labelled
-        # point with weight 0 (unlabelled labels may be unknown).
-        idx = labelled_indices(labelled)[:capacity]
-        valid = jnp.arange(capacity) < labelled.sum()
-        idx = jnp.where(valid, idx, idx[0])
+        # The labelled set in a buffer of static size (padding rows weigh 0).
+        idx, valid = labelled_buffer(labelled_indices(labelled), labelled.sum(), capacity)
         key_fit, key_tune = jax.random.split(key)
         state = posterior.fit(key_fit, model, params, x_pool[idx], y_pool[idx],
                               valid.astype(x_pool.dtype), config.train.prior_precision)
@@ -566,8 +568,7 @@ def single_stages(learner: ActiveLearner) -> Stages:
                                 learner.config.init_per_class)
 
     return Stages(split=lambda key, num: tuple(jax.random.split(key, num)),
-                  init=learner.init, restart=learner.restart or (
-                      lambda previous, init_key: learner.init(init_key)),
+                  init=learner.init, restart=learner.restart,
                   initial_labelled=first_labels, train=train,
                   fit=learner.fit, query=learner.query, evaluate=learner.evaluate,
                   evaluate_map=learner.evaluate_map, diagnose=learner.diagnose,

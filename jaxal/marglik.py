@@ -37,7 +37,7 @@ from jaxal.components import LaplaceOptions
 from jaxal.curvature import STRUCTURES
 from jaxal.model import Classifier
 from jaxal.objective import log_likelihood
-from jaxal.train import Hyper, Trainer
+from jaxal.train import Hyper, Trainer, labelled_buffer
 
 
 class MarglikParams(NamedTuple):
@@ -150,10 +150,9 @@ def online_marglik(trainer: Trainer, init_one: Callable, options: LaplaceOptions
             hyper=hyper)
 
     def update(key, state, x_pool, y_pool, labelled_idx, num_labelled):
-        # The labelled set in a buffer of static size; padding rows repeat a labelled
-        # point with weight 0 (as the posterior's fit does).
-        valid = jnp.arange(capacity) < num_labelled
-        idx = jnp.where(valid, labelled_idx[:capacity], labelled_idx[0])
+        # The labelled set in a buffer of static size (padding rows weigh 0), as the
+        # posterior's fit takes it.
+        idx, valid = labelled_buffer(labelled_idx, num_labelled, capacity)
         x, y, w = x_pool[idx], y_pool[idx], valid.astype(x_pool.dtype)
         problem = curvature_problem(model, state.params, x, y, w, options.subset,
                                     options.chunk_size)

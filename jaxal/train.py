@@ -127,6 +127,16 @@ def labelled_indices(labelled: jax.Array) -> jax.Array:
     return jnp.nonzero(labelled, size=labelled.shape[0], fill_value=0)[0]
 
 
+def labelled_buffer(labelled_idx: jax.Array, num_labelled: jax.Array, capacity: int
+                    ) -> tuple[jax.Array, jax.Array]:
+    """(idx int [capacity], valid bool [capacity]): the labelled set in a buffer of static
+    size, from ``labelled_indices``' output. Padding rows repeat the first labelled point
+    (with ``valid`` False, weight 0), never an unlabelled one: unlabelled labels may be
+    unknown (out of range), and 0 * NaN is NaN."""
+    valid = jnp.arange(capacity) < num_labelled
+    return jnp.where(valid, labelled_idx[:capacity], labelled_idx[0]), valid
+
+
 def random_crop_flip(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
     """The standard CIFAR augmentation of a minibatch x [n, H, W, C]: each image zero-padded
     by ``pad`` on every side, cropped back to H x W at a uniform offset in [0, 2 pad]², and
@@ -175,10 +185,7 @@ def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Train
                               opt_state=opt_state), loss
 
     def labelled_nll(params, x_pool, y_pool, labelled_idx, num_labelled):
-        valid = jnp.arange(capacity) < num_labelled
-        # Pad with a labelled point (weight 0), never an unlabelled one: unlabelled labels
-        # may be unknown (out of range) and 0 * NaN is NaN.
-        idx = jnp.where(valid, labelled_idx[:capacity], labelled_idx[0])
+        idx, valid = labelled_buffer(labelled_idx, num_labelled, capacity)
         logits = model.apply(params, x_pool[idx])
         return -log_likelihood(logits, y_pool[idx], valid.astype(logits.dtype)) / num_labelled
 
@@ -188,7 +195,6 @@ def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Train
 # Jitted: an eager fold_in costs ~0.2 ms a call (primitive dispatch), 2% of a training
 # step at batch 32; through jit's fast path ~0.03 ms. Same keys.
 _fold_in = jax.jit(jax.random.fold_in)
-_hyper_key = jax.jit(lambda key, t: hyper_key(key, t))
 
 
 def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
@@ -252,6 +258,9 @@ def hyper_key(key: jax.Array, t) -> jax.Array:
     """The key of a ``Hyper`` update after step t: step t's own key folded with 3 (the step
     splits its key in two and folds in 2 for augmentation)."""
     return jax.random.fold_in(jax.random.fold_in(key, t), 3)
+
+
+_hyper_key = jax.jit(hyper_key)
 
 
 def _step_buffer(config: TrainConfig) -> int:
