@@ -217,12 +217,18 @@ class CNNBody(nn.Module):
     hidden: int = 128
     dropout_rate: float = 0.5
     hidden_dropout_rate: float = 0.0   # after each conv block, per channel; 0: none
+    # Convolution kernels, one of batching.CONV_KERNELS; None: batching.conv_kernel().
+    conv_kernel: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, sample: bool = False) -> jax.Array:
         # Training steps take the reverse-mode-only forms with faster gradients; everything
         # else (curvature, predictives: train=False) the forms with forward-mode rules.
-        conv = conv_chunked_filter_grad if train else None
+        # oneDNN's convolution has every derivative rule and chunks its own filter gradient.
+        if (self.conv_kernel or batching.conv_kernel()) == "onednn":
+            from jaxal.conv import conv_general_dilated as conv
+        else:
+            conv = conv_chunked_filter_grad if train else None
         pool = relu_max_pool_2x2_reverse if train else relu_max_pool_2x2
         # Axes a dropout mask is shared over: per example in training, over the batch too
         # when sampling networks.
@@ -278,10 +284,13 @@ class Classifier(nn.Module):
 
 
 def cnn(num_classes: int = 10, channels: Sequence[int] = (32, 64, 64), hidden: int = 128,
-        dropout_rate: float = 0.5, hidden_dropout_rate: float = 0.0) -> Classifier:
-    """The seed CNN (130,890 parameters for 28x28x1 inputs and 10 classes)."""
-    return Classifier(CNNBody(tuple(channels), hidden, dropout_rate, hidden_dropout_rate),
-                      num_classes)
+        dropout_rate: float = 0.5, hidden_dropout_rate: float = 0.0,
+        conv_kernel: str | None = None) -> Classifier:
+    """The seed CNN (130,890 parameters for 28x28x1 inputs and 10 classes); its
+    convolutions on ``conv_kernel`` (``xla`` or ``onednn``; None: as
+    ``jaxal.batching.conv_kernel()`` chooses when traced)."""
+    return Classifier(CNNBody(tuple(channels), hidden, dropout_rate, hidden_dropout_rate,
+                              conv_kernel), num_classes)
 
 
 def mlp(num_classes: int = 2, hidden: Sequence[int] = (32, 32),
