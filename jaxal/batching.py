@@ -104,14 +104,18 @@ def default_seeds_form() -> str:
     return "sequential" if jax.default_backend() == "cpu" else "vmapped"
 
 
-def padded_conv_channels() -> dict[int, int]:
-    """Input-channel counts a convolution is zero-padded to, ``{C: C'}``: on CPU
-    ``{3: 4}``, since XLA:CPU convolved 3 channels at ~33 GFLOP/s against ~200 for wider
-    inputs (the seed CNN's first block on 32x32x3: 50.9 µs/image as it is, 21.9 on 4
-    channels, 28.8 on 8; MNIST's 1 channel is fastest as it is: 8.5 µs/image, 12.0 on 2,
-    15.3 on 4; ``benchmarks/cifar10_curves.py layers``). Elsewhere none (not measured).
-    ``jaxal.model.conv_padded_channels`` applies it."""
-    return dict(CPU_PADDED_CHANNELS) if jax.default_backend() == "cpu" else {}
+def padded_conv_channels(kernel: str | None = None) -> dict[int, int]:
+    """Input-channel counts a convolution on ``kernel`` (None: ``conv_kernel()``) is
+    zero-padded to, ``{C: C'}``: with XLA's kernels on CPU ``{3: 4}``, since XLA:CPU
+    convolved 3 channels at ~33 GFLOP/s against ~200 for wider inputs (the seed CNN's
+    first block on 32x32x3: 50.9 µs/image as it is, 21.9 on 4 channels, 28.8 on 8;
+    MNIST's 1 channel is fastest as it is: 8.5 µs/image, 12.0 on 2, 15.3 on 4;
+    ``benchmarks/cifar10_curves.py layers``). oneDNN's are as fast or faster on 3 as on 4
+    (32x32x3 -> 32 at batch 128: forward 1.34 vs 1.48 ms, filter gradient 1.29 vs 1.95):
+    none. Elsewhere none (not measured). ``jaxal.model.conv_padded_channels`` applies it."""
+    if jax.default_backend() != "cpu" or (kernel or conv_kernel()) == "onednn":
+        return {}
+    return dict(CPU_PADDED_CHANNELS)
 
 
 # What ``padded_conv_channels`` pads on CPU.

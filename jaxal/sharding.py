@@ -93,10 +93,10 @@ def devices_line(devices: int | None = None) -> str:
     """'devices: 2 (cpu:0, cpu:1); convolutions: XLA': what a run on ``devices`` (None:
     all) will use, and the convolution kernels (``jaxal.batching.kernels_line``)."""
     check_devices(devices)
+    from jaxal.batching import kernels_line  # batching imports this module
+
     chosen = jax.devices()[:devices]
     processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
-    from jaxal.batching import kernels_line   # batching imports this module
-
     return f"devices: {len(chosen)} ({describe(chosen)}{processes}); {kernels_line()}"
 
 
