@@ -9,6 +9,7 @@ tests need the extension (``pip install -e ".[onednn]"``) and are skipped withou
 the choice of kernel and its refusals are tested either way.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -238,3 +239,38 @@ def test_importing_jaxal_does_not_load_the_extension():
                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("value", "fix"), [
+    ("onednn", 'needs jaxal\'s oneDNN extension: pip install -e ".[onednn]"'),
+    ("fast", "JAXAL_CONV='fast' is not a convolution kernel; set it to one of"),
+], ids=["onednn-missing", "unknown"])
+def test_run_refuses_a_kernel_it_cannot_use_at_start(value, fix, monkeypatch, tmp_path,
+                                                      capfd):
+    """``python -m jaxal.run`` refuses at start, one line, exit code 2, nothing written."""
+    from jaxal.cli.run import main
+
+    monkeypatch.setenv(batching.CONV_VARIABLE, value)
+    monkeypatch.setattr(conv, "extension", lambda: None)   # as without the extra
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--dataset", "moons", "--rounds", "1", "--pool-size", "100", "--val-size",
+              "20", "--steps", "5", "--out", str(out)])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert fix in err[0]
+    assert not (out / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_run_records_its_convolution_kernel(monkeypatch, tmp_path, capfd):
+    """config.json records the kernel chosen, and the run's first line shows it."""
+    from jaxal.cli.run import main
+
+    monkeypatch.setenv(batching.CONV_VARIABLE, "xla")
+    out = tmp_path / "run"
+    main(["--dataset", "moons", "--rounds", "1", "--pool-size", "100", "--val-size", "20",
+          "--steps", "5", "--out", str(out)])
+    first = capfd.readouterr().out.splitlines()[0]
+    assert first.startswith("devices: ") and first.endswith("; convolutions: XLA")
+    assert json.loads((out / "config.json").read_text())["kernels"] == {"conv": "xla"}
