@@ -9,7 +9,7 @@ with the table ``<name>`` of ``TABLES``, made from its result file(s)
 ``benchmarks/results/*.json`` (``--check``: change nothing, list what differs; exit 1 if
 anything does). Each docs region opens with the command that made its result file.
 ``tests/test_tables.py`` checks that the committed files match. Every table is written by
-``jaxal.comparison.markdown_table``; its statistics are the library's. A benchmark script
+``jaxal.apps.comparison.markdown_table``; its statistics are the library's. A benchmark script
 writes its ``.md`` with ``write_table(name)`` once its JSON is written, so the table it
 prints is the one this file makes.
 """
@@ -29,7 +29,7 @@ from typing import NamedTuple
 from common import RESULTS, STAND_IN, area, labels_to, mean_std, per_round, runs_of
 from machine import describe
 
-from jaxal.comparison import labels_to_reach, markdown_table, target_header, targets_of
+from jaxal.apps.comparison import labels_to_reach, markdown_table, target_header, targets_of
 from jaxal.config import describe_protocol
 
 ROOT = Path(__file__).resolve().parents[1]

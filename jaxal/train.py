@@ -84,7 +84,7 @@ class TrainState(NamedTuple):
 
 class Hyper(NamedTuple):
     """A periodic update of the training state's hyperparameters between optimiser steps
-    (online marginal-likelihood training: ``jaxal.marglik``).
+    (online marginal-likelihood training: ``jaxal.posteriors.marglik``).
 
     After every ``every``-th step from step ``burn_in`` on (counting steps done from 1:
     done >= burn_in and done % every == 0), ``update(key, state, x_pool, y_pool,

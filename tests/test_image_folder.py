@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxal.apps.experiment import ExperimentConfig, run_experiment
+from jaxal.apps.labelling import read_labels
 from jaxal.cli.label import main as label_main
 from jaxal.config import IMAGE_FOLDER
+from jaxal.data.image_folder import ImageFolderError, folder_split, read_image_folder
 from jaxal.errors import ConfigError
-from jaxal.experiment import ExperimentConfig, run_experiment
-from jaxal.image_folder import ImageFolderError, folder_split, read_image_folder
-from jaxal.labelling import read_labels
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
 
@@ -118,7 +118,7 @@ def test_bad_folders_name_the_file_or_folder(photos, case, message):
 
 
 def test_decoded_images_are_cached_by_path_and_content(photos, tmp_path, monkeypatch):
-    import jaxal.image_folder as image_folder
+    import jaxal.data.image_folder as image_folder
 
     cache = tmp_path / "cache"
     cache.mkdir()

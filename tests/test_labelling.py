@@ -8,10 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from jaxal.cli.label import main as label_main
-from jaxal.errors import ConfigError, JaxalError
-from jaxal.experiment import ExperimentConfig, load_split
-from jaxal.labelling import (
+from jaxal.apps.experiment import ExperimentConfig, load_split
+from jaxal.apps.labelling import (
     LabelError,
     parse_label_csv,
     propose,
@@ -19,6 +17,8 @@ from jaxal.labelling import (
     record_labels,
     record_oracle_labels,
 )
+from jaxal.cli.label import main as label_main
+from jaxal.errors import ConfigError, JaxalError
 from jaxal.loop import ALConfig
 from jaxal.train import TrainConfig
 

@@ -1,4 +1,4 @@
-"""Command line for real labelling (see ``jaxal.labelling``):
+"""Command line for real labelling (see ``jaxal.apps.labelling``):
 
     python -m jaxal.label query --out runs/real --dataset mnist --acq margin ...
     python -m jaxal.label label --out runs/real --csv answers.csv     # index,label rows
@@ -8,17 +8,17 @@
 ``query`` proposes the next batch (query_<round>.csv and a contact sheet .png); ``label``
 records a person's labels, and the next ``query`` trains on them. ``--images DIR`` takes
 the pool from a folder of your own images instead of a TFDS dataset (layout in
-``jaxal.image_folder``). Parses; no logic.
+``jaxal.data.image_folder``). Parses; no logic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from jaxal.apps.rundir import lock_out_dir
 from jaxal.cli.common import check_registry_choices, fail, user_errors, whole
 from jaxal.cli.run import config_from_args
 from jaxal.cli.run import parser as run_parser
-from jaxal.rundir import lock_out_dir
 
 
 def parser():
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         configure_cpu()   # before JAX's first computation
         check_registry_choices(p, args)
-        from jaxal.labelling import propose, record_labels, record_oracle_labels
+        from jaxal.apps.labelling import propose, record_labels, record_oracle_labels
 
         try:
             if args.command == "query":

@@ -8,7 +8,7 @@ labels a person gives, repeat.
 A session dir holds
 
     session.json     the ExperimentConfig of the session (a different one is refused)
-    images-<key>.npy an image folder's decoded images (``jaxal.image_folder``)
+    images-<key>.npy an image folder's decoded images (``jaxal.data.image_folder``)
     labels.csv       pool_index,label of every label given so far, in the order given
     pending.json     the last proposal not yet labelled (round, pool indices)
     query_<r>.csv    round r's proposal: pool_index,dataset_index,score (an image folder:
@@ -16,7 +16,7 @@ A session dir holds
     query_<r>.png    its contact sheet: the images with their pool indices
 
 The pool is a TFDS dataset's training split, or a folder of the user's own images
-(``jaxal.image_folder``: unlabelled images plus optional ``class_name/`` subfolders of
+(``jaxal.data.image_folder``: unlabelled images plus optional ``class_name/`` subfolders of
 labelled ones, which become the session's first labels). A folder's labels may be given
 by class name as well as by number; its session records the folder's file list, and a
 folder whose files changed is refused (the labels name pool indices of the old list).
@@ -47,19 +47,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.config import IMAGE_FOLDER
-from jaxal.errors import ConfigError, JaxalError
-from jaxal.experiment import (
+from jaxal.apps.experiment import (
     ExperimentConfig,
     check_config,
     load_split,
     memory_estimate,
     read_folder,
 )
+from jaxal.apps.results import config_difference, read_json, write_json_atomic, write_text_atomic
+from jaxal.config import IMAGE_FOLDER
+from jaxal.errors import ConfigError, JaxalError
 from jaxal.files import open_regular
 from jaxal.loop import ALData, make_learner, train_and_fit, validate_config
 from jaxal.model import build_model
-from jaxal.results import config_difference, read_json, write_json_atomic, write_text_atomic
 
 LABELS = "labels.csv"
 PENDING = "pending.json"
@@ -96,7 +96,7 @@ def _load(config: ExperimentConfig, session_dir: Path):
     cached in the session dir (``images-<key>.npy``)."""
     if config.dataset != IMAGE_FOLDER:
         return load_split(config), None
-    from jaxal.image_folder import folder_split
+    from jaxal.data.image_folder import folder_split
 
     folder = read_folder(config, session_dir if session_dir.is_dir() else None)
     return folder_split(folder), folder
@@ -244,7 +244,7 @@ def propose(session_dir: str | os.PathLike, config: ExperimentConfig) -> Proposa
     split, folder = _load(config, Path(session_dir))
     session_dir = open_session(session_dir, config, split, folder)
     if folder is not None:
-        from jaxal.image_folder import save_cache
+        from jaxal.data.image_folder import save_cache
 
         save_cache(folder, session_dir)
     labels = read_labels(session_dir)
@@ -328,7 +328,7 @@ def _write_proposal(session_dir: Path, proposal: Proposal, split, folder=None) -
 def contact_sheet(images: np.ndarray, pool_index: np.ndarray, path: Path, title: str
                   ) -> None:
     """A grid of the images, each titled with its pool index (what the labeller types)."""
-    from jaxal.plots import save_figure, subplots
+    from jaxal.apps.plots import save_figure, subplots
 
     cols = min(len(images), 10)
     rows = -(-len(images) // cols)
