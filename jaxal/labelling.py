@@ -431,10 +431,11 @@ def _is_count(x) -> bool:
     return _is_int(x) and x >= 1
 
 
-def sync_folder(session_dir: str | os.PathLike, config: ExperimentConfig) -> None:
-    """Bring an image-folder session to its folder as it is now, without proposing: new
-    images join the pool, labels and the pending batch follow their files (``propose``
-    does the same first). A session of a TFDS dataset is only checked."""
+def sync_folder(session_dir: str | os.PathLike, config: ExperimentConfig):
+    """Open the session (created if new) without proposing, and return its split. An
+    image-folder session is brought to its folder as it is now: new images join the
+    pool, labels and the pending batch follow their files (``propose`` does the same
+    first)."""
     check_config(config)
     split, folder = _load(config, Path(session_dir))
     session_dir = open_session(session_dir, config, split, folder)
@@ -442,6 +443,7 @@ def sync_folder(session_dir: str | os.PathLike, config: ExperimentConfig) -> Non
         from jaxal.image_folder import save_cache
 
         save_cache(folder, session_dir)
+    return split
 
 
 def propose(session_dir: str | os.PathLike, config: ExperimentConfig) -> Proposal:
