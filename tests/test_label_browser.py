@@ -20,7 +20,7 @@ pytest.importorskip("uvicorn", reason="the ui extra (pip install -e '.[ui]') is 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright is missing (the dev extra)")
 
-from test_label_server import folder_config, make_photos  # noqa: E402
+from labelling_session import folder_config, make_photos  # noqa: E402
 
 from jaxal.apps.label_server import LabelServer, allowed_hosts, make_app  # noqa: E402
 from jaxal.labelling import propose, read_labels  # noqa: E402

@@ -12,15 +12,15 @@ import sys
 import time
 import warnings
 
-import numpy as np
 import pytest
+from labelling_session import folder_config, make_photos
 from PIL import Image
 
 pytest.importorskip("starlette", reason="the ui extra (pip install -e '.[ui]') is missing")
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (the dev extra)")
 
 with warnings.catch_warnings():   # Starlette >= 1.x would rather have httpx2; both work
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
 from jaxal.apps.label_server import (
@@ -35,28 +35,6 @@ from jaxal.cli.label import main as label_main
 from jaxal.labelling import propose, read_labels, sync_folder
 
 TOKEN = "t0ken-for-tests"
-COLOURS = {"cat": (220, 40, 40), "dog": (40, 40, 220)}
-
-
-def make_photos(root, n=12, size=(12, 10)):
-    """``n`` unlabelled PNGs, alternately red (cat) and blue (dog)."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    for i in range(n):
-        colour = COLOURS["cat" if i % 2 == 0 else "dog"]
-        pixels = np.clip(np.asarray(colour) + rng.integers(-30, 31, (size[1], size[0], 3)),
-                         0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(root / f"img_{i:02d}.png")
-    return root
-
-
-def folder_config(photos, session, *extra):
-    return _config(parser().parse_args([
-        "serve", "--out", str(session), "--images", str(photos), "--image-shape", "8", "8",
-        "3", "--classes", "cat", "dog", "--query-size", "3", "--steps", "4",
-        "--batch-size", "4", *extra]))
-
-
 @pytest.fixture
 def folder_session(tmp_path):
     """A folder session with its random first batch pending (no training)."""
