@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_info, describe  # noqa: E402
+from machine import cpu_info, describe
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -56,9 +54,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     import httpx
-    import uvicorn
 
-    from jaxal.apps.label_server import LabelServer, allowed_hosts, make_app
+    from jaxal.apps.label_server import served_in_thread
     from jaxal.cli.label import _config, parser
     from jaxal.labelling import propose, record_label_rows, sync_folder
 
@@ -81,17 +78,8 @@ def main(argv=None) -> None:
     propose(session, config)        # trains a few steps on the labels, scores the pool
     prepared = time.perf_counter() - start
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    server = LabelServer(session, config, "bench", allowed_hosts("127.0.0.1", port))
-    uv = uvicorn.Server(uvicorn.Config(make_app(server), log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.01)
-    base = f"http://127.0.0.1:{port}"
+    context = served_in_thread(session, config, "bench")
+    base, server = context.__enter__()
     headers = {"X-Jaxal-Token": "bench"}
     client = httpx.Client(base_url=base, headers=headers, timeout=60)
 
@@ -125,8 +113,7 @@ def main(argv=None) -> None:
         server._images.clear()                 # a new image each time: read and resized
         times["next image"].append(timed(lambda k=k: ok(client.get(
             f"/image/{round_}/batch/{k}"))))
-    uv.should_exit = True
-    thread.join(timeout=10)
+    context.__exit__(None, None, None)
 
     def summary(values):
         return {"median_ms": statistics.median(values),

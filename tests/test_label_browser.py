@@ -8,9 +8,6 @@ import csv
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,7 @@ sync_api = pytest.importorskip("playwright.sync_api",
 
 from labelling_session import folder_config, make_photos  # noqa: E402
 
-from jaxal.apps.label_server import LabelServer, allowed_hosts, make_app  # noqa: E402
+from jaxal.apps.label_server import served_in_thread  # noqa: E402
 from jaxal.labelling import propose, read_labels  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -61,26 +58,12 @@ def artefacts(tmp_path) -> Path:
 def served(tmp_path):
     """The page of a folder session (random first batch pending) on a free port, served
     by uvicorn in a thread."""
-    import uvicorn
-
     photos = make_photos(tmp_path / "photos", n=16, size=(40, 30))
     session = tmp_path / "session"
     config = folder_config(photos, session)
     propose(session, config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    port = sock.getsockname()[1]
-    server = LabelServer(session, config, "browser-token", allowed_hosts("127.0.0.1", port))
-    uv = uvicorn.Server(uvicorn.Config(make_app(server), log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}/?token=browser-token", session, server
-    uv.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with served_in_thread(session, config, "browser-token") as (base, server):
+        yield f"{base}/?token=browser-token", session, server
 
 
 @pytest.mark.slow

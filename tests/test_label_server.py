@@ -259,6 +259,7 @@ def wait_idle(client, seconds=120):
     raise AssertionError("training did not finish")
 
 
+@pytest.mark.slow
 def test_train_and_query_proposes_the_next_batch_in_the_background(tmp_path):
     """A toy session (the MLP trains in well under a second): label the batch, start
     training, the worker proposes round 2 through propose; the page shows its batch,

@@ -27,6 +27,7 @@ Needs the ``ui`` extra (Starlette, uvicorn); ``jaxal.cli.label`` says so if miss
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
@@ -38,6 +39,7 @@ import time
 import traceback
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -597,6 +599,34 @@ def run_server(session_dir, config, host: str, port: int, announce,
 
     serve(build, host, port,
           lambda url, server: announce(url, explicit_host and not loopback(host)))
+
+
+@contextlib.contextmanager
+def served_in_thread(session_dir, config, token: str, pool_images=None
+                     ) -> Iterator[tuple[str, LabelServer]]:
+    """The page served on a free port of 127.0.0.1 by uvicorn in a daemon thread for the
+    ``with`` block: (base URL, server). For tests and benchmarks."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    server = LabelServer(session_dir, config, token, allowed_hosts("127.0.0.1", port),
+                         pool_images=pool_images)
+    uv = uvicorn.Server(uvicorn.Config(make_app(server), log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not uv.started and thread.is_alive():
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 def serve(server_factory, host: str, port: int, announce) -> None:
