@@ -15,7 +15,8 @@ serves the page with uvicorn on 127.0.0.1 and times over HTTP (httpx, one connec
 - undo: POST /api/undo of that point and /api/state;
 - next image: GET of the next batch image (a file read, hashed and resized).
 
-Writes benchmarks/results/label_server.{json,md}: median and 95th percentile, ms.
+Writes benchmarks/results/label_server.json, and its table (median and 95th
+percentile, ms) by ``tables.py`` to label_server.md and docs/cli.md.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_info, describe
+from machine import cpu_info
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -130,27 +131,9 @@ def main(argv=None) -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "label_server.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        "# The labelling page's answer times",
-        "",
-        f"`python benchmarks/label_server.py --images {args.images} --labelled "
-        f"{args.labelled}` on {describe(result['machine'])}: a folder of {args.images:,} "
-        f"PNGs ({args.labelled:,} labelled), uvicorn on 127.0.0.1, httpx over loopback. "
-        "An action is the request and the /api/state the page fetches after it.",
-        "",
-        f"First page load, session warm (page, script, style, state, first image): "
-        f"**{load_ms:.0f} ms** (target < 1,000 ms).",
-        "",
-        "| action | median ms | 95th percentile ms | max ms |",
-        "|---|---|---|---|",
-    ]
-    for name, s in result["actions"].items():
-        lines.append(f"| {name} | {s['median_ms']:.1f} | {s['p95_ms']:.1f} | "
-                     f"{s['max_ms']:.1f} |")
-    lines += ["", f"Target: an action under 100 ms. The folder's first read took "
-              f"{first_read:.1f} s (hashing and decoding every image, once per session)."]
-    (RESULTS / "label_server.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from tables import write_table
+
+    print(write_table("label_server"))
 
 
 if __name__ == "__main__":
