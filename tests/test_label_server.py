@@ -337,3 +337,20 @@ def test_a_server_killed_mid_training_loses_nothing_and_the_batch_resumes(tmp_pa
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+def test_serve_on_a_port_in_use_is_one_line(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_:
+            label_main(["serve", "--out", str(tmp_path / "s"), "--dataset", "moons",
+                        "--port", str(port)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot listen on 127.0.0.1:{port} (Address already in "
+                          "use)") and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()       # refused before the session was opened

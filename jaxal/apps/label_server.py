@@ -580,25 +580,55 @@ def url_text(url: str, host: str, exposed: bool) -> str:
 
 def run_server(session_dir, config, host: str, port: int, announce,
                explicit_host: bool = False) -> None:
-    """Open the session (a folder session reads its folder again: new images join the
-    pool), then serve its page on ``host:port`` until Ctrl-C; a session with no
-    proposal yet proposes its first batch in the background."""
+    """Listen on ``host:port`` (0: a free port; refused at once if it cannot), open the
+    session (a folder session reads its folder again: new images join the pool), then
+    serve its page until Ctrl-C; a session with no proposal yet proposes its first batch
+    in the background. ``announce(url, exposed)`` prints the URL."""
     from jaxal.labelling import sync_folder
 
-    with lock_out_dir(session_dir):
-        split = sync_folder(session_dir, config)
-    pool = None if config.dataset == IMAGE_FOLDER else split.pool_x
-
-    def build(port: int) -> LabelServer:
+    sock = listen(host, port)
+    try:
+        with lock_out_dir(session_dir):
+            split = sync_folder(session_dir, config)
+        port = sock.getsockname()[1]
         server = LabelServer(session_dir, config, new_token(), allowed_hosts(host, port),
-                             pool_images=pool)
+                             pool_images=None if config.dataset == IMAGE_FOLDER
+                             else split.pool_x)
         if not any(Path(session_dir).glob("proposal_*.json")) and \
                 not (Path(session_dir) / PENDING).exists():
             server.start_first_proposal()
-        return server
+        shown = f"[{host}]" if ":" in host else host
+        announce(f"http://{shown}:{port}/?token={server.token}",
+                 explicit_host and not loopback(host))
+        import uvicorn
 
-    serve(build, host, port,
-          lambda url, server: announce(url, explicit_host and not loopback(host)))
+        config = uvicorn.Config(make_app(server), log_level="warning", access_log=False,
+                                limit_concurrency=64, timeout_keep_alive=5)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def listen(host: str, port: int):
+    """A socket listening on ``host:port``; a one-line JaxalError if it cannot."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        raise JaxalError(f"cannot listen on {host} ({e.strerror}); give --host an "
+                         "address of this machine") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        sock.close()
+        reason = getattr(e, "strerror", None) or str(e)
+        raise JaxalError(f"cannot listen on {host}:{port} ({reason}); give --host an "
+                         "address of this machine and a free --port (0: any)") from None
+    sock.listen(64)
+    return sock
 
 
 @contextlib.contextmanager
@@ -627,29 +657,3 @@ def served_in_thread(session_dir, config, token: str, pool_images=None
         uv.should_exit = True
         thread.join(timeout=10)
         sock.close()
-
-
-def serve(server_factory, host: str, port: int, announce) -> None:
-    """Bind ``host:port`` (0: a free port), build the server for that port, print its URL
-    with ``announce(url, server)``, and serve until Ctrl-C."""
-    import socket
-
-    import uvicorn
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise JaxalError(f"cannot listen on {host}:{port} ({e.strerror}); choose another "
-                         "--port (0: any free one)") from None
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    server = server_factory(port)
-    shown = f"[{host}]" if ":" in host else host
-    announce(f"http://{shown}:{port}/?token={server.token}", server)
-    config = uvicorn.Config(make_app(server), log_level="warning", access_log=False,
-                            limit_concurrency=64, timeout_keep_alive=5)
-    uvicorn.Server(config).run(sockets=[sock])
