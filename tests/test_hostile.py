@@ -655,13 +655,15 @@ def test_12_session_refuses_an_image_replaced_under_its_name(photos, tmp_path, c
     command = ["query", "--out", str(session), "--images", str(photos), *FOLDER]
     label_main(command)    # the first proposal: random, no training
     capsys.readouterr()
-    _bmp(photos / "img_3.bmp", seed=99)   # new content, new mtime
+    # A proposed image (its pending batch would be of the old one).
+    name = json.loads((session / "pending.json").read_text())["files"][0]
+    _bmp(photos / name, seed=99)   # new content, new mtime
     before = digests(session)
-    refused_in_process(label_main, command, f"{photos / 'img_3.bmp'} changed content since "
+    refused_in_process(label_main, command, f"{photos / name} changed content since "
                        f"session {session} began", capsys)
     assert digests(session) == before
     # Touched only (same content, new mtime): the same session goes on.
-    _bmp(photos / "img_3.bmp", seed=3)
+    _bmp(photos / name, seed=int(name[4]))
     label_main(command)
     assert io.StringIO(capsys.readouterr().out).read().startswith("round 1: label pool")
 

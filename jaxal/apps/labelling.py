@@ -9,17 +9,28 @@ A session dir holds
 
     session.json     the ExperimentConfig of the session (a different one is refused)
     images-<key>.npy an image folder's decoded images (``jaxal.data.image_folder``)
-    labels.csv       pool_index,label of every label given so far, in the order given
-    pending.json     the last proposal not yet labelled (round, pool indices)
+    labels.csv       every label given so far, in the order given: pool_index,label rows
+                     (an image folder's: file,label,sha256, below)
+    pending.json     the last proposal not yet labelled (round, pool indices; files)
     query_<r>.csv    round r's proposal: pool_index,dataset_index,score (an image folder:
                      pool_index,file,score)
     query_<r>.png    its contact sheet: the images with their pool indices
+    proposal_<r>.json  round r's proposal for the labelling page: the batch, its scores
+                     and predictive probabilities, the pool's mean predictive entropy, the
+                     labels per class, the round's top and bottom scored points
 
 The pool is a TFDS dataset's training split, or a folder of the user's own images
 (``jaxal.data.image_folder``: unlabelled images plus optional ``class_name/`` subfolders of
 labelled ones, which become the session's first labels). A folder's labels may be given
-by class name as well as by number; its session records the folder's file list, and a
-folder whose files changed is refused (the labels name pool indices of the old list).
+by class name as well as by number. A folder session names each label by the file's
+relative path and records its content hash (labels.csv rows ``file,label,sha256``), so
+the folder may grow between rounds: each ``propose`` reads it again, new images join the
+pool (new images in class subfolders are labelled by their folder), and a labelled or
+proposed image that was replaced or removed is refused by name, never trained on. Pool
+indices (in ``index,label`` files, query_<r>.csv, pending.json) are positions in the
+file list of the session's last read (session.json ``files``). A folder session begun
+before labels were keyed by file (no ``keys`` in session.json) keeps its pool indices
+and refuses a folder whose file list changed.
 
 Nothing here reads the pool's labels except ``record_oracle_labels`` (simulation, where
 the oracle is the ground truth). The validation split's labels are used for the
@@ -40,6 +51,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxal.acquisition import entropy
 from jaxal.apps.experiment import (
     ExperimentConfig,
     check_config,
@@ -55,11 +68,22 @@ from jaxal.apps.experiment import (
     read_folder,
 )
 from jaxal.apps.results import config_difference, read_json, write_json_atomic, write_text_atomic
+from jaxal.chunks import map_chunks
+from jaxal.components import POSTERIORS
 from jaxal.config import IMAGE_FOLDER
 from jaxal.errors import ConfigError, JaxalError
 from jaxal.files import open_regular
-from jaxal.loop import ALData, make_learner, train_and_fit, validate_config
+from jaxal.loop import (
+    ALData,
+    Extremes,
+    evaluation_options,
+    make_learner,
+    train_and_fit,
+    validate_config,
+)
 from jaxal.model import build_model
+from jaxal.posteriors import bind
+from jaxal.predictive import PREDICTIVES
 
 LABELS = "labels.csv"
 PENDING = "pending.json"
@@ -72,6 +96,9 @@ MAX_LINE = 1 << 20
 # Files a run writes in its out dir: a session dir holding one is a run's, not a session.
 RUN_FILES = ("config.json", "checkpoint.npz", "metrics.jsonl")
 HEADERS = (("index", "label"), ("pool_index", "label"))
+# The header of a folder session's labels.csv, labels keyed by file.
+FILE_HEADER = ("file", "label", "sha256")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Not int(): it also takes '3_41', '+341' and non-ASCII digits such as '３４１'. The '-'
 # lets '-1' be reported as out of range rather than as not a number.
 _DECIMAL = re.compile(r"-?[0-9]+")
@@ -89,6 +116,9 @@ class Proposal(NamedTuple):
     num_labels: int               # labels the proposal was made from
     val_accuracy: float | None    # of the model trained on them (None without labels)
     class_names: tuple[str, ...] = ()   # an image folder's classes, label order
+    probs: np.ndarray | None = None     # [k, c] predictive probabilities of the batch
+    pool_entropy: float | None = None   # mean predictive entropy of the unlabelled pool
+    extremes: Extremes | None = None    # the pool's top and bottom scored points
 
 
 def _load(config: ExperimentConfig, session_dir: Path):
@@ -112,8 +142,102 @@ def _labels(session_dir: Path, session: dict) -> dict[int, int]:
     path = session_dir / LABELS
     if not path.exists():
         return {}
+    if _keyed(session):
+        return _read_file_labels(path, session)
     return read_label_csv(path, session["num_classes"], session["num_pool"],
                           session_file=True, class_names=_class_names(session))
+
+
+def _keyed(session: dict) -> bool:
+    """Whether the session's labels.csv names files (a folder session begun since)."""
+    return session.get("keys") == "file"
+
+
+def _files(session: dict) -> tuple[list[str], list[str]]:
+    """(files, their sha256) of a keyed session's last read of its folder."""
+    files, sha256 = session.get("files"), session.get("files_sha256")
+    if not (isinstance(files, list) and isinstance(sha256, list)
+            and len(files) == len(sha256) == session["num_pool"]
+            and all(isinstance(f, str) for f in files)
+            and all(isinstance(h, str) for h in sha256)):
+        raise LabelError(f"session.json lists no files of num_pool {session['num_pool']} "
+                         "with their sha256; restore it, or start a new session dir with "
+                         "query")
+    return files, sha256
+
+
+def _read_file_labels(path: Path, session: dict) -> dict[int, int]:
+    """pool_index -> label of a keyed labels.csv (``file,label,sha256`` rows), checked
+    like any label file: each problem listed with its line."""
+    files, sha256 = _files(session)
+    where = {name: i for i, name in enumerate(files)}
+    names, c = _class_names(session), session["num_classes"]
+    labels: dict[int, int] = {}
+    problems: list[str] = []
+    num_problems = 0
+    try:
+        raw = open_regular(path, "correct or delete that line", error=LabelError)
+        with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline="") as f:
+            lines = _BoundedLines(f)
+            reader = csv.reader(lines)
+            while True:
+                line = reader.line_num + 1
+                try:
+                    row = next(reader)
+                    problem = ("not a CSV row (a line of more than "
+                               f"{MAX_LINE} characters)" if line in lines.overlong else None)
+                except StopIteration:
+                    break
+                except csv.Error as e:
+                    row, problem = [], f"not a CSV row ({e})"
+                cells = [cell.strip() for cell in row[:4]]
+                if problem is None:
+                    if not any(cells) or (line == 1 and tuple(cells) == FILE_HEADER):
+                        continue
+                    problem = _file_row_problem(cells, len(row), where, sha256, names, c,
+                                                labels)
+                if problem is None:
+                    i = where[cells[0]]
+                    labels[i] = names.index(cells[1]) if cells[1] in names else int(cells[1])
+                    continue
+                num_problems += 1
+                if len(problems) < MAX_PROBLEMS:
+                    problems.append(f"line {line}: {problem}")
+    except UnicodeDecodeError:
+        raise LabelError(f"{path} is not UTF-8 text at line {_first_non_utf8_line(path)}; "
+                         "correct or delete that line") from None
+    if problems:
+        s = "s" if num_problems > 1 else ""
+        more = num_problems - len(problems)
+        raise LabelError("\n  ".join(
+            [f"{path}: {num_problems} bad line{s}; correct or delete "
+             f"{'these lines' if s else 'that line'}:", *problems]
+            + ([f"... and {more} more problems"] if more else [])))
+    return labels
+
+
+def _file_row_problem(cells: list[str], num_fields: int, where: dict[str, int],
+                      sha256: list[str], names: tuple[str, ...], num_classes: int,
+                      labels: dict[int, int]) -> str | None:
+    """What is wrong with a keyed labels.csv row, or None."""
+    if num_fields != 3:
+        return f"expected 'file,label,sha256', got {num_fields} fields"
+    name, label, digest = cells
+    if name not in where:
+        return (f"file {_shown(name)} is not in the session's folder (as last read); "
+                "restore it, or delete the line")
+    if not (label in names or (_DECIMAL.fullmatch(label) and len(label) <= MAX_FIELD
+                               and 0 <= int(label) < num_classes)):
+        return (f"label {_shown(label)} is neither a class ({', '.join(names)}) nor a "
+                f"class number 0..{num_classes - 1}")
+    if not _SHA256.fullmatch(digest):
+        return f"sha256 {_shown(digest)} is not 64 hex digits"
+    if digest != sha256[where[name]]:
+        return (f"{_shown(name)} was replaced since it was labelled (its content changed); "
+                "delete the line to label it again")
+    if where[name] in labels:
+        return f"duplicate file {_shown(name)}"
+    return None
 
 
 def _class_names(session: dict) -> tuple[str, ...]:
@@ -123,10 +247,16 @@ def _class_names(session: dict) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _write_labels(session_dir: Path, labels: dict[int, int]) -> None:
+def _write_labels(session_dir: Path, labels: dict[int, int], session: dict) -> None:
     buf = io.StringIO()
-    buf.write("pool_index,label\n")
-    buf.writelines(f"{i},{y}\n" for i, y in labels.items())
+    if _keyed(session):
+        files, sha256 = _files(session)
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(FILE_HEADER)
+        writer.writerows((files[i], y, sha256[i]) for i, y in labels.items())
+    else:
+        buf.write("pool_index,label\n")
+        buf.writelines(f"{i},{y}\n" for i, y in labels.items())
     write_text_atomic(session_dir / LABELS, buf.getvalue())
 
 
@@ -157,7 +287,11 @@ def open_session(session_dir: str | os.PathLike, config: ExperimentConfig, split
                                              if len(diffs) > 3 else "")
             raise ConfigError(f"{session_dir} is a session with another configuration "
                               f"({shown}); use the same options, or another session dir")
-        if folder is not None and _session(session_dir).get("files_digest") != folder.digest:
+        session = _session(session_dir)
+        if folder is not None and _keyed(session):
+            _update_folder(session_dir, session, folder, config.data_dir)
+            return session_dir
+        if folder is not None and session.get("files_digest") != folder.digest:
             raise ConfigError(
                 f"the images in {config.data_dir} changed since session {session_dir} began "
                 f"(now {len(folder.files)} files); its labels name pool indices of the old "
@@ -168,13 +302,62 @@ def open_session(session_dir: str | os.PathLike, config: ExperimentConfig, split
         session = {"experiment": new, "num_pool": int(split.pool_x.shape[0]),
                    "num_classes": int(split.num_classes)}
         if folder is not None:
-            session |= {"class_names": list(folder.class_names),
-                        "files_digest": folder.digest, "files_sha256": list(folder.sha256)}
+            session |= _folder_record(folder)
             given = {int(i): int(y) for i, y in enumerate(folder.labels) if y >= 0}
             if given:
-                _write_labels(session_dir, given)
+                _write_labels(session_dir, given, session)
         write_json_atomic(path, session)
     return session_dir
+
+
+def _folder_record(folder) -> dict:
+    """What session.json records of a folder's read: labels keyed by file."""
+    return {"keys": "file", "class_names": list(folder.class_names),
+            "files_digest": folder.digest, "files": list(folder.files),
+            "files_sha256": list(folder.sha256), "num_pool": len(folder.files)}
+
+
+def _update_folder(session_dir: Path, session: dict, folder, images_dir) -> None:
+    """Move a keyed session to the folder as read now: its labels and pending proposal
+    follow their files to their new pool indices, new images join the pool (those in
+    class subfolders labelled), and a labelled or proposed image that is gone or was
+    replaced is refused by name."""
+    labels = _labels(session_dir, session)
+    pending = _pending(session_dir, session)
+    old_files, old_sha = _files(session)
+    where = {name: i for i, name in enumerate(folder.files)}
+    for what, indices in (("labelled", labels), ("proposed", pending or ())):
+        for i in indices:
+            name = old_files[i]
+            if name not in where:
+                raise ConfigError(
+                    f"{Path(images_dir) / name} was {what} in session {session_dir} and is "
+                    "gone from the folder; restore it, or delete its line from labels.csv"
+                    if what == "labelled" else
+                    f"{Path(images_dir) / name} was {what} in session {session_dir} and is "
+                    "gone from the folder; restore it, or delete pending.json")
+            if folder.sha256[where[name]] != old_sha[i]:
+                raise ConfigError(
+                    f"{Path(images_dir) / name} changed content since session {session_dir} "
+                    f"began; it is {what} as the old image: restore it, or delete its "
+                    + ("line from labels.csv to label it again" if what == "labelled"
+                       else "pending.json to propose afresh"))
+    kept = {where[old_files[i]]: y for i, y in labels.items()}
+    new = {**kept, **{int(i): int(y) for i, y in enumerate(folder.labels)
+                      if y >= 0 and int(i) not in kept}}
+    # labels.csv and pending.json name files, so each write below leaves the session
+    # right, whichever of them a kill stops before.
+    if session.get("files_digest") != folder.digest or list(folder.sha256) != old_sha:
+        session = {**session, **_folder_record(folder)}
+        write_json_atomic(session_dir / SESSION, session)
+    if new != kept:
+        _write_labels(session_dir, new, session)
+    if pending is not None:
+        moved = [where[old_files[i]] for i in pending]
+        if moved != pending:
+            record = read_json(session_dir / PENDING, "delete it and run query again",
+                               LabelError)
+            write_json_atomic(session_dir / PENDING, {**record, "pool_index": moved})
 
 
 def _check_contents(session_dir: Path, folder, images_dir) -> None:
@@ -210,9 +393,25 @@ def _session(session_dir: Path) -> dict:
     return session
 
 
-def _pending(session_dir: Path, num_pool: int) -> list[int] | None:
-    """The pool indices of the pending proposal, or None when there is none."""
-    path = session_dir / PENDING
+def _pending(session_dir: Path, session: dict) -> list[int] | None:
+    """The pool indices of the pending proposal, or None when there is none (a keyed
+    session's: of the files it names)."""
+    record = pending_record(session_dir, session["num_pool"])
+    if record is None:
+        return None
+    if _keyed(session) and isinstance(record.get("files"), list):
+        files, _ = _files(session)
+        where = {name: i for i, name in enumerate(files)}
+        if not all(isinstance(f, str) and f in where for f in record["files"]):
+            raise LabelError(f"{session_dir / PENDING} names files the session's folder "
+                             "does not hold; delete it and run query again")
+        return [where[f] for f in record["files"]]
+    return record["pool_index"]
+
+
+def pending_record(session_dir: str | os.PathLike, num_pool: int) -> dict | None:
+    """The checked pending.json (round, pool_index, ...), or None when there is none."""
+    path = Path(session_dir) / PENDING
     if not path.exists():
         return None
     fix = "delete it and run query again"
@@ -222,7 +421,7 @@ def _pending(session_dir: Path, num_pool: int) -> list[int] | None:
             and all(_is_int(i) and 0 <= i < num_pool for i in index)):
         raise LabelError(f"{path} is not a proposal (it needs 'round' and 'pool_index', "
                          f"a list of pool indices 0..{num_pool - 1}); {fix}")
-    return index
+    return pending
 
 
 def _is_int(x) -> bool:
@@ -231,6 +430,21 @@ def _is_int(x) -> bool:
 
 def _is_count(x) -> bool:
     return _is_int(x) and x >= 1
+
+
+def sync_folder(session_dir: str | os.PathLike, config: ExperimentConfig):
+    """Open the session (created if new) without proposing, and return its split. An
+    image-folder session is brought to its folder as it is now: new images join the
+    pool, labels and the pending batch follow their files (``propose`` does the same
+    first)."""
+    check_config(config)
+    split, folder = _load(config, Path(session_dir))
+    session_dir = open_session(session_dir, config, split, folder)
+    if folder is not None:
+        from jaxal.data.image_folder import save_cache
+
+        save_cache(folder, session_dir)
+    return split
 
 
 def propose(session_dir: str | os.PathLike, config: ExperimentConfig) -> Proposal:
@@ -248,7 +462,7 @@ def propose(session_dir: str | os.PathLike, config: ExperimentConfig) -> Proposa
 
         save_cache(folder, session_dir)
     labels = read_labels(session_dir)
-    _pending(session_dir, split.pool_x.shape[0])         # a corrupt one is refused here
+    _pending(session_dir, _session(session_dir))        # a corrupt one is refused here
     n, k = split.pool_x.shape[0], config.al.query_size
     if len(labels) + k > n:
         raise ConfigError(f"{len(labels)} labelled + a query of {k} exceeds the pool of {n}")
@@ -258,12 +472,15 @@ def propose(session_dir: str | os.PathLike, config: ExperimentConfig) -> Proposa
     labelled[list(labels)] = True
     if not labels:
         idx = np.asarray(jax.random.choice(key, n, (k,), replace=False))
-        scores, val_accuracy = np.full(k, np.nan), None
+        scores, val_accuracy, probs, pool_entropy, extremes = (np.full(k, np.nan), None,
+                                                                None, None, None)
     else:
-        idx, scores, val_accuracy = _query(key, config, split, labels, labelled)
+        idx, scores, val_accuracy, probs, pool_entropy, extremes = _query(
+            key, config, split, labels, labelled)
     proposal = Proposal(round_, idx, split.pool_index[idx], scores, len(labels),
-                        val_accuracy, folder.class_names if folder is not None else ())
-    _write_proposal(session_dir, proposal, split, folder)
+                        val_accuracy, folder.class_names if folder is not None else (),
+                        probs, pool_entropy, extremes)
+    _write_proposal(session_dir, proposal, split, folder, labels)
     return proposal
 
 
@@ -301,10 +518,24 @@ def _query(key, config: ExperimentConfig, split, labels: dict[int, int], labelle
     # An image folder has no validation labels: no accuracy to report.
     val_accuracy = (float(learner.evaluate(key_query, posterior, val_x, val_y)[1])
                     if len(val_y) else None)
-    return (np.asarray(query.indices), np.asarray(query.scores, np.float64), val_accuracy)
+    # What the labelling page shows: the batch's predictive, and the unlabelled pool's
+    # mean predictive entropy (the curve of a pool nobody has validation labels for).
+    record = POSTERIORS[config.al.posterior]
+    predict = partial(PREDICTIVES[config.al.predictive].predict,
+                      posterior=bind(record, evaluation_options(config.al)))
+    probs = jax.jit(lambda x: map_chunks(
+        lambda i, chunk: predict(key_query, model, posterior, chunk).probs, x,
+        config.al.chunk_size))(data.pool_x)
+    pool_entropy = float(jnp.where(labelled, 0.0, entropy(probs)).sum()
+                         / max(int((~labelled).sum()), 1))
+    idx = np.asarray(query.indices)
+    return (idx, np.asarray(query.scores, np.float64), val_accuracy,
+            np.asarray(probs[idx], np.float64), pool_entropy,
+            Extremes(*(np.asarray(a) for a in jax.device_get(query.extremes))))
 
 
-def _write_proposal(session_dir: Path, proposal: Proposal, split, folder=None) -> None:
+def _write_proposal(session_dir: Path, proposal: Proposal, split, folder=None,
+                    labels: Mapping[int, int] | None = None) -> None:
     # A folder's rows name the file (quoted by csv where its name needs it).
     where = (proposal.dataset_index.tolist() if folder is None else
              [folder.files[i] for i in proposal.pool_index.tolist()])
@@ -321,8 +552,44 @@ def _write_proposal(session_dir: Path, proposal: Proposal, split, folder=None) -
                       session_dir / f"query_{proposal.round}.png",
                       f"round {proposal.round}: label these {len(proposal.pool_index)} "
                       f"images (from {proposal.num_labels} labels)")
-    write_json_atomic(session_dir / PENDING, {
-        "round": proposal.round, "pool_index": proposal.pool_index.tolist()})
+    record = proposal_record(proposal, folder, labels or {}, split.num_classes)
+    write_text_atomic(session_dir / f"proposal_{proposal.round}.json",
+                      json.dumps(record, allow_nan=False) + "\n")
+    pending = {"round": proposal.round, "pool_index": proposal.pool_index.tolist()}
+    if folder is not None:
+        pending["files"] = record["files"]
+    write_json_atomic(session_dir / PENDING, pending)
+
+
+def proposal_record(proposal: Proposal, folder, labels: Mapping[int, int],
+                    num_classes: int) -> dict:
+    """The JSON record of a proposal (``proposal_<r>.json``): no NaN (JSON has none;
+    a score or accuracy that is not known is null)."""
+    def plain(values) -> list | None:
+        if values is None:
+            return None
+        return [v if math.isfinite(v) else None
+                for v in np.asarray(values, np.float64).tolist()]
+
+    def names(index) -> list[str] | None:
+        return None if folder is None else [folder.files[i] for i in np.asarray(index)]
+
+    counts = np.bincount(np.asarray(list(labels.values()), np.int64), minlength=num_classes)
+    extremes = proposal.extremes
+    return {
+        "round": proposal.round, "pool_index": proposal.pool_index.tolist(),
+        "dataset_index": np.asarray(proposal.dataset_index).tolist(),
+        "files": names(proposal.pool_index), "scores": plain(proposal.scores),
+        "probs": None if proposal.probs is None else [plain(p) for p in proposal.probs],
+        "num_labels": proposal.num_labels, "val_accuracy": proposal.val_accuracy,
+        "pool_entropy": proposal.pool_entropy, "label_counts": counts.tolist(),
+        "class_names": list(proposal.class_names),
+        "extremes": None if extremes is None else {
+            "top": extremes.top.tolist(), "top_scores": plain(extremes.top_scores),
+            "top_files": names(extremes.top), "bottom": extremes.bottom.tolist(),
+            "bottom_scores": plain(extremes.bottom_scores),
+            "bottom_files": names(extremes.bottom)},
+    }
 
 
 def contact_sheet(images: np.ndarray, pool_index: np.ndarray, path: Path, title: str
@@ -536,17 +803,104 @@ def record_labels(session_dir: str | os.PathLike, csv_path: str | os.PathLike
     All rows are checked before anything is written; the update is atomic. Any pool
     point may be labelled; the pending proposal stays until all its points are.
     """
+    return _record(session_dir, csv_path, lambda session, known: read_label_csv(
+        csv_path, session["num_classes"], session["num_pool"], known,
+        class_names=_class_names(session)))
+
+
+def record_label_rows(session_dir: str | os.PathLike,
+                      rows: Iterable[tuple[int | str, int | str]], source: str
+                      ) -> dict[int, int]:
+    """``record_labels`` of (pool index, label) rows given in memory (the labelling
+    page, a Label Studio import): the same checks, as lines of an ``index,label`` file
+    named ``source`` in the messages."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return _record(session_dir, source, lambda session, known: parse_label_csv(
+        buf.getvalue(), session["num_classes"], session["num_pool"], known, source=source,
+        class_names=_class_names(session)))
+
+
+def _record(session_dir, source, parse) -> dict[int, int]:
     session_dir = Path(session_dir)
     session = _session(session_dir)
     known = _labels(session_dir, session)
-    pending = _pending(session_dir, session["num_pool"])
-    new = read_label_csv(csv_path, session["num_classes"], session["num_pool"], known,
-                         class_names=_class_names(session))
+    pending = _pending(session_dir, session)
+    new = parse(session, known)
     if not new:
-        raise LabelError(f"{csv_path} has no labels; write one 'index,label' line per "
+        raise LabelError(f"{source} has no labels; write one 'index,label' line per "
                          "labelled pool index (as in query_<round>.csv)")
-    _commit(session_dir, {**known, **new}, pending)
+    _commit(session_dir, {**known, **new}, pending, session)
     return new
+
+
+def remove_label(session_dir: str | os.PathLike, pool_index: int) -> int:
+    """Undo the label of a point of the session's last proposal; returns the label it
+    had. The proposal is pending again if it was answered (its round unchanged), so the
+    point is asked again before the next ``propose``.
+
+    Raises:
+        LabelError: the point has no label, or is not in the last proposal (a label of
+            an earlier round, or a class subfolder's, is changed in labels.csv itself).
+    """
+    session_dir = Path(session_dir)
+    session = _session(session_dir)
+    labels = _labels(session_dir, session)
+    last = last_proposal(session_dir)
+    batch = [] if last is None else _batch_indices(last, session)
+    if pool_index not in labels or pool_index not in batch:
+        raise LabelError(f"pool index {pool_index} is not a labelled point of the last "
+                         "proposal; only those are undone (edit labels.csv for others)")
+    label = labels.pop(pool_index)
+    pending = _pending(session_dir, session)
+    _write_labels(session_dir, labels, session)
+    if pending is None:
+        record = {"round": last["round"], "pool_index": batch}
+        if last.get("files") is not None:
+            record["files"] = last["files"]
+        write_json_atomic(session_dir / PENDING, record)
+    return label
+
+
+def drop_pending(session_dir: str | os.PathLike) -> list[int]:
+    """Close the pending proposal with points still unlabelled (skipped): the next
+    ``propose`` starts a new round, and the skipped points stay in the pool. Returns
+    them."""
+    session_dir = Path(session_dir)
+    session = _session(session_dir)
+    pending = _pending(session_dir, session)
+    if pending is None:
+        return []
+    labels = _labels(session_dir, session)
+    (session_dir / PENDING).unlink(missing_ok=True)
+    return [i for i in pending if i not in labels]
+
+
+def last_proposal(session_dir: str | os.PathLike) -> dict | None:
+    """The record of the session's last proposal (``proposal_<r>.json``, checked), or
+    None before the first (or in a session begun before jaxal wrote them)."""
+    session_dir = Path(session_dir)
+    rounds = [int(m.group(1)) for p in session_dir.glob("proposal_*.json")
+              if (m := re.fullmatch(r"proposal_([0-9]{1,6})\.json", p.name))]
+    if not rounds:
+        return None
+    path = session_dir / f"proposal_{max(rounds)}.json"
+    fix = "delete it and run query again"
+    record = read_json(path, fix, LabelError)
+    if not (isinstance(record, dict) and _is_count(record.get("round"))
+            and isinstance(record.get("pool_index"), list)
+            and all(_is_int(i) for i in record["pool_index"])):
+        raise LabelError(f"{path} is not a proposal record; {fix}")
+    return record
+
+
+def _batch_indices(record: dict, session: dict) -> list[int]:
+    """The pool indices of a proposal record now (a keyed session's, by its files)."""
+    if _keyed(session) and isinstance(record.get("files"), list):
+        files, _ = _files(session)
+        where = {name: i for i, name in enumerate(files)}
+        return [where[f] for f in record["files"] if f in where]
+    return record["pool_index"]
 
 
 def record_oracle_labels(session_dir: str | os.PathLike, config: ExperimentConfig
@@ -560,16 +914,17 @@ def record_oracle_labels(session_dir: str | os.PathLike, config: ExperimentConfi
     session_dir = open_session(session_dir, config, split)
     session = _session(session_dir)
     known = _labels(session_dir, session)
-    pending = _pending(session_dir, session["num_pool"])
+    pending = _pending(session_dir, session)
     if pending is None:
         raise LabelError(f"{session_dir} has no pending proposal; run query first")
     new = {int(i): int(split.pool_y[i]) for i in pending if i not in known}
-    _commit(session_dir, {**known, **new}, pending)
+    _commit(session_dir, {**known, **new}, pending, session)
     return new
 
 
-def _commit(session_dir: Path, labels: dict[int, int], pending: list[int] | None) -> None:
-    _write_labels(session_dir, labels)
+def _commit(session_dir: Path, labels: dict[int, int], pending: list[int] | None,
+            session: dict) -> None:
+    _write_labels(session_dir, labels, session)
     # Labels for other points do not answer the proposal; query would otherwise number
     # the next round as if it had been.
     if pending is not None and all(i in labels for i in pending):
