@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from jaxal.apps.experiment import ExperimentConfig, run_experiment
-from jaxal.apps.labelling import read_labels, sync_folder
+from jaxal.apps.label_files import read_labels
+from jaxal.apps.labelling import sync_folder
 from jaxal.cli.label import _config, parser
 from jaxal.cli.label import main as label_main
 from jaxal.config import IMAGE_FOLDER

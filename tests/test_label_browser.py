@@ -19,8 +19,9 @@ sync_api = pytest.importorskip("playwright.sync_api",
 
 from labelling_session import folder_config, make_photos  # noqa: E402
 
+from jaxal.apps.label_files import read_labels  # noqa: E402
 from jaxal.apps.label_server import served_in_thread  # noqa: E402
-from jaxal.apps.labelling import propose, read_labels  # noqa: E402
+from jaxal.apps.labelling import propose  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -23,6 +23,7 @@ with warnings.catch_warnings():   # Starlette >= 1.x would rather have httpx2; b
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from jaxal.apps.label_files import read_labels
 from jaxal.apps.label_server import (
     MAX_BODY,
     LabelServer,
@@ -30,7 +31,7 @@ from jaxal.apps.label_server import (
     make_app,
     url_text,
 )
-from jaxal.apps.labelling import propose, read_labels, sync_folder
+from jaxal.apps.labelling import propose, sync_folder
 from jaxal.cli.label import _config, parser
 from jaxal.cli.label import main as label_main
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from labelling_session import folder_config, make_photos
 
+from jaxal.apps.label_files import LabelError, read_labels
 from jaxal.apps.label_studio import export_tasks, import_labels
-from jaxal.apps.labelling import LabelError, propose, read_labels
+from jaxal.apps.labelling import propose
 from jaxal.cli.label import main as label_main
 
 EXAMPLE = Path(__file__).parent / "data" / "label_studio_export.json"

@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 
 from jaxal.apps.experiment import ExperimentConfig, load_split
-from jaxal.apps.labelling import (
-    LabelError,
-    parse_label_csv,
-    propose,
-    read_labels,
-    record_labels,
-    record_oracle_labels,
-)
+from jaxal.apps.label_files import LabelError, parse_label_csv, read_labels
+from jaxal.apps.labelling import propose, record_labels, record_oracle_labels
 from jaxal.cli.label import main as label_main
 from jaxal.errors import ConfigError, JaxalError
 from jaxal.loop import ALConfig

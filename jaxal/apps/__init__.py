@@ -4,6 +4,7 @@
     seeds       several seeds of one run stacked on a leading axis and vmapped
     comparison  strategies x seeds, resumable, with the summary (``python -m jaxal.compare``)
     labelling   a person labels their own images (``python -m jaxal.label``)
+    label_files   a labelling session's files: labels.csv, pending.json, session.json
     label_server  the labelling page: ``python -m jaxal.label serve`` (the ``ui`` extra)
     label_studio  Label Studio task export and import
     plots       learning curves and figures (``python -m jaxal.plot``)

@@ -50,17 +50,15 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from jaxal.apps.labelling import (
+from jaxal.apps.label_files import (
     LABELS,
     PENDING,
     SESSION,
     LabelError,
-    drop_pending,
     pending_record,
     read_labels,
-    record_label_rows,
-    remove_label,
 )
+from jaxal.apps.labelling import drop_pending, record_label_rows, remove_label
 from jaxal.apps.results import read_json
 from jaxal.apps.rundir import lock_out_dir
 from jaxal.config import IMAGE_FOLDER

@@ -32,17 +32,17 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import quoteattr
 
-from jaxal.apps.labelling import (
+from jaxal.apps.label_files import (
     MAX_PROBLEMS,
     LabelError,
-    _batch_indices,
-    _class_names,
-    _pending,
-    _session,
+    batch_indices,
     last_proposal,
+    pending_indices,
     read_labels,
-    record_label_rows,
+    read_session,
+    session_class_names,
 )
+from jaxal.apps.labelling import record_label_rows
 from jaxal.apps.results import write_text_atomic
 from jaxal.files import loads_json, read_bytes
 
@@ -64,16 +64,17 @@ def export_tasks(session_dir: str | os.PathLike, path: str | os.PathLike,
     """Write the pending batch's unlabelled points to ``path`` as Label Studio tasks
     (and ``<path stem>.label_config.xml``); returns the tasks."""
     session_dir = Path(session_dir)
-    session = _session(session_dir)
-    pending = _pending(session_dir, session)
+    session = read_session(session_dir)
+    pending = pending_indices(session_dir, session)
     if pending is None:
         raise LabelError(f"{session_dir} has no pending proposal; run query (or train "
                          "and query in the page) first")
     labels = read_labels(session_dir)
     record = last_proposal(session_dir)
-    names = list(_class_names(session)) or [str(y) for y in range(session["num_classes"])]
+    names = (list(session_class_names(session))
+             or [str(y) for y in range(session["num_classes"])])
     files = session.get("files")
-    index = [] if record is None else _batch_indices(record, session)
+    index = [] if record is None else batch_indices(record, session)
     tasks = []
     for i in pending:
         if i in labels:
@@ -116,7 +117,7 @@ def import_labels(session_dir: str | os.PathLike, path: str | os.PathLike
             or a label fails the checks of ``record_labels``; nothing recorded then.
     """
     session_dir = Path(session_dir)
-    session = _session(session_dir)
+    session = read_session(session_dir)
     try:
         tasks = loads_json(read_bytes(path, "give the JSON file Label Studio exported",
                                       max_bytes=MAX_EXPORT_BYTES, error=LabelError))
@@ -132,7 +133,7 @@ def import_labels(session_dir: str | os.PathLike, path: str | os.PathLike
     files = session.get("files")
     where = {n: i for i, n in enumerate(files)} if isinstance(files, list) else {}
     known = read_labels(session_dir)
-    names = _class_names(session)
+    names = session_class_names(session)
     rows, problems = [], []
     for t, task in enumerate(tasks, start=1):
         what = f"task {t}" + (f" (id {task['id']})" if isinstance(task, dict)
