@@ -10,14 +10,14 @@ the whole 59,000-image pool for every strategy: the pool pass (predictive, score
 where needed) plus the batch selection, i.e. ``ActiveLearner.query``, compile time apart
 (median of 3). Written to ``results/acquisition_timing.{json,md}``.
 
-``curves``: ``jaxal.comparison.run_comparison`` over strategies x seeds with the default
+``curves``: ``jaxal.apps.comparison.run_comparison`` over strategies x seeds with the default
 Laplace posterior (probit; mc with 100 samples for BALD and BatchBALD), 20 balanced
 initial labels, 10 per round. All strategies of a seed share the initial labels, the
 validation split, the pool subset and the initial weights. Reported: labels needed to
 reach 90% and 95% test accuracy (median over seeds; "not reached" within the budget), the
 area under the learning curve (trapezoid over labels, normalised by the label range) and
 the final accuracy. Resumable: finished (strategy, seed) runs are kept in
-``results/acquisition_curves.json``; run dirs (``jaxal.comparison.run_comparison``) in
+``results/acquisition_curves.json``; run dirs (``jaxal.apps.comparison.run_comparison``) in
 ``results/curves/acquisition_curves/runs/``. With
 ``--epochs E [--min-steps m] [--max-steps M]`` each fit trains by epochs
 (``jaxal.train.training_steps``) instead of 500 steps, written to
@@ -42,10 +42,10 @@ from common import (
 )
 from timing import time_calls
 
-from jaxal.comparison import Run, markdown_table, target_header, targets_of
+from jaxal.apps.comparison import Run, markdown_table, target_header, targets_of
+from jaxal.apps.experiment import ExperimentConfig, to_device
 from jaxal.components import BatchBALDOptions, LaplaceOptions
 from jaxal.data import load_dataset, make_al_split
-from jaxal.experiment import ExperimentConfig, to_device
 from jaxal.loop import ALConfig, default_predictive, init_state, make_learner
 from jaxal.model import cnn
 from jaxal.runtime import configure_cpu

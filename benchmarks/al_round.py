@@ -39,10 +39,10 @@ from timing import time_calls
 
 from jaxal import batching, conv
 from jaxal.acquisition import ACQUISITIONS, score_pool
-from jaxal.experiment import ExperimentConfig, load_split, run_experiment, to_device
+from jaxal.apps.experiment import ExperimentConfig, load_split, run_experiment, to_device
 from jaxal.loop import ALConfig, al_round, init_state, make_learner
 from jaxal.model import cnn, init_params
-from jaxal.posterior import PointMass
+from jaxal.posteriors.plugin import PointMass
 from jaxal.predictive import plugin_predictive
 from jaxal.runtime import configure_cpu
 from jaxal.train import TrainConfig, labelled_indices, make_trainer

@@ -10,7 +10,7 @@ On these machines only the *CIFAR-10 stand-in* exists (a lossy JPEG copy of CIFA
 ``../shared/README.md``): every figure this script writes says so, and none of them is a
 CIFAR-10 result.
 
-``curves``: ``jaxal.comparison.run_comparison`` over methods x seeds with the protocol of
+``curves``: ``jaxal.apps.comparison.run_comparison`` over methods x seeds with the protocol of
 ``jaxal.config.PROTOCOLS["cifar10"]`` untouched: 1,000 balanced initial labels, 1,000 a
 round, 10 rounds (1,000 ... 11,000 labels), the seed CNN trained from scratch by epochs
 with random crop and flip; the pool is the 49,000 training images outside the validation
@@ -62,9 +62,9 @@ from machine import cpu_info, describe
 from tables import POOL_METHODS, write_table
 from timing import time_calls
 
-from jaxal.comparison import Run
+from jaxal.apps.comparison import Run
+from jaxal.apps.experiment import ExperimentConfig
 from jaxal.config import LaplaceOptions, describe_protocol, protocol_of
-from jaxal.experiment import ExperimentConfig
 from jaxal.loop import ALConfig
 from jaxal.runtime import configure_cpu
 
@@ -143,7 +143,7 @@ def ceiling(args) -> None:
     """One fit with the protocol's schedule on every pool image; test accuracy."""
     import jax
 
-    from jaxal.experiment import load_split, to_device
+    from jaxal.apps.experiment import load_split, to_device
     from jaxal.loop import make_learner
     from jaxal.model import build_model
     from jaxal.train import training_steps
@@ -178,7 +178,7 @@ def fit_noise(args) -> None:
     the query was."""
     import jax
 
-    from jaxal.experiment import load_split, to_device
+    from jaxal.apps.experiment import load_split, to_device
     from jaxal.loop import make_learner
     from jaxal.model import build_model
 
@@ -212,7 +212,7 @@ def round_time(args) -> None:
     evaluation), after round 0 has compiled the training."""
     import jax
 
-    from jaxal.experiment import load_split, to_device
+    from jaxal.apps.experiment import load_split, to_device
     from jaxal.loop import al_round, init_state, make_learner
     from jaxal.model import build_model
     from jaxal.train import training_steps
@@ -285,8 +285,8 @@ def pool_one(args) -> None:
     """One (dataset, method) of ``pool``: prints its JSON row last."""
     import jax
 
+    from jaxal.apps.experiment import load_split, to_device
     from jaxal.config import TrainConfig
-    from jaxal.experiment import load_split, to_device
     from jaxal.loop import init_state, make_learner
     from jaxal.model import build_model
 

@@ -1,5 +1,5 @@
 """What the benchmark scripts share: result files, the learning-curves driver on
-``jaxal.comparison.run_comparison``, and the curves' statistics (the library's).
+``jaxal.apps.comparison.run_comparison``, and the curves' statistics (the library's).
 
 A curves result file is ``{"setting": ..., "runs": {"<variant>-seed<k>": record}, ...}``;
 a record holds per round the labels, test metrics and seconds (``curve_record``).
@@ -13,9 +13,9 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxal.comparison import Run, aubc, labels_to_reach, median_labels, run_comparison, run_dir
+from jaxal.apps.comparison import Run, aubc, labels_to_reach, median_labels, run_comparison, run_dir
+from jaxal.apps.results import read_metrics
 from jaxal.errors import RunDirError
-from jaxal.results import read_metrics
 
 RESULTS = Path(__file__).parent / "results"
 # What every figure measured on the CIFAR-10 stand-in says (../shared/README.md).
@@ -46,7 +46,7 @@ def read_result(path: Path, setting: dict) -> dict:
 
 def curve_record(rows: Sequence[dict]) -> dict:
     """What a curves benchmark keeps of one run, per round, from its metrics rows
-    (``jaxal.results.read_metrics``); seconds: the run's score, train, posterior and
+    (``jaxal.apps.results.read_metrics``); seconds: the run's score, train, posterior and
     evaluation time."""
     record = {key: [row[column] for row in rows] for key, column in RECORD_COLUMNS.items()}
     record["seconds"] = sum(row["score_s"] + row["train_s"] + row["posterior_s"]
@@ -93,13 +93,13 @@ def runs_of(result: dict, name: str, seeds: Sequence[int]) -> list[dict]:
 
 
 def area(record: dict) -> float:
-    """The record's AUBC (``jaxal.comparison.aubc``)."""
+    """The record's AUBC (``jaxal.apps.comparison.aubc``)."""
     return aubc(record["labels"], record["test_accuracy"])
 
 
 def labels_to(records: Sequence[dict], target: float) -> int | float | str:
     """Labels to reach ``target`` test accuracy, median over the records' seeds
-    (``jaxal.comparison.median_labels``: "not reached" counts above every budget)."""
+    (``jaxal.apps.comparison.median_labels``: "not reached" counts above every budget)."""
     return median_labels([labels_to_reach(r["labels"], r["test_accuracy"], target)
                           for r in records])
 
@@ -123,7 +123,7 @@ def per_round(records: Sequence[dict], key: str, over=statistics.mean) -> float:
 def mnist_pool(data_dir: str | None, test_size: int):
     """(``ALData`` of the MNIST protocol's pool of 10,000, its first ``test_size`` test
     images and labels): the data the evidence benchmarks fit on and evaluate."""
-    from jaxal.experiment import ExperimentConfig, load_split, to_device
+    from jaxal.apps.experiment import ExperimentConfig, load_split, to_device
 
     data = to_device(load_split(ExperimentConfig(dataset="mnist", pool_size=10000,
                                                  data_dir=data_dir)))

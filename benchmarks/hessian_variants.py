@@ -44,12 +44,12 @@ from jaxal.chunks import map_chunks
 from jaxal.loop import tune_prior_precision
 from jaxal.model import cnn, init_params
 from jaxal.objective import log_likelihood
-from jaxal.posterior import (
+from jaxal.posteriors import bind
+from jaxal.posteriors.laplace import (
     LAPLACE,
     PROBIT_ALL_WEIGHTS_CHUNK,
     VALIDATION_GRID,
     LaplaceOptions,
-    bind,
     fit_laplace,
     fit_prior_precision,
     subset_problem,

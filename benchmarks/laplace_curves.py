@@ -3,7 +3,7 @@
     python benchmarks/laplace_curves.py [--data-dir ../shared/data/tfds] [--seeds 0]
         [--pool-size 10000] [--rounds 10] [--variants plugin ll_probit ...]
 
-Every variant runs under ``jaxal.comparison.run_comparison`` with entropy acquisition, the same
+Every variant runs under ``jaxal.apps.comparison.run_comparison`` with entropy acquisition, the same
 seeds, pool subset, initial labels and MAP training; only the posterior, predictive and
 prior precision differ. Reported per variant: test accuracy and NLL at the first and last
 round, their mean over rounds (area under the learning curve / rounds), the mean
@@ -20,10 +20,10 @@ from pathlib import Path
 
 from common import RESULTS, run_curves, runs_of
 
-from jaxal.comparison import Run, markdown_table
-from jaxal.experiment import ExperimentConfig
+from jaxal.apps.comparison import Run, markdown_table
+from jaxal.apps.experiment import ExperimentConfig
 from jaxal.loop import ALConfig
-from jaxal.posterior import LaplaceOptions
+from jaxal.posteriors.laplace import LaplaceOptions
 from jaxal.runtime import configure_cpu
 
 

@@ -6,12 +6,12 @@ the loop trains it (500 Adam steps of 32, λ = 1, ``jaxal.train``); the all-weig
 GGN Laplace is then fitted with two per-layer prior fits on the same curvature:
 
 - ``evidence-layerwise`` (today's): argmax of the Laplace evidence taken at θ*, by Adam on
-  log λ (``jaxal.loop.make_learner``'s fit, i.e. ``jaxal.posterior.fit_laplace``);
+  log λ (``jaxal.loop.make_learner``'s fit, i.e. ``jaxal.posteriors.laplace.fit_laplace``);
 - ``linear-mode-layerwise`` (new): MacKay's fixed point with the evidence taken at the
-  tangent linear model's mode w̃ (``jaxal.evidence``, Antorán et al. 2022).
+  tangent linear model's mode w̃ (``jaxal.posteriors.evidence``, Antorán et al. 2022).
 
 Reported per prior fit: per layer λ_l, γ_l, 1/λ_l against the mean square weight (and of
-w̃) from ``jaxal.evidence.evidence_diagnosis``; the GLM logit posterior std against the
+w̃) from ``jaxal.posteriors.evidence.evidence_diagnosis``; the GLM logit posterior std against the
 MAP's logit spread (first 1,000 test images); accuracy, NLL and ECE on the test images of
 the MAP (plugin), the GLM predictive (100 weight samples) and the probit predictive;
 seconds of each prior fit, compilation apart.
@@ -67,12 +67,12 @@ def _compiled(fn, *args):
 
 def linear_mode_fit_cpu(post, model, params, x, y, weights, groups, iterations: int,
                         newton_steps: int, cg_steps: int) -> dict:
-    """``jaxal.evidence.fit_prior_precision_linear_mode`` in its CPU form (see the module
+    """``jaxal.posteriors.evidence.fit_prior_precision_linear_mode`` in its CPU form (see the module
     doc): λ from ``post``'s own (per weight [p]), the same iterates and best-evidence
     rule. Returns {"lam" [p], "mode" (LinearMode at it), "trace", "seconds",
     "compile_seconds"}."""
     from jaxal.curvature import structure_of
-    from jaxal.evidence import (
+    from jaxal.posteriors.evidence import (
         linear_mode,
         log_marginal_likelihood_at_mode,
         mackay_update,
@@ -124,7 +124,7 @@ def linear_mode_fit_cpu(post, model, params, x, y, weights, groups, iterations: 
 def library_check(post, model, params, x, y, weights, groups, setting) -> dict:
     """The library's ``fit_prior_precision_linear_mode`` (nested scans) against
     ``linear_mode_fit_cpu`` at the tiny ``setting``: λ per layer and seconds of each."""
-    from jaxal.evidence import fit_prior_precision_linear_mode
+    from jaxal.posteriors.evidence import fit_prior_precision_linear_mode
 
     iterations, newton_steps, cg_steps = setting
     library = partial(fit_prior_precision_linear_mode, logits_fn=model.apply, groups=groups,
@@ -144,7 +144,7 @@ def library_check(post, model, params, x, y, weights, groups, setting) -> dict:
 
 def stable_effective_dimension(post) -> dict:
     """{layer path "a/b": γ_l = Σ_i h_i / (h_i + λ_l)} from the KFAC eigenvalues h = e_A e_Gᵀ
-    (clipped at 0): the same γ as ``jaxal.evidence.effective_dimension``'s
+    (clipped at 0): the same γ as ``jaxal.posteriors.evidence.effective_dimension``'s
     Σ (1 - λ [(H + Λ)⁻¹]_ii), without its cancellation once λ_l ≫ h (float32)."""
     from jaxal.curvature import kfac
 
@@ -181,11 +181,11 @@ def one_size(args, seed: int, num_labels: int, data, x_test, y_test, evaluate_fn
     """Train θ*, fit both priors on the same KFAC curvature, diagnose and evaluate."""
     from jaxal.config import ALConfig, LaplaceOptions
     from jaxal.curvature import structure_of
-    from jaxal.evidence import evidence_diagnosis
     from jaxal.loop import initial_labelled, make_learner
     from jaxal.model import cnn
     from jaxal.objective import log_likelihood
-    from jaxal.posterior import fit_prior_precision, layer_groups, with_prior_precision
+    from jaxal.posteriors.evidence import evidence_diagnosis
+    from jaxal.posteriors.laplace import fit_prior_precision, layer_groups, with_prior_precision
     from jaxal.train import labelled_indices
 
     model = cnn(data.num_classes)
@@ -340,9 +340,10 @@ def main():
     args = p.parse_args()
     configure_cpu()   # as jaxal's CLIs run; before JAX's first computation
 
+    from jaxal.components import POSTERIORS
     from jaxal.config import LaplaceOptions
     from jaxal.model import cnn
-    from jaxal.posterior import POSTERIORS, bind
+    from jaxal.posteriors import bind
 
     data, x_test, y_test = mnist_pool(args.data_dir, args.test_size)
     record = bind(POSTERIORS["laplace"], LaplaceOptions(structure="kfac", subset="all",

@@ -8,12 +8,12 @@ all-weights KFAC GGN Laplace is fitted, with these priors:
 - ``evidence-layerwise``: trained with λ = 1, then the post-hoc evidence fit per layer
   (the row the last measurements found worse than random);
 - ``marglik-layerwise F/B/K`` (new): λ per layer learned during training
-  (``--prior-precision marglik-layerwise``, ``jaxal.marglik``): every F steps from step B
+  (``--prior-precision marglik-layerwise``, ``jaxal.posteriors.marglik``): every F steps from step B
   on, K Adam steps on log λ; one row per (F, B, K) in ``--settings``;
 - ``marglik F/B/K``: the same with one λ.
 
 Reported per row: per layer λ_l, γ_l, the prior variance 1/λ_l against the mean square
-weight θ²/P (``jaxal.evidence.evidence_diagnosis``; the issue's target: within 10x); the
+weight θ²/P (``jaxal.posteriors.evidence.evidence_diagnosis``; the issue's target: within 10x); the
 GLM logit std against the MAP's logit spread (first 1,000 test images); accuracy, NLL and
 ECE on the test images of the MAP network (plugin), the GLM predictive (100 weight
 samples) and the probit predictive; seconds of training (compilation apart: the second of
@@ -75,11 +75,13 @@ def evaluators(model, record, chunk_size: int) -> dict:
 
 def one_row(args, name: str, fields: dict, seed: int, num_labels: int, data, x_test,
             y_test) -> dict:
+    from jaxal.components import POSTERIORS
     from jaxal.config import ALConfig, LaplaceOptions, TrainConfig
-    from jaxal.evidence import evidence_diagnosis
     from jaxal.loop import initial_labelled, make_learner
     from jaxal.model import cnn
-    from jaxal.posterior import POSTERIORS, bind, layer_groups
+    from jaxal.posteriors import bind
+    from jaxal.posteriors.evidence import evidence_diagnosis
+    from jaxal.posteriors.laplace import layer_groups
 
     model = cnn(data.num_classes)
     key = jax.random.fold_in(jax.random.key(seed), num_labels)

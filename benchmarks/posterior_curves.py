@@ -19,7 +19,7 @@ query, training and posterior fit (compilation included in round 0/1; only indic
 other jobs share the machine), and the prior precision at the last round. Resumable:
 finished runs are kept in ``results/posterior_curves.json`` (its table: ``tables.py``) and
 a killed run resumes from its checkpoint in ``results/curves/posterior_curves/runs/
-<variant>-seed<k>/`` (``jaxal.comparison.run_comparison``; before, ``curves/post-*``).
+<variant>-seed<k>/`` (``jaxal.apps.comparison.run_comparison``; before, ``curves/post-*``).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from tables import posterior_curves as table
 from tables import write_table
 from timing import time_calls
 
-from jaxal.comparison import Run, aubc
+from jaxal.apps.comparison import Run, aubc
+from jaxal.apps.experiment import ExperimentConfig
 from jaxal.config import LaplaceOptions, ModelConfig, TrainConfig
-from jaxal.experiment import ExperimentConfig
 from jaxal.loop import ALConfig
 from jaxal.runtime import configure_cpu
 
@@ -72,7 +72,7 @@ POSTERIORS = {
                                       prior_fit="evidence-layerwise"),
                            "pool_subset": SUBSET, "eval_samples": EVAL_SAMPLES},
     # All weights, KFAC GGN, one λ per layer learned in training by online marginal
-    # likelihood (jaxal.marglik; F/B/K 50/100/10, benchmarks/marglik.py), GLM predictive.
+    # likelihood (jaxal.posteriors.marglik; F/B/K 50/100/10, benchmarks/marglik.py), GLM predictive.
     "kfac-glm-marglik": {**_laplace("glm", structure="kfac", subset="all",
                                     prior_fit="marglik-layerwise"),
                          "pool_subset": SUBSET, "eval_samples": EVAL_SAMPLES},
@@ -221,8 +221,8 @@ def timing(args) -> None:
     import jax
     from machine import cpu_info
 
+    from jaxal.apps.experiment import load_split, to_device
     from jaxal.components import EnsembleOptions
-    from jaxal.experiment import load_split, to_device
     from jaxal.loop import init_state, make_learner
     from jaxal.model import build_model
 
@@ -280,10 +280,10 @@ def _last_state(name: str, args, seed: int):
     run, or None if it has no checkpoint."""
     import numpy as np
 
-    from jaxal.experiment import load_split, run_config_dict, to_device
+    from jaxal.apps.experiment import load_split, run_config_dict, to_device
+    from jaxal.apps.results import CHECKPOINT, load_checkpoint, state_template
     from jaxal.loop import make_learner
     from jaxal.model import build_model
-    from jaxal.results import CHECKPOINT, load_checkpoint, state_template
     from jaxal.sharding import use_devices
 
     config = ExperimentConfig(dataset="mnist", seed=seed, pool_size=args.pool_size,
@@ -345,7 +345,7 @@ def map_replay(args) -> dict:
     import jax
     import numpy as np
 
-    from jaxal.experiment import load_split, to_device
+    from jaxal.apps.experiment import load_split, to_device
     from jaxal.loop import fit_and_evaluate, init_state, make_learner
     from jaxal.model import build_model
     from jaxal.sharding import use_devices
@@ -425,7 +425,8 @@ def bald_noise(args) -> dict:
     import numpy as np
     from scipy.stats import spearmanr
 
-    from jaxal.posterior import POSTERIORS, bind
+    from jaxal.components import POSTERIORS
+    from jaxal.posteriors import bind
     from jaxal.predictive import PREDICTIVES
 
     seed, rows = args.seeds[0], {}
@@ -475,11 +476,11 @@ def evidence_diagnosis(args) -> dict:
     import numpy as np
     from jax.flatten_util import ravel_pytree
 
+    from jaxal.components import POSTERIORS
     from jaxal.curvature import kfac
-    from jaxal.posterior import (
-        POSTERIORS,
+    from jaxal.posteriors import bind
+    from jaxal.posteriors.laplace import (
         LastLayerLaplace,
-        bind,
         head_params,
         laplace_logit_variance,
         layer_groups,

@@ -20,7 +20,7 @@ sharding constraint, the same program as before ``jaxal.sharding`` existed.
 Writes ``results/scaling.json`` and ``results/scaling.md``.
 
 ``--seeds``: the seeds of a comparison run one after another against one vmapped program
-(``jaxal.seeds``); ``results/scaling_seeds.{json,md}``. It decides
+(``jaxal.apps.seeds``); ``results/scaling_seeds.{json,md}``. It decides
 ``jaxal.batching.default_seeds_form`` on CPU.
 """
 
@@ -53,8 +53,8 @@ def child(args) -> dict:
     """The measurements on this process's devices (run under the count's XLA_FLAGS)."""
     import jax
 
+    from jaxal.apps.experiment import load_split, to_device
     from jaxal.config import ALConfig, ExperimentConfig, LaplaceOptions, TrainConfig
-    from jaxal.experiment import load_split, to_device
     from jaxal.loop import al_round, init_state, make_learner
     from jaxal.model import build_model
     from jaxal.runtime import configure_cpu
@@ -104,15 +104,15 @@ SEEDS = (0, 1, 2)
 
 def seeds_form(args) -> None:
     """The seeds of one comparison strategy one after another (each a fresh run, as
-    ``jaxal.compare`` runs them) against one vmapped program (``jaxal.seeds``), in one
+    ``jaxal.compare`` runs them) against one vmapped program (``jaxal.apps.seeds``), in one
     process on this machine's device: wall time of each, compilation included (what a
     comparison pays), over 3 seeds of a small MNIST run."""
     import tempfile
 
+    from jaxal.apps.experiment import run_experiment
+    from jaxal.apps.seeds import run_seeds
     from jaxal.config import ALConfig, ExperimentConfig, TrainConfig
-    from jaxal.experiment import run_experiment
     from jaxal.runtime import configure_cpu
-    from jaxal.seeds import run_seeds
 
     configure_cpu()
     al = ALConfig(acquisition="entropy", rounds=2, query_size=10,
@@ -146,7 +146,7 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seeds", action="store_true",
                    help="instead: a comparison's seeds one after another vs one vmapped "
-                        "program (jaxal.seeds), on this machine's device")
+                        "program (jaxal.apps.seeds), on this machine's device")
     args = p.parse_args()
     if args.seeds:
         seeds_form(args)

@@ -2,8 +2,8 @@
 
 The package follows the pipeline, one module per stage:
 
-    data -> model -> objective/train (MAP) -> curvature/ -> posterior -> predictive
-         -> acquisition -> selection -> loop -> results / plots, cli/ (the command lines)
+    data/ -> model -> objective, train (MAP) -> curvature/ -> posteriors/ -> predictive
+          -> acquisition -> selection -> loop/ -> apps/ (run, compare, label, plot) -> cli/
 
 Importing jaxal changes nothing in the process, and imports JAX only when a name below
 is first used (so the command-line tools can check their arguments before that slow
@@ -28,7 +28,7 @@ _EXPORTS = {
     "Classifier": "model", "apply_head": "model", "cnn": "model", "init_params": "model",
     "mlp": "model", "num_params": "model",
     "log_likelihood": "objective", "log_prior": "objective", "map_objective": "objective",
-    "POSTERIORS": "posterior",
+    "POSTERIORS": "components",
     "PREDICTIVES": "predictive", "PredictiveOutput": "predictive",
     "SELECTORS": "selection", "Pool": "selection",
     "TrainConfig": "train", "make_trainer": "train", "train_map": "train",

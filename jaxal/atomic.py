@@ -3,7 +3,7 @@ a rerun after a kill) sees the old file or the new one, never half of one. Impor
 JAX, so the dataset cache and the figures use it before, or without, the slow imports.
 
 A killed write leaves its temp file, ``.<name>.<8 random chars>.tmp`` (``TEMP_NAME``);
-``jaxal.results.remove_temp_files`` removes those from an out dir.
+``jaxal.apps.results.remove_temp_files`` removes those from an out dir.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ SEEDS_FORMS = ("sequential", "vmapped")
 def default_seeds_form() -> str:
     """How ``jaxal.compare`` runs the seeds of a strategy: one after another on CPU
     (measured: ``benchmarks/scaling.py``, vmapped seeds train grouped convolutions, as
-    vmapped members do), as one vmapped program elsewhere (``jaxal.seeds``)."""
+    vmapped members do), as one vmapped program elsewhere (``jaxal.apps.seeds``)."""
     return "sequential" if jax.default_backend() == "cpu" else "vmapped"
 
 

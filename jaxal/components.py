@@ -90,7 +90,7 @@ PRIOR_FLAG = {"val-nll": "val-nll", "evidence": "auto",
               "linear-mode-layerwise": "linear-mode-layerwise",
               "marglik": "marglik", "marglik-layerwise": "marglik-layerwise"}
 # The prior fits learned during MAP training (online marginal likelihood: the Laplace
-# record's training hook, ``jaxal.marglik``) rather than after it.
+# record's training hook, ``jaxal.posteriors.marglik``) rather than after it.
 ONLINE_PRIOR_FITS = ("marglik", "marglik-layerwise")
 PRIOR_FITS = (*PRIOR_FLAG, "none")
 SUBSETS = ("last-layer", "all")
@@ -108,9 +108,9 @@ class LaplaceOptions(NamedTuple):
     # predictive (the run's) has the lowest validation NLL; "evidence", the Laplace
     # evidence maximiser at θ* ("evidence-layerwise": one λ per layer); "linear-mode"
     # ("linear-mode-layerwise"), MacKay's fixed point with the evidence taken at the
-    # tangent linear model's mode (Antorán et al. 2022; ``jaxal.evidence``); "marglik"
+    # tangent linear model's mode (Antorán et al. 2022; ``jaxal.posteriors.evidence``); "marglik"
     # ("marglik-layerwise"), learned during training by online marginal likelihood
-    # (Immer et al. 2021; ``jaxal.marglik``); "none", λ as given. The
+    # (Immer et al. 2021; ``jaxal.posteriors.marglik``); "none", λ as given. The
     # default is measured: ``benchmarks/laplace_curves.py`` (with λ = 1 or the evidence
     # fit the last-layer predictive on MNIST is near-uniform and its queries worse than
     # the plugin's).
@@ -177,7 +177,7 @@ class LaplaceOptions(NamedTuple):
 
     def check(self, config) -> None:
         """Rules of the options alone; those needing the curvature table are the record's
-        (``jaxal.posterior.check_laplace``)."""
+        (``jaxal.posteriors.laplace.check_laplace``)."""
         _need(self.samples > 0, f"samples must be > 0 (got {self.samples})")
         _need(self.prior_precision is None or (math.isfinite(self.prior_precision)
                                                and self.prior_precision > 0),
@@ -335,7 +335,7 @@ class BatchBALDOptions(NamedTuple):
 class Component(NamedTuple):
     """One entry: its record of functions (imported on first use) and its options."""
 
-    # "module:attribute", e.g. "jaxal.posterior:LAPLACE", imported on first use; or the
+    # "module:attribute", e.g. "jaxal.posteriors.laplace:LAPLACE", imported on first use; or the
     # record itself (a component registered at run time, by code that imported JAX).
     record: Any
     options: type = NoOptions          # its options record (NamedTuple with defaults)
@@ -388,10 +388,10 @@ class Registry(MutableMapping):
 
 
 POSTERIORS = Registry({
-    "plugin": Component("jaxal.posterior:PLUGIN"),
-    "laplace": Component("jaxal.posterior:LAPLACE", LaplaceOptions),
-    "mc-dropout": Component("jaxal.mc_dropout:MC_DROPOUT", MCDropoutOptions),
-    "ensemble": Component("jaxal.ensemble:ENSEMBLE", EnsembleOptions),
+    "plugin": Component("jaxal.posteriors.plugin:PLUGIN"),
+    "laplace": Component("jaxal.posteriors.laplace:LAPLACE", LaplaceOptions),
+    "mc-dropout": Component("jaxal.posteriors.mc_dropout:MC_DROPOUT", MCDropoutOptions),
+    "ensemble": Component("jaxal.posteriors.ensemble:ENSEMBLE", EnsembleOptions),
 })
 
 # Batch selectors (``--batch``) and strategies (``--acq``, they bring their own score).

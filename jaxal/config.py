@@ -13,7 +13,7 @@ from jaxal.components import VALIDATION_GRID as VALIDATION_GRID  # re-exported
 from jaxal.components import LaplaceOptions as LaplaceOptions  # re-exported
 
 TOY_DATASETS = ("moons", "blobs")
-# The dataset of a folder of the user's own images (``jaxal.image_folder``); never a TFDS
+# The dataset of a folder of the user's own images (``jaxal.data.image_folder``); never a TFDS
 # name (those have no '-').
 IMAGE_FOLDER = "image-folder"
 
@@ -101,7 +101,7 @@ class Protocol(NamedTuple):
     rounds: int = 20
     train: TrainConfig = TrainConfig()
     source: str = ""
-    # Test accuracies a comparison reports the labels to reach (``jaxal.comparison``),
+    # Test accuracies a comparison reports the labels to reach (``jaxal.apps.comparison``),
     # and where they come from ("" for the literature's 90% / 95% on MNIST).
     targets: tuple[float, ...] = (0.90, 0.95)
     targets_source: str = ""

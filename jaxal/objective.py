@@ -42,7 +42,7 @@ def squared_norm(params) -> jax.Array:
 def prior_energy(params, prior_precision: float | jax.Array) -> jax.Array:
     """θᵀ Λ θ: λ ‖θ‖² for one prior precision λ (a scalar), or Σ_p λ_p θ_p² for one per
     weight (λ [P] in ``ravel_pytree``'s order, e.g. one per layer broadcast to its
-    weights: online marginal-likelihood training, ``jaxal.marglik``)."""
+    weights: online marginal-likelihood training, ``jaxal.posteriors.marglik``)."""
     if jnp.ndim(prior_precision) == 0:
         return prior_precision * squared_norm(params)
     flat = ravel_pytree(params)[0]

@@ -2,7 +2,7 @@
 
 Every entry is a ``Predictive`` record whose ``predict(key, model, state, x, posterior)
 -> PredictiveOutput`` (``state`` the fitted posterior, ``posterior`` its family's record
-with the run's options bound, ``jaxal.posterior.bind``) works on one chunk of inputs;
+with the run's options bound, ``jaxal.posteriors.bind``) works on one chunk of inputs;
 ``jaxal.acquisition.map_chunks`` bounds memory over a pool. The key is shared by all
 chunks, so sampling predictives use the same posterior samples for every pool point
 (BALD-type scores need that).
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxal.model import Classifier
-from jaxal.posterior import Posterior
+from jaxal.posteriors import Posterior
 
 
 class PredictiveOutput(NamedTuple):
@@ -97,7 +97,7 @@ class Predictive(NamedTuple):
     """A predictive: its function and what it declares.
 
     ``predict(key, model, state, x, posterior) -> PredictiveOutput`` sees the
-    posterior only through the functions of its ``jaxal.posterior.Posterior`` record named
+    posterior only through the functions of its ``jaxal.posteriors.Posterior`` record named
     in ``needs``, options bound (and ``state.params``, θ_MAP, which every posterior state
     has), so it works with every posterior that offers them.
     """

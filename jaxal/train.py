@@ -8,8 +8,10 @@ training function therefore serves every round.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -84,7 +86,7 @@ class TrainState(NamedTuple):
 
 class Hyper(NamedTuple):
     """A periodic update of the training state's hyperparameters between optimiser steps
-    (online marginal-likelihood training: ``jaxal.marglik``).
+    (online marginal-likelihood training: ``jaxal.posteriors.marglik``).
 
     After every ``every``-th step from step ``burn_in`` on (counting steps done from 1:
     done >= burn_in and done % every == 0), ``update(key, state, x_pool, y_pool,
@@ -197,6 +199,24 @@ def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Train
 _fold_in = jax.jit(jax.random.fold_in)
 
 
+# Who hears of training's progress (``training_progress``); None: nobody, the default.
+_progress: contextvars.ContextVar[Callable[[int, int], None] | None] = \
+    contextvars.ContextVar("jaxal_training_progress", default=None)
+
+
+@contextlib.contextmanager
+def training_progress(report: Callable[[int, int], None]) -> Iterator[None]:
+    """Call ``report(steps done, steps)`` as ``train_map`` trains in this thread (or
+    context): about a hundred times a fit in the Python loop (each waits for its step,
+    so the count is what has run), at the start and end of the one-loop form. For a
+    progress bar (``jaxal.apps.label_server``); without it training never waits."""
+    token = _progress.set(report)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
+
+
 def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
               y_pool: jax.Array, labelled: jax.Array,
               pseudo_labels: jax.Array | None = None) -> tuple[Any, TrainInfo]:
@@ -232,11 +252,16 @@ def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
     # runs in Python, so a round with more steps compiles nothing new.
     steps = training_steps(trainer.config, int(num_train))
     state = trainer.init(params)
+    report = _progress.get()
     if batching.default_train_form() == "loop":
+        if report is not None:
+            report(0, steps)
         # One program for every step count up to the schedule's largest: no recompile.
         state, losses = _steps_in_one_loop(trainer, _step_buffer(trainer.config), key, state,
                                            x_pool, y_train, train_idx, num_train, steps)
         losses = np.asarray(jax.device_get(losses))[:steps]
+        if report is not None:
+            report(steps, steps)
     else:
         losses = []
         hyper = trainer.hyper
@@ -244,6 +269,9 @@ def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
             state, loss = trainer.step(_fold_in(key, t), state, x_pool, y_train,
                                        train_idx, num_train)
             losses.append(loss)
+            if report is not None and ((t + 1) % max(steps // 100, 1) == 0 or t + 1 == steps):
+                jax.block_until_ready(loss)     # what has run, not what was dispatched
+                report(t + 1, steps)
             if hyper is not None and hyper.due(t + 1):
                 state = hyper.update(_hyper_key(key, t), state, x_pool, y_train,
                                      train_idx, num_train)

@@ -36,16 +36,15 @@ from jax.flatten_util import ravel_pytree
 from jaxal.acquisition import entropy  # H[p] = -Σ_c p_c log p_c, in nats
 from jaxal.data import toy_2d
 from jaxal.model import init_params, mlp, num_params
-from jaxal.posterior import (
+from jaxal.posteriors import bind
+from jaxal.posteriors.laplace import (
     LAPLACE,
-    PLUGIN,
     LaplaceOptions,
-    PointMass,
-    bind,
     fit_laplace,
     posterior_samples,
     prior_precision_of,
 )
+from jaxal.posteriors.plugin import PLUGIN, PointMass
 from jaxal.predictive import PREDICTIVES
 from jaxal.train import TrainConfig, make_trainer, train_map
 

@@ -27,10 +27,10 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from jaxal.experiment import ExperimentConfig, load_split, progress_line, to_device
+from jaxal.apps.experiment import ExperimentConfig, load_split, progress_line, to_device
 from jaxal.loop import ALConfig, make_learner, run_rounds
 from jaxal.model import cnn
-from jaxal.posterior import LaplaceOptions
+from jaxal.posteriors.laplace import LaplaceOptions
 from jaxal.train import TrainConfig
 
 QUICK = os.environ.get("JAXAL_NOTEBOOK_QUICK", "") not in ("", "0")

@@ -39,7 +39,7 @@ from jaxal.curvature.ggn import ggn_diagonal, ggn_full, hessian_full
 from jaxal.curvature.last_layer import linear_head_ggn
 from jaxal.curvature.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
 from jaxal.model import apply_head, init_params, mlp, num_params
-from jaxal.posterior import (
+from jaxal.posteriors.laplace import (
     LaplaceOptions,
     fit_laplace,
     head_params,

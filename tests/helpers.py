@@ -72,9 +72,10 @@ def layer_index(params, path: tuple[str, ...]) -> np.ndarray:
 
 
 def bound(config):
-    """The run's posterior record with its options bound (``jaxal.posterior.bind``), as
+    """The run's posterior record with its options bound (``jaxal.posteriors.bind``), as
     the predictives take it."""
-    from jaxal.posterior import POSTERIORS, bind
+    from jaxal.components import POSTERIORS
+    from jaxal.posteriors import bind
 
     return bind(POSTERIORS[config.posterior], config.options("posterior"))
 

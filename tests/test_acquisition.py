@@ -17,7 +17,7 @@ from jaxal.acquisition import (
 )
 from jaxal.chunks import chunk_at
 from jaxal.model import init_params, mlp
-from jaxal.posterior import PointMass
+from jaxal.posteriors.plugin import PointMass
 from jaxal.predictive import PredictiveOutput, plugin_predictive
 
 # One-hot, uniform, and two generic rows; written by hand.

@@ -10,13 +10,12 @@ from helpers import bound, fit_posterior
 from jax.flatten_util import ravel_pytree
 
 from jaxal import data as datasets
+from jaxal.apps.experiment import to_device
 from jaxal.batching import over_members
 from jaxal.components import BatchBALDOptions, EnsembleOptions, MCDropoutOptions
 from jaxal.config import ALConfig, LaplaceOptions, ModelConfig, TrainConfig
 from jaxal.curvature import STRUCTURES
-from jaxal.ensemble import stacked
 from jaxal.errors import ConfigError
-from jaxal.experiment import to_device
 from jaxal.loop import (
     expected_calibration_error,
     make_learner,
@@ -26,7 +25,8 @@ from jaxal.loop import (
     validate_data,
 )
 from jaxal.model import cnn, init_params, mlp
-from jaxal.posterior import (
+from jaxal.posteriors.ensemble import stacked
+from jaxal.posteriors.laplace import (
     fit_laplace,
     fit_prior_precision,
     laplace_glm_sample_probs,
@@ -316,7 +316,7 @@ def test_sample_forms_agree(monkeypatch):
     same probabilities: the GLM of a tiny CNN's KFAC Laplace, and MC dropout;
     20 samples, so the last group of 16 is partial."""
     import jaxal.batching
-    from jaxal import mc_dropout
+    from jaxal.posteriors import mc_dropout
 
     model = cnn(10, channels=(3,), hidden=6, hidden_dropout_rate=0.3)
     params = init_params(model, jax.random.key(0), (8, 8, 1))

@@ -16,14 +16,10 @@ import pytest
 from matplotlib.figure import Figure
 from test_resume import CONFIG
 
-from jaxal.atomic import write_atomic
-from jaxal.comparison import plot_comparison
-from jaxal.errors import RunDirError
-from jaxal.experiment import load_split, run_experiment, to_device
-from jaxal.loop import make_learner
-from jaxal.model import mlp
-from jaxal.plots import FIGURE5_PANELS, figure5, plot_run, save_figure, subplots
-from jaxal.results import (
+from jaxal.apps.comparison import plot_comparison
+from jaxal.apps.experiment import load_split, run_experiment, to_device
+from jaxal.apps.plots import FIGURE5_PANELS, figure5, plot_run, save_figure, subplots
+from jaxal.apps.results import (
     CHECKPOINT,
     PICKLE_CHECKPOINT,
     checkpoint_manifest,
@@ -35,6 +31,10 @@ from jaxal.results import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from jaxal.atomic import write_atomic
+from jaxal.errors import RunDirError
+from jaxal.loop import make_learner
+from jaxal.model import mlp
 
 ONE_ROUND = CONFIG._replace(al=CONFIG.al._replace(rounds=1))
 EXPERIMENT = ONE_ROUND.to_dict()

@@ -130,12 +130,12 @@ def test_rerun_with_other_config_refuses(tiny_run, mnist_data_dir, capsys):
 ])
 def test_invalid_values_fail_before_training(args, message, mnist_data_dir, tmp_path,
                                              monkeypatch, capsys):
-    import jaxal.loop
+    import jaxal.loop.round
 
     def no_training(*a, **k):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(jaxal.loop, "init_state", no_training)
+    monkeypatch.setattr(jaxal.loop.round, "init_state", no_training)
     argv = [*TINY, "--data-dir", str(mnist_data_dir), "--out", str(tmp_path / "o"), *args]
     with pytest.raises(SystemExit) as err:
         main(argv)
@@ -207,7 +207,7 @@ def test_wider_cnn_options_and_fields_added_later_keep_old_run_dirs_resumable(tm
     """--channels/--hidden reach the model config (and are refused for the toy MLP); the
     fields added since run dirs were written leave the compared config unchanged at their
     defaults, so those dirs still resume, and appear when set."""
-    from jaxal.experiment import check_config
+    from jaxal.apps.experiment import check_config
 
     wide = _config("--dataset", "cifar10", "--channels", "64", "128", "128", "--hidden", "256")
     assert wide.al.model.channels == (64, 128, 128) and wide.al.model.hidden == 256

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from jaxal.apps.rundir import LOCK_NAME, lock_out_dir
 from jaxal.errors import DivergedError, RunDirError
-from jaxal.rundir import LOCK_NAME, lock_out_dir
 
 MOONS = ["--dataset", "moons", "--rounds", "3", "--query-size", "5", "--init-per-class",
          "2", "--pool-size", "200", "--val-size", "50", "--steps", "30", "--batch-size", "8"]
@@ -263,7 +263,7 @@ def test_temp_files_of_a_killed_write_are_removed_by_the_next_run(finished_run, 
 
 def test_lock_of_a_dead_process_does_not_block(tmp_path):
     out = tmp_path / "out"
-    code = ("import os, sys\nfrom jaxal.rundir import lock_out_dir\n"
+    code = ("import os, sys\nfrom jaxal.apps.rundir import lock_out_dir\n"
             "with lock_out_dir(sys.argv[1]):\n    os._exit(0)\n")   # dies holding it
     proc = subprocess.run([sys.executable, "-c", code, str(out)], timeout=60)
     assert proc.returncode == 0
@@ -275,7 +275,7 @@ def test_lock_of_a_dead_process_does_not_block(tmp_path):
 def test_two_processes_racing_for_one_out_dir_never_both_hold_it(tmp_path):
     out = tmp_path / "out"
     code = ("import sys, time\nfrom jaxal.errors import RunDirError\n"
-            "from jaxal.rundir import lock_out_dir\n"
+            "from jaxal.apps.rundir import lock_out_dir\n"
             "held = 0\n"
             "for _ in range(200):\n"
             "    try:\n"
@@ -297,10 +297,10 @@ def test_two_processes_racing_for_one_out_dir_never_both_hold_it(tmp_path):
 
 
 def test_run_experiment_refuses_an_out_dir_held_elsewhere(tmp_path):
-    from jaxal.experiment import ExperimentConfig, run_experiment
+    from jaxal.apps.experiment import ExperimentConfig, run_experiment
 
     out = tmp_path / "out"
-    code = ("import sys, time\nfrom jaxal.rundir import lock_out_dir\n"
+    code = ("import sys, time\nfrom jaxal.apps.rundir import lock_out_dir\n"
             "with lock_out_dir(sys.argv[1]):\n    print('held', flush=True)\n"
             "    time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
@@ -317,7 +317,7 @@ def test_run_experiment_refuses_an_out_dir_held_elsewhere(tmp_path):
 # --- divergence -------------------------------------------------------------------------
 
 def small_moons_config(rounds: int):
-    from jaxal.experiment import ExperimentConfig
+    from jaxal.apps.experiment import ExperimentConfig
     from jaxal.loop import ALConfig
     from jaxal.train import TrainConfig
 
@@ -329,9 +329,9 @@ def small_moons_config(rounds: int):
 @pytest.mark.slow
 def test_nan_loss_stops_the_run_at_its_round_and_keeps_the_last_good_checkpoint(
         tmp_path, monkeypatch):
-    import jaxal.loop as loop
-    from jaxal.experiment import run_experiment
-    from jaxal.results import read_metrics
+    import jaxal.loop.round as loop
+    from jaxal.apps.experiment import run_experiment
+    from jaxal.apps.results import read_metrics
 
     config = small_moons_config(rounds=4)
     real_round = loop.al_round
@@ -359,8 +359,8 @@ def test_nan_loss_stops_the_run_at_its_round_and_keeps_the_last_good_checkpoint(
 
 def test_non_finite_posterior_stops_the_run(tmp_path, monkeypatch):
     """One NaN in one leaf of the posterior is enough (all float leaves are checked)."""
-    import jaxal.loop as loop
-    from jaxal.experiment import run_experiment
+    import jaxal.loop.round as loop
+    from jaxal.apps.experiment import run_experiment
 
     config = small_moons_config(rounds=2)
     real_round = loop.al_round
@@ -378,9 +378,9 @@ def test_non_finite_posterior_stops_the_run(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_real_divergence_and_a_diverged_flag(tmp_path):
-    from jaxal.experiment import ExperimentConfig, run_experiment
+    from jaxal.apps.experiment import ExperimentConfig, run_experiment
+    from jaxal.apps.results import read_metrics
     from jaxal.loop import ALConfig
-    from jaxal.results import read_metrics
     from jaxal.train import TrainConfig
 
     def config(optimizer, lr):

@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxal.cli.compare import main as compare_main
-from jaxal.cli.plot import main as plot_main
-from jaxal.comparison import (
+from jaxal.apps.comparison import (
     NOT_REACHED,
     aggregate,
     aubc,
@@ -20,8 +18,10 @@ from jaxal.comparison import (
     plot_comparison,
     summary_table,
 )
-from jaxal.plots import protocol_line
-from jaxal.results import read_metrics
+from jaxal.apps.plots import protocol_line
+from jaxal.apps.results import read_metrics
+from jaxal.cli.compare import main as compare_main
+from jaxal.cli.plot import main as plot_main
 
 ARGS = ["--dataset", "moons", "--acq", "random", "entropy", "bald", "--posterior", "plugin",
         "laplace", "--seeds", "0", "1", "--rounds", "2", "--query-size", "4", "--steps", "30",
@@ -169,10 +169,10 @@ def test_protocol_line_names_the_protocol_in_the_literature_s_words():
 
 @pytest.mark.slow
 def test_learning_curve_draws_the_mean_accuracy_under_the_protocol(comparison, monkeypatch):
-    import jaxal.plots
+    import jaxal.apps.plots
 
     saved = {}
-    monkeypatch.setattr(jaxal.plots, "_save",
+    monkeypatch.setattr(jaxal.apps.plots, "_save",
                         lambda fig, path: saved.__setitem__(Path(path).name, fig))
     plot_comparison(comparison, log_labels=True)
     ax = saved["learning_curve"].axes[0]
@@ -192,13 +192,13 @@ def test_learning_curve_draws_the_mean_accuracy_under_the_protocol(comparison, m
 
 @pytest.mark.slow
 def test_plot_redraws_every_figure_without_recomputing(comparison, monkeypatch):
-    import jaxal.experiment
+    import jaxal.apps.experiment
 
     def no_runs(*a, **k):
         raise AssertionError("plot must not run anything")
 
-    monkeypatch.setattr(jaxal.experiment, "run_experiment", no_runs)
-    monkeypatch.setattr(jaxal.experiment, "run_rounds", no_runs)
+    monkeypatch.setattr(jaxal.apps.experiment, "run_experiment", no_runs)
+    monkeypatch.setattr(jaxal.apps.experiment, "run_rounds", no_runs)
     run = comparison / "runs" / "entropy-laplace-seed1"
     for path in [*(comparison / f for f in FIGURES), run / "figure4.png", run / "figure5.pdf"]:
         path.unlink()

@@ -15,12 +15,12 @@ import pytest
 import toy_posterior
 from toy_posterior import JitterOptions
 
+from jaxal.apps.experiment import run_experiment
+from jaxal.apps.results import read_metrics, read_queries
 from jaxal.components import POSTERIORS, StochasticOptions, options_from_flags
 from jaxal.config import ALConfig, ExperimentConfig, TrainConfig, migrate_config_dict
-from jaxal.experiment import run_experiment
 from jaxal.loop import make_learner
 from jaxal.model import mlp
-from jaxal.results import read_metrics, read_queries
 
 
 def stop_after_round_1(line: str):
@@ -137,8 +137,8 @@ def test_a_run_dir_of_the_old_format_resumes_to_the_same_result(tmp_path):
     run does; its config.json is then today's format."""
     import numpy as np
 
+    from jaxal.apps.results import config_digest
     from jaxal.components import EnsembleOptions
-    from jaxal.results import config_digest
 
     config = ExperimentConfig(dataset="moons", val_size=50, pool_size=200, al=ALConfig(
         acquisition="bald", posterior="ensemble", predictive="mc",

@@ -15,6 +15,7 @@ from tensorflow_datasets.testing import mocking
 
 from jaxal import data
 from jaxal.cli import data as data_cli
+from jaxal.data import tfds as data_tfds
 from jaxal.errors import ConfigError
 
 REPO_ROOT = Path(__file__).parents[1]
@@ -29,7 +30,7 @@ def mnist(mnist_data_dir) -> data.ImageDataset:
 @pytest.fixture
 def empty_memory_cache(monkeypatch):
     """Forgets what this process has loaded, so a load has to go to disk (or decode)."""
-    monkeypatch.setattr(data, "_MEMORY_CACHE", {})
+    monkeypatch.setattr(data_tfds, "_MEMORY_CACHE", {})
 
 
 def _getitems_unbound(record_keys, generator, serialized=False):
@@ -155,7 +156,7 @@ def test_second_load_does_not_decode(mnist, mnist_data_dir, monkeypatch, empty_m
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the dataset is cached")
 
-    monkeypatch.setattr(data, "_read_split", no_decoding)
+    monkeypatch.setattr(data_tfds, "_read_split", no_decoding)
     from_disk = data.load_dataset("mnist", mnist_data_dir, download=False)
     _assert_same(from_disk, mnist)
     assert data.load_dataset("mnist", mnist_data_dir, download=False) is from_disk
@@ -225,7 +226,7 @@ def test_not_prepared_without_download_names_dir_and_fix(tmp_path):
 
 
 def test_not_prepared_offline_does_not_download(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_host_reachable", lambda url: False)
+    monkeypatch.setattr(data_tfds, "_host_reachable", lambda url: False)
     with pytest.raises(data.DatasetNotPreparedError, match="unreachable"):
         data.load_dataset("fashion_mnist", tmp_path)
     assert not (tmp_path / "fashion_mnist").exists()
@@ -302,13 +303,13 @@ def test_truncated_shard_is_not_served_from_the_cache(
     with monkeypatch.context() as m:  # skips the decoding; the cache entry is written for real
         splits = {60000: (mnist.train_images, mnist.train_labels),
                   10000: (mnist.test_images, mnist.test_labels)}  # fmt: skip
-        m.setattr(data, "_read_split", lambda source, shape: splits[len(source)])
+        m.setattr(data_tfds, "_read_split", lambda source, shape: splits[len(source)])
         data.load_dataset("mnist", data_dir, download=False, cache_dir=cache_dir)
     assert len(list(cache_dir.glob("*.npz"))) == 1
     shard = data_dir / "mnist" / "3.0.1" / TRAIN_SHARD
     shard.unlink()
     shard.write_bytes((mnist_copy / TRAIN_SHARD).read_bytes()[:-4096])
-    data._MEMORY_CACHE.clear()
+    data_tfds._MEMORY_CACHE.clear()
     with pytest.raises(data.DatasetCorruptError, match=re.escape(str(shard))):
         data.load_dataset("mnist", data_dir, download=False, cache_dir=cache_dir)
 
@@ -352,13 +353,13 @@ def test_checksum_error_from_tfds_names_the_file(tmp_path):
     got = checksums.UrlInfo(size=5, checksum="ab" * 32, filename=path.name)
     with pytest.raises(NonMatchingChecksumError) as tfds_error:
         manager._register_or_validate_checksums(url, got, path)
-    message = str(data._checksum_error(tfds_error.value))
+    message = str(data_tfds._checksum_error(tfds_error.value))
     assert message == (
         f"{path} has the wrong checksum (sha256 {'ab' * 32}, expected {expected.checksum}): it "
         f"is not the original file; replace it with the original download from {url} and "
         "run again"
     )
-    odd = data._checksum_error(NonMatchingChecksumError("checksum\nmismatch"))
+    odd = data_tfds._checksum_error(NonMatchingChecksumError("checksum\nmismatch"))
     assert str(odd) == (
         "NonMatchingChecksumError: checksum mismatch; replace the file with the original "
         "download and run again"
@@ -499,11 +500,11 @@ def test_invalid_cache_is_rebuilt_with_a_warning(mock_tfds, tmp_path, tamper):
     with mock_tfds(num_examples=50):
         original = data.load_dataset("mnist", tmp_path, download=False, cache_dir=cache_dir)
         tamper(cache_dir)
-        data._MEMORY_CACHE.clear()
+        data_tfds._MEMORY_CACHE.clear()
         with pytest.warns(UserWarning, match="Ignoring invalid dataset cache"):
             rebuilt = data.load_dataset("mnist", tmp_path, download=False, cache_dir=cache_dir)
         _assert_same(rebuilt, original)
-        data._MEMORY_CACHE.clear()
+        data_tfds._MEMORY_CACHE.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # the rewritten cache is valid again
             _assert_same(data.load_dataset("mnist", tmp_path, cache_dir=cache_dir), original)
@@ -573,8 +574,8 @@ def test_toy_al_split():
 def test_any_tfds_image_dataset_by_its_info(mock_tfds, tmp_path, capsys):
     """svhn_cropped is not in jaxal's table: its shape and classes come from the builder's
     info, its normalisation from its own train images; a run trains the CNN on it."""
+    from jaxal.apps.experiment import run_experiment
     from jaxal.config import ALConfig, ExperimentConfig, TrainConfig
-    from jaxal.experiment import run_experiment
 
     assert "svhn_cropped" not in data.DATASETS
     with mock_tfds(num_examples=80):

@@ -1,4 +1,4 @@
-"""The evidence at the tangent linear model's mode (``jaxal.evidence``) against dense
+"""The evidence at the tangent linear model's mode (``jaxal.posteriors.evidence``) against dense
 references on a tiny MLP in float64: the explicit Jacobian J [n, c, p] (``jax.jacfwd``),
 Newton's method on the raveled parameters with dense solves, ``slogdet`` and ``inv`` of
 each structure's precision as a dense matrix, finite differences in log λ."""
@@ -14,7 +14,8 @@ from jax.flatten_util import ravel_pytree
 
 from jaxal.curvature import STRUCTURES
 from jaxal.curvature.layerwise import kfac_factors
-from jaxal.evidence import (
+from jaxal.model import apply_head, init_params, mlp
+from jaxal.posteriors.evidence import (
     effective_dimension,
     evidence_diagnosis,
     fit_prior_precision_linear_mode,
@@ -23,8 +24,7 @@ from jaxal.evidence import (
     mackay_update,
     posterior_variance,
 )
-from jaxal.model import apply_head, init_params, mlp
-from jaxal.posterior import curvature_problem, head_params, layer_groups
+from jaxal.posteriors.laplace import curvature_problem, head_params, layer_groups
 
 NUM_REAL, NUM_PAD, NUM_CLASSES = 20, 4, 3
 LAYER_LAMBDA = np.array([0.5, 2.0, 1.5])      # Dense_0, Dense_1, head

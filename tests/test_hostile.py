@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxal.apps.rundir import LOCK_NAME
 from jaxal.cli.label import main as label_main
 from jaxal.cli.plot import main as plot_main
 from jaxal.cli.run import main as run_main
-from jaxal.rundir import LOCK_NAME
 
 # R of the issue: a small moons run (its own command is the finished run's).
 MOONS = ["--dataset", "moons", "--rounds", "3", "--query-size", "5", "--init-per-class",
@@ -219,7 +219,7 @@ def test_2_data_cache_bomb_is_refused_uninflated(tmp_path):
     code = ("import json, resource, sys, warnings\n"
             "import numpy as np\n"
             "from pathlib import Path\n"
-            "from jaxal.data import _read_cache\n"
+            "from jaxal.data.tfds import _read_cache\n"
             "cache, meta = Path(sys.argv[1]), json.loads(sys.argv[2])\n"
             "layout = {'train_images': ((1000, 28, 28, 1), np.uint8)}\n"
             "warnings.simplefilter('ignore')\n"
@@ -634,7 +634,7 @@ def test_11_a_labelling_session_refuses_a_run_dir(run_dir, capsys):
 
 
 def test_12_replaced_image_is_decoded_afresh_not_read_from_the_cache(photos, tmp_path):
-    from jaxal.image_folder import read_image_folder, save_cache
+    from jaxal.data.image_folder import read_image_folder, save_cache
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -655,20 +655,22 @@ def test_12_session_refuses_an_image_replaced_under_its_name(photos, tmp_path, c
     command = ["query", "--out", str(session), "--images", str(photos), *FOLDER]
     label_main(command)    # the first proposal: random, no training
     capsys.readouterr()
-    _bmp(photos / "img_3.bmp", seed=99)   # new content, new mtime
+    # A proposed image (its pending batch would be of the old one).
+    name = json.loads((session / "pending.json").read_text())["files"][0]
+    _bmp(photos / name, seed=99)   # new content, new mtime
     before = digests(session)
-    refused_in_process(label_main, command, f"{photos / 'img_3.bmp'} changed content since "
+    refused_in_process(label_main, command, f"{photos / name} changed content since "
                        f"session {session} began", capsys)
     assert digests(session) == before
     # Touched only (same content, new mtime): the same session goes on.
-    _bmp(photos / "img_3.bmp", seed=3)
+    _bmp(photos / name, seed=int(name[4]))
     label_main(command)
     assert io.StringIO(capsys.readouterr().out).read().startswith("round 1: label pool")
 
 
 def test_12_an_unchanged_folder_is_known_without_reading_its_files(photos, tmp_path,
                                                                    monkeypatch):
-    import jaxal.image_folder as image_folder
+    import jaxal.data.image_folder as image_folder
 
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxal.apps.experiment import ExperimentConfig, run_experiment
+from jaxal.apps.label_files import read_labels
+from jaxal.apps.labelling import sync_folder
+from jaxal.cli.label import _config, parser
 from jaxal.cli.label import main as label_main
 from jaxal.config import IMAGE_FOLDER
+from jaxal.data.image_folder import ImageFolderError, folder_split, read_image_folder
 from jaxal.errors import ConfigError
-from jaxal.experiment import ExperimentConfig, run_experiment
-from jaxal.image_folder import ImageFolderError, folder_split, read_image_folder
-from jaxal.labelling import read_labels
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
 
@@ -118,7 +120,7 @@ def test_bad_folders_name_the_file_or_folder(photos, case, message):
 
 
 def test_decoded_images_are_cached_by_path_and_content(photos, tmp_path, monkeypatch):
-    import jaxal.image_folder as image_folder
+    import jaxal.data.image_folder as image_folder
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -188,7 +190,7 @@ def test_query_label_session_on_a_folder(photos, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("changed", "changed since session"),
+    ("changed", "blue/b0.png changed content since session"),
     ("inside", "is inside --images"),
     ("oracle", "an image folder has no oracle"),
     ("val-nll", "an image folder has none; use --prior-precision auto"),
@@ -204,7 +206,7 @@ def test_folder_session_errors_are_one_line_with_exit_code_2(photos, tmp_path, c
     capsys.readouterr()
     args = ["query", *_opts(photos, session)]
     if case == "changed":
-        _png(photos / "img_99.png", RED)
+        _png(photos / "blue" / "b0.png", RED, seed=5)     # a labelled image, replaced
     elif case == "inside":
         args = ["query", *_opts(photos, photos / "session")]
     elif case == "oracle":
@@ -232,3 +234,40 @@ def test_a_simulated_run_on_a_folder_is_refused_before_reading_it(tmp_path):
     config = ExperimentConfig(dataset=IMAGE_FOLDER, data_dir=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match=r"python -m jaxal\.label query --images DIR"):
         run_experiment(config)
+
+
+@pytest.mark.slow
+def test_a_folder_grows_between_rounds_and_labels_follow_their_files(photos, tmp_path,
+                                                                     capsys):
+    """Labels name files (with their sha256): images added between rounds join the pool
+    (in a class subfolder: labelled), every label and the pending batch move to their
+    files' new pool indices, and a proposed image removed is refused by name."""
+    session = tmp_path / "s"
+    label_main(["query", *_opts(photos, session, "--steps", "5")])
+    pending = json.loads((session / "pending.json").read_text())
+    first = pending["files"][0]
+    (tmp_path / "a.csv").write_text(f"{pending['pool_index'][0]},red\n")
+    label_main(["label", "--out", str(session), "--csv", str(tmp_path / "a.csv")])
+    with open(session / "labels.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["file", "label", "sha256"] and rows[-1][:2] == [first, "1"]
+    assert len(rows[-1][2]) == 64
+    # Two new images sort before every old one: all pool indices shift by 2.
+    _png(photos / "aaa_new.png", RED, seed=50)
+    _png(photos / "blue" / "a_new.png", BLUE, seed=51)
+    sync_folder(session, _config(parser().parse_args(
+        ["query", *_opts(photos, session, "--steps", "5")])))
+    files = json.loads((session / "session.json").read_text())["files"]
+    assert len(files) == 18 and files[:2] == ["aaa_new.png", "blue/a_new.png"]
+    labels = read_labels(session)
+    assert labels[files.index(first)] == 1 and labels[files.index("blue/a_new.png")] == 0
+    assert files.index("aaa_new.png") not in labels
+    again = json.loads((session / "pending.json").read_text())
+    assert again["files"] == pending["files"]
+    assert again["pool_index"] == [files.index(f) for f in pending["files"]]
+    (photos / pending["files"][1]).unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        label_main(["query", *_opts(photos, session, "--steps", "5")])
+    assert (f"{pending['files'][1]} was proposed in session {session} and is gone"
+            in capsys.readouterr().err)

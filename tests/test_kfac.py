@@ -11,7 +11,7 @@ from jaxal.curvature import kfac
 from jaxal.curvature.ggn import ggn_full
 from jaxal.curvature.layerwise import _patch_gram, _patch_moments, kfac_factors
 from jaxal.model import cnn, init_params, mlp
-from jaxal.posterior import log_det_precision, posterior_covariance, sample_laplace
+from jaxal.posteriors.laplace import log_det_precision, posterior_covariance, sample_laplace
 
 
 def layer_block(params, dense, path):

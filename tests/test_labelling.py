@@ -8,17 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from jaxal.apps.experiment import ExperimentConfig, load_split
+from jaxal.apps.label_files import LabelError, parse_label_csv, read_labels
+from jaxal.apps.labelling import propose, record_labels, record_oracle_labels
 from jaxal.cli.label import main as label_main
 from jaxal.errors import ConfigError, JaxalError
-from jaxal.experiment import ExperimentConfig, load_split
-from jaxal.labelling import (
-    LabelError,
-    parse_label_csv,
-    propose,
-    read_labels,
-    record_labels,
-    record_oracle_labels,
-)
 from jaxal.loop import ALConfig
 from jaxal.train import TrainConfig
 

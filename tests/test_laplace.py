@@ -13,7 +13,7 @@ from jaxal.curvature import STRUCTURES
 from jaxal.curvature.ggn import ggn_full
 from jaxal.model import apply_head, cnn, init_params, mlp
 from jaxal.objective import map_objective
-from jaxal.posterior import (
+from jaxal.posteriors.laplace import (
     WeightsLaplace,
     fit_prior_precision,
     log_marginal_likelihood,

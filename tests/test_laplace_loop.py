@@ -10,12 +10,13 @@ from helpers import bound, fit_posterior
 from jax.flatten_util import ravel_pytree
 
 from jaxal import data as datasets
+from jaxal.apps.experiment import to_device
 from jaxal.cli.run import main
 from jaxal.curvature.ggn import ggn_full
-from jaxal.experiment import to_device
-from jaxal.loop import ALConfig, ConfigError, make_learner, run_rounds, validate_config
+from jaxal.errors import ConfigError
+from jaxal.loop import ALConfig, make_learner, run_rounds, validate_config
 from jaxal.model import apply_head, cnn, init_params, mlp
-from jaxal.posterior import (
+from jaxal.posteriors.laplace import (
     LaplaceOptions,
     fit_laplace,
     last_layer_logit_variance,
@@ -187,7 +188,7 @@ def test_cli_fitted_prior_needs_laplace(value, tmp_path, capsys):
 def test_val_nll_grid_picks_the_lowest_validation_nll(toy):
     """tune_prior_precision against a direct evaluation of every grid value."""
     from jaxal.loop import evaluate, tune_prior_precision
-    from jaxal.posterior import with_prior_precision
+    from jaxal.posteriors.laplace import with_prior_precision
 
     model = mlp(2, hidden=(4,))
     config = laplace_config(structure="full", samples=8)._replace(predictive="probit")
@@ -228,11 +229,11 @@ def test_cli_prior_precision_defaults_and_choices():
 def test_linear_mode_prior_fit_is_the_evidence_modules_fixed_point(prior_fit, structure,
                                                                     subset, toy):
     """fit_laplace with a linear-mode prior fit sets λ to what
-    ``jaxal.evidence.fit_prior_precision_linear_mode`` returns for the same curvature
+    ``jaxal.posteriors.evidence.fit_prior_precision_linear_mode`` returns for the same curvature
     (tested there against dense references), per layer when layerwise; and a loop with
     it runs with finite numbers."""
-    from jaxal.evidence import fit_prior_precision_linear_mode
-    from jaxal.posterior import curvature_problem, layer_groups
+    from jaxal.posteriors.evidence import fit_prior_precision_linear_mode
+    from jaxal.posteriors.laplace import curvature_problem, layer_groups
 
     model = mlp(2, hidden=(4,))
     params = init_params(model, jax.random.key(0), (2,))

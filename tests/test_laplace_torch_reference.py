@@ -33,7 +33,7 @@ from jax.flatten_util import ravel_pytree
 from jaxal.components import LaplaceOptions
 from jaxal.model import mlp
 from jaxal.objective import log_likelihood
-from jaxal.posterior import (
+from jaxal.posteriors.laplace import (
     fit_laplace,
     head_params,
     log_det_precision,

@@ -6,10 +6,10 @@ import pytest
 from helpers import count_compilations
 
 from jaxal import data as datasets
-from jaxal.experiment import ExperimentConfig, load_split, to_device
+from jaxal.apps.experiment import ExperimentConfig, load_split, to_device
+from jaxal.errors import ConfigError
 from jaxal.loop import (
     ALConfig,
-    ConfigError,
     al_round,
     init_state,
     initial_labelled,

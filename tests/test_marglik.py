@@ -1,5 +1,5 @@
-"""Online marginal-likelihood training (``jaxal.marglik``): each update is K Adam steps on
-the dense Laplace evidence, the best-evidence iterate is what a fit returns, λ carries over
+"""Online marginal-likelihood training (``jaxal.posteriors.marglik``): each update is K Adam
+steps on the dense Laplace evidence, the best-evidence iterate is what a fit returns, λ carries over
 rounds, rounds do not recompile, seeds stacked give the seeds one at a time, a killed run
 resumes, and impossible settings are refused."""
 
@@ -16,18 +16,18 @@ from helpers import count_compilations, dense_ggn
 from jax.flatten_util import ravel_pytree
 
 from jaxal import data as datasets
+from jaxal.apps.experiment import run_experiment, to_device
+from jaxal.apps.results import read_metrics, read_queries
+from jaxal.apps.seeds import run_seeds
 from jaxal.cli.run import main as run_main
 from jaxal.config import ALConfig, ExperimentConfig, LaplaceOptions, TrainConfig
 from jaxal.errors import ConfigError
-from jaxal.evidence import evidence_diagnosis
-from jaxal.experiment import run_experiment, to_device
 from jaxal.loop import DIAGNOSIS_POINTS, make_learner, run_rounds, validate_config
-from jaxal.marglik import MarglikParams, network_prior_precision, prior_groups
 from jaxal.model import mlp
 from jaxal.objective import log_likelihood, log_prior, minibatch_objective, squared_norm
-from jaxal.posterior import layer_groups
-from jaxal.results import read_metrics, read_queries
-from jaxal.seeds import run_seeds
+from jaxal.posteriors.evidence import evidence_diagnosis
+from jaxal.posteriors.laplace import layer_groups
+from jaxal.posteriors.marglik import MarglikParams, network_prior_precision, prior_groups
 from jaxal.train import labelled_indices
 
 K = 4

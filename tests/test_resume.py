@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
+from jaxal.apps.experiment import ExperimentConfig, run_experiment
+from jaxal.apps.results import CHECKPOINT, PICKLE_CHECKPOINT, read_metrics, read_queries
 from jaxal.errors import RunDirError
-from jaxal.experiment import ExperimentConfig, run_experiment
 from jaxal.loop import ALConfig
-from jaxal.posterior import LaplaceOptions
-from jaxal.results import CHECKPOINT, PICKLE_CHECKPOINT, read_metrics, read_queries
+from jaxal.posteriors.laplace import LaplaceOptions
 from jaxal.train import TrainConfig
 
 TIMINGS = ("score_s", "train_s", "posterior_s", "eval_s")

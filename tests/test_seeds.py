@@ -1,4 +1,4 @@
-"""The seeds of a strategy as one vmapped program (``jaxal.seeds``): the same queries and
+"""The seeds of a strategy as one vmapped program (``jaxal.apps.seeds``): the same queries and
 metrics as the seeds run one after another, resumable, and refused (or run one after
 another) where the seeds cannot share a program."""
 
@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
+from jaxal.apps.experiment import run_experiment
+from jaxal.apps.results import read_metrics, read_queries
+from jaxal.apps.seeds import run_seeds, stackable
 from jaxal.cli.compare import main as compare_main
 from jaxal.config import ALConfig, ExperimentConfig, LaplaceOptions, TrainConfig
 from jaxal.errors import ConfigError
-from jaxal.experiment import run_experiment
-from jaxal.results import read_metrics, read_queries
-from jaxal.seeds import run_seeds, stackable
 
 TIMINGS = ("score_s", "train_s", "posterior_s", "eval_s")
 AL = ALConfig(acquisition="bald", posterior="laplace", predictive="mc", rounds=2,

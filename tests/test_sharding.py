@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxal.apps.experiment import run_experiment
+from jaxal.apps.results import read_metrics, read_queries
 from jaxal.components import EnsembleOptions, MCDropoutOptions
 from jaxal.config import ALConfig, ExperimentConfig, LaplaceOptions, TrainConfig
-from jaxal.experiment import run_experiment
-from jaxal.results import read_metrics, read_queries
 
 HERE = Path(__file__).parent
 FOUR = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
@@ -126,9 +126,9 @@ def _dropout_probs(rows: int):
     """(MC dropout predictive [rows, C] through map_chunks, the jitted program's text)."""
     import jax
 
-    from jaxal import mc_dropout
     from jaxal.chunks import map_chunks
     from jaxal.model import cnn, init_params
+    from jaxal.posteriors import mc_dropout
 
     model = cnn(10, channels=(3,), hidden=6, hidden_dropout_rate=0.3)
     params = init_params(model, jax.random.key(0), (8, 8, 1))
@@ -164,8 +164,8 @@ def _member_splits() -> int:
     import jax
     import jax.numpy as jnp
 
-    from jaxal.ensemble import stacked
     from jaxal.model import init_params, mlp
+    from jaxal.posteriors.ensemble import stacked
     from jaxal.train import make_trainer
 
     model = mlp(2)

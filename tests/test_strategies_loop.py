@@ -8,12 +8,12 @@ import pytest
 
 from jaxal import data as datasets
 from jaxal.acquisition import ACQUISITIONS
+from jaxal.apps.experiment import to_device
 from jaxal.cli.run import config_from_args, main, parser
 from jaxal.components import BatchBALDOptions, HybridOptions, LaplaceOptions, StochasticOptions
-from jaxal.experiment import to_device
+from jaxal.errors import ConfigError
 from jaxal.loop import (
     ALConfig,
-    ConfigError,
     default_predictive,
     init_state,
     make_learner,

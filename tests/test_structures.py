@@ -28,7 +28,7 @@ from jaxal.curvature.layerwise import logit_variance_layerwise
 from jaxal.errors import ConfigError
 from jaxal.loop import make_learner, run_rounds, validate_config
 from jaxal.model import init_params, mlp
-from jaxal.posterior import (
+from jaxal.posteriors.laplace import (
     curvature_problem,
     log_det_precision,
     log_marginal_likelihood,
@@ -246,7 +246,7 @@ def test_a_registered_structure_is_what_fit_laplace_computes(scaled_diag, toy):
 @pytest.mark.slow
 def test_a_registered_structure_runs_in_the_loop_and_validation_reads_its_record(scaled_diag):
     from jaxal import data as datasets
-    from jaxal.experiment import to_device
+    from jaxal.apps.experiment import to_device
 
     toy = to_device(datasets.toy_al_split(0, n_pool=40, n_val=10, n_test=20))
     config = scaled_config(subset="last-layer")._replace(

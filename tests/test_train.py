@@ -295,7 +295,7 @@ def test_augmented_training_steps_see_other_images_and_toy_inputs_refuse_it():
     """The same step key trains on other (augmented) images with augment on; a run on
     non-image inputs refuses augmentation before any training, naming the fix."""
     from jaxal.config import ALConfig
-    from jaxal.loop import ConfigError as LoopConfigError
+    from jaxal.errors import ConfigError as LoopConfigError
     from jaxal.loop import make_learner
     from jaxal.model import cnn
 

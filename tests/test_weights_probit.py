@@ -11,7 +11,7 @@ from jaxal.config import ALConfig, LaplaceOptions
 from jaxal.curvature import STRUCTURES
 from jaxal.curvature.layerwise import ggn_diagonal_layerwise, kfac_factors, sampled_factors
 from jaxal.model import cnn, init_params, mlp
-from jaxal.posterior import WeightsLaplace, posterior_covariance, weights_logit_variance
+from jaxal.posteriors.laplace import WeightsLaplace, posterior_covariance, weights_logit_variance
 from jaxal.predictive import probit_predictive
 
 

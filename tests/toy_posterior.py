@@ -15,7 +15,8 @@ from jax.flatten_util import ravel_pytree
 
 from jaxal.components import Component, Flag
 from jaxal.errors import ConfigError
-from jaxal.posterior import PointMass, Posterior
+from jaxal.posteriors import Posterior
+from jaxal.posteriors.plugin import PointMass
 
 
 class JitterOptions(NamedTuple):

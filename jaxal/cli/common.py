@@ -1,7 +1,7 @@
 """What every jaxal command line shares; imports no JAX.
 
 A command (1) parses its arguments, with types that check ranges (a negative seed, an
-infinite learning rate), (2) takes its out dir's lock (``jaxal.rundir``), both in well
+infinite learning rate), (2) takes its out dir's lock (``jaxal.apps.rundir``), both in well
 under a second, and only then (3) imports JAX, checks the choices that come from
 jaxal's registries and runs. Every error a user can fix is one line ``error: ...`` on
 stderr and exit code 2, without a traceback; Ctrl-C says where the run stopped and

@@ -1,5 +1,5 @@
 """Command line: ``python -m jaxal.compare --acq random entropy --posterior plugin laplace
---seeds 0 1 2 --out runs/cmp``. Parses; no logic (see ``jaxal.comparison``).
+--seeds 0 1 2 --out runs/cmp``. Parses; no logic (see ``jaxal.apps.comparison``).
 
 Every option of ``python -m jaxal.run`` applies to all runs; ``--acq``, ``--posterior``
 and ``--seeds`` take lists, and each (acquisition, posterior) pair is one strategy run
@@ -13,11 +13,11 @@ import argparse
 import copy
 from collections.abc import Sequence
 
+from jaxal.apps.rundir import lock_out_dir
 from jaxal.cli.common import check_registry_choices, fail, user_errors
 from jaxal.cli.run import config_from_args
 from jaxal.cli.run import parser as run_parser
 from jaxal.errors import ConfigError
-from jaxal.rundir import lock_out_dir
 
 LISTS = {"acq": "--acq", "posterior": "--posterior", "seed": "--seeds"}
 
@@ -54,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         configure_cpu()   # before JAX's first computation
         check_registry_choices(p, args)
-        from jaxal.comparison import Run, run_comparison, summary_table
-        from jaxal.experiment import check_config
+        from jaxal.apps.comparison import Run, run_comparison, summary_table
+        from jaxal.apps.experiment import check_config
         from jaxal.sharding import devices_line
 
         print(devices_line(args.devices), flush=True)   # a bad --devices: one fix, no skips

@@ -1,7 +1,7 @@
 """Command line: ``python -m jaxal.plot OUT_DIR [--round R]``: redraw the figures of a
 finished run or comparison from its files, recomputing nothing.
 
-Parses; no logic (the figures are drawn by ``jaxal.plots`` and ``jaxal.comparison``).
+Parses; no logic (the figures are drawn by ``jaxal.apps.plots`` and ``jaxal.apps.comparison``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     out = Path(args.out_dir)
     with user_errors():
-        from jaxal.comparison import plot_comparison
-        from jaxal.plots import plot_run
+        from jaxal.apps.comparison import plot_comparison
+        from jaxal.apps.plots import plot_run
 
         if (out / "comparison.json").exists():
             plot_comparison(out, args.log_labels)

@@ -2,7 +2,7 @@
 
 Arguments, ranges and the out dir are checked before JAX is imported (an invalid command
 fails in well under a second); see ``jaxal.cli.common``. The work is
-``jaxal.experiment.run_experiment``; ``jaxal/run.py`` is the shim behind ``python -m``.
+``jaxal.apps.experiment.run_experiment``; ``jaxal/run.py`` is the shim behind ``python -m``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import contextlib
 from collections.abc import Sequence
 
+from jaxal.apps.rundir import lock_out_dir
 from jaxal.cli.common import (
     SEED_MAX,
     Parser,
@@ -40,7 +41,6 @@ from jaxal.config import (
 )
 from jaxal.data import DATASETS
 from jaxal.errors import ConfigError
-from jaxal.rundir import lock_out_dir
 
 _AL, _TRAIN, _MODEL = ALConfig(), TrainConfig(), ModelConfig()
 
@@ -97,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo-label-by", default=_AL.pseudo_label_by,
                    choices=RegistryChoices("selection:PSEUDO_LABEL_CRITERIA"))
     p.add_argument("--posterior", default=_AL.posterior,
-                   choices=RegistryChoices("posterior:POSTERIORS"),
+                   choices=RegistryChoices("components:POSTERIORS"),
                    help="mc-dropout trains with dropout, so give it more steps than one "
                         "plain network: on the MNIST protocol --steps 2000 (with 500 it "
                         "underfits: 0.865 test accuracy on 220 random labels against "
@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if distributed(args):
             initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         check_registry_choices(p, args)
-        from jaxal.experiment import check_config, run_experiment
+        from jaxal.apps.experiment import check_config, run_experiment
 
         config = config_from_args(args)
         check_config(config)              # before the devices line: a bad --devices fails

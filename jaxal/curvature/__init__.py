@@ -9,7 +9,7 @@
 Each structure module exports the same functions (``build``, ``log_det_precision``,
 ``sample``, ``covariance``, ``layer_variance``, ``with_prior_precision``, ``why_not``),
 its ``FORMS`` {(source, subset): curvature function} and one ``Structure`` record of them,
-``STRUCTURE``, registered below. ``jaxal.posterior`` fits, validates and dispatches through
+``STRUCTURE``, registered below. ``jaxal.posteriors.laplace`` fits, validates and dispatches through
 ``STRUCTURES`` only: adding a structure is one module and one entry (``register_structure``).
 """
 

@@ -69,7 +69,7 @@ def build(theta, factors: dict, prior_precision) -> KFACLaplace:
 
 def layer_prior_precision(state: KFACLaplace) -> dict:
     """{layer: λ_l}: the scalar λ, or each layer's own for a per-weight λ [P] (one per
-    layer, ``jaxal.posterior.layer_groups``; the Kronecker eigenbasis stays exact only
+    layer, ``jaxal.posteriors.laplace.layer_groups``; the Kronecker eigenbasis stays exact only
     for a λ that is constant over the layer, so its first weight's value is taken)."""
     lam = state.prior_precision
     if jnp.ndim(lam) == 0:

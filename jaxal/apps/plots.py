@@ -35,7 +35,7 @@ def figure5(rows: Sequence[dict], path: str | os.PathLike, title: str,
     """Save the Figure-5 panels vs number of labels, plus the class histogram of queries.
 
     Args:
-      rows: per-round metric records (``jaxal.results.metrics_row``).
+      rows: per-round metric records (``jaxal.apps.results.metrics_row``).
       path: output file; the format follows the suffix (.png, .pdf).
       title: names dataset, acquisition, posterior and seed.
       queried_labels: oracle labels of every queried point (all rounds).
@@ -126,7 +126,7 @@ def figure4(extremes: dict, round_: int, path: str | os.PathLike, title: str) ->
     unlabelled pool images of one round, with their scores and oracle labels.
 
     Args:
-      extremes: the arrays of a run's ``extremes.npz`` (``jaxal.results.write_extremes``).
+      extremes: the arrays of a run's ``extremes.npz`` (``jaxal.apps.results.write_extremes``).
       round_: the AL round whose scoring is shown (>= 1).
     """
     rounds = list(np.asarray(extremes["round"]))
@@ -175,7 +175,7 @@ def learning_curves(curves: dict[str, dict], path: str | os.PathLike, title: str
 
     Args:
       curves: strategy -> {"num_labels", "test_accuracy_mean", "test_accuracy_std",
-        "seeds"} (``jaxal.comparison.aggregate``).
+        "seeds"} (``jaxal.apps.comparison.aggregate``).
       path: output stem; writes .png and .pdf.
       title: the protocol (``protocol_line``) and what was compared.
     """
@@ -212,10 +212,10 @@ def plot_run(out_dir: str | os.PathLike, round_: int | None = None) -> None:
     """(Re)draw a run's figure5.png/pdf and figure4.png/pdf from its files alone.
 
     Args:
-      out_dir: a run's out dir (``jaxal.experiment.run_experiment``).
+      out_dir: a run's out dir (``jaxal.apps.experiment.run_experiment``).
       round_: the round of Figure 4 (default: the first AL round).
     """
-    from jaxal.results import read_extremes, read_metrics, read_queries, read_run_config
+    from jaxal.apps.results import read_extremes, read_metrics, read_queries, read_run_config
 
     out_dir = Path(out_dir)
     # Every file is read (a damaged one refused, RunDirError) before any figure is drawn.

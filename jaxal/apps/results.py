@@ -9,9 +9,9 @@ An out dir holds:
     query_classes.csv  per round: how many queries so far fell in each class (a strategy
                      that avoids a class, e.g. redundancy on the distinctive digit 1,
                      shows up here and in figure5.png's histogram)
-    figure5.png      the Figure-5 panels vs number of labels (see ``jaxal.plots``)
+    figure5.png      the Figure-5 panels vs number of labels (see ``jaxal.apps.plots``)
     extremes.npz     per round: the 5 highest and lowest scored unlabelled pool points
-                     (indices, scores, labels, images), for Figure 4 (``jaxal.plots``)
+                     (indices, scores, labels, images), for Figure 4 (``jaxal.apps.plots``)
     checkpoint.npz   the loop state after the last finished round, the experiment config
                      and every round's record, so a rerun of the same command continues
                      there (``load_checkpoint``); arrays and JSON only, never a pickle

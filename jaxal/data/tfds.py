@@ -1,4 +1,4 @@
-"""Datasets for active learning: TFDS images as numpy arrays, splits, and toy 2-D data.
+"""TFDS image datasets as numpy arrays: load a prepared dataset, or prepare one offline.
 
 Images are read with `tfds.data_source` (array_record files, random access) so that loading
 never imports TensorFlow; only *preparing* a dataset (download, or offline from the original
@@ -21,17 +21,20 @@ import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
 from jaxal.atomic import write_atomic
-from jaxal.errors import ConfigError, JaxalError
+from jaxal.errors import JaxalError
 from jaxal.files import loads_json, npy_bytes, read_bytes, read_npz
 
 logger = logging.getLogger(__name__)
 
+
 _CACHE_FORMAT = 1
+
+
 _CHUNK_SIZE = 4096  # records per `__getitems__` call: big enough to amortise the reader
 
 
@@ -53,6 +56,7 @@ _MNIST_FILES = (
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 )
+
 
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
@@ -108,24 +112,6 @@ class ImageDataset(NamedTuple):
     # `DATASETS`, computed from the train images for any other.
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
-
-
-class ALSplit(NamedTuple):
-    """What the active-learning loop consumes: normalised float32 inputs, int32 labels.
-
-    The pool is the unlabelled set that acquisition scores; the validation set is held out
-    of it (for early stopping, prior-precision tuning); the test set is TFDS's test split.
-    """
-
-    pool_x: np.ndarray
-    pool_y: np.ndarray
-    val_x: np.ndarray
-    val_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    pool_index: np.ndarray  # int [n_pool]: index of each pool point in the train split
-    val_index: np.ndarray  # int [n_val]
-    num_classes: int
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -689,141 +675,3 @@ def prepare_dataset(
     except NonMatchingChecksumError as err:  # a file `_check_manual_files` did not check
         raise _checksum_error(err) from err
     return Path(builder.data_dir)
-
-
-def normalise(images: np.ndarray, name: str, mean: tuple[float, ...] | None = None,
-              std: tuple[float, ...] | None = None) -> np.ndarray:
-    """Scales uint8 images to float32, standardised per channel: (x/255 - mean) / std,
-    with the table's statistics of dataset ``name`` unless ``mean`` and ``std`` are given
-    (`ImageDataset.mean`/`std`)."""
-    if mean is None or std is None:
-        spec = get_spec(name)
-        mean, std = spec.mean, spec.std
-    if images.dtype != np.uint8 or images.shape[-1] != len(mean):
-        raise ValueError(
-            f"normalise expects uint8 images [..., {len(mean)}] for {name!r}; "
-            f"got {images.dtype} {images.shape}."
-        )
-    x = images.astype(np.float32)
-    x /= 255.0
-    x -= np.asarray(mean, np.float32)
-    x /= np.asarray(std, np.float32)
-    return x
-
-
-def make_al_split(
-    ds: ImageDataset, *, seed: int, val_size: int = 1000, pool_size: int | None = None
-) -> ALSplit:
-    """Splits the train split into a seeded validation set and the pool; test is TFDS's.
-
-    Args:
-      ds: the dataset.
-      seed: seeds `np.random.default_rng`; the validation set depends on it and `val_size`
-        only, so subsampling the pool never changes it.
-      val_size: validation points taken out of the train split.
-      pool_size: if set, a seeded random subset of this many pool points (for tiny runs).
-
-    Returns:
-      The split, with indices sorted so the pool keeps TFDS's order.
-
-    Raises:
-      ConfigError: `val_size` or `pool_size` does not fit in the train split.
-    """
-    n_train = len(ds.train_labels)
-    if not 0 <= val_size < n_train:
-        fix = f"<= {n_train - 1}" if val_size > 0 else ">= 0"
-        raise ConfigError(
-            f"--val-size {val_size} must be in [0, {n_train}): {ds.name} has {n_train:,} "
-            f"training images and the pool needs at least one; use --val-size {fix} "
-            "(default 1000)"
-        )
-    n_rest = n_train - val_size
-    if pool_size is not None and not 0 < pool_size <= n_rest:
-        fix = f"<= {n_rest}" if pool_size > 0 else ">= 1"
-        raise ConfigError(
-            f"--pool-size {pool_size} must be in [1, {n_rest}]: {ds.name} has {n_rest:,} "
-            f"training images left after the {val_size:,} validation images; use --pool-size "
-            f"{fix}, or leave it unset for all of them"
-        )
-    rng = np.random.default_rng(seed)
-    permutation = rng.permutation(n_train)
-    val_index, pool_index = np.sort(permutation[:val_size]), permutation[val_size:]
-    if pool_size is not None:
-        pool_index = rng.choice(pool_index, size=pool_size, replace=False)
-    pool_index = np.sort(pool_index)
-    stats = (ds.mean, ds.std) if ds.mean else (None, None)
-    return ALSplit(
-        pool_x=normalise(ds.train_images[pool_index], ds.name, *stats),
-        pool_y=ds.train_labels[pool_index].astype(np.int32),
-        val_x=normalise(ds.train_images[val_index], ds.name, *stats),
-        val_y=ds.train_labels[val_index].astype(np.int32),
-        test_x=normalise(ds.test_images, ds.name, *stats),
-        test_y=ds.test_labels.astype(np.int32),
-        pool_index=pool_index,
-        val_index=val_index,
-        num_classes=ds.num_classes,
-    )
-
-
-_TOY_NOISE = {"moons": 0.1, "blobs": 0.5}
-
-
-def toy_2d(
-    seed: int, n: int, *, kind: Literal["moons", "blobs"] = "moons", noise: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """A small balanced two-class 2-D dataset, for fast tests and posterior figures.
-
-    `moons` are two interleaved half circles (as sklearn's `make_moons`), centred on the
-    origin; `blobs` are isotropic Gaussians around (-1, -1) and (1, 1). Both add Gaussian
-    noise with standard deviation `noise` (default 0.1 for moons, 0.5 for blobs).
-
-    Returns:
-      x float32 [n, 2] and y int32 [n], shuffled; the same for the same seed.
-    """
-    if kind not in _TOY_NOISE:
-        raise ValueError(f"kind must be one of {sorted(_TOY_NOISE)}; got {kind!r}.")
-    if n < 2:
-        raise ValueError(f"n must be >= 2 so that both classes are present; got {n}.")
-    noise = _TOY_NOISE[kind] if noise is None else noise
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    if kind == "moons":
-        t = rng.uniform(0.0, np.pi, n)
-        upper = np.stack([np.cos(t), np.sin(t)], axis=1)
-        lower = np.stack([1.0 - np.cos(t), 0.5 - np.sin(t)], axis=1)
-        x = np.where(y[:, None] == 0, upper, lower) - np.array([0.5, 0.25])
-    else:
-        x = np.where(y[:, None] == 0, -1.0, 1.0) * np.ones((n, 2))
-    x = x + noise * rng.standard_normal((n, 2))
-    order = rng.permutation(n)
-    return x[order].astype(np.float32), y[order].astype(np.int32)
-
-
-def toy_al_split(
-    seed: int,
-    n_pool: int = 200,
-    n_val: int = 50,
-    n_test: int = 200,
-    kind: Literal["moons", "blobs"] = "moons",
-) -> ALSplit:
-    """An `ALSplit` of `toy_2d` data; indices refer to the pool + validation points."""
-    if n_pool < 1 or n_val < 0 or n_test < 0 or n_pool + n_val + n_test < 2:
-        raise ConfigError(
-            f"toy split sizes n_pool={n_pool}, n_val={n_val}, n_test={n_test} cannot work; "
-            "use n_pool >= 1, n_val >= 0, n_test >= 0 and at least 2 points in all "
-            "(--pool-size, --val-size)"
-        )
-    x, y = toy_2d(seed, n_pool + n_val + n_test, kind=kind)
-    pool_index, val_index = np.arange(n_pool), np.arange(n_pool, n_pool + n_val)
-    test = slice(n_pool + n_val, None)
-    return ALSplit(
-        pool_x=x[pool_index], pool_y=y[pool_index], val_x=x[val_index], val_y=y[val_index],
-        test_x=x[test], test_y=y[test], pool_index=pool_index, val_index=val_index,
-        num_classes=2,
-    )  # fmt: skip
-
-
-if __name__ == "__main__":   # ``python -m jaxal.data prepare|info``; the CLI is jaxal.cli.data
-    from jaxal.cli.common import run_command
-
-    run_command("data")

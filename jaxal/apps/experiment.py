@@ -14,29 +14,8 @@ import jax.numpy as jnp
 
 from jaxal import __version__
 from jaxal import data as datasets
-from jaxal.batching import conv_kernel, default_form, kernel_choices
-from jaxal.config import IMAGE_FOLDER, ModelConfig, protocol_of
-from jaxal.config import TOY_DATASETS as TOY_DATASETS  # re-exported
-from jaxal.config import ExperimentConfig as ExperimentConfig
-from jaxal.errors import RunDirError
-from jaxal.loop import (
-    ALConfig,
-    ALData,
-    ConfigError,
-    make_learner,
-    run_rounds,
-    selector_options,
-    validate_config,
-    validate_data,
-)
-from jaxal.model import build_model, init_params
-from jaxal.plots import plot_run
-from jaxal.posterior import POSTERIORS, head_params
-from jaxal.predictive import PREDICTIVES
-from jaxal.resources import Sizes, check_memory, run_needs
-from jaxal.resources import describe as describe_memory
-from jaxal.resources import summary as memory_summary
-from jaxal.results import (
+from jaxal.apps.plots import plot_run
+from jaxal.apps.results import (
     checkpoint_manifest,
     config_difference,
     load_checkpoint,
@@ -49,14 +28,35 @@ from jaxal.results import (
     write_json_atomic,
     write_rounds,
 )
-from jaxal.rundir import lock_out_dir
+from jaxal.apps.rundir import lock_out_dir
+from jaxal.batching import conv_kernel, default_form, kernel_choices
+from jaxal.components import POSTERIORS
+from jaxal.config import IMAGE_FOLDER, ModelConfig, protocol_of
+from jaxal.config import TOY_DATASETS as TOY_DATASETS  # re-exported
+from jaxal.config import ExperimentConfig as ExperimentConfig
+from jaxal.errors import ConfigError, RunDirError
+from jaxal.loop import (
+    ALConfig,
+    ALData,
+    make_learner,
+    run_rounds,
+    selector_options,
+    validate_config,
+    validate_data,
+)
+from jaxal.model import build_model, init_params
+from jaxal.posteriors.laplace import head_params
+from jaxal.predictive import PREDICTIVES
+from jaxal.resources import Sizes, check_memory, run_needs
+from jaxal.resources import describe as describe_memory
+from jaxal.resources import summary as memory_summary
 from jaxal.sharding import check_devices, device_name, is_writer, use_devices
 
 
 def load_split(config: ExperimentConfig) -> datasets.ALSplit:
     """The pool / validation / test split of the configured dataset."""
     if config.dataset == IMAGE_FOLDER:
-        from jaxal.image_folder import folder_split
+        from jaxal.data.image_folder import folder_split
 
         return folder_split(read_folder(config))
     if config.dataset in TOY_DATASETS:
@@ -71,7 +71,7 @@ def load_split(config: ExperimentConfig) -> datasets.ALSplit:
 def read_folder(config: ExperimentConfig, cache_dir: str | os.PathLike | None = None):
     """The ``ImageFolder`` of an image-folder config (``data_dir`` is the folder), its
     decoded images cached in ``cache_dir`` if given."""
-    from jaxal.image_folder import DEFAULT_SHAPE, read_image_folder
+    from jaxal.data.image_folder import DEFAULT_SHAPE, read_image_folder
 
     return read_image_folder(config.data_dir, config.image_shape or DEFAULT_SHAPE,
                              config.classes, config.resize, cache_dir)
@@ -157,7 +157,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike | None =
                    progress: Callable[[str], None] | None = print):
     """Run the AL experiment; write outputs after every round when ``out_dir`` is given.
 
-    The out dir is held exclusively for the whole run (``jaxal.rundir.lock_out_dir``): a
+    The out dir is held exclusively for the whole run (``jaxal.apps.rundir.lock_out_dir``): a
     second writer is refused at once. In a multi-process run (``jax.distributed``) process
     0 holds it and writes; the others compute the same rounds, resume from its
     checkpoint, and write nothing.

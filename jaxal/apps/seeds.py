@@ -4,7 +4,7 @@ states stacked on a leading seed axis and every stage of a round vmapped over it
     run_seeds(configs, out_dirs)     # configs[s] == configs[0] but for the seed
 
 Each seed keeps its own split, initial labels, weights and keys, exactly those of
-``jaxal.experiment.run_experiment`` (round r of seed s is keyed as in ``run_rounds``), and
+``jaxal.apps.experiment.run_experiment`` (round r of seed s is keyed as in ``run_rounds``), and
 its own ordinary out dir (files, checkpoint: any seed resumes alone as a plain run). What
 is shared is the program: MAP training steps ``vmap(trainer.step)`` over [S] keys, states
 and labelled sets, the posterior fit, the query and the evaluation ``vmap``-ed likewise,
@@ -29,8 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.batching import over_members
-from jaxal.experiment import (
+from jaxal.apps.experiment import (
     ExperimentConfig,
     check_config,
     load_split,
@@ -40,6 +39,15 @@ from jaxal.experiment import (
     to_device,
     write_round_files,
 )
+from jaxal.apps.plots import plot_run
+from jaxal.apps.results import (
+    load_checkpoint,
+    remove_temp_files,
+    save_checkpoint,
+    state_template,
+)
+from jaxal.apps.rundir import lock_out_dir
+from jaxal.batching import over_members
 from jaxal.loop import (
     ALData,
     ALState,
@@ -53,14 +61,6 @@ from jaxal.loop import (
     validate_data,
 )
 from jaxal.model import build_model
-from jaxal.plots import plot_run
-from jaxal.results import (
-    load_checkpoint,
-    remove_temp_files,
-    save_checkpoint,
-    state_template,
-)
-from jaxal.rundir import lock_out_dir
 from jaxal.sharding import use_devices
 from jaxal.train import hyper_key, labelled_indices, training_steps
 

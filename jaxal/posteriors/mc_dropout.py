@@ -18,7 +18,7 @@ import jax
 from jaxal.batching import over_samples
 from jaxal.components import MCDropoutOptions
 from jaxal.model import Classifier
-from jaxal.posterior import Posterior
+from jaxal.posteriors import Posterior
 
 
 class MCDropout(NamedTuple):

@@ -1,23 +1,20 @@
-"""Posteriors over the network weights, fitted after MAP training; one registry for all.
+"""The Laplace posterior: N(θ_MAP, (curvature + Λ)⁻¹) over all weights or the last layer.
 
-Every entry has the signature
+Its fit has the posterior signature
 
     fit(key, model, params, x, y, weights, prior_precision, options) -> posterior
 
 where ``params`` is θ_MAP, ``x, y`` a static-size buffer of the labelled data it was fitted
 on, ``weights`` [n] marks the real (1) and padding (0) rows, ``prior_precision`` is the
-MAP objective's λ and ``options`` the posterior's options record
-(``jaxal.components``; bound by ``bind``). The returned posterior is a pytree that the
-matching predictives in ``jaxal.predictive`` consume: the plugin point mass, or a Laplace
-approximation N(θ_MAP, (curvature + prior_precision I)⁻¹) over all weights or the last
-layer.
+MAP objective's λ and ``options`` the ``LaplaceOptions`` record (``jaxal.components``;
+bound by ``jaxal.posteriors.bind``). The curvature comes from ``jaxal.curvature``; the
+evidence from ``jaxal.posteriors.evidence``; online marginal-likelihood training of λ
+from ``jaxal.posteriors.marglik`` (the record's ``training`` hook).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -42,26 +39,7 @@ from jaxal.curvature.layerwise import logit_variance_layerwise
 from jaxal.errors import ConfigError
 from jaxal.model import Classifier, apply_head, init_params
 from jaxal.objective import log_likelihood
-
-
-class PointMass(NamedTuple):
-    """The plugin "posterior": all mass on θ_MAP."""
-
-    params: Any
-
-
-def fit_point_mass(key: jax.Array, model: Classifier, params, x, y, weights,
-                   prior_precision, options=None) -> PointMass:
-    del key, model, x, y, weights, prior_precision, options
-    return PointMass(params)
-
-
-# --- Laplace: N(θ_MAP, (curvature + prior_precision I)⁻¹) over a raveled parameter subset ---
-#
-# The curvature is stored in one of the structures of ``jaxal.curvature.STRUCTURES`` (full,
-# diag, iso, kfac), each in a form from which the precision for *any* prior precision λ is
-# cheap, so the evidence can be maximised over λ without refitting. A fitted state is
-# dispatched to its structure's functions by its type (``structure_of``).
+from jaxal.posteriors import Posterior
 
 
 def log_det_precision(post) -> jax.Array:
@@ -139,8 +117,6 @@ def fit_prior_precision(post, log_likelihood_at_map: jax.Array, init: float = 1.
     return expand(jnp.exp(log_lam))
 
 
-
-
 class LastLayerLaplace(NamedTuple):
     """Laplace over the head only; the features come from θ_MAP, computed once."""
 
@@ -196,8 +172,8 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights,
     if form is None:
         raise ConfigError(refusal(lc.structure, lc.curvature, lc.subset))
     if lc.prior_fit in ONLINE_PRIOR_FITS:
-        # Trained with its prior (``jaxal.marglik``): θ and the learned log λ.
-        from jaxal.marglik import prior_groups, subset_prior_precision
+        # Trained with its prior (``jaxal.posteriors.marglik``): θ and the learned log λ.
+        from jaxal.posteriors.marglik import prior_groups, subset_prior_precision
 
         lam = subset_prior_precision(params.log_prior_precision,
                                      prior_groups(model, params.params, lc))
@@ -213,8 +189,8 @@ def fit_laplace(key: jax.Array, model: Classifier, params, x, y, weights,
         post = structure.with_prior_precision(
             post, fit_prior_precision(post, ll, init=lam, groups=groups))
     elif lc.prior_fit in ("linear-mode", "linear-mode-layerwise"):
-        # Imported here: jaxal.evidence builds on this module's subset problems.
-        from jaxal.evidence import fit_prior_precision_linear_mode
+        # Imported here: jaxal.posteriors.evidence builds on this module's subset problems.
+        from jaxal.posteriors.evidence import fit_prior_precision_linear_mode
 
         fitted, _ = fit_prior_precision_linear_mode(post, problem.logits_fn, problem.theta,
                                                     problem.inputs, y, weights,
@@ -256,9 +232,6 @@ def prior_precision_by_layer(model: Classifier, posterior, options: LaplaceOptio
     group, layers = layer_groups(params)
     lam = np.broadcast_to(np.asarray(inner.prior_precision), group.shape)
     return {name: float(lam[group == i][0]) for i, name in enumerate(layers)}
-
-
-# --- What a fitted Laplace posterior offers the predictives (``Posterior`` record) ------
 
 
 def posterior_samples(key: jax.Array, posterior, num_samples: int) -> jax.Array:
@@ -365,11 +338,6 @@ def laplace_logit_covariance(model: Classifier, posterior, x: jax.Array,
             weights_logit_variance(model, posterior, x, full=True))
 
 
-
-
-# --- The registry: one record per posterior family ---------------------------------------
-
-
 def _need(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -473,17 +441,18 @@ def check_laplace_fits(model: Classifier, options: LaplaceOptions,
 
 
 # The most weights the linear-mode prior fit takes on CPU: its while loops over Newton and CG
-# steps run convolutions ~45x slower there than unrolled (jaxal.evidence); the toy MLPs pass.
+# steps run convolutions ~45x slower there than unrolled (jaxal.posteriors.evidence); the toy
+# MLPs pass.
 LINEAR_MODE_CPU_WEIGHTS = 20_000
 
 
 def laplace_diagnose(model: Classifier, posterior, x: jax.Array, options: LaplaceOptions
                      ) -> dict:
     """The evidence diagnosis of a fitted Laplace posterior over the points x
-    (``jaxal.evidence.evidence_diagnosis``): per layer of its subset λ, γ, λ ‖θ‖², the prior
-    variance against the mean square weight, and the GLM logit std against the MAP's logit
+    (``jaxal.posteriors.evidence.evidence_diagnosis``): per layer of its subset λ, γ, λ ‖θ‖²,
+    the prior variance against the mean square weight, and the GLM logit std against the MAP's logit
     spread; a tree of arrays (``EvidenceDiagnosis.as_tree``)."""
-    from jaxal.evidence import evidence_diagnosis  # builds on this module
+    from jaxal.posteriors.evidence import evidence_diagnosis  # builds on this module
 
     inner = posterior.head if options.subset == "last-layer" else posterior.weights
     theta = head_params(posterior.params) if options.subset == "last-layer" else posterior.params
@@ -494,10 +463,10 @@ def laplace_diagnose(model: Classifier, posterior, x: jax.Array, options: Laplac
 def laplace_training(trainer, init_one, options: LaplaceOptions, *, model: Classifier,
                      capacity: int):
     """The online prior fits (``marglik``, ``marglik-layerwise``) learn λ while training
-    θ (``jaxal.marglik.online_marglik``); the others train θ_MAP as it is."""
+    θ (``jaxal.posteriors.marglik.online_marglik``); the others train θ_MAP as it is."""
     if options.prior_fit not in ONLINE_PRIOR_FITS:
         return trainer, init_one
-    from jaxal.marglik import online_marglik  # builds on this module's subset problems
+    from jaxal.posteriors.marglik import online_marglik  # builds on this module's subset problems
 
     return online_marglik(trainer, init_one, options, model=model, capacity=capacity)
 
@@ -519,62 +488,6 @@ def laplace_chunk_size(options: LaplaceOptions, predictive: str) -> int | None:
 PROBIT_ALL_WEIGHTS_CHUNK = 256
 
 
-class Posterior(NamedTuple):
-    """A posterior family: its fit, and what its fitted state offers the predictives.
-
-    A fitted state is a pytree with θ_MAP as ``state.params``. A capability the family
-    lacks is None, and the predictives that need it (``jaxal.predictive.Predictive.needs``)
-    are refused with it before any work. The functions marked "options" take the
-    family's options record (``jaxal.components``) as their last argument; ``bind`` fixes
-    it once, when the learner is built. Adding a posterior is one module with its record
-    (fit and whichever capabilities it has) plus one entry in
-    ``jaxal.components.POSTERIORS`` with its options record.
-    """
-
-    # options: (key, model, params, x, y, weights, prior_precision) -> state
-    fit: Callable
-    sample_probs: Callable | None = None    # options: (key, model, state, x) -> [s, n, c]
-    # The same for the linearised network f(x; θ*) + J(x)(θ - θ*) (the GLM predictive).
-    glm_sample_probs: Callable | None = None
-    logit_variance: Callable | None = None  # options: (model, state, x) -> (f, var) [n, c]
-    # options: (model, state, x) -> (f [n, c], J Σ Jᵀ [n, c, c]): the GLM logits per point.
-    logit_covariance: Callable | None = None
-    prior_precision: Callable = lambda state: None          # state -> λ (None: no prior)
-    with_prior_precision: Callable | None = None             # (state, λ) -> state
-    check: Callable = lambda options, config: options.check(config)   # raises ConfigError
-    # (model, options, input_shape) -> None, raises ConfigError; before training.
-    check_model: Callable = lambda model, options, input_shape: None
-    default_predictive: Callable = lambda options, needs_samples: "plugin"
-    # How the loop trains θ_MAP for this posterior: (trainer, init_one, options, *,
-    # model, capacity) -> (trainer, init_one), a transformed ``jaxal.train.Trainer`` and
-    # initialiser (a deep ensemble's stacks M networks: ``jaxal.ensemble.stacked``; online
-    # marginal likelihood learns λ with θ: ``jaxal.marglik``); None: as it is. What the
-    # trainer's ``result`` returns is the ``params`` the fit receives.
-    training: Callable | None = None
-    # The prior-precision grid whose validation NLL picks λ after each fit (the loop's
-    # ``tune_prior_precision``, with ``with_prior_precision``); None: no such fit.
-    validation_grid: Callable = lambda options: None
-    # The most pool points a chunk may hold with this predictive (None: the run's).
-    chunk_size: Callable = lambda options, predictive: None
-    # options: () -> S, the posterior samples a sampling predictive draws (glm-logits).
-    num_samples: Callable | None = None
-    # options: (model, state, x) -> a tree of arrays keyed by name, what ``--diagnose``
-    # records each round (Laplace: ``laplace_diagnose``); None: nothing to diagnose.
-    diagnose: Callable | None = None
-
-
-# The record functions that take the options record last.
-_WITH_OPTIONS = ("fit", "sample_probs", "glm_sample_probs", "logit_variance",
-                 "logit_covariance", "num_samples", "diagnose")
-
-
-def bind(record: Posterior, options) -> Posterior:
-    """``record`` with ``options`` fixed in each function that takes them."""
-    return record._replace(**{name: partial(getattr(record, name), options=options)
-                              for name in _WITH_OPTIONS if getattr(record, name) is not None})
-
-
-PLUGIN = Posterior(fit_point_mass)
 LAPLACE = Posterior(
     fit_laplace, sample_probs=laplace_sample_probs,
     glm_sample_probs=laplace_glm_sample_probs, logit_variance=laplace_logit_variance,

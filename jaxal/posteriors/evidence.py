@@ -21,7 +21,7 @@ the mode) lies in the span the labelled points' Jacobian reaches.
 
 All of them take a structure's state (``jaxal.curvature.STRUCTURES``: full, diag, iso,
 kfac) over the raveled parameters of a subset, and for the mode the subset's
-``(logits_fn, params, x)`` of ``jaxal.posterior.subset_problem`` (all weights:
+``(logits_fn, params, x)`` of ``jaxal.posteriors.laplace.subset_problem`` (all weights:
 ``model.apply``, the parameters and the images; the last layer: ``apply_head``, the head
 and the features, where f_lin = f). Shapes are static and the iteration counts fixed, so
 the caller can jit one whole fit; nothing here calls ``jax.jit``.
@@ -44,7 +44,12 @@ from jaxal.curvature.last_layer import linear_head_logit_variance
 from jaxal.curvature.layerwise import logit_variance_layerwise, set_layer
 from jaxal.model import Classifier
 from jaxal.objective import log_likelihood
-from jaxal.posterior import head_params, layer_groups, log_marginal_likelihood, subset_problem
+from jaxal.posteriors.laplace import (
+    head_params,
+    layer_groups,
+    log_marginal_likelihood,
+    subset_problem,
+)
 
 # --- The tangent linear model's mode ------------------------------------------------------
 
@@ -174,7 +179,7 @@ def linear_mode(logits_fn: Callable, params, x: jax.Array, y: jax.Array,
 
     ``params`` θ*, ``x`` [n, ...], ``y`` int [n], ``weights`` [n] (1 real, 0 padding rows),
     ``prior_precision`` λ scalar or [p] (per weight, e.g. one per layer broadcast with
-    ``jaxal.posterior.layer_groups``). The problem is strictly convex (cross-entropy of an
+    ``jaxal.posteriors.laplace.layer_groups``). The problem is strictly convex (cross-entropy of an
     affine map plus a positive definite quadratic).
 
     Solved by Newton-CG, matrix-free: each Hessian-vector product is one JVP and one VJP
@@ -311,7 +316,7 @@ def _floor(values: jax.Array, power: int = 1) -> jax.Array:
 def mackay_update(post, mode: jax.Array, groups: np.ndarray | None = None) -> jax.Array:
     """MacKay's fixed-point update at the mode w̃ [p]: λ_g = γ_g / ‖w̃_g‖², with γ from
     ``post``'s own λ. ``groups`` None: a scalar λ; otherwise per weight [p], each group's
-    value broadcast to its weights (as ``jaxal.posterior.fit_prior_precision``)."""
+    value broadcast to its weights (as ``jaxal.posteriors.laplace.fit_prior_precision``)."""
     lam = _mackay_by_group(post, mode, groups)
     return lam[0] if groups is None else lam[groups]
 
@@ -358,7 +363,7 @@ def fit_prior_precision_linear_mode(post, logits_fn: Callable, params, x: jax.Ar
 
     ``groups`` None: one scalar λ; otherwise an int [p] array of group ids
     (``layer_groups``: one λ per layer) and λ per weight [p], as
-    ``jaxal.posterior.fit_prior_precision`` returns it. Also returns a ``LinearModeFit``.
+    ``jaxal.posteriors.laplace.fit_prior_precision`` returns it. Also returns a ``LinearModeFit``.
 
     One program of nested scans, the form for GPUs. On CPU (see ``linear_mode``'s
     ``unroll``) the same iteration is a Python loop over jitted pieces: per λ, Newton steps
@@ -446,7 +451,7 @@ def glm_logit_variance(model: Classifier, params, post, x: jax.Array, subset: st
 
     The last layer: from the dense covariance (``linear_head_logit_variance``); all weights
     with a layer-block covariance (diag, iso, KFAC): the per-layer terms
-    (``logit_variance_layerwise``), as ``jaxal.posterior.laplace_logit_variance`` computes
+    (``logit_variance_layerwise``), as ``jaxal.posteriors.laplace.laplace_logit_variance`` computes
     them; the full structure (small models only): J_n [c, p] per point, ``chunk_size``
     points at a time.
     """

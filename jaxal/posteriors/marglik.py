@@ -10,13 +10,13 @@ Laplace evidence with H and θ fixed
 
     log p(D | λ) ≈ log p(D | θ) - ½ θᵀ Λ θ + ½ Σ_p log λ_p - ½ log det(H + Λ)
 
-(``jaxal.posterior.log_marginal_likelihood``). The weights no label constrains then shrink
+(``jaxal.posteriors.laplace.log_marginal_likelihood``). The weights no label constrains then shrink
 with the prior instead of staying where they were initialised (which inflates ‖θ‖² and so
 the post-hoc evidence fit's prior variance). The iterate (θ, λ) of highest evidence is what
 the fit returns, and λ is state: each round starts from the last round's λ (warm start)
 even when θ restarts from its initialisation. laplace-torch: ``marglik_training``.
 
-This is the Laplace record's training hook (``jaxal.posterior.LAPLACE.training``) for the
+This is the Laplace record's training hook (``jaxal.posteriors.laplace.LAPLACE.training``) for the
 prior fits ``marglik`` (one λ) and ``marglik-layerwise`` (one per layer of the subset; the
 last layer is one layer). With ``--subset last-layer`` only the head's λ is learned; the
 rest of the network keeps the run's λ.
@@ -69,7 +69,7 @@ class Groups(NamedTuple):
 def prior_groups(model: Classifier, params, options: LaplaceOptions) -> Groups:
     """The groups of ``options.prior_fit``: one per layer of the subset
     (``marglik-layerwise``), else one."""
-    from jaxal.posterior import head_params, layer_groups
+    from jaxal.posteriors.laplace import head_params, layer_groups
 
     # Shapes alone (``jax.eval_shape``'s structs) suffice: host zeros stand in.
     params = jax.tree.map(lambda p: np.zeros(np.shape(p), np.float32), params)
@@ -108,7 +108,7 @@ def network_prior_precision(log_prior_precision: jax.Array, groups: Groups,
 
 def log_evidence_at(log_prior_precision, post, log_likelihood_at_theta, groups: Groups):
     """log p(D | λ) for λ = exp(``log_prior_precision``) [G], the curvature fixed."""
-    from jaxal.posterior import log_marginal_likelihood
+    from jaxal.posteriors.laplace import log_marginal_likelihood
 
     return log_marginal_likelihood(post, log_likelihood_at_theta,
                                    subset_prior_precision(log_prior_precision, groups))
@@ -119,7 +119,7 @@ def online_marglik(trainer: Trainer, init_one: Callable, options: LaplaceOptions
     """The Laplace record's training hook for the online prior fits: the trainer and
     initialiser of (θ, log λ) (``MarglikParams``), with a ``Hyper`` update every
     ``options.marglik_every`` steps from ``options.marglik_burn_in`` on."""
-    from jaxal.posterior import curvature_problem
+    from jaxal.posteriors.laplace import curvature_problem
 
     base_lambda = (trainer.config.prior_precision if options.prior_precision is None
                    else options.prior_precision)

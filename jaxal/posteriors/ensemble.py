@@ -19,7 +19,7 @@ import jax
 from jaxal.batching import over_members
 from jaxal.components import EnsembleOptions
 from jaxal.model import Classifier
-from jaxal.posterior import Posterior
+from jaxal.posteriors import Posterior
 
 
 class Ensemble(NamedTuple):

@@ -35,17 +35,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxal.config import protocol_of
-from jaxal.errors import RunDirError
-from jaxal.experiment import ExperimentConfig, check_config, run_experiment
-from jaxal.plots import (
+from jaxal.apps.experiment import ExperimentConfig, check_config, run_experiment
+from jaxal.apps.plots import (
     FIGURE5_PANELS,
     class_histograms,
     figure5_bands,
     learning_curves,
     protocol_line,
 )
-from jaxal.results import (
+from jaxal.apps.results import (
     read_json,
     read_metrics,
     read_queries,
@@ -53,6 +51,8 @@ from jaxal.results import (
     write_json_atomic,
     write_text_atomic,
 )
+from jaxal.config import protocol_of
+from jaxal.errors import RunDirError
 
 METRICS = tuple(key for key, _ in FIGURE5_PANELS)
 NOT_REACHED = "not reached"
@@ -76,7 +76,7 @@ def run_comparison(runs: Sequence[Run], out_dir: str | os.PathLike,
     Every config is checked before the first run starts. Aggregates and figures are
     rewritten after each finished run, so they are usable while the comparison goes on.
     ``seeds_form``: "sequential" runs one run after another; "vmapped" runs the seeds of
-    each strategy as one program (``jaxal.seeds``; where they cannot, one after another);
+    each strategy as one program (``jaxal.apps.seeds``; where they cannot, one after another);
     None: ``jaxal.batching.default_seeds_form()``.
     """
     for run in runs:
@@ -99,7 +99,7 @@ def run_comparison(runs: Sequence[Run], out_dir: str | os.PathLike,
 
     summary = {}
     if (seeds_form or default_seeds_form()) == "vmapped":
-        from jaxal.seeds import run_seeds, stackable
+        from jaxal.apps.seeds import run_seeds, stackable
 
         for strategy in dict.fromkeys(r.strategy for r in runs):
             mine = [r for r in runs if r.strategy == strategy]
