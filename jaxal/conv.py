@@ -42,6 +42,13 @@ _TARGETS = {"forward": "jaxal_onednn_conv_forward",
             "input_grad": "jaxal_onednn_conv_input_grad",
             "filter_grad": "jaxal_onednn_conv_filter_grad"}
 _NHWC = ("NHWC", "HWIO", "NHWC")
+# The forward pass of larger batches runs on XLA's kernel, measured faster there: pool
+# scoring of the seed CNN (forward only, chunks of 256-4096) ran at 24,500-26,400
+# images/s on oneDNN against 28,200-36,300 on XLA, while training steps (batch 32-128,
+# forward and both gradients on oneDNN) ran 1.3-1.6x faster than on XLA
+# (benchmarks/al_round.py --conv-kernels xla onednn, AMD EPYC, 2 cores). The gradients
+# run on oneDNN at every batch size.
+ONEDNN_FORWARD_MAX_BATCH = 128
 
 
 @functools.cache
@@ -130,10 +137,15 @@ def _impl(primitive):
 for _p in (conv_p, input_grad_p, filter_grad_p):
     _p.def_impl(_impl(_p))
 
-mlir.register_lowering(conv_p, mlir.lower_fun(
-    lambda x, w, *, strides, padding: _ffi(
-        "forward", _out_shape(x.shape, w.shape, strides, padding), x, w, strides, padding),
-    multiple_results=False), platform="cpu")
+def _forward_lowering(x, w, *, strides, padding):
+    if x.shape[0] > ONEDNN_FORWARD_MAX_BATCH:
+        return _xla_forward(x, w, strides=strides, padding=padding)
+    return _ffi("forward", _out_shape(x.shape, w.shape, strides, padding), x, w, strides,
+                padding)
+
+
+mlir.register_lowering(conv_p, mlir.lower_fun(_forward_lowering, multiple_results=False),
+                       platform="cpu")
 mlir.register_lowering(input_grad_p, mlir.lower_fun(
     lambda g, w, *, strides, padding, input_shape: _ffi(
         "input_grad", input_shape, g, w, strides, padding), multiple_results=False),

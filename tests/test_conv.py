@@ -40,8 +40,10 @@ CASES = [
     ((3, 9, 7, 3), (3, 3, 3, 5), (1, 1), "SAME"),
     ((2, 11, 8, 4), (3, 2, 4, 6), (2, 3), "VALID"),
     ((1, 6, 5, 2), (2, 3, 2, 3), (2, 1), ((1, 2), (0, 1))),
+    ((conv.ONEDNN_FORWARD_MAX_BATCH + 3, 5, 4, 2), (3, 3, 2, 3), (1, 1), "SAME"),
 ]
-IDS = ["conv0-b1", "conv1-b3", "conv2-b2", "rgb-odd", "strided-valid", "explicit-pad"]
+IDS = ["conv0-b1", "conv1-b3", "conv2-b2", "rgb-odd", "strided-valid", "explicit-pad",
+       "forward-on-xla"]
 
 
 def inputs(x_shape, w_shape, seed=0):

@@ -2,13 +2,16 @@
 // the forward pass, the input gradient (backward data) and the filter gradient (backward
 // weights). jaxal.conv binds them to JAX primitives with their derivative rules.
 //
-// Each handler keeps its oneDNN primitive per (shapes, strides, padding) in a cache, so a
-// shape is planned once. Activations are handed to oneDNN in place (NHWC, as JAX holds
-// them); the filter is reordered into the layout oneDNN chose (format_tag::any: a blocked
-// layout, small next to the activations). oneDNN here runs on OpenMP; each call sets the
-// calling thread's OpenMP team to the size of XLA's intra-op pool, and calls run one at a
-// time (a mutex), so that two convolutions that XLA schedules side by side do not put
-// twice the cores' worth of threads on the CPU.
+// Threads: a call splits its examples into as many chunks as XLA's intra-op pool has
+// threads (more where a chunk would hold more than 64 examples); the pool's threads and the calling thread claim the chunks one at a time, and
+// each chunk is one single-threaded oneDNN primitive. oneDNN's own OpenMP team is not
+// used: its barriers wait for the slowest thread, and on a loaded machine they stalled
+// for whole scheduler ticks. The filter gradient is summed over the chunks.
+//
+// Each primitive is planned once per (kind, chunk shape, strides, padding) and cached.
+// Activations are handed to oneDNN in place (NHWC, as JAX holds them); the filter is
+// reordered into the layout oneDNN chose (format_tag::any), small next to the
+// activations. oneDNN's scratchpad is user-managed, one buffer per thread.
 
 #include <omp.h>
 
@@ -21,7 +24,6 @@
 #include <set>
 #include <utility>
 #include <vector>
-#include <cstdlib>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -78,9 +80,20 @@ memory::desc Md(const memory::dims& dims, tag layout) {
   return memory::desc(dims, memory::data_type::f32, layout);
 }
 
+// oneDNN runs single-threaded in this scope (its OpenMP team is the calling thread); the
+// thread's OpenMP setting is restored after, for other OpenMP users of the same thread.
+class SingleThreaded {
+ public:
+  SingleThreaded() : before_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~SingleThreaded() { omp_set_num_threads(before_); }
+
+ private:
+  int before_;
+};
+
 // Plans are made for one thread: each chunk of a call runs single-threaded (see Run).
 Plan MakePlan(const Key& k) {
-  omp_set_num_threads(1);
+  SingleThreaded single;
   Shapes s = ShapesOf(k);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -179,15 +192,12 @@ void* Scratch(size_t bytes) {
   return scratch.data();
 }
 
-// The number of chunks: XLA's threads times JAXAL_ONEDNN_CHUNKS_PER_THREAD (default 1),
-// at most one per example.
+// The number of chunks: one per thread of XLA's pool, or more where chunks would hold
+// more than kMaxChunk examples; at most one per example.
 int64_t Chunks(ffi::ThreadPool& pool, int64_t n) {
+  constexpr int64_t max_chunk = 64;
   int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
-  int64_t per_thread = 1;
-  if (const char* env = std::getenv("JAXAL_ONEDNN_CHUNKS_PER_THREAD")) {
-    per_thread = std::max(1, std::atoi(env));
-  }
-  return std::min(n, threads * per_thread);
+  return std::min(n, std::max(threads, (n + max_chunk - 1) / max_chunk));
 }
 
 ffi::Error Run(ffi::ThreadPool pool, Kind kind, const Key& key, float* x, float* w,
@@ -246,10 +256,10 @@ ffi::Error Run(ffi::ThreadPool pool, Kind kind, const Key& key, float* x, float*
       }
       chunk_stream.wait();
     };
-    omp_set_num_threads(1);
+    SingleThreaded single;
     for (int64_t c = 1; c < chunks; ++c) {
       pool.Schedule([work]() {
-        omp_set_num_threads(1);
+        SingleThreaded single_here;
         work->Drain();
       });
     }
