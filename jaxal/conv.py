@@ -15,10 +15,12 @@ each other:
     dw = filter_grad(x, g)  (conv's transpose in w)
 
 so forward mode (JVPs: the curvature, linearised predictives), reverse mode (training) and
-their compositions all run on oneDNN. Under ``vmap`` a batched input (or output gradient)
-is folded into the batch axis, one call; batched filters (ensemble members, stacked seeds,
-posterior samples vmapped) go one at a time (``lax.map``). On a backend other than CPU the
-primitives lower to XLA's convolution.
+their compositions all run on oneDNN: both gradients at every batch size, the forward pass
+up to ``ONEDNN_FORWARD_MAX_BATCH`` examples (above it XLA's forward kernel measured faster).
+Under ``vmap`` a batched input (or output gradient) is folded into the batch axis, one
+call; batched filters (ensemble members, stacked seeds, posterior samples vmapped) go one
+at a time (``lax.map``). On a backend other than CPU the primitives lower to XLA's
+convolution.
 
 ``jaxal.batching.conv_kernel`` chooses between XLA's and oneDNN's kernels; importing this
 module does not load the extension: ``conv_general_dilated`` does, on first use.
