@@ -1,9 +1,10 @@
 """oneDNN 2-D convolutions as XLA FFI handlers, for ``jaxal.conv``.
 
 ``handlers()`` maps each FFI target name to its handler (a capsule for
-``jax.ffi.register_ffi_target``); ``implementation(...)`` names the kernel oneDNN chose for
-a shape; ``onednn_version()`` the library's version. Importing this module loads oneDNN
-(``libdnnl.so.3`` from the ``onednn-cpu-gomp`` wheel) and registers nothing.
+``jax.ffi.register_ffi_target``); ``plans()`` lists every convolution planned so far with
+the kernel oneDNN chose for it; ``onednn_version()`` the library's version. Importing
+this module loads oneDNN (``libdnnl.so.3`` from the ``onednn-cpu-gomp`` wheel) and
+registers nothing.
 """
 
 from __future__ import annotations
