@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from machine import cpu_info, describe
 from timing import time_calls
 
+from jaxal import batching, conv
 from jaxal.acquisition import ACQUISITIONS, score_pool
 from jaxal.apps.experiment import ExperimentConfig, load_split, run_experiment, to_device
 from jaxal.loop import ALConfig, al_round, init_state, make_learner
@@ -54,8 +55,8 @@ jax.monitoring.register_event_duration_secs_listener(
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench_training(data, batch_size: int, steps: int) -> dict:
-    model = cnn(10)
+def bench_training(data, batch_size: int, steps: int, kernel: str | None = None) -> dict:
+    model = cnn(10, conv_kernel=kernel)
     trainer = make_trainer(model, TrainConfig(batch_size=batch_size), capacity=220)
     step = jax.jit(trainer.step)
     params = init_params(model, jax.random.key(0), (28, 28, 1))
@@ -72,12 +73,13 @@ def bench_training(data, batch_size: int, steps: int) -> dict:
     first = time_calls(lambda: step(jax.random.key(0), state, data.pool_x, data.pool_y,
                                     idx, n), 0).first_s
     per_step = time_calls(run_steps, repeats=3).seconds / steps
-    return {"batch_size": batch_size, "images_per_s": batch_size / per_step,
-            "step_ms": 1e3 * per_step, "compile_s": first - per_step}
+    return {"batch_size": batch_size, "conv": kernel or batching.conv_kernel(),
+            "images_per_s": batch_size / per_step, "step_ms": 1e3 * per_step,
+            "compile_s": first - per_step}
 
 
-def bench_scoring(data, chunk_size: int) -> dict:
-    model = cnn(10)
+def bench_scoring(data, chunk_size: int, kernel: str | None = None) -> dict:
+    model = cnn(10, conv_kernel=kernel)
     posterior = PointMass(init_params(model, jax.random.key(0), (28, 28, 1)))
 
     @jax.jit
@@ -88,8 +90,8 @@ def bench_scoring(data, chunk_size: int) -> dict:
     timed = time_calls(lambda: scores(jax.random.key(0), posterior, data.pool_x), 3)
     t = timed.seconds
     n = data.pool_x.shape[0]
-    return {"chunk_size": chunk_size, "pool": n, "seconds": t, "images_per_s": n / t,
-            "compile_s": timed.first_s - t}
+    return {"chunk_size": chunk_size, "conv": kernel or batching.conv_kernel(), "pool": n,
+            "seconds": t, "images_per_s": n / t, "compile_s": timed.first_s - t}
 
 
 def bench_round(split, repeats: int) -> dict:
@@ -139,15 +141,16 @@ def ratios(result: dict) -> dict:
     for t in result["training"]:
         ref = best([r for ref in refs for r in ref["training"]], batch_size=t["batch_size"])
         if ref:
-            out[f"training_b{t['batch_size']}"] = {
+            out[f"training_b{t['batch_size']}_{t['conv']}"] = {
                 "jaxal": t["images_per_s"], "torch": ref["images_per_s"],
                 "torch_layout": ref["layout"], "ratio": t["images_per_s"] / ref["images_per_s"]}
-    mine = best(result["scoring"])
     ref = best([r for ref in refs for r in ref["scoring"]])
-    out["scoring"] = {"jaxal": mine["images_per_s"], "jaxal_chunk": mine["chunk_size"],
-                      "torch": ref["images_per_s"], "torch_layout": ref["layout"],
-                      "torch_chunk": ref["chunk_size"],
-                      "ratio": mine["images_per_s"] / ref["images_per_s"]}
+    for kernel in dict.fromkeys(r["conv"] for r in result["scoring"]):
+        mine = best(result["scoring"], conv=kernel)
+        out[f"scoring_{kernel}"] = {
+            "jaxal": mine["images_per_s"], "jaxal_chunk": mine["chunk_size"],
+            "torch": ref["images_per_s"], "torch_layout": ref["layout"],
+            "torch_chunk": ref["chunk_size"], "ratio": mine["images_per_s"] / ref["images_per_s"]}
     if "round" in result and all("round" in ref for ref in refs):
         ref = min((r for ref in refs for r in ref["round"]), key=lambda r: r["seconds"])
         out["round"] = {"jaxal_s": result["round"]["seconds"], "torch_s": ref["seconds"],
@@ -206,6 +209,10 @@ def main():
     p.add_argument("--min-steps", type=int, default=TrainConfig().min_steps)
     p.add_argument("--max-steps", type=int, default=TrainConfig().max_steps)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "al_round.json"))
+    p.add_argument("--conv-kernels", nargs="*", choices=batching.CONV_KERNELS, default=None,
+                   help="time training and scoring on each of these convolution kernels "
+                        "(default: the one jaxal.batching.conv_kernel() chooses; the round "
+                        "and the default run always use that one)")
     p.add_argument("--no-cpu-settings", action="store_true",
                    help="run without jaxal.runtime.configure_cpu()")
     args = p.parse_args()
@@ -214,7 +221,7 @@ def main():
     result = {"machine": cpu_info(),
               "versions": {"python": sys.version.split()[0], "jax": jax.__version__,
                            **{m: version(m) for m in ("jaxlib", "flax", "optax")}},
-              "backend": jax.default_backend(),
+              "backend": jax.default_backend(), "kernels": batching.kernel_choices(),
               "cpu_settings": settings._asdict() if settings else None}
     if args.torch_python:
         print("PyTorch reference (before) ...", flush=True)
@@ -222,8 +229,11 @@ def main():
 
     split = load_split(ExperimentConfig(dataset="mnist", data_dir=args.data_dir))
     data = to_device(split)
-    result["training"] = [bench_training(data, b, 100) for b in (32, 64, 128)]
-    result["scoring"] = [bench_scoring(data, c) for c in (256, 512, 1024, 2048, 4096)]
+    kernels = args.conv_kernels or [batching.conv_kernel()]
+    result["training"] = [bench_training(data, b, 100, k) for b in (32, 64, 128)
+                          for k in kernels]
+    result["scoring"] = [bench_scoring(data, c, k) for c in (256, 512, 1024, 2048, 4096)
+                         for k in kernels]
     if not args.skip_round:
         result["round"] = bench_round(split, repeats=3)
     if not args.skip_run:
@@ -236,6 +246,7 @@ def main():
         print("PyTorch reference (after) ...", flush=True)
         result["torch_after"] = torch_reference(args.torch_python, os.cpu_count())
     result["ratios"] = ratios(result)
+    result["onednn_plans"] = conv.plans()   # which oneDNN kernels ran, if any
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +262,8 @@ def times(r: dict | None) -> str:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"{describe(m)}; jax {result['versions']['jax']}, "
+    lines = [f"{describe(m)}; jax {result['versions']['jax']}, convolutions "
+             f"{result['kernels']}, "
              + (f"torch {result['torch_before']['versions']['torch']} "
                 f"({result['torch_before']['versions']['cpu_capability']})"
                 if "torch_before" in result else "no PyTorch reference"), "",
@@ -270,19 +282,23 @@ def markdown(result: dict) -> str:
 
     for t in result["training"]:
         b = t["batch_size"]
-        r = ratio.get(f"training_b{b}")
-        lines.append(f"| training, batch {b} (images/s) | {t['images_per_s']:,.0f} | "
+        r = ratio.get(f"training_b{b}_{t['conv']}")
+        lines.append(f"| training, batch {b}, {t['conv']} convolutions (images/s) | "
+                     f"{t['images_per_s']:,.0f} | "
                      f"{torch_figure('training', '{:,.0f}'.format, batch_size=b)} | "
                      f"{times(r)} | {t['compile_s']:.1f} |")
-    s = best(result["scoring"])
-    r = ratio.get("scoring")
-    lines.append(f"| pool scoring, 59,000 images (images/s; best chunk: jaxal {s['chunk_size']}"
-                 f"{', PyTorch ' + str(r['torch_chunk']) if r else ''}) | "
-                 f"{s['images_per_s']:,.0f} | {torch_figure('scoring', '{:,.0f}'.format)} | "
-                 f"{times(r)} | {s['compile_s']:.1f} |")
+    for kernel in dict.fromkeys(r["conv"] for r in result["scoring"]):
+        s = best(result["scoring"], conv=kernel)
+        r = ratio.get(f"scoring_{kernel}")
+        lines.append(f"| pool scoring, 59,000 images, {kernel} convolutions (images/s; best "
+                     f"chunk: jaxal {s['chunk_size']}"
+                     f"{', PyTorch ' + str(r['torch_chunk']) if r else ''}) | "
+                     f"{s['images_per_s']:,.0f} | {torch_figure('scoring', '{:,.0f}'.format)} | "
+                     f"{times(r)} | {s['compile_s']:.1f} |")
     if "round" in result:
         rd, r = result["round"], ratio.get("round")
-        lines.append(f"| one AL round: score 59k, train 500 x 32, evaluate (s) | "
+        lines.append(f"| one AL round: score 59k, train 500 x 32, evaluate (s; "
+                     f"{result['kernels']['conv']} convolutions) | "
                      f"{rd['seconds']:.2f} | "
                      f"{torch_figure('round', '{:.2f}'.format, key='seconds', pick=min)} | "
                      f"{times(r)} | "

@@ -8,7 +8,9 @@ compile apart): every convolution's forward, input gradient and filter gradient 
 own, and summed over batch chunks as ``jaxal.model.conv_chunked_filter_grad`` does), the
 fused ReLU + max-pool forward and backward (the custom-JVP form and the reverse-only form
 that training uses), the Adam update, the minibatch gather, and
-the whole step (``jaxal.train``), so the parts can be set against the whole. PyTorch
+the whole step (``jaxal.train``, on XLA's convolutions and, with the oneDNN extra installed,
+on oneDNN's: ``jaxal.conv``, whose three kernels are timed too), so the parts can be set
+against the whole. PyTorch
 (with ``--torch-python``): ``torch.profiler``'s self CPU time per operator over 20 steps
 (``benchmarks/torch_reference.py --profile``), in both memory layouts.
 
@@ -30,6 +32,7 @@ import optax
 from machine import cpu_info, describe
 from timing import time_calls
 
+from jaxal import conv
 from jaxal.model import (
     cnn,
     conv_chunked_filter_grad,
@@ -43,6 +46,8 @@ from jaxal.train import TrainConfig, labelled_indices, make_trainer
 ROOT = Path(__file__).resolve().parents[1]
 # (name, spatial side, input channels, output channels) of the seed CNN's convolutions.
 CONVS = (("Conv_0", 28, 1, 32), ("Conv_1", 14, 32, 64), ("Conv_2", 7, 64, 64))
+# The convolution kernels timed: XLA's, and oneDNN's where the extension is installed.
+KERNELS = ("xla", "onednn") if conv.available() else ("xla",)
 
 
 def ms(fn, *args, repeats: int = 30) -> float:
@@ -64,7 +69,7 @@ def conv_row(batch: int, name: str, side: int, c_in: int, c_out: int) -> dict:
                     dimension_numbers=numbers)
     chunked = partial(conv_chunked_filter_grad, window_strides=(1, 1), padding="SAME",
                       dimension_numbers=numbers)
-    return {
+    row = {
         "layer": name, "input": [batch, side, side, c_in], "output_channels": c_out,
         "forward_ms": ms(jax.jit(plain), x, w),
         "input_grad_ms": ms(jax.jit(lambda x, w, g: jax.vjp(lambda x: plain(x, w), x)[1](g)),
@@ -74,6 +79,16 @@ def conv_row(batch: int, name: str, side: int, c_in: int, c_out: int) -> dict:
         "filter_grad_chunked_ms": ms(jax.jit(
             lambda x, w, g: jax.vjp(lambda w: chunked(x, w), w)[1](g)), x, w, g),
     }
+    if conv.available():   # the oneDNN extension's kernels (jaxal.conv)
+        onednn = partial(conv.conv_general_dilated, window_strides=(1, 1), padding="SAME",
+                         dimension_numbers=numbers)
+        row |= {
+            "onednn_forward_ms": ms(jax.jit(onednn), x, w),
+            "onednn_input_grad_ms": ms(jax.jit(
+                lambda x, w, g: jax.vjp(lambda x: onednn(x, w), x)[1](g)), x, w, g),
+            "onednn_filter_grad_ms": ms(jax.jit(
+                lambda x, w, g: jax.vjp(lambda w: onednn(x, w), w)[1](g)), x, w, g)}
+    return row
 
 
 def other_parts(batch: int) -> dict:
@@ -99,17 +114,19 @@ def other_parts(batch: int) -> dict:
     labelled = jnp.zeros(59_000, bool).at[:200].set(True)
     idx, n = labelled_indices(labelled), labelled.sum()
     gather = jax.jit(lambda key, x, idx, n: x[idx[jax.random.randint(key, (batch,), 0, n)]])
-    trainer = make_trainer(model, TrainConfig(batch_size=batch), capacity=220)
-    step = jax.jit(trainer.step)
-    state = trainer.init(params)
+    steps = {}
+    for kernel in KERNELS:
+        trainer = make_trainer(cnn(10, conv_kernel=kernel), TrainConfig(batch_size=batch),
+                               capacity=220)
+        steps[f"step_{kernel}_ms"] = ms(jax.jit(trainer.step), jax.random.key(0),
+                                        trainer.init(params), x_pool, y_pool, idx, n)
     forward = jax.jit(lambda p, x: model.apply(p, x, train=True,
                                                rngs={"dropout": jax.random.key(0)}))
-    return {
+    return {**steps,
         "relu_max_pool": pooled,
         "adam_update_ms": ms(adam, params, opt_state, params),
         "minibatch_gather_ms": ms(gather, jax.random.key(0), x_pool, idx, n),
         "forward_ms": ms(forward, params, x_pool[:batch]),
-        "step_ms": ms(step, jax.random.key(0), state, x_pool, y_pool, idx, n),
     }
 
 
@@ -126,20 +143,27 @@ def markdown(result: dict) -> str:
     lines = [describe(result["machine"]), ""]
     for b, part in result["jaxal"].items():
         o = part["other"]
-        lines += [f"### jaxal, batch {b}: whole step {o['step_ms']:.2f} ms "
+        steps = ", ".join(f"{k.split('_')[1]} convolutions {v:.2f} ms"
+                          for k, v in o.items() if k.startswith("step_"))
+        onednn = "onednn_forward_ms" in part["convs"][0]
+        lines += [f"### jaxal, batch {b}: whole step {steps} "
                   f"(forward alone {o['forward_ms']:.2f} ms)", "",
                   "| part | forward (ms) | input grad (ms) | filter grad XLA / chunked (ms) |"
-                  " ReLU+pool fwd / fwd+bwd JVP form / reverse form (ms) |",
-                  "|---|---|---|---|---|"]
+                  + (" oneDNN forward / input grad / filter grad (ms) |" if onednn else "")
+                  + " ReLU+pool fwd / fwd+bwd JVP form / reverse form (ms) |",
+                  "|---|---|---|---|" + ("---|" if onednn else "") + "---|"]
         for c in part["convs"]:
             p = o["relu_max_pool"][c["layer"]]
             lines.append(f"| {c['layer']} {c['input']} -> {c['output_channels']} | "
                          f"{c['forward_ms']:.2f} | {c['input_grad_ms']:.2f} | "
                          f"{c['filter_grad_xla_ms']:.2f} / {c['filter_grad_chunked_ms']:.2f} | "
-                         f"{p['forward_ms']:.2f} / {p['backward_jvp_form_ms']:.2f} / "
+                         + (f"{c['onednn_forward_ms']:.2f} / {c['onednn_input_grad_ms']:.2f} / "
+                            f"{c['onednn_filter_grad_ms']:.2f} | " if onednn else "")
+                         + f"{p['forward_ms']:.2f} / {p['backward_jvp_form_ms']:.2f} / "
                          f"{p['backward_reverse_form_ms']:.2f} |")
-        lines += [f"| Adam update | {o['adam_update_ms']:.2f} | | | |",
-                  f"| minibatch gather | {o['minibatch_gather_ms']:.2f} | | | |", ""]
+        empty = "| |" if onednn else "|"
+        lines += [f"| Adam update | {o['adam_update_ms']:.2f} | | {empty} |",
+                  f"| minibatch gather | {o['minibatch_gather_ms']:.2f} | | {empty} |", ""]
     for key, ops in result.get("torch", {}).get("profile", {}).items():
         lines += [f"### PyTorch {key}: self CPU ms per step, top operators", "",
                   "| operator | ms/step |", "|---|---|"]
@@ -157,10 +181,12 @@ def main():
     args = p.parse_args()
     configure_cpu()
     result = {"machine": cpu_info(), "jax": jax.__version__,
+              "onednn": conv.extension().onednn_version() if conv.available() else None,
               "jaxal": {b: {"convs": conv_parts(b), "other": other_parts(b)}
                         for b in args.batch_sizes}}
     if args.torch_python:
         result["torch"] = torch_profile(args.torch_python, args.batch_sizes)
+    result["onednn_plans"] = conv.plans()   # the kernels oneDNN chose, per shape
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

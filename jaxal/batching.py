@@ -19,11 +19,13 @@ size: the hardware's batched convolutions, memory of a group's activations).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from jaxal.errors import ConfigError
 from jaxal.sharding import data_axis_size, data_parallel, samples_may_split
 
 FORMS = ("unroll", "vmap")
@@ -102,14 +104,18 @@ def default_seeds_form() -> str:
     return "sequential" if jax.default_backend() == "cpu" else "vmapped"
 
 
-def padded_conv_channels() -> dict[int, int]:
-    """Input-channel counts a convolution is zero-padded to, ``{C: C'}``: on CPU
-    ``{3: 4}``, since XLA:CPU convolved 3 channels at ~33 GFLOP/s against ~200 for wider
-    inputs (the seed CNN's first block on 32x32x3: 50.9 µs/image as it is, 21.9 on 4
-    channels, 28.8 on 8; MNIST's 1 channel is fastest as it is: 8.5 µs/image, 12.0 on 2,
-    15.3 on 4; ``benchmarks/cifar10_curves.py layers``). Elsewhere none (not measured).
-    ``jaxal.model.conv_padded_channels`` applies it."""
-    return dict(CPU_PADDED_CHANNELS) if jax.default_backend() == "cpu" else {}
+def padded_conv_channels(kernel: str | None = None) -> dict[int, int]:
+    """Input-channel counts a convolution on ``kernel`` (None: ``conv_kernel()``) is
+    zero-padded to, ``{C: C'}``: with XLA's kernels on CPU ``{3: 4}``, since XLA:CPU
+    convolved 3 channels at ~33 GFLOP/s against ~200 for wider inputs (the seed CNN's
+    first block on 32x32x3: 50.9 µs/image as it is, 21.9 on 4 channels, 28.8 on 8;
+    MNIST's 1 channel is fastest as it is: 8.5 µs/image, 12.0 on 2, 15.3 on 4;
+    ``benchmarks/cifar10_curves.py layers``). oneDNN's are as fast or faster on 3 as on 4
+    (32x32x3 -> 32 at batch 128: forward 1.34 vs 1.48 ms, filter gradient 1.29 vs 1.95):
+    none. Elsewhere none (not measured). ``jaxal.model.conv_padded_channels`` applies it."""
+    if jax.default_backend() != "cpu" or (kernel or conv_kernel()) == "onednn":
+        return {}
+    return dict(CPU_PADDED_CHANNELS)
 
 
 # What ``padded_conv_channels`` pads on CPU.
@@ -144,3 +150,50 @@ def over_samples(fn: Callable, xs, form: str | None = None):
 
     out = jax.lax.map(lambda g: data_parallel(jax.vmap(fn)(g), 0), jax.tree.map(grouped, xs))
     return jax.tree.map(lambda o: o.reshape(groups * SAMPLE_GROUP, *o.shape[2:])[:s], out)
+
+
+CONV_KERNELS = ("xla", "onednn")
+CONV_VARIABLE = "JAXAL_CONV"
+
+
+def conv_kernel() -> str:
+    """Which kernels run the CNN's convolutions: ``onednn`` on CPU when jaxal's oneDNN
+    extension is installed (``pip install -e ".[onednn]"``; ``jaxal.conv``: the seed
+    CNN's training steps 1.3-1.6x faster than on XLA:CPU's, docs/performance.md), else
+    ``xla``. The environment variable ``JAXAL_CONV=xla|onednn`` overrides it (read, never
+    written).
+
+    Raises:
+      ConfigError: JAXAL_CONV names neither, or asks for ``onednn`` without the extension.
+    """
+    chosen = os.environ.get(CONV_VARIABLE, "").strip().lower()
+    if chosen and chosen not in CONV_KERNELS:
+        raise ConfigError(f"{CONV_VARIABLE}={chosen!r} is not a convolution kernel; "
+                          f"set it to one of {list(CONV_KERNELS)} or unset it")
+    from jaxal import conv
+
+    if chosen == "onednn":
+        conv.require()
+        return "onednn"
+    if chosen == "xla":
+        return "xla"
+    return "onednn" if jax.default_backend() == "cpu" and conv.available() else "xla"
+
+
+def kernel_choices() -> dict:
+    """What ``config.json`` records of the kernels chosen here: the convolution kernel and,
+    for oneDNN's, its version."""
+    kernel = conv_kernel()
+    if kernel != "onednn":
+        return {"conv": kernel}
+    from jaxal import conv
+
+    return {"conv": kernel, "onednn_version": conv.extension().onednn_version()}
+
+
+def kernels_line() -> str:
+    """'convolutions: oneDNN 3.2.0' or 'convolutions: XLA': what a run prints at start."""
+    choices = kernel_choices()
+    if choices["conv"] == "onednn":
+        return f"convolutions: oneDNN {choices['onednn_version']}"
+    return "convolutions: XLA"

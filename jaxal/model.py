@@ -96,10 +96,11 @@ def conv_chunked_filter_grad(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) ->
     return chunked(lhs, rhs)
 
 
-def conv_padded_channels(conv: Callable | None = None) -> Callable:
+def conv_padded_channels(conv: Callable | None = None, kernel: str | None = None
+                         ) -> Callable:
     """``conv`` (``lax.conv_general_dilated`` if None) with the input's and the kernel's
-    channel axis zero-padded where ``batching.padded_conv_channels()`` says (3 to 4 on
-    CPU, where XLA convolves 3 channels at a sixth of its speed).
+    channel axis zero-padded where ``batching.padded_conv_channels(kernel)`` says (3 to 4
+    on CPU with XLA's kernels, which convolve 3 channels at a sixth of their speed).
 
     The zero channels add nothing to any output, so the value is the same, and so are the
     derivatives: the kernel's gradient is the padded one's, sliced back (pad's transpose).
@@ -108,7 +109,7 @@ def conv_padded_channels(conv: Callable | None = None) -> Callable:
 
     def padded(lhs, rhs, *args, **kwargs):
         numbers = kwargs.get("dimension_numbers")
-        channels = batching.padded_conv_channels().get(lhs.shape[-1])
+        channels = batching.padded_conv_channels(kernel).get(lhs.shape[-1])
         nhwc = numbers is not None and tuple(numbers.lhs_spec) == (0, 3, 1, 2) and tuple(
             numbers.rhs_spec) == (3, 2, 0, 1)
         if channels is None or not nhwc:
@@ -217,19 +218,26 @@ class CNNBody(nn.Module):
     hidden: int = 128
     dropout_rate: float = 0.5
     hidden_dropout_rate: float = 0.0   # after each conv block, per channel; 0: none
+    # Convolution kernels, one of batching.CONV_KERNELS; None: batching.conv_kernel().
+    conv_kernel: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, sample: bool = False) -> jax.Array:
         # Training steps take the reverse-mode-only forms with faster gradients; everything
         # else (curvature, predictives: train=False) the forms with forward-mode rules.
-        conv = conv_chunked_filter_grad if train else None
+        # oneDNN's convolution has every derivative rule and chunks its own filter gradient.
+        kernel = self.conv_kernel or batching.conv_kernel()
+        if kernel == "onednn":
+            from jaxal.conv import conv_general_dilated as conv
+        else:
+            conv = conv_chunked_filter_grad if train else None
         pool = relu_max_pool_2x2_reverse if train else relu_max_pool_2x2
         # Axes a dropout mask is shared over: per example in training, over the batch too
         # when sampling networks.
         shared = (0,) if sample else ()
         for i, c in enumerate(self.channels):
             layer = nn.Conv(c, (3, 3), padding="SAME",
-                            conv_general_dilated=conv_padded_channels(conv))
+                            conv_general_dilated=conv_padded_channels(conv, kernel))
             x = pool(_layer(self, f"Conv_{i}", layer, x))
             if self.hidden_dropout_rate > 0:
                 x = nn.Dropout(self.hidden_dropout_rate, broadcast_dims=(*shared, 1, 2),
@@ -278,10 +286,13 @@ class Classifier(nn.Module):
 
 
 def cnn(num_classes: int = 10, channels: Sequence[int] = (32, 64, 64), hidden: int = 128,
-        dropout_rate: float = 0.5, hidden_dropout_rate: float = 0.0) -> Classifier:
-    """The seed CNN (130,890 parameters for 28x28x1 inputs and 10 classes)."""
-    return Classifier(CNNBody(tuple(channels), hidden, dropout_rate, hidden_dropout_rate),
-                      num_classes)
+        dropout_rate: float = 0.5, hidden_dropout_rate: float = 0.0,
+        conv_kernel: str | None = None) -> Classifier:
+    """The seed CNN (130,890 parameters for 28x28x1 inputs and 10 classes); its
+    convolutions on ``conv_kernel`` (``xla`` or ``onednn``; None: as
+    ``jaxal.batching.conv_kernel()`` chooses when traced)."""
+    return Classifier(CNNBody(tuple(channels), hidden, dropout_rate, hidden_dropout_rate,
+                              conv_kernel), num_classes)
 
 
 def mlp(num_classes: int = 2, hidden: Sequence[int] = (32, 32),

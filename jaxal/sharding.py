@@ -90,11 +90,14 @@ def check_devices(devices: int | None) -> None:
 
 
 def devices_line(devices: int | None = None) -> str:
-    """'devices: 2 (cpu:0, cpu:1)': what a run on ``devices`` (None: all) will use."""
+    """'devices: 2 (cpu:0, cpu:1); convolutions: XLA': what a run on ``devices`` (None:
+    all) will use, and the convolution kernels (``jaxal.batching.kernels_line``)."""
     check_devices(devices)
+    from jaxal.batching import kernels_line  # batching imports this module
+
     chosen = jax.devices()[:devices]
     processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
-    return f"devices: {len(chosen)} ({describe(chosen)}{processes})"
+    return f"devices: {len(chosen)} ({describe(chosen)}{processes}); {kernels_line()}"
 
 
 def data_mesh(devices: int | None = None) -> Mesh:

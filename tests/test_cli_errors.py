@@ -441,7 +441,8 @@ def test_ctrl_c_says_where_to_resume_and_the_rerun_finishes(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     # The devices it runs on first, then where it resumes.
-    assert again.stdout.startswith(f"devices: 1 (cpu:0)\nresuming {out} after round {done} "
-                                   "of 4")
+    devices, resuming = again.stdout.splitlines()[:2]
+    assert devices.startswith("devices: 1 (cpu:0); convolutions: ")
+    assert resuming.startswith(f"resuming {out} after round {done} of 4")
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(row)["round"] for row in rows] == list(range(5))

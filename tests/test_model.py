@@ -391,7 +391,7 @@ def test_channel_padded_conv_equals_the_conv_it_wraps(base):
 
     kwargs = {"window_strides": (1, 1), "padding": "SAME", "dimension_numbers": numbers}
     plain = partial(jax.lax.conv_general_dilated, **kwargs)
-    padded = partial(model_lib.conv_padded_channels(spy), **kwargs)
+    padded = partial(model_lib.conv_padded_channels(spy, "xla"), **kwargs)
     cotangent = jax.random.normal(kg, (11, 9, 9, 4))
     y, vjp = jax.vjp(plain, x, w)
     y_padded, vjp_padded = jax.vjp(padded, x, w)

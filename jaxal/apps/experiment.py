@@ -29,7 +29,7 @@ from jaxal.apps.results import (
     write_rounds,
 )
 from jaxal.apps.rundir import lock_out_dir
-from jaxal.batching import default_form
+from jaxal.batching import conv_kernel, default_form, kernel_choices
 from jaxal.components import POSTERIORS
 from jaxal.config import IMAGE_FOLDER, ModelConfig, protocol_of
 from jaxal.config import TOY_DATASETS as TOY_DATASETS  # re-exported
@@ -102,6 +102,7 @@ def check_config(config: ExperimentConfig) -> None:
                               "an image folder has none; use --prior-precision auto "
                               "(evidence) or a number")
     check_devices(config.devices)
+    conv_kernel()   # JAXAL_CONV=onednn without the extension: refused before any work
 
 
 def to_device(split: datasets.ALSplit) -> ALData:
@@ -258,6 +259,7 @@ def run_config_dict(config: ExperimentConfig, split: datasets.ALSplit, devices) 
     return {"experiment": config.to_dict(), "jaxal_version": __version__,
                    "jax_version": jax.__version__, "backend": jax.default_backend(),
                    "devices": [device_name(d) for d in devices],
+                   "kernels": kernel_choices(),
                    "processes": jax.process_count(),
                    # The dataset's protocol set these (the command gave the rest).
                    "from_protocol": {"dataset": config.dataset,
