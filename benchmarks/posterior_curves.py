@@ -76,6 +76,11 @@ POSTERIORS = {
     "kfac-glm-marglik": {**_laplace("glm", structure="kfac", subset="all",
                                     prior_fit="marglik-layerwise"),
                          "pool_subset": SUBSET, "eval_samples": EVAL_SAMPLES},
+    # The ablation of the prior's scale: all weights, KFAC GGN, one λ chosen each round by
+    # the GLM predictive's validation NLL (the grid of today's default Laplace), GLM
+    # predictive. Is the learned prior the trouble, or the all-weights posterior's shape?
+    "kfac-glm-valnll": {**_laplace("glm", structure="kfac", subset="all", prior_fit="val-nll"),
+                        "pool_subset": SUBSET, "eval_samples": EVAL_SAMPLES},
     # The same with the GLM predictive sampled per point in logit space, N(f(x), J Σ Jᵀ)
     # (glm-logits): one backward pass per chunk instead of 100 JVPs; not for BatchBALD.
     "kfac-glm-logits-layerwise": {**_laplace("glm-logits", structure="kfac", subset="all",

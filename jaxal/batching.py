@@ -86,12 +86,21 @@ def over_members(fn: Callable, in_axes: Sequence[int | None], members: int,
 TRAIN_FORMS = ("python", "loop")
 
 
-def default_train_form() -> str:
-    """How MAP training iterates its steps: ``python`` on CPU (a Python loop around the
-    jitted step: XLA:CPU ran the CNN's convolutions ~12x slower inside a while loop,
-    190 vs 2,400 images/s), ``loop`` elsewhere (one ``lax.fori_loop`` program: no
-    dispatch per step, which a GPU step is short enough to feel)."""
-    return "python" if jax.default_backend() == "cpu" else "loop"
+def default_train_form(conv: str | None = None) -> str:
+    """How MAP training iterates its steps, given the kernel ``conv`` its model's
+    convolutions run on (None: a model without convolutions).
+
+    ``loop`` (one ``lax.fori_loop`` program: no dispatch per step, which a GPU step is
+    short enough to feel) off CPU, and on CPU when the convolutions run on oneDNN
+    (measured there, paired runs: 1.09x / 1.10x / 1.04x the Python loop's images/s at
+    batch 32 / 64 / 128; ``benchmarks/al_round.py`` records the form). ``python`` on CPU
+    otherwise (a Python loop around the jitted step): XLA:CPU runs its own convolutions
+    ~12x slower inside a while loop (190 vs 2,400 images/s; 316 vs 4,660 at batch 32
+    with this jaxlib), and oneDNN's are custom calls, which do not slow down there.
+    """
+    if jax.default_backend() != "cpu" or conv == "onednn":
+        return "loop"
+    return "python"
 
 
 SEEDS_FORMS = ("sequential", "vmapped")

@@ -295,6 +295,14 @@ def cnn(num_classes: int = 10, channels: Sequence[int] = (32, 64, 64), hidden: i
                               conv_kernel), num_classes)
 
 
+def conv_kernel_of(model: Classifier) -> str | None:
+    """The kernel ``model``'s convolutions run on (``batching.CONV_KERNELS``), or None for
+    a model without convolutions."""
+    if not isinstance(model.body, CNNBody):
+        return None
+    return model.body.conv_kernel or batching.conv_kernel()
+
+
 def mlp(num_classes: int = 2, hidden: Sequence[int] = (32, 32),
         hidden_dropout_rate: float = 0.0) -> Classifier:
     """A small MLP for 2-D toy data."""

@@ -23,7 +23,7 @@ import optax
 from jaxal import batching
 from jaxal.config import TrainConfig as TrainConfig  # re-exported
 from jaxal.errors import ConfigError
-from jaxal.model import Classifier
+from jaxal.model import Classifier, conv_kernel_of
 from jaxal.objective import log_likelihood, minibatch_objective
 
 OPTIMIZERS = {
@@ -113,6 +113,8 @@ class Trainer(NamedTuple):
     hyper: a ``Hyper`` update between steps, or None
     restart(previous, fresh) -> params: the next round's starting point when it retrains
       from scratch, from the last round's result and a fresh initialisation (None: fresh)
+    conv: the kernel the model's convolutions run on (None: it has none); it picks how
+      ``train_map`` iterates the steps (``batching.default_train_form``)
     """
 
     config: TrainConfig
@@ -122,6 +124,7 @@ class Trainer(NamedTuple):
     result: Callable = lambda state: state.params
     hyper: Hyper | None = None
     restart: Callable | None = None
+    conv: str | None = None
 
 
 def labelled_indices(labelled: jax.Array) -> jax.Array:
@@ -191,7 +194,7 @@ def make_trainer(model: Classifier, config: TrainConfig, capacity: int) -> Train
         logits = model.apply(params, x_pool[idx])
         return -log_likelihood(logits, y_pool[idx], valid.astype(logits.dtype)) / num_labelled
 
-    return Trainer(config, init, step, labelled_nll)
+    return Trainer(config, init, step, labelled_nll, conv=conv_kernel_of(model))
 
 
 # Jitted: an eager fold_in costs ~0.2 ms a call (primitive dispatch), 2% of a training
@@ -207,9 +210,10 @@ _progress: contextvars.ContextVar[Callable[[int, int], None] | None] = \
 @contextlib.contextmanager
 def training_progress(report: Callable[[int, int], None]) -> Iterator[None]:
     """Call ``report(steps done, steps)`` as ``train_map`` trains in this thread (or
-    context): about a hundred times a fit in the Python loop (each waits for its step,
-    so the count is what has run), at the start and end of the one-loop form. For a
-    progress bar (``jaxal.apps.label_server``); without it training never waits."""
+    context): about a hundred times a fit (each waits for its step, so the count is what
+    has run; the one-loop form then runs its steps in ``PROGRESS_PIECES`` calls of the
+    same program, which changes no result). For a progress bar
+    (``jaxal.apps.label_server``); without it training never waits."""
     token = _progress.set(report)
     try:
         yield
@@ -222,10 +226,11 @@ def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
               pseudo_labels: jax.Array | None = None) -> tuple[Any, TrainInfo]:
     """Fit θ_MAP on the labelled points of the pool, starting from ``params``.
 
-    On CPU the loop over steps stays in Python around a jitted step: XLA:CPU runs the
-    CNN's convolutions ~12x slower inside a ``lax.scan``/while loop than as a top-level
-    computation (measured: 190 vs 2,400 images/s), and dispatch costs ~0.1 ms a step.
-    On GPU and TPU the steps run in one ``lax.fori_loop`` (``jaxal.batching``).
+    On CPU with XLA's convolutions the loop over steps stays in Python around a jitted
+    step: XLA:CPU runs the CNN's convolutions ~12x slower inside a ``lax.scan``/while
+    loop than as a top-level computation (measured: 190 vs 2,400 images/s), and dispatch
+    costs ~0.1 ms a step. On GPU and TPU, and on CPU with oneDNN's convolutions, the
+    steps run in one ``lax.fori_loop`` (``jaxal.batching.default_train_form``).
 
     Args:
       key: PRNG key; step t uses ``fold_in(key, t)`` for its minibatch and dropout.
@@ -253,15 +258,22 @@ def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
     steps = training_steps(trainer.config, int(num_train))
     state = trainer.init(params)
     report = _progress.get()
-    if batching.default_train_form() == "loop":
+    if batching.default_train_form(trainer.conv) == "loop":
+        # One program for every step count up to the schedule's largest: no recompile.
+        # With a listener it runs in pieces (steps [start, stop) each: the same steps and
+        # keys, so the same result), each reported when it has run.
+        losses = _loss_buffer(trainer, _step_buffer(trainer.config), key, state, x_pool,
+                              y_train, train_idx, num_train)
+        bounds = [0, steps] if report is None else progress_bounds(steps)
         if report is not None:
             report(0, steps)
-        # One program for every step count up to the schedule's largest: no recompile.
-        state, losses = _steps_in_one_loop(trainer, _step_buffer(trainer.config), key, state,
-                                           x_pool, y_train, train_idx, num_train, steps)
+        for start, stop in zip(bounds, bounds[1:]):
+            state, losses = _steps_in_one_loop(trainer, key, state, losses, x_pool,
+                                               y_train, train_idx, num_train, start, stop)
+            if report is not None:
+                jax.block_until_ready(losses)
+                report(stop, steps)
         losses = np.asarray(jax.device_get(losses))[:steps]
-        if report is not None:
-            report(steps, steps)
     else:
         losses = []
         hyper = trainer.hyper
@@ -296,15 +308,31 @@ def _step_buffer(config: TrainConfig) -> int:
     return config.steps if config.epochs is None else max(config.min_steps, config.max_steps)
 
 
+# How many calls the one-loop form splits a fit into when its progress is reported.
+PROGRESS_PIECES = 20
+
+
+def progress_bounds(steps: int) -> list[int]:
+    """Step bounds [0, ..., steps] of at most ``PROGRESS_PIECES`` near-equal pieces."""
+    pieces = max(min(PROGRESS_PIECES, steps), 1)
+    return sorted({round(i * steps / pieces) for i in range(pieces + 1)})
+
+
 @partial(jax.jit, static_argnames=("trainer", "buffer"))
-def _steps_in_one_loop(trainer: Trainer, buffer: int, key, state, x_pool, y_train,
-                       train_idx, num_train, steps):
-    """``steps`` (traced: <= ``buffer``) training steps in one ``lax.fori_loop``, step t
-    keyed ``fold_in(key, t)`` as in the Python loop; losses [buffer, ...], those past
-    ``steps`` zero."""
+def _loss_buffer(trainer: Trainer, buffer: int, key, state, x_pool, y_train, train_idx,
+                 num_train):
+    """Zeros [buffer, ...] for the losses of the one-loop form (a step's loss shape)."""
     loss_shape = jax.eval_shape(trainer.step, key, state, x_pool, y_train, train_idx,
                                 num_train)[1]
-    losses = jnp.zeros((buffer, *loss_shape.shape), loss_shape.dtype)
+    return jnp.zeros((buffer, *loss_shape.shape), loss_shape.dtype)
+
+
+@partial(jax.jit, static_argnames=("trainer",))
+def _steps_in_one_loop(trainer: Trainer, key, state, losses, x_pool, y_train, train_idx,
+                       num_train, start, stop):
+    """Training steps ``start`` to ``stop`` - 1 (traced: any range within ``losses``'
+    buffer, one program) in one ``lax.fori_loop``, step t keyed ``fold_in(key, t)`` as in
+    the Python loop, its loss written to ``losses[t]``."""
 
     def body(t, carry):
         state, losses = carry
@@ -318,4 +346,4 @@ def _steps_in_one_loop(trainer: Trainer, buffer: int, key, state, x_pool, y_trai
                 lambda s: s, state)
         return state, losses.at[t].set(loss)
 
-    return jax.lax.fori_loop(0, steps, body, (state, losses))
+    return jax.lax.fori_loop(start, stop, body, (state, losses))

@@ -253,7 +253,7 @@ def test_python_loop_and_one_fori_loop_train_the_same(params0, monkeypatch, epoc
     trainer = make_jitted_trainer(prior_precision=1.0, **config)
     got = {}
     for form in jaxal.batching.TRAIN_FORMS:
-        monkeypatch.setattr(jaxal.batching, "default_train_form", lambda f=form: f)
+        monkeypatch.setattr(jaxal.batching, "default_train_form", lambda conv, f=form: f)
         got[form] = train_map(jax.random.key(3), trainer, params0, X_POOL, Y_POOL,
                               labelled_mask(4))
     (p_py, info_py), (p_loop, info_loop) = got["python"], got["loop"]
@@ -266,6 +266,44 @@ def test_python_loop_and_one_fori_loop_train_the_same(params0, monkeypatch, epoc
             _, info = train_map(jax.random.key(3), trainer, params0, X_POOL, Y_POOL,
                                 labelled_mask(20))
         assert info.loss.shape == (100,) and compiled.count == 0
+
+
+def test_loop_form_reported_in_pieces_trains_the_same(params0, monkeypatch):
+    """With a progress listener the one-loop form runs its steps in pieces of the same
+    program: the same θ_MAP and losses as one call, bit for bit, reported in order up to
+    the step count, and no compilation for the pieces."""
+    import jaxal.batching
+    from jaxal.train import PROGRESS_PIECES, progress_bounds, training_progress
+
+    monkeypatch.setattr(jaxal.batching, "default_train_form", lambda conv: "loop")
+    trainer = make_jitted_trainer(prior_precision=1.0, steps=45)
+    whole = train_map(jax.random.key(3), trainer, params0, X_POOL, Y_POOL, labelled_mask(4))
+    seen = []
+    with count_compilations() as compiled, training_progress(lambda d, n: seen.append((d, n))):
+        pieces = train_map(jax.random.key(3), trainer, params0, X_POOL, Y_POOL,
+                           labelled_mask(4))
+    assert compiled.count == 0
+    np.testing.assert_array_equal(flat(pieces[0]), flat(whole[0]))
+    np.testing.assert_array_equal(pieces[1].loss, whole[1].loss)
+    done = [d for d, n in seen]
+    assert all(n == 45 for _, n in seen) and done[0] == 0 and done[-1] == 45
+    assert done == sorted(done) and len(done) == PROGRESS_PIECES + 1
+    assert progress_bounds(3) == [0, 1, 2, 3] and progress_bounds(45)[-1] == 45
+
+
+def test_train_form_follows_the_convolution_kernel():
+    """On CPU: one fori_loop program when the convolutions run on oneDNN (custom calls,
+    as fast inside a loop), a Python loop for XLA's convolutions or no convolutions; the
+    trainer carries its model's kernel."""
+    from jaxal.batching import default_train_form
+    from jaxal.model import cnn
+
+    assert default_train_form("onednn") == "loop"
+    assert default_train_form("xla") == default_train_form(None) == "python"
+    assert make_trainer(MODEL, TrainConfig(), CAPACITY).conv is None
+    assert make_trainer(cnn(10, conv_kernel="xla"), TrainConfig(), CAPACITY).conv == "xla"
+    assert make_trainer(cnn(10, conv_kernel="onednn"), TrainConfig(),
+                        CAPACITY).conv == "onednn"
 
 
 def test_random_crop_flip_is_a_padded_crop_flipped_or_not():
