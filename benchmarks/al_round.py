@@ -11,6 +11,10 @@ timed in PyTorch by ``benchmarks/torch_reference.py`` before and after jaxal's
 measurements, so drift on a noisy machine shows, and jaxal/PyTorch ratios are printed,
 each against the fastest PyTorch figure (best layout and chunk, before or after).
 
+``--training-pairs K`` times training alone, alternating PyTorch and jaxal K times, and
+reports the median of the paired ratios: on a shared machine whose speed drifts by 20-30%
+within minutes, the before/after figures of one sitting can straddle such a drift.
+
 Writes ``benchmarks/results/al_round.json`` and a markdown table beside it, with the CPU
 model and vector extensions, core count and versions. Compile time is measured apart:
 first call minus steady state for each measurement, and for the default run XLA's compile
@@ -130,14 +134,42 @@ def bench_round(split, repeats: int) -> dict:
             "test_accuracy": info.metrics.test_accuracy}
 
 
-def torch_reference(python: str, threads: int) -> dict:
-    """Run benchmarks/torch_reference.py in its own interpreter; its JSON."""
+def torch_reference(python: str, threads: int, training_only: bool = False,
+                    steps: int = 100) -> dict:
+    """Run benchmarks/torch_reference.py in its own interpreter; its JSON (with
+    ``training_only``: its training throughput alone, ``steps`` steps a measurement)."""
+    extra = (["--skip-round", "--chunk-sizes", "--steps", str(steps)] if training_only
+             else [])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "torch.json"
         subprocess.run([python, str(ROOT / "benchmarks" / "torch_reference.py"),
-                        "--threads", str(threads), "--out", str(out)],
+                        "--threads", str(threads), "--out", str(out), *extra],
                        check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
+
+
+def training_pairs(data, python: str, kernels, pairs: int, steps: int = 200) -> dict:
+    """Training throughput on a machine whose speed drifts: ``pairs`` alternations of
+    PyTorch's training (all layouts) and jaxal's (each kernel), PyTorch once more at the
+    end; each jaxal figure is set against the mean of PyTorch's best layout just before
+    and just after it, and the ratio reported is the median over the pairs."""
+    torch_runs = [torch_reference(python, os.cpu_count(), True, steps)]
+    jaxal_runs = []
+    for _ in range(pairs):
+        jaxal_runs.append([bench_training(data, b, steps, k) for b in (32, 64, 128)
+                           for k in kernels])
+        torch_runs.append(torch_reference(python, os.cpu_count(), True, steps))
+    ratios = {}
+    for i, rows in enumerate(jaxal_runs):
+        for row in rows:
+            around = [best(torch_runs[j]["training"], batch_size=row["batch_size"])
+                      ["images_per_s"] for j in (i, i + 1)]
+            ratios.setdefault(f"b{row['batch_size']}_{row['conv']}", []).append(
+                {"jaxal": row["images_per_s"], "torch": statistics.mean(around),
+                 "ratio": row["images_per_s"] / statistics.mean(around)})
+    return {"steps": steps, "torch": torch_runs, "jaxal": jaxal_runs,
+            "ratios": {k: {"median": statistics.median(r["ratio"] for r in v),
+                           "pairs": v} for k, v in ratios.items()}}
 
 
 def best(rows, key="images_per_s", **match):
@@ -228,6 +260,10 @@ def main():
                    help="time training and scoring on each of these convolution kernels "
                         "(default: the one jaxal.batching.conv_kernel() chooses; the round "
                         "and the default run always use that one)")
+    p.add_argument("--training-pairs", type=int, default=0,
+                   help="with --torch-python: time training only, alternating PyTorch "
+                        "and jaxal this many times (paired ratios, for a machine whose "
+                        "speed drifts); writes --out and its table, nothing else")
     p.add_argument("--no-cpu-settings", action="store_true",
                    help="run without jaxal.runtime.configure_cpu()")
     args = p.parse_args()
@@ -238,13 +274,25 @@ def main():
                            **{m: version(m) for m in ("jaxlib", "flax", "optax")}},
               "backend": jax.default_backend(), "kernels": batching.kernel_choices(),
               "cpu_settings": settings._asdict() if settings else None}
-    if args.torch_python:
+    if args.torch_python and not args.training_pairs:
         print("PyTorch reference (before) ...", flush=True)
         result["torch_before"] = torch_reference(args.torch_python, os.cpu_count())
 
     split = load_split(ExperimentConfig(dataset="mnist", data_dir=args.data_dir))
     data = to_device(split)
     kernels = args.conv_kernels or [batching.conv_kernel()]
+    if args.training_pairs:
+        if not args.torch_python:
+            p.error("--training-pairs sets jaxal against PyTorch: give --torch-python")
+        result["training_pairs"] = training_pairs(data, args.torch_python, kernels,
+                                                  args.training_pairs)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        table = pairs_markdown(result)
+        out.with_suffix(".md").write_text(table + "\n")
+        print(table)
+        return
     result["training"] = [bench_training(data, b, 200, k) for b in (32, 64, 128)
                           for k in kernels]
     result["scoring"] = [bench_scoring(data, c, k) for c in (256, 512, 1024, 2048, 4096)
@@ -269,6 +317,29 @@ def main():
     table = markdown(result)
     out.with_suffix(".md").write_text(table + "\n")
     print(table)
+
+
+def pairs_markdown(result: dict) -> str:
+    """The table of ``--training-pairs``: per batch size and kernel, jaxal's and PyTorch's
+    images/s pair by pair and the median ratio."""
+    tp = result["training_pairs"]
+    torch_versions = tp["torch"][0]["versions"]
+    lines = [f"{describe(result['machine'])}; jax {result['versions']['jax']}, torch "
+             f"{torch_versions['torch']} ({torch_versions['cpu_capability']}); training "
+             f"{tp['steps']} steps a measurement through `train_map`, PyTorch's best layout "
+             "(mean of the runs just before and after each jaxal run)", "",
+             "| batch, kernel | form | jaxal images/s, pair by pair | PyTorch images/s | "
+             "ratios | median ratio |", "|---|---|---|---|---|---|"]
+    forms = {(r["batch_size"], r["conv"]): r["form"] for rows in tp["jaxal"] for r in rows}
+    for key, r in tp["ratios"].items():
+        b, conv = key[1:].split("_", 1)
+        pairs = r["pairs"]
+        lines.append(f"| {b}, {conv} | {forms[(int(b), conv)]} | "
+                     + ", ".join(f"{q['jaxal']:,.0f}" for q in pairs) + " | "
+                     + ", ".join(f"{q['torch']:,.0f}" for q in pairs) + " | "
+                     + ", ".join(f"{q['ratio']:.2f}" for q in pairs)
+                     + f" | {r['median']:.2f}x |")
+    return "\n".join(lines)
 
 
 def times(r: dict | None) -> str:

@@ -44,6 +44,7 @@ from common import RESULTS, mnist_pool, result_header, write_json
 from tables import TABLES
 from timing import time_calls
 
+from jaxal import batching
 from jaxal.runtime import configure_cpu
 
 PREDICTIVES_REPORTED = ("plugin", "glm", "probit")
@@ -173,7 +174,7 @@ def main():
     p.add_argument("--hyper-timing", action="store_true",
                    help="only time one online-marglik update against laplace-torch's "
                         "(run marglik_torch.py first, same sitting) into "
-                        "results/marglik_timing.json")
+                        "results/<name>_timing.json")
     p.add_argument("--hyper-n", type=int, default=220)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
@@ -183,7 +184,8 @@ def main():
         result = {**result_header("marglik.py", sys.argv[1:], 0),
                   **hyper_timing(args, data)}
         del result["rows"], result["test_size"]
-        write_json(RESULTS / "marglik_timing.json", result)
+        result["kernels"] = batching.kernel_choices()
+        write_json(RESULTS / f"{args.name}_timing.json", result)
         print(json.dumps({k: v for k, v in result.items() if k != "cpu"}, indent=1))
         return
 
