@@ -39,6 +39,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from machine import cpu_info, describe
+from tables import RESULTS, al_round_pairs, write_table
 from timing import time_calls
 
 from jaxal import batching, conv
@@ -289,9 +290,12 @@ def main():
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
-        table = pairs_markdown(result)
-        out.with_suffix(".md").write_text(table + "\n")
-        print(table)
+        if out.resolve().parent == RESULTS.resolve() and out.stem == "al_round_pairs":
+            print(write_table("al_round_pairs"))
+        else:
+            table = al_round_pairs(result)
+            out.with_suffix(".md").write_text(table + "\n")
+            print(table)
         return
     result["training"] = [bench_training(data, b, 200, k) for b in (32, 64, 128)
                           for k in kernels]
@@ -317,29 +321,6 @@ def main():
     table = markdown(result)
     out.with_suffix(".md").write_text(table + "\n")
     print(table)
-
-
-def pairs_markdown(result: dict) -> str:
-    """The table of ``--training-pairs``: per batch size and kernel, jaxal's and PyTorch's
-    images/s pair by pair and the median ratio."""
-    tp = result["training_pairs"]
-    torch_versions = tp["torch"][0]["versions"]
-    lines = [f"{describe(result['machine'])}; jax {result['versions']['jax']}, torch "
-             f"{torch_versions['torch']} ({torch_versions['cpu_capability']}); training "
-             f"{tp['steps']} steps a measurement through `train_map`, PyTorch's best layout "
-             "(mean of the runs just before and after each jaxal run)", "",
-             "| batch, kernel | form | jaxal images/s, pair by pair | PyTorch images/s | "
-             "ratios | median ratio |", "|---|---|---|---|---|---|"]
-    forms = {(r["batch_size"], r["conv"]): r["form"] for rows in tp["jaxal"] for r in rows}
-    for key, r in tp["ratios"].items():
-        b, conv = key[1:].split("_", 1)
-        pairs = r["pairs"]
-        lines.append(f"| {b}, {conv} | {forms[(int(b), conv)]} | "
-                     + ", ".join(f"{q['jaxal']:,.0f}" for q in pairs) + " | "
-                     + ", ".join(f"{q['torch']:,.0f}" for q in pairs) + " | "
-                     + ", ".join(f"{q['ratio']:.2f}" for q in pairs)
-                     + f" | {r['median']:.2f}x |")
-    return "\n".join(lines)
 
 
 def times(r: dict | None) -> str:

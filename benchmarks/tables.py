@@ -390,6 +390,29 @@ def label_server(result: dict) -> str:
         "Target: an action under 100 ms."])
 
 
+def al_round_pairs(result: dict) -> str:
+    """``benchmarks/al_round.py --training-pairs K``: per batch size and kernel, jaxal's and PyTorch's
+    images/s pair by pair and the median ratio."""
+    tp = result["training_pairs"]
+    torch_versions = tp["torch"][0]["versions"]
+    lines = [f"{describe(result['machine'])}; jax {result['versions']['jax']}, torch "
+             f"{torch_versions['torch']} ({torch_versions['cpu_capability']}); training "
+             f"{tp['steps']} steps a measurement through `train_map`, PyTorch's best layout "
+             "(mean of the runs just before and after each jaxal run)", "",
+             "| batch, kernel | form | jaxal images/s, pair by pair | PyTorch images/s | "
+             "ratios | median ratio |", "|---|---|---|---|---|---|"]
+    forms = {(r["batch_size"], r["conv"]): r["form"] for rows in tp["jaxal"] for r in rows}
+    for key, r in tp["ratios"].items():
+        b, conv = key[1:].split("_", 1)
+        pairs = r["pairs"]
+        lines.append(f"| {b}, {conv} | {forms[(int(b), conv)]} | "
+                     + ", ".join(f"{q['jaxal']:,.0f}" for q in pairs) + " | "
+                     + ", ".join(f"{q['torch']:,.0f}" for q in pairs) + " | "
+                     + ", ".join(f"{q['ratio']:.2f}" for q in pairs)
+                     + f" | {r['median']:.2f}x |")
+    return "\n".join(lines)
+
+
 class Table(NamedTuple):
     """A result table: ``make`` renders it from the result file ``results/<result>.json``
     (default: the table's name) and those of ``needs``, which ``command`` writes."""
@@ -421,6 +444,10 @@ TABLES: dict[str, Table] = {
                               "--test-size 1000 --settings 50/100/10 25/50/10"),
     "scaling": Table(scaling, "python benchmarks/scaling.py --data-dir ../shared/data/tfds"),
     "label_server": Table(label_server, "python benchmarks/label_server.py"),
+    "al_round_pairs": Table(al_round_pairs, "python benchmarks/al_round.py --data-dir "
+                            "../shared/data/tfds --torch-python /tmp/lt-venv/bin/python "
+                            "--conv-kernels onednn --training-pairs 3 "
+                            "--out benchmarks/results/al_round_pairs.json"),
     "scaling_seeds": Table(scaling_seeds,
                            "python benchmarks/scaling.py --seeds --data-dir ../shared/data/tfds"),
 }
