@@ -400,8 +400,11 @@ def al_round_pairs(result: dict) -> str:
              f"{tp['steps']} steps a measurement through `train_map`, PyTorch's best layout "
              "(mean of the runs just before and after each jaxal run)", "",
              "| batch, kernel | form | jaxal images/s, pair by pair | PyTorch images/s | "
-             "ratios | median ratio |", "|---|---|---|---|---|---|"]
+             "ratios | median ratio | compile (s) |", "|---|---|---|---|---|---|---|"]
     forms = {(r["batch_size"], r["conv"]): r["form"] for rows in tp["jaxal"] for r in rows}
+    # The first pair's: later pairs find the programs compiled.
+    compiles = {(r["batch_size"], r["conv"]): f"{r['train_map_compile_s']:.1f}"
+                for r in tp["jaxal"][0] if "train_map_compile_s" in r}
     for key, r in tp["ratios"].items():
         b, conv = key[1:].split("_", 1)
         pairs = r["pairs"]
@@ -409,7 +412,7 @@ def al_round_pairs(result: dict) -> str:
                      + ", ".join(f"{q['jaxal']:,.0f}" for q in pairs) + " | "
                      + ", ".join(f"{q['torch']:,.0f}" for q in pairs) + " | "
                      + ", ".join(f"{q['ratio']:.2f}" for q in pairs)
-                     + f" | {r['median']:.2f}x |")
+                     + f" | {r['median']:.2f}x | {compiles.get((int(b), conv), '–')} |")
     return "\n".join(lines)
 
 
