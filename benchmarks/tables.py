@@ -391,8 +391,8 @@ def label_server(result: dict) -> str:
 
 
 def al_round_pairs(result: dict) -> str:
-    """``benchmarks/al_round.py --training-pairs K``: per batch size and kernel, jaxal's and PyTorch's
-    images/s pair by pair and the median ratio."""
+    """``benchmarks/al_round.py --training-pairs K``: per batch size and kernel, jaxal's
+    and PyTorch's images/s pair by pair, the median ratio and train_map's compile time."""
     tp = result["training_pairs"]
     torch_versions = tp["torch"][0]["versions"]
     lines = [f"{describe(result['machine'])}; jax {result['versions']['jax']}, torch "

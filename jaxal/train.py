@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -267,7 +268,7 @@ def train_map(key: jax.Array, trainer: Trainer, params, x_pool: jax.Array,
         bounds = [0, steps] if report is None else progress_bounds(steps)
         if report is not None:
             report(0, steps)
-        for start, stop in zip(bounds, bounds[1:]):
+        for start, stop in itertools.pairwise(bounds):
             state, losses = _steps_in_one_loop(trainer, key, state, losses, x_pool,
                                                y_train, train_idx, num_train, start, stop)
             if report is not None:
