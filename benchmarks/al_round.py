@@ -39,7 +39,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from machine import cpu_info, describe
-from tables import RESULTS, al_round_pairs, write_table
+from tables import al_round_pairs
 from timing import time_calls
 
 from jaxal import batching, conv
@@ -290,15 +290,7 @@ def main():
             p.error("--training-pairs sets jaxal against PyTorch: give --torch-python")
         result["training_pairs"] = training_pairs(data, args.torch_python, kernels,
                                                   args.training_pairs)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        if out.resolve().parent == RESULTS.resolve() and out.stem == "al_round_pairs":
-            print(write_table("al_round_pairs"))
-        else:
-            table = al_round_pairs(result)
-            out.with_suffix(".md").write_text(table + "\n")
-            print(table)
+        write_result(Path(args.out), result, al_round_pairs(result))
         return
     result["training"] = [bench_training(data, b, 200, k) for b in (32, 64, 128)
                           for k in kernels]
@@ -318,10 +310,13 @@ def main():
     result["ratios"] = ratios(result)
     result["onednn_plans"] = conv.plans()   # which oneDNN kernels ran, if any
 
-    out = Path(args.out)
+    write_result(Path(args.out), result, markdown(result))
+
+
+def write_result(out: Path, result: dict, table: str) -> None:
+    """``out`` (JSON) and its table beside it (``.md``); print the table."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
     out.with_suffix(".md").write_text(table + "\n")
     print(table)
 
