@@ -37,21 +37,19 @@ import argparse
 import json
 import platform
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import torch
 from laplace import Laplace
 from laplace.curvature import BackPackGGN, CurvlinopsGGN
+from laplace_torch_reference import versions
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES, HIDDEN, NUM_POINTS = 3, (8, 6), 30
 LAYERS = ("Dense_0", "Dense_1", "head")          # jaxal's layer names, in order
-PACKAGES = ("torch", "laplace-torch", "backpack-for-pytorch", "curvlinops-for-pytorch",
-            "numpy")
 SCALARS = (0.3, 1.0, 5.0)
 # One λ per parameter tensor (laplace-torch's "per layer": weight and bias apart).
 PER_TENSOR_ALL = {"Dense_0": {"kernel": 0.5, "bias": 2.0},
@@ -61,16 +59,6 @@ PER_LAYER_ALL = {"Dense_0": {"kernel": 0.4, "bias": 0.4},
                  "Dense_1": {"kernel": 2.5, "bias": 2.5},
                  "head": {"kernel": 0.8, "bias": 0.8}}
 PER_TENSOR_HEAD = {"head": {"kernel": 2.0, "bias": 0.25}}
-
-
-def versions() -> dict[str, str | None]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def problem(seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
