@@ -43,11 +43,11 @@ class ActiveLearner(NamedTuple):
     fit: Callable           # (key, params, x, y, labelled, x_val, y_val) -> posterior
     query: Callable         # (key, posterior, x_pool, labelled) -> Query
     evaluate: Callable      # (key, posterior, x, y) -> (nll, accuracy, entropy, ece)
-    trainer: Any = None     # the jitted Trainer behind ``train`` (``jaxal.apps.seeds`` vmaps it)
+    trainer: Any            # the jitted Trainer behind ``train`` (``jaxal.apps.seeds`` vmaps it)
     # (previous params, init_key) -> params0 of a round that retrains from scratch: a
     # fresh init, keeping what the trainer carries over (``Trainer.restart``: online
     # marglik's λ).
-    restart: Callable | None = None
+    restart: Callable
     # The same as ``evaluate`` for the MAP network's plugin predictive (None: the run's
     # predictive is the plugin, so ``evaluate`` is it).
     evaluate_map: Callable | None = None
