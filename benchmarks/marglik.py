@@ -28,12 +28,21 @@ same sitting (results/marglik_timing.json):
 
     /tmp/lt-venv/bin/python benchmarks/marglik_torch.py
     python benchmarks/marglik.py --hyper-timing --data-dir ../shared/data/tfds
+
+Peak memory of this issue's fits (results/marglik_memory.{json,md}): each row trained and
+fitted on N = 1,000 labels in its own process (``ru_maxrss``), with jaxal's malloc tuning
+(as the CLI runs) and without (``JAXAL_MALLOC_TUNING=0``):
+
+    python benchmarks/marglik.py --peak-rss --data-dir ../shared/data/tfds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import subprocess
 import sys
 from functools import partial
 
@@ -121,6 +130,55 @@ def one_row(args, name: str, fields: dict, seed: int, num_labels: int, data, x_t
     return row
 
 
+def peak_rss_child(args, name: str) -> dict:
+    """Train and fit the row ``name`` of ``variants`` on ``args.peak_rss_n`` labels, as
+    ``one_row`` does (no test evaluation), in this process: its peak RSS after each."""
+    from jaxal.config import ALConfig, LaplaceOptions, TrainConfig
+    from jaxal.loop import initial_labelled, make_learner
+    from jaxal.model import cnn
+
+    peak_mib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    data = mnist_pool(args.data_dir, 1)[0]
+    n = args.peak_rss_n
+    labelled = initial_labelled(jax.random.key(0), np.asarray(data.pool_y), data.num_classes,
+                                n // data.num_classes)
+    options = LaplaceOptions(structure="kfac", subset="all", samples=100,
+                             **variants(args.settings)[name])
+    config = ALConfig(posterior="laplace", predictive="glm", posterior_options=options,
+                      chunk_size=args.chunk_size, train=TrainConfig(steps=args.steps))
+    learner = make_learner(cnn(data.num_classes), config, data.pool_x.shape[1:],
+                           data.num_classes, capacity=n)
+    out = {"name": name, "labels": n, "malloc_tuning": os.environ.get(
+        "JAXAL_MALLOC_TUNING", "1") != "0", "loaded_mib": peak_mib()}
+    trained = time_calls(lambda: learner.train(jax.random.key(1),
+                                               params=learner.init(jax.random.key(2)),
+                                               x_pool=data.pool_x, y_pool=data.pool_y,
+                                               labelled=labelled), 0)
+    out["train_peak_mib"], out["train_s"] = peak_mib(), trained.first_s
+    fitted = time_calls(lambda: jax.block_until_ready(learner.fit(
+        jax.random.key(3), trained.out[0], data.pool_x, data.pool_y, labelled, data.val_x,
+        data.val_y)), 0)
+    out["fit_peak_mib"], out["fit_s"] = peak_mib(), fitted.first_s
+    return out
+
+
+def peak_rss(args) -> dict:
+    """Every row of ``variants`` in its own process, with and without jaxal's malloc
+    tuning (``jaxal.runtime.configure_cpu``): a process's peak is its own."""
+    rows = []
+    for tuning in ("1", "0"):
+        for name in variants(args.settings):
+            argv = [sys.executable, __file__, "--peak-rss-child", name, "--settings",
+                    *args.settings, "--steps", str(args.steps), "--peak-rss-n",
+                    str(args.peak_rss_n), "--chunk-size", str(args.chunk_size)]
+            argv += ["--data-dir", args.data_dir] if args.data_dir else []
+            done = subprocess.run(argv, capture_output=True, text=True, check=True,
+                                  env={**os.environ, "JAXAL_MALLOC_TUNING": tuning})
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(rows[-1], flush=True)
+    return {"rows": rows, "steps": args.steps}
+
+
 def hyper_timing(args, data) -> dict:
     """Seconds of one online-marglik update (``Hyper.update``: the KFAC refit on the
     labelled set and K Adam steps on log λ per layer) and of one training step, at N =
@@ -177,8 +235,24 @@ def main():
                         "results/<name>_timing.json")
     p.add_argument("--hyper-n", type=int, default=220)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--peak-rss", action="store_true",
+                   help="only the peak RSS of each row's training and fit, each in its own "
+                        "process, into results/<name>_memory.json")
+    p.add_argument("--peak-rss-n", type=int, default=1000)
+    p.add_argument("--peak-rss-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     configure_cpu()   # as jaxal's CLIs run; before JAX's first computation
+    if args.peak_rss_child:
+        print(json.dumps(peak_rss_child(args, args.peak_rss_child)))
+        return
+    if args.peak_rss:
+        result = {**result_header("marglik.py", sys.argv[1:], 0), **peak_rss(args)}
+        del result["test_size"]
+        write_json(RESULTS / f"{args.name}_memory.json", result)
+        text = TABLES["marglik_memory"].make(result)
+        (RESULTS / f"{args.name}_memory.md").write_text(text + "\n")
+        print(text)
+        return
     if args.hyper_timing:
         data = mnist_pool(args.data_dir, 1)[0]
         result = {**result_header("marglik.py", sys.argv[1:], 0),

@@ -370,6 +370,22 @@ def marglik(result: dict) -> str:
     return "\n".join(lines).rstrip("\n")
 
 
+def marglik_memory(result: dict) -> str:
+    """``benchmarks/marglik.py --peak-rss``: each prior fit's peak RSS after training and
+    after the Laplace fit, one process per row, with and without jaxal's malloc tuning."""
+    rows = [[r["name"], "on" if r["malloc_tuning"] else "off (JAXAL_MALLOC_TUNING=0)",
+             f"{r['loaded_mib']:,.0f}", f"{r['train_peak_mib']:,.0f}",
+             f"{r['fit_peak_mib']:,.0f}", f"{r['train_s']:.0f}", f"{r['fit_s']:.1f}"]
+            for r in result["rows"]]
+    n = result["rows"][0]["labels"]
+    return "\n".join([
+        f"Peak RSS (MiB) of the all-weights KFAC GGN Laplace's prior fits on the seed CNN, "
+        f"trained {result['steps']} Adam steps on {n:,} MNIST labels and fitted on them, "
+        f"each row in its own process. {result['machine']}. Seconds include compilation.", "",
+        markdown_table(["prior", "malloc tuning", "data loaded", "after training",
+                        "after the fit", "train s", "fit s"], rows)])
+
+
 def label_server(result: dict) -> str:
     """``benchmarks/label_server.py``: the labelling page's first load and the median and
     95th percentile of each action's answer time, against issue 32's targets."""
@@ -445,6 +461,8 @@ TABLES: dict[str, Table] = {
                                    f"{_POOL} --chunk-size 512", result="cifar10_timing"),
     "marglik": Table(marglik, "python benchmarks/marglik.py --sizes 20 50 220 "
                               "--test-size 1000 --settings 50/100/10 25/50/10"),
+    "marglik_memory": Table(marglik_memory, "python benchmarks/marglik.py --peak-rss "
+                                            "--data-dir ../shared/data/tfds"),
     "scaling": Table(scaling, "python benchmarks/scaling.py --data-dir ../shared/data/tfds"),
     "label_server": Table(label_server, "python benchmarks/label_server.py"),
     "al_round_pairs": Table(al_round_pairs, "python benchmarks/al_round.py --data-dir "
