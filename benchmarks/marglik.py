@@ -83,11 +83,24 @@ def evaluators(model, record, chunk_size: int) -> dict:
             for name in PREDICTIVES_REPORTED}
 
 
+def row_learner(args, fields: dict, num_labels: int, data):
+    """The loop's learner of a row (``variants``' ``fields``): seed CNN, all-weights KFAC
+    GGN Laplace, GLM predictive, room for ``num_labels``."""
+    from jaxal.config import ALConfig, LaplaceOptions, TrainConfig
+    from jaxal.loop import make_learner
+    from jaxal.model import cnn
+
+    options = LaplaceOptions(structure="kfac", subset="all", samples=100, **fields)
+    config = ALConfig(posterior="laplace", predictive="glm", posterior_options=options,
+                      chunk_size=args.chunk_size, train=TrainConfig(steps=args.steps))
+    return make_learner(cnn(data.num_classes), config, data.pool_x.shape[1:],
+                        data.num_classes, capacity=num_labels), options
+
+
 def one_row(args, name: str, fields: dict, seed: int, num_labels: int, data, x_test,
             y_test) -> dict:
     from jaxal.components import POSTERIORS
-    from jaxal.config import ALConfig, LaplaceOptions, TrainConfig
-    from jaxal.loop import initial_labelled, make_learner
+    from jaxal.loop import initial_labelled
     from jaxal.model import cnn
     from jaxal.posteriors import bind
     from jaxal.posteriors.evidence import evidence_diagnosis
@@ -98,11 +111,7 @@ def one_row(args, name: str, fields: dict, seed: int, num_labels: int, data, x_t
     key_labels, key_init, key_train, key_fit, key_eval = jax.random.split(key, 5)
     labelled = initial_labelled(key_labels, np.asarray(data.pool_y), data.num_classes,
                                 num_labels // data.num_classes)
-    options = LaplaceOptions(structure="kfac", subset="all", samples=100, **fields)
-    config = ALConfig(posterior="laplace", predictive="glm", posterior_options=options,
-                      chunk_size=args.chunk_size, train=TrainConfig(steps=args.steps))
-    learner = make_learner(model, config, data.pool_x.shape[1:], data.num_classes,
-                           capacity=num_labels)
+    learner, options = row_learner(args, fields, num_labels, data)
     params0 = learner.init(key_init)
     trained = time_calls(lambda: learner.train(key_train, params=params0, x_pool=data.pool_x,
                                                y_pool=data.pool_y, labelled=labelled), 1)
@@ -133,21 +142,14 @@ def one_row(args, name: str, fields: dict, seed: int, num_labels: int, data, x_t
 def peak_rss_child(args, name: str) -> dict:
     """Train and fit the row ``name`` of ``variants`` on ``args.peak_rss_n`` labels, as
     ``one_row`` does (no test evaluation), in this process: its peak RSS after each."""
-    from jaxal.config import ALConfig, LaplaceOptions, TrainConfig
-    from jaxal.loop import initial_labelled, make_learner
-    from jaxal.model import cnn
+    from jaxal.loop import initial_labelled
 
     peak_mib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     data = mnist_pool(args.data_dir, 1)[0]
     n = args.peak_rss_n
     labelled = initial_labelled(jax.random.key(0), np.asarray(data.pool_y), data.num_classes,
                                 n // data.num_classes)
-    options = LaplaceOptions(structure="kfac", subset="all", samples=100,
-                             **variants(args.settings)[name])
-    config = ALConfig(posterior="laplace", predictive="glm", posterior_options=options,
-                      chunk_size=args.chunk_size, train=TrainConfig(steps=args.steps))
-    learner = make_learner(cnn(data.num_classes), config, data.pool_x.shape[1:],
-                           data.num_classes, capacity=n)
+    learner = row_learner(args, variants(args.settings)[name], n, data)[0]
     out = {"name": name, "labels": n, "malloc_tuning": os.environ.get(
         "JAXAL_MALLOC_TUNING", "1") != "0", "loaded_mib": peak_mib()}
     trained = time_calls(lambda: learner.train(jax.random.key(1),
